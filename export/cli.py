@@ -1,0 +1,76 @@
+"""``teacache-export MODEL_DIR --out ART_DIR``: the build step."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import TeaCacheError
+
+
+def parse_range(text: str) -> tuple[int, int, int]:
+    """``MIN:OPT:MAX`` or a single ``N`` (fixed size)."""
+    try:
+        values = [int(v) for v in text.split(":")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN:OPT:MAX (integers)") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN:OPT:MAX")
+    return tuple(values)
+
+
+def parse_axis(text: str) -> tuple[str, tuple[int, int, int]]:
+    name, sep, rng = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--axis {text!r} is not NAME=MIN:OPT:MAX")
+    return name, parse_range(rng)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="teacache-export",
+        description="Export a diffusers DiT as embed / blocks / head graphs with a TeaCache manifest, "
+                    "verify them against PyTorch, and build engines.",
+    )
+    p.add_argument("model_dir", help="diffusers transformer folder (config.json + safetensors) or a pipeline folder with transformer/")
+    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("--family", help="model family or diffusers class name (default: the config's _class_name)")
+    p.add_argument("--variant", help="coefficient set, e.g. CogVideoX1.5-5B (default: inferred from the config)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--batch", type=parse_range, help="batch size range MIN:OPT:MAX (CFG rows included)")
+    p.add_argument("--axis", type=parse_axis, action="append", default=[],
+                   help="profile range of a dynamic axis, NAME=MIN:OPT:MAX (repeatable); "
+                        "see --list-axes for the family's axes")
+    p.add_argument("--build", default="auto", choices=["auto", "none", "tensorrt", "tensorrt-rtx"],
+                   help="engines to build (default: the first TensorRT flavour installed, else none)")
+    p.add_argument("--no-verify", action="store_true", help="skip the numerical checks against PyTorch")
+    p.add_argument("--force", action="store_true", help="redo every stage even if its inputs did not change")
+    p.add_argument("--list-axes", action="store_true", help="print the family's axes and defaults, then exit")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .exporter import export_model, find_model_dir, read_config, resolve_family
+
+        if args.list_axes:
+            fam = resolve_family(read_config(find_model_dir(args.model_dir)), args.family)
+            for a in fam.axes:
+                print(f"{a.name}={a.min}:{a.opt}:{a.max}  {a.help}")
+            return 0
+        axes = dict(args.axis)
+        if args.batch:
+            axes["batch"] = args.batch
+        export_model(args.model_dir, args.out, family=args.family, variant=args.variant,
+                     precision=args.precision, axes=axes, build=args.build, force=args.force,
+                     verify=not args.no_verify)
+    except TeaCacheError as exc:
+        print(f"teacache-export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

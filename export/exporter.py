@@ -1,0 +1,315 @@
+"""MODEL_DIR -> embed.onnx, blocks.onnx, head.onnx, manifest.json (+ engines, trtexec files).
+
+Stages: load, export (per graph), verify, build engines, write command files.  Each stage
+reports progress; a re-run skips work whose inputs (content hashes) did not change.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .. import __version__
+from ..errors import TeaCacheError
+from ..manifest import (
+    GRAPH_NAMES, MANIFEST_NAME, Criterion, GraphSpec, Manifest, load_manifest, save_manifest,
+    config_fingerprint, sha256_file, sha256_json,
+)
+from ..shapes import propagate
+from . import verify as V
+from .family import Family, get_family
+from .onnx_export import export_part, graph_files, io_specs
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+Log = Callable[[str], None]
+
+
+# --- locating and loading the model ---------------------------------------------------------
+def find_model_dir(model_dir: str | Path) -> Path:
+    """A transformer folder (config.json + weights) or a pipeline folder with transformer/."""
+    model_dir = Path(model_dir)
+    for candidate in (model_dir, model_dir / "transformer"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise TeaCacheError(
+        f"{model_dir} holds no config.json and no transformer/config.json: pass a diffusers "
+        f"transformer folder or a pipeline folder that has a transformer/ subfolder"
+    )
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / "config.json").read_text())
+
+
+def resolve_family(config: Mapping[str, Any], family: str | None) -> type[Family]:
+    if family:
+        return get_family(family)
+    class_name = config.get("_class_name")
+    if not class_name:
+        raise TeaCacheError("config.json has no _class_name: pass --family explicitly")
+    return get_family(class_name)
+
+
+def weights_hash_of_dir(model_dir: Path) -> str:
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return sha256_json({p.name: sha256_file(p) for p in files})
+
+
+def weights_hash_of_model(model: torch.nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def plain_config(model: torch.nn.Module) -> dict[str, Any]:
+    return json.loads(json.dumps(dict(model.config), default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+# --- axes and profiles ----------------------------------------------------------------------
+def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]] | None) -> dict[str, list[int]]:
+    axes = {a.name: [a.min, a.opt, a.max] for a in fam.axes}
+    for name, rng in (overrides or {}).items():
+        axis = fam.axis(name)
+        lo, opt, hi = (int(v) for v in rng)
+        if not 1 <= lo <= opt <= hi:
+            raise TeaCacheError(
+                f"axis {name}={lo}:{opt}:{hi} is not ordered: need 1 <= min <= opt <= max"
+            )
+        for v in (lo, opt, hi):
+            if v % axis.multiple_of:
+                raise TeaCacheError(
+                    f"axis {name}={lo}:{opt}:{hi}: {v} is not a multiple of {axis.multiple_of} ({axis.help})"
+                )
+        axes[name] = [lo, opt, hi]
+    return axes
+
+
+def export_point(fam: type[Family], axes: Mapping[str, list[int]]) -> dict[str, int]:
+    """Axis sizes of the example inputs: opt, but at least 2 (torch.export specialises 0/1)."""
+    point = {}
+    for a in fam.axes:
+        v = max(axes[a.name][1], 2)
+        point[a.name] = -(-v // a.multiple_of) * a.multiple_of
+    return point
+
+
+def second_point(fam: type[Family], axes: Mapping[str, list[int]], first: Mapping[str, int]) -> dict[str, int]:
+    """Another point inside the profile for the second verification (min where it differs)."""
+    point = {}
+    for a in fam.axes:
+        lo, _, hi = axes[a.name]
+        if lo != first[a.name]:
+            point[a.name] = lo
+        elif first[a.name] + a.multiple_of <= hi:
+            point[a.name] = first[a.name] + a.multiple_of
+        else:
+            point[a.name] = first[a.name]
+    return point
+
+
+def profiles(graphs: Mapping[str, GraphSpec], fam, config, axes, dtype) -> None:
+    """min/opt/max shape of every graph input, propagated from the axis ranges."""
+    shapes_at = []
+    for k in range(3):
+        point = {name: rng[k] for name, rng in axes.items()}
+        feed = fam.example_inputs(config, point, dtype)
+        shapes_at.append(propagate([graphs[g] for g in GRAPH_NAMES], {n: t.shape for n, t in feed.items()}))
+    for graph in graphs.values():
+        graph.profile = {
+            spec.name: {key: list(s[spec.name]) for key, s in zip(("min", "opt", "max"), shapes_at)}
+            for spec in graph.inputs
+        }
+
+
+# --- the export -----------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+
+    return {"teacache_trt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "diffusers": diffusers.__version__}
+
+
+def export_model(
+    model_dir: str | Path | None,
+    out: str | Path,
+    *,
+    model: torch.nn.Module | None = None,
+    family: str | None = None,
+    variant: str | None = None,
+    precision: str = "fp32",
+    axes: Mapping[str, tuple[int, int, int]] | None = None,
+    build: str = "auto",
+    force: bool = False,
+    verify: bool = True,
+    log: Log = print,
+) -> Manifest:
+    """Export a diffusers transformer (from ``model_dir`` or the in-memory ``model``)."""
+    if precision not in DTYPES:
+        raise TeaCacheError(f"precision {precision!r} is not one of {sorted(DTYPES)}")
+    dtype = DTYPES[precision]
+    out = Path(out)
+    t_start = time.perf_counter()
+
+    # Validate everything cheap before the (slow) model load: engine flavour first.
+    from ..engines.flavours import resolve_flavour
+
+    flavour = resolve_flavour(build)
+
+    if model is None:
+        if model_dir is None:
+            raise TeaCacheError("export_model needs model_dir or model")
+        src = find_model_dir(model_dir)
+        config = read_config(src)
+        fam = resolve_family(config, family)
+        fam.check_config(config)
+        log(f"[load] {fam.class_name} from {src} ({precision})")
+        weights_hash = weights_hash_of_dir(src)
+    else:
+        src = Path(model_dir) if model_dir else Path("<in-memory>")
+        config = plain_config(model)
+        config.setdefault("_class_name", type(model).__name__)
+        fam = resolve_family(config, family)
+        fam.check_config(config)
+        weights_hash = weights_hash_of_model(model)
+
+    variant = variant or fam.variant_for(config)
+    if variant not in fam.variants:
+        raise TeaCacheError(
+            f"variant {variant!r} is unknown for family {fam.name}; choose one of {sorted(fam.variants)}"
+        )
+    axes_r = resolve_axes(fam, axes)
+    export_key = sha256_json({
+        "family": fam.name, "variant": variant, "config": config, "weights": weights_hash,
+        "precision": precision, "axes": axes_r, "versions": versions(), "verify": verify,
+    })
+
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _reusable(out, export_key, force)
+    if previous is not None:
+        log(f"[export] {out} is up to date (same model, options and versions); --force rebuilds")
+        manifest = previous
+    else:
+        if model is None:
+            model = fam.model_class().from_pretrained(str(src), torch_dtype=dtype, low_cpu_mem_usage=False)
+        if model.dtype != dtype:
+            model = model.to(dtype)
+        model = model.eval()
+        manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes_r,
+                                  weights_hash, export_key, out, verify, log)
+    if flavour != "none":
+        from ..engines.build import build_engines
+
+        manifest.engines[flavour] = build_engines(out, manifest, flavour, force=force, log=log)
+        save_manifest(out, manifest)
+    from ..engines.trtexec import write_trtexec_files
+
+    write_trtexec_files(out, manifest)
+    log(f"[done] {out} in {time.perf_counter() - t_start:.1f}s")
+    return manifest
+
+
+def _reusable(out: Path, export_key: str, force: bool) -> Manifest | None:
+    if force or not (out / MANIFEST_NAME).is_file():
+        return None
+    try:
+        manifest = load_manifest(out)
+    except TeaCacheError:
+        return None
+    if manifest.export_key != export_key:
+        return None
+    for graph in manifest.graphs.values():
+        if _graph_hash(out / graph.file) != graph.sha256:
+            return None
+    return manifest
+
+
+def _graph_hash(path: Path) -> str:
+    return sha256_json({p.name: sha256_file(p) for p in graph_files(path)})
+
+
+def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
+                   export_key, out, verify, log) -> Manifest:
+    parts = fam.parts(model)
+    point_a = export_point(fam, axes)
+    feed = fam.example_inputs(config, point_a, dtype)
+    dims = fam.input_dims(config)
+    graphs: dict[str, GraphSpec] = {}
+    pool = dict(feed)
+    with torch.no_grad():
+        for i, name in enumerate(GRAPH_NAMES, 1):
+            part = parts[name]
+            if name == "embed":
+                signal_shape = _signal_shape(part, pool)
+                pool["prev_signal"] = torch.randn(signal_shape, dtype=dtype)
+                part_dims = {**dims, "prev_signal": dict(fam.signal_dims)}
+            else:
+                part_dims = part.dynamic
+            t0 = time.perf_counter()
+            path = out / f"{name}.onnx"
+            log(f"[export {i}/3] {name}.onnx ...")
+            export_part(part, pool, part_dims, path)
+            inputs, outputs = io_specs(path)
+            graphs[name] = GraphSpec(file=path.name, sha256=_graph_hash(path), inputs=inputs, outputs=outputs)
+            log(f"[export {i}/3] {name}.onnx in {time.perf_counter() - t0:.1f}s "
+                f"({path.stat().st_size / 1e6:.1f} MB)")
+            pool.update(part.run(pool))
+    profiles(graphs, fam, config, axes, dtype)
+    v = fam.variants[variant]
+    manifest = Manifest(
+        family=fam.name, variant=variant, class_name=fam.class_name, precision=precision,
+        config=config, config_hash=config_fingerprint(plain_config(model)), weights_hash=weights_hash,
+        source=str(src), axes=axes, graphs=graphs,
+        criterion=Criterion(signal=fam.signal, coefficients=list(v.coefficients),
+                            default_threshold=v.default_threshold, forced=v.forced,
+                            cached=list(fam.cached), note=fam.note),
+        versions=versions(), export_key=export_key,
+    )
+    if verify:
+        for k, point in enumerate((point_a, second_point(fam, axes, point_a))):
+            log(f"[verify {k + 1}/2] at {point}")
+            _verify_at(fam, model, parts, manifest, out, config, point, dtype, precision, seed=k + 1)
+    save_manifest(out, manifest)
+    return manifest
+
+
+def _signal_shape(embed, pool) -> tuple[int, ...]:
+    """Shape of the signal at the export point, from one PyTorch run of the embed part."""
+    probe = dict(pool)
+    # prev_signal only feeds the sums; any broadcastable tensor gives the signal's shape.
+    probe["prev_signal"] = torch.zeros(())
+    return tuple(embed.run(probe)["signal"].shape)
+
+
+def _verify_at(fam, model, parts, manifest, out, config, point, dtype, precision, seed) -> None:
+    feed = fam.example_inputs(config, point, dtype, seed=seed)
+    shapes = propagate([manifest.graphs[g] for g in GRAPH_NAMES], {n: t.shape for n, t in feed.items()})
+    pool = dict(feed)
+    g = torch.Generator().manual_seed(seed)
+    pool["prev_signal"] = torch.randn(shapes["prev_signal"], generator=g).to(dtype)
+    with torch.no_grad():
+        for name in GRAPH_NAMES:
+            graph = manifest.graphs[name]
+            ref = parts[name].run(pool)
+            got = V.run_ort(V.ort_session(out / graph.file), pool)
+            for o in graph.output_names:
+                if tuple(ref[o].shape) != shapes[o]:
+                    raise TeaCacheError(
+                        f"{name}: output {o!r} has shape {tuple(ref[o].shape)} but the manifest's "
+                        f"shape expressions give {shapes[o]}: the export's dynamic dims are wrong"
+                    )
+            result = V.check(f"{name} graph at {point}", got, ref, precision)
+            graph.verification.append({"axes": dict(point), **result})
+            pool.update(ref)
+        # The split must reproduce the model: composed PyTorch parts against model.forward.
+        full = model(**fam.kwargs_from_feed(feed), return_dict=False)[0]
+        split = V.check(f"split vs {fam.class_name}.forward at {point}", {"output": pool["output"]},
+                        {"output": full}, precision)
+        manifest.graphs["head"].verification[-1]["split_vs_model_max_abs"] = split["max_abs"]

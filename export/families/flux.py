@@ -1,0 +1,153 @@
+"""FLUX (FluxTransformer2DModel): double-stream then single-stream blocks.
+
+Signal: ``transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0]`` over the image tokens.
+Cached: the image-token residual through all double and single blocks; ``norm_out`` and
+``proj_out`` always run.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..family import AUTO, Axis, Family, Part, Variant, criterion_sums, register
+
+
+class FluxEmbed(Part):
+    output_names = ("hidden", "encoder_hidden", "temb", "rotary_cos", "rotary_sin",
+                    "signal", "l1_diff", "l1_prev")
+
+    def __init__(self, model, guidance: bool):
+        super().__init__(model)
+        self.guidance = guidance
+        names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep",
+                 "img_ids", "txt_ids"]
+        self.input_names = tuple(names + ["prev_signal"] + (["guidance"] if guidance else []))
+
+    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep,
+                img_ids, txt_ids, prev_signal, guidance=None):
+        m = self.model
+        hidden = m.x_embedder(hidden_states)
+        # The model scales timestep and guidance by 1000 in its forward; same here.
+        t = timestep.to(hidden.dtype) * 1000
+        if guidance is not None:
+            temb = m.time_text_embed(t, guidance.to(hidden.dtype) * 1000, pooled_projections)
+        else:
+            temb = m.time_text_embed(t, pooled_projections)
+        encoder_hidden = m.context_embedder(encoder_hidden_states)
+        cos, sin = m.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
+        signal = m.transformer_blocks[0].norm1(hidden, emb=temb)[0]
+        l1_diff, l1_prev = criterion_sums(signal, prev_signal)
+        return hidden, encoder_hidden, temb, cos, sin, signal, l1_diff, l1_prev
+
+
+class FluxBlocks(Part):
+    input_names = ("hidden", "encoder_hidden", "temb", "rotary_cos", "rotary_sin")
+    output_names = ("residual",)
+    dynamic = {
+        "hidden": {0: "batch", 1: "img_seq"},
+        "encoder_hidden": {0: "batch", 1: "txt_seq"},
+        "temb": {0: "batch"},
+        "rotary_cos": {0: AUTO},
+        "rotary_sin": {0: AUTO},
+    }
+
+    def forward(self, hidden, encoder_hidden, temb, rotary_cos, rotary_sin):
+        m = self.model
+        h, e = hidden, encoder_hidden
+        for block in [*m.transformer_blocks, *m.single_transformer_blocks]:
+            e, h = block(hidden_states=h, encoder_hidden_states=e, temb=temb,
+                         image_rotary_emb=(rotary_cos, rotary_sin))
+        return h - hidden
+
+
+class FluxHead(Part):
+    input_names = ("hidden", "residual", "temb")
+    output_names = ("output",)
+    dynamic = {"hidden": {0: "batch", 1: "img_seq"}, "residual": {0: "batch", 1: "img_seq"},
+               "temb": {0: "batch"}}
+
+    def forward(self, hidden, residual, temb):
+        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
+
+
+@register
+class Flux(Family):
+    name = "flux"
+    class_name = "FluxTransformer2DModel"
+    model_inputs = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep",
+                    "img_ids", "txt_ids", "guidance")
+    variants = {
+        "FLUX.1": Variant(
+            "FLUX.1",
+            (498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861),
+            default_threshold=0.4,  # 0.25 -> 1.5x, 0.4 -> 1.8x, 0.6 -> 2.0x, 0.8 -> 2.25x
+        ),
+    }
+    axes = (
+        Axis("batch", 1, 1, 4, help="batch size (CFG rows included)"),
+        Axis("img_seq", 256, 1024, 4096, help="image tokens: (height/16)*(width/16) for FLUX.1"),
+        Axis("txt_seq", 128, 512, 512, help="text tokens (T5 sequence length)"),
+    )
+    signal = "transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0], image tokens"
+    signal_dims = {0: "batch", 1: "img_seq"}
+    cached = ("hidden_states",)
+
+    @classmethod
+    def check_config(cls, config):
+        from ...errors import TeaCacheError
+
+        if config.get("num_layers", 0) < 1:
+            raise TeaCacheError(
+                f"FLUX config has num_layers={config.get('num_layers')}: the TeaCache signal is "
+                f"taken from transformer_blocks[0], so at least one double-stream block is needed"
+            )
+
+    @classmethod
+    def inputs_for(cls, config):
+        return tuple(n for n in cls.model_inputs if n != "guidance" or config.get("guidance_embeds"))
+
+    @classmethod
+    def parts(cls, model):
+        guidance = bool(model.config.guidance_embeds)
+        return {"embed": FluxEmbed(model, guidance), "blocks": FluxBlocks(model), "head": FluxHead(model)}
+
+    @classmethod
+    def input_dims(cls, config):
+        dims = {
+            "hidden_states": {0: "batch", 1: "img_seq"},
+            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
+            "pooled_projections": {0: "batch"},
+            "timestep": {0: "batch"},
+            "img_ids": {0: "img_seq"},
+            "txt_ids": {0: "txt_seq"},
+            "guidance": {0: "batch"},
+        }
+        return {k: v for k, v in dims.items() if k in cls.inputs_for(config)}
+
+    @classmethod
+    def example_inputs(cls, config, dims, dtype, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        b, s, t = dims["batch"], dims["img_seq"], dims["txt_seq"]
+        out_dim = config["in_channels"]
+        feed = {
+            "hidden_states": torch.randn(b, s, out_dim, generator=g).to(dtype),
+            "encoder_hidden_states": torch.randn(b, t, config["joint_attention_dim"], generator=g).to(dtype),
+            "pooled_projections": torch.randn(b, config["pooled_projection_dim"], generator=g).to(dtype),
+            "timestep": torch.rand(b, generator=g).to(dtype),
+            # FLUX ids: channel 0 = 0, channels 1, 2 = row, column of the latent grid.
+            "img_ids": torch.stack(
+                [torch.zeros(s), torch.arange(s) // 16, torch.arange(s) % 16], dim=1
+            ).to(dtype),
+            "txt_ids": torch.zeros(t, 3, dtype=dtype),
+        }
+        if config.get("guidance_embeds"):
+            feed["guidance"] = torch.full((b,), 3.5, dtype=dtype)
+        return feed
+
+    @classmethod
+    def feed_from_kwargs(cls, kwargs):
+        feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
+        for ids in ("img_ids", "txt_ids"):
+            # diffusers still accepts (deprecated) batched ids; they are the same per sample.
+            if ids in feed and feed[ids].ndim == 3:
+                feed[ids] = feed[ids][0]
+        return feed

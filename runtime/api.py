@@ -1,0 +1,89 @@
+"""The public entry points: ``load_transformer`` and ``enable``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import TeaCacheError
+from ..manifest import load_manifest
+from .backends import BACKENDS
+from .transformer import CompiledTransformer
+
+
+def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | None = None,
+                     device: str | torch.device = "cpu", *, clamp: bool | None = None,
+                     model: torch.nn.Module | None = None) -> CompiledTransformer:
+    """A module usable as ``pipe.transformer``, running the exported graphs with TeaCache.
+
+    ``threshold=None`` takes the manifest's default; 0 never skips.  ``backend="torch"`` runs
+    the same three parts in PyTorch (the reference path); it uses ``model`` or loads the
+    exported model from the manifest's source folder.
+    """
+    if backend not in BACKENDS:
+        raise TeaCacheError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    art_dir = Path(art_dir)
+    manifest = load_manifest(art_dir)
+    if backend == "torch" and model is None:
+        model = _load_source_model(manifest)
+    if model is not None:
+        _check_same_model(model, manifest)
+    return CompiledTransformer(art_dir, manifest, backend, device, threshold, clamp, model)
+
+
+def _load_source_model(manifest):
+    from ..export.exporter import DTYPES, find_model_dir
+    from ..export.family import get_family
+
+    src = Path(manifest.source)
+    if not (src / "config.json").is_file():
+        raise TeaCacheError(
+            f"backend='torch' needs the PyTorch model; the manifest's source {src} is not a model "
+            f"folder here: pass model=<the diffusers transformer>"
+        )
+    cls = get_family(manifest.family).model_class()
+    return cls.from_pretrained(str(find_model_dir(src)), torch_dtype=DTYPES[manifest.precision],
+                               low_cpu_mem_usage=False).eval()
+
+
+def _check_same_model(model, manifest) -> None:
+    from ..export.exporter import plain_config
+    from ..manifest import config_fingerprint
+
+    if config_fingerprint(plain_config(model)) != manifest.config_hash:
+        raise TeaCacheError(
+            f"the model given has another config than the one exported to this folder "
+            f"({manifest.class_name}, config hash {manifest.config_hash[:12]}): pass the exported model"
+        )
+
+
+def enable(pipe, art_dir, threshold: float | None = None, backend: str = "onnxruntime",
+           device: str | torch.device | None = None, **kwargs) -> CompiledTransformer:
+    """Replace ``pipe.transformer`` with the compiled one; each pipeline call then starts a
+    fresh generation with the right step count (hooked on the scheduler's ``set_timesteps``)."""
+    if device is None:
+        device = getattr(pipe, "device", "cpu")
+    transformer = load_transformer(art_dir, backend=backend, threshold=threshold, device=device, **kwargs)
+    if hasattr(pipe, "register_modules"):
+        pipe.register_modules(transformer=transformer)
+    else:
+        pipe.transformer = transformer
+    scheduler = getattr(pipe, "scheduler", None)
+    if scheduler is None:
+        raise TeaCacheError(f"{type(pipe).__name__} has no scheduler to follow; call transformer.reset(steps) yourself")
+    _follow_scheduler(scheduler, transformer)
+    return transformer
+
+
+def _follow_scheduler(scheduler, transformer: CompiledTransformer) -> None:
+    # Wrap the *instance's* set_timesteps (never the class): pipelines call it once at the
+    # start of every generation, after which len(timesteps) is the number of model calls.
+    original = getattr(scheduler, "_teacache_original_set_timesteps", None) or scheduler.set_timesteps
+
+    def set_timesteps(*args, **kwargs):
+        result = original(*args, **kwargs)
+        transformer.reset(len(scheduler.timesteps))
+        return result
+
+    scheduler._teacache_original_set_timesteps = original
+    scheduler.set_timesteps = set_timesteps

@@ -1,0 +1,65 @@
+"""One runner lifecycle for every backend: activate / infer / deactivate, or ``with``."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Mapping
+
+import torch
+
+from ...manifest import GraphSpec
+
+TORCH_DTYPES = {
+    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+    "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool,
+    "uint8": torch.uint8, "int8": torch.int8,
+}
+
+
+class Runner(ABC):
+    """Runs one graph: named torch tensors in, named torch tensors out, on ``device``."""
+
+    def __init__(self, name: str, spec: GraphSpec, device: torch.device):
+        self.name = name
+        self.spec = spec
+        self.device = torch.device(device)
+        self.active = False
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.spec.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.spec.output_names
+
+    def activate(self) -> "Runner":
+        if not self.active:
+            self._activate()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    def infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # No activation check per call on the hot path beyond this flag.
+        if not self.active:
+            self.activate()
+        return self._infer({n: feed[n] for n in self.input_names})
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def _deactivate(self) -> None:
+        pass

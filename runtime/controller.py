@@ -1,0 +1,111 @@
+"""The TeaCache criterion (DESIGN §4), batch-wide decisions, state per cache context.
+
+    d   = Σ|s_t − s_{t−1}| / Σ|s_{t−1}|       (over the whole decision group)
+    acc = acc + poly(d)
+    skip if acc < threshold and the step is not forced, else compute and acc = 0
+
+The decision is host-side arithmetic on two fp32 sums the embed graph produced; nothing
+here touches the heavy engine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import TeaCacheError
+from ..manifest import Criterion, ForcedSteps
+
+
+def poly(coefficients: Sequence[float], x: float) -> float:
+    """numpy.poly1d(coefficients)(x), highest degree first (Horner)."""
+    y = 0.0
+    for c in coefficients:
+        y = y * x + c
+    return y
+
+
+@dataclass
+class ContextState:
+    """Everything TeaCache remembers for one cache context (e.g. the cond or uncond branch)."""
+
+    step: int = 0
+    acc: float = 0.0
+    prev_signal: torch.Tensor | None = None
+    residual: dict[str, torch.Tensor] | None = None
+    computed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    rel_l1: list[float | None] = field(default_factory=list)
+
+
+@dataclass
+class TeaCache:
+    """Decision rule: threshold, coefficients and forced steps; stateless itself."""
+
+    coefficients: tuple[float, ...]
+    threshold: float
+    forced: ForcedSteps = field(default_factory=ForcedSteps)
+    clamp: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.threshold, (int, float)) or self.threshold != self.threshold or self.threshold < 0:
+            raise TeaCacheError(
+                f"threshold {self.threshold!r} must be a number >= 0 (0 never skips; larger skips more)"
+            )
+        if not self.coefficients:
+            raise TeaCacheError("coefficients are empty: the manifest's criterion needs a polynomial")
+
+    @classmethod
+    def from_criterion(cls, criterion: Criterion, threshold: float | None = None, clamp: bool | None = None):
+        return cls(
+            coefficients=tuple(float(c) for c in criterion.coefficients),
+            threshold=criterion.default_threshold if threshold is None else threshold,
+            forced=criterion.forced,
+            clamp=criterion.clamp if clamp is None else clamp,
+        )
+
+    def rescale(self, rel_l1: float) -> float:
+        y = poly(self.coefficients, rel_l1)
+        return max(y, 0.0) if self.clamp else y
+
+    def decide(self, state: ContextState, num_steps: int, l1_diff: float | None, l1_prev: float | None,
+               must_compute: bool = False) -> bool:
+        """True to compute this call's blocks; updates ``state`` (acc, step, records).
+
+        ``l1_diff``/``l1_prev`` are the group's sums (None when there is no previous signal);
+        ``must_compute`` is set by the caller when no usable residual exists.
+        """
+        step = state.step
+        rel = None if l1_diff is None or not l1_prev else l1_diff / l1_prev
+        forced = self.forced.is_forced(step, num_steps) or must_compute or rel is None
+        if forced or self.threshold <= 0:
+            compute = True
+        else:
+            state.acc += self.rescale(rel)
+            compute = state.acc >= self.threshold
+        if compute:
+            state.acc = 0.0
+            state.computed.append(step)
+        else:
+            state.skipped.append(step)
+        state.rel_l1.append(rel)
+        state.step += 1
+        return compute
+
+
+def merge_stats(states: dict[str, ContextState]) -> dict[str, Any]:
+    """Per-context records plus the union view users read first."""
+    computed = sorted({s for st in states.values() for s in st.computed})
+    all_steps = sorted({s for st in states.values() for s in st.computed + st.skipped})
+    return {
+        "computed_steps": computed,
+        "skipped_steps": [s for s in all_steps if s not in set(computed)],
+        "calls": sum(st.step for st in states.values()),
+        "blocks_runs": sum(len(st.computed) for st in states.values()),
+        "contexts": {
+            name: {"computed_steps": list(st.computed), "skipped_steps": list(st.skipped),
+                   "rel_l1": list(st.rel_l1)}
+            for name, st in states.items()
+        },
+    }

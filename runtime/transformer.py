@@ -1,0 +1,181 @@
+"""The drop-in transformer: embed graph -> criterion -> blocks graph or cached residual -> head.
+
+An instance replaces ``pipe.transformer``.  All TeaCache state lives on the instance, per
+``cache_context`` name; nothing is patched on any class.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import TeaCacheError
+from ..export.family import get_family
+from ..manifest import GRAPH_NAMES, Manifest
+from ..shapes import bind, propagate
+from .backends import make_runner
+from .backends.base import TORCH_DTYPES
+from .controller import ContextState, TeaCache, merge_stats
+
+DEFAULT_CONTEXT = "default"
+PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class CompiledTransformer(torch.nn.Module):
+    """Same ``forward`` keywords and output type as the diffusers model it was exported from."""
+
+    def __init__(self, art_dir: Path, manifest: Manifest, backend: str, device: str | torch.device = "cpu",
+                 threshold: float | None = None, clamp: bool | None = None, model: torch.nn.Module | None = None):
+        super().__init__()
+        from diffusers.configuration_utils import FrozenDict
+
+        self.art_dir = Path(art_dir)
+        self.manifest = manifest
+        self.family = get_family(manifest.family)
+        self.backend = backend
+        self._device = torch.device(device)
+        self._config = FrozenDict(manifest.config)
+        self.teacache = TeaCache.from_criterion(manifest.criterion, threshold, clamp)
+        parts = self.family.parts(model) if model is not None else None
+        self.runners = {g: make_runner(backend, self.art_dir, manifest, g, self._device, parts)
+                        for g in GRAPH_NAMES}
+        for runner in self.runners.values():
+            runner.activate()  # load every graph now: a bad artifact fails here, not mid-render
+        self._embed_specs = {s.name: s for s in manifest.graphs["embed"].inputs}
+        self._context = DEFAULT_CONTEXT
+        self.num_steps = 0
+        self._states: dict[str, ContextState] = {}
+
+    # --- what pipelines read off a transformer ------------------------------------------
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISION_DTYPES[self.manifest.precision]
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def to(self, *args, **kwargs):
+        # Graphs are placed once, at load; pipelines call .to(device) on every component.
+        return self
+
+    @property
+    def threshold(self) -> float:
+        return self.teacache.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.teacache = TeaCache(self.teacache.coefficients, value, self.teacache.forced, self.teacache.clamp)
+
+    # --- generation bookkeeping ----------------------------------------------------------
+    def reset(self, num_inference_steps: int = 0) -> None:
+        """Start a new generation of ``num_inference_steps`` calls per cache context."""
+        if num_inference_steps < 0:
+            raise TeaCacheError(f"num_inference_steps={num_inference_steps} must be >= 0")
+        self.num_steps = int(num_inference_steps)
+        self._states = {}
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str):
+        """diffusers' protocol: calls inside share TeaCache state under ``name``."""
+        previous, self._context = self._context, name
+        try:
+            yield
+        finally:
+            self._context = previous
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return merge_stats(self._states)
+
+    def _state(self) -> ContextState:
+        state = self._states.get(self._context)
+        if state is None or (self.num_steps and state.step >= self.num_steps):
+            # A context that ran all its steps starts a new generation (the reference does
+            # the same by wrapping its step counter), so repeated calls need no reset().
+            state = self._states[self._context] = ContextState()
+        return state
+
+    # --- the step --------------------------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, return_dict: bool = True, **kwargs):
+        feed = self._prepare(kwargs)
+        state = self._state()
+        shapes = propagate([self.manifest.graphs[g] for g in GRAPH_NAMES], {n: t.shape for n, t in feed.items()})
+        prev = state.prev_signal
+        if prev is not None and tuple(prev.shape) != shapes["prev_signal"]:
+            prev = None  # the batch or resolution changed: nothing to compare against
+        feed["prev_signal"] = prev if prev is not None else torch.zeros(
+            shapes["prev_signal"], dtype=TORCH_DTYPES[self._embed_specs["prev_signal"].dtype], device=self._device)
+        pool = dict(feed)
+        pool.update(self.runners["embed"].infer(pool))
+        residual_ok = state.residual is not None and all(
+            tuple(t.shape) == shapes[n] for n, t in state.residual.items())
+        l1_diff = l1_prev = None
+        if prev is not None:
+            # One host sync per step, as in the reference (.item()); two fp32 scalars.
+            sums = torch.stack([pool["l1_diff"].sum(), pool["l1_prev"].sum()]).double().cpu()
+            l1_diff, l1_prev = float(sums[0]), float(sums[1])
+        compute = self.teacache.decide(state, self.num_steps, l1_diff, l1_prev, must_compute=not residual_ok)
+        if compute:
+            state.residual = self.runners["blocks"].infer(pool)
+        pool.update(state.residual)
+        state.prev_signal = pool["signal"]
+        out = self.runners["head"].infer(pool)["output"]
+        if not return_dict:
+            return (out,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=out)
+
+    def _prepare(self, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Forward kwargs -> embed inputs, checked against the manifest before any launch."""
+        for key in ("joint_attention_kwargs", "attention_kwargs"):
+            extra = kwargs.get(key) or {}
+            if extra.get("scale", 1.0) != 1.0:
+                raise TeaCacheError(
+                    f"{key}['scale']={extra['scale']}: LoRA scales cannot change a compiled graph; "
+                    f"fuse the LoRA into the weights before export"
+                )
+        feed = self.family.feed_from_kwargs(kwargs)
+        env: dict[str, int] = {}
+        for name, spec in self._embed_specs.items():
+            if name == "prev_signal":
+                continue
+            if name not in feed:
+                raise TeaCacheError(
+                    f"input {name!r} is missing; the {self.manifest.family} graphs were exported "
+                    f"with inputs {[n for n in self._embed_specs if n != 'prev_signal']}"
+                )
+            t = feed[name]
+            if not isinstance(t, torch.Tensor):
+                t = torch.as_tensor(t)
+            want = TORCH_DTYPES[spec.dtype]
+            if t.dtype != want:
+                if t.dtype.is_floating_point and want.is_floating_point:
+                    t = t.to(want)  # fp32 latents into an fp16 graph: diffusers casts too
+                else:
+                    raise TeaCacheError(
+                        f"input {name!r} has dtype {t.dtype}; the graph expects {want} "
+                        f"(pass {name}.to({want}))"
+                    )
+            bind(spec.shape, tuple(t.shape), env, f"input {name!r}")
+            feed[name] = t.to(self._device)
+        self._check_profile(env)
+        return feed
+
+    def _check_profile(self, env: dict[str, int]) -> None:
+        for axis, (lo, opt, hi) in self.manifest.axes.items():
+            value = env.get(axis)
+            if value is not None and not lo <= value <= hi:
+                raise TeaCacheError(
+                    f"{axis}={value} is outside the built profile [{lo}, {hi}] of {self.art_dir}: "
+                    f"re-export with --axis {axis}={min(lo, value)}:{opt}:{max(hi, value)}"
+                )

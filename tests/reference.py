@@ -1,0 +1,74 @@
+"""A plain-PyTorch TeaCache reference (DESIGN §4), independent of the runtime's code.
+
+It runs the *original* diffusers model through its own ``forward`` and uses hooks only:
+one captures the signal, one the hidden state entering the first block, one the hidden
+state leaving the last block.  A skipped step makes every block hand its inputs through
+and adds the cached residual where the blocks' output would enter the head.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TeaCacheReference:
+    def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int):
+        self.model, self.h = model, hooks
+        self.rescale = np.poly1d(coefficients)
+        self.threshold, self.num_steps = threshold, num_steps
+        self.cnt, self.acc, self.prev, self.residual = 0, 0.0, None, None
+        self.computed: list[int] = []
+
+    @torch.no_grad()
+    def __call__(self, **kwargs) -> torch.Tensor:
+        h, seen = self.h, {}
+        skip_flag = {"skip": False}
+
+        def grab_signal(mod, args, out):
+            seen.setdefault("signal", out[0] if isinstance(out, tuple) else out)
+
+        def grab_in(mod, args, kw):
+            seen.setdefault("hidden_in", h["hidden_in"](args, kw))
+
+        def pass_through(mod, args, kw, out):
+            return h["identity"](args, kw) if skip_flag["skip"] else out
+
+        def at_head(mod, args, kw):
+            hidden = args[0]
+            if skip_flag["skip"]:
+                return (hidden + self.residual, *args[1:]), kw
+            self.residual = hidden - seen["hidden_in"]
+            return None
+
+        # Decide before the blocks run: the signal's hook fires first, inside block 0 or
+        # before it, so the decision is made in that hook.
+        def decide(mod, args, out):
+            grab_signal(mod, args, out)
+            if "decided" in seen:
+                return
+            seen["decided"] = True
+            s = seen["signal"].float()
+            forced = self.cnt == 0 or self.cnt == self.num_steps - 1 or self.threshold <= 0
+            if forced:
+                calc = True
+            else:
+                d = ((s - self.prev).abs().mean() / self.prev.abs().mean()).item()
+                self.acc += self.rescale(d)
+                calc = self.acc >= self.threshold
+            if calc:
+                self.acc = 0.0
+                self.computed.append(self.cnt)
+            skip_flag["skip"] = not calc
+            self.prev = s
+
+        handles = [h["signal_module"].register_forward_hook(decide),
+                   h["blocks"][0].register_forward_pre_hook(grab_in, with_kwargs=True),
+                   h["after_blocks"].register_forward_pre_hook(at_head, with_kwargs=True)]
+        handles += [b.register_forward_hook(pass_through, with_kwargs=True) for b in h["blocks"]]
+        try:
+            out = self.model(**kwargs, return_dict=False)[0]
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.cnt += 1
+        return out
