@@ -202,7 +202,7 @@ def export_model(
         if model.dtype != dtype:
             model = model.to(dtype)
         model = model.eval()
-        manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes_r,
+        manifest = _export_staged(fam, model, config, src, variant, precision, dtype, axes_r,
                                   weights_hash, export_key, out, verify, log)
     if flavour != "none":
         from ..engines.build import build_engines
@@ -226,13 +226,35 @@ def _reusable(out: Path, export_key: str, force: bool) -> Manifest | None:
     if manifest.export_key != export_key:
         return None
     for graph in manifest.graphs.values():
-        if _graph_hash(out / graph.file) != graph.sha256:
+        try:
+            if _graph_hash(out / graph.file) != graph.sha256:
+                return None
+        except Exception:  # missing or unreadable graph: export it again
             return None
     return manifest
 
 
 def _graph_hash(path: Path) -> str:
     return sha256_json({p.name: sha256_file(p) for p in graph_files(path)})
+
+
+def _export_staged(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
+                   export_key, out, verify, log) -> Manifest:
+    """Export and verify in a staging folder; only a verified set replaces what ``out`` had,
+    graph files first and the manifest last, so a failed export loses nothing."""
+    import os
+    import shutil
+    import tempfile
+
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes,
+                                  weights_hash, export_key, staging, verify, log)
+        for produced in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
+            os.replace(produced, out / produced.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
 
 def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,

@@ -54,6 +54,7 @@ class Part(torch.nn.Module):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
+        self.eval()  # parts only ever run for inference (export traces eval-mode behaviour)
 
     def run(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         outs = self(*(feed[n] for n in self.input_names))

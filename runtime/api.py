@@ -1,6 +1,7 @@
 """The public entry points: ``load_transformer`` and ``enable``."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -80,6 +81,8 @@ def _follow_scheduler(scheduler, transformer: CompiledTransformer) -> None:
     # start of every generation, after which len(timesteps) is the number of model calls.
     original = getattr(scheduler, "_teacache_original_set_timesteps", None) or scheduler.set_timesteps
 
+    # functools.wraps keeps the signature: pipelines inspect it for `sigmas` / `timesteps`.
+    @functools.wraps(original)
     def set_timesteps(*args, **kwargs):
         result = original(*args, **kwargs)
         transformer.reset(len(scheduler.timesteps))

@@ -32,9 +32,10 @@ class TensorRTRunner(Runner):
         self.flavour = flavour
         self.sha256 = sha256
         self.engine = self.context = None
+        # File checks at construction: every graph's engine is checked before any GPU work.
+        check_engine_file(self.path, self.sha256, self.flavour)
 
     def _activate(self) -> None:
-        check_engine_file(self.path, self.sha256, self.flavour)
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise TeaCacheError(
                 f"backend {self.flavour} runs engines on a CUDA GPU, but device is {self.device} "

@@ -1,0 +1,200 @@
+"""HunyuanVideo (HunyuanVideoTransformer3DModel): double-stream then single-stream blocks.
+
+Signal: ``transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0]``, the modulated image
+tokens (LN·(1+scale)+shift from the block's img_mod of temb).
+Cached: the image-token residual through all double and single blocks; ``norm_out``,
+``proj_out`` and the unpatchify always run.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...errors import TeaCacheError
+from ..family import AUTO, Axis, Family, Part, Variant, criterion_sums, register
+
+
+def joint_attention_mask(num_image_tokens: int, encoder_attention_mask: torch.Tensor) -> torch.Tensor:
+    """The model's forward step 3: (B, 1, 1, image + text) keys that attend, as int32 0/1.
+
+    Image tokens and the first ``sum(mask)`` text tokens attend (the model assumes the text
+    padding is at the end).  Written as one comparison rather than the model's
+    ``ones().masked_fill(...)``: same values, and it exports as ``Less`` instead of a ``Where``
+    over bool tensors, which ONNX Runtime's CPU provider cannot run (DESIGN §7).  int32, not
+    bool, between the graphs: the export verification (abs/max) has no bool kernels, and int32
+    is an I/O type every backend takes; the blocks turn it back into the model's bool mask.
+    """
+    text = encoder_attention_mask.sum(dim=1, dtype=torch.int)  # [B]
+    length = num_image_tokens + encoder_attention_mask.shape[1]
+    indices = torch.arange(length, device=encoder_attention_mask.device).unsqueeze(0)  # [1, N]
+    keep = indices < (num_image_tokens + text).unsqueeze(1)
+    return keep[:, None, None, :].to(torch.int32)
+
+
+class HunyuanVideoEmbed(Part):
+    output_names = ("hidden", "encoder_hidden", "temb", "attention_mask", "rotary_cos",
+                    "rotary_sin", "signal", "l1_diff", "l1_prev")
+
+    def __init__(self, model, guidance: bool):
+        super().__init__(model)
+        names = ["hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask",
+                 "pooled_projections"]
+        self.input_names = tuple(names + ["prev_signal"] + (["guidance"] if guidance else []))
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
+                pooled_projections, prev_signal, guidance=None):
+        m = self.model
+        # Unlike FLUX, the model takes timestep and guidance unscaled (pipelines pass 0..1000).
+        rotary_cos, rotary_sin = m.rope(hidden_states)
+        temb, _ = m.time_text_embed(timestep, pooled_projections, guidance)  # no token_replace_emb
+        hidden = m.x_embedder(hidden_states)
+        encoder_hidden = m.context_embedder(encoder_hidden_states, timestep, encoder_attention_mask)
+        attention_mask = joint_attention_mask(hidden.shape[1], encoder_attention_mask)
+        signal = m.transformer_blocks[0].norm1(hidden, emb=temb)[0]
+        l1_diff, l1_prev = criterion_sums(signal, prev_signal)
+        return (hidden, encoder_hidden, temb, attention_mask, rotary_cos, rotary_sin,
+                signal, l1_diff, l1_prev)
+
+
+class HunyuanVideoBlocks(Part):
+    input_names = ("hidden", "encoder_hidden", "temb", "attention_mask", "rotary_cos", "rotary_sin")
+    output_names = ("residual",)
+    dynamic = {
+        "hidden": {0: "batch", 1: AUTO},  # image tokens: frames*(height/p)*(width/p)
+        "encoder_hidden": {0: "batch", 1: "txt_seq"},
+        "temb": {0: "batch"},
+        "attention_mask": {0: "batch", 3: AUTO},  # image + text tokens
+        "rotary_cos": {0: AUTO},
+        "rotary_sin": {0: AUTO},
+    }
+
+    def forward(self, hidden, encoder_hidden, temb, attention_mask, rotary_cos, rotary_sin):
+        m = self.model
+        h, e, mask = hidden, encoder_hidden, attention_mask.bool()
+        for block in [*m.transformer_blocks, *m.single_transformer_blocks]:
+            # Positional, as the model calls them (the double block names its rope freqs_cis).
+            h, e = block(h, e, temb, mask, (rotary_cos, rotary_sin))
+        return h - hidden
+
+
+class HunyuanVideoHead(Part):
+    # hidden_states (the model's latent input) only lends its frames/height/width to the
+    # unpatchify, so the output has the model's (B, C, F, H, W) layout at any dynamic size.
+    input_names = ("hidden_states", "hidden", "residual", "temb")
+    output_names = ("output",)
+    dynamic = {
+        "hidden_states": {0: "batch", 2: "frames", 3: "height", 4: "width"},
+        "hidden": {0: "batch", 1: AUTO},
+        "residual": {0: "batch", 1: AUTO},
+        "temb": {0: "batch"},
+    }
+
+    def forward(self, hidden_states, hidden, residual, temb):
+        m = self.model
+        out = m.proj_out(m.norm_out(hidden + residual, temb))
+        return unpatchify(out, hidden_states.shape, m.config.patch_size_t, m.config.patch_size,
+                          m.config.out_channels or m.config.in_channels)
+
+
+def unpatchify(tokens: torch.Tensor, latent_shape, p_t: int, p: int, channels: int) -> torch.Tensor:
+    """(B, F'·H'·W', p_t·p·p·C) tokens -> (B, C, F, H, W), the model's forward step 5.
+
+    ``channels`` is spelled out (the model writes -1) so the export can relate the token
+    count to frames/height/width instead of guarding on a division.
+    """
+    b, _, f, h, w = latent_shape
+    tokens = tokens.reshape(b, f // p_t, h // p, w // p, channels, p_t, p, p)
+    tokens = tokens.permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return tokens.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+@register
+class HunyuanVideo(Family):
+    name = "hunyuan_video"
+    class_name = "HunyuanVideoTransformer3DModel"
+    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask",
+                    "pooled_projections", "guidance")
+    variants = {
+        "HunyuanVideo": Variant(
+            "HunyuanVideo",
+            (733.226126, -401.131952, 67.5869174, -3.14987800, 0.0961237896),
+            # 0.1 -> 1.6x, 0.15 -> 2.1x (upstream's sample script uses 0.15).  The default is
+            # the paper's "slow" 0.1, as FLUX defaults below upstream's setting too: a default
+            # should cost little quality, and video shows cached steps as flicker; pass
+            # threshold=0.15 for the 2.1x setting.
+            default_threshold=0.1,
+        ),
+    }
+    axes = (
+        Axis("batch", 1, 1, 2, help="batch size (CFG rows included; HunyuanVideo embeds guidance)"),
+        Axis("frames", 1, 33, 33, help="latent frames: (video frames - 1)/4 + 1; 129 frames -> 33"),
+        Axis("height", 32, 90, 160, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
+        Axis("width", 32, 160, 160, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
+        Axis("txt_seq", 16, 256, 256, help="text tokens (LLaMA sequence length after the template crop)"),
+    )
+    signal = "transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0], image tokens"
+    signal_dims = {0: "batch", 1: AUTO}
+    cached = ("hidden_states",)
+
+    @classmethod
+    def check_config(cls, config):
+        if config.get("image_condition_type") == "token_replace":
+            raise TeaCacheError(
+                "HunyuanVideo config has image_condition_type='token_replace' (the I2V variant whose "
+                "first-frame tokens take a separate modulation): its blocks are not split by this "
+                "adapter yet; export a text-to-video or 'latent_concat' HunyuanVideo model instead"
+            )
+        if config.get("num_layers", 0) < 1:
+            raise TeaCacheError(
+                f"HunyuanVideo config has num_layers={config.get('num_layers')}: the TeaCache signal "
+                f"is taken from transformer_blocks[0], so at least one double-stream block is needed"
+            )
+
+    @classmethod
+    def inputs_for(cls, config):
+        return tuple(n for n in cls.model_inputs if n != "guidance" or config.get("guidance_embeds"))
+
+    @classmethod
+    def parts(cls, model):
+        guidance = bool(model.config.guidance_embeds)
+        return {"embed": HunyuanVideoEmbed(model, guidance), "blocks": HunyuanVideoBlocks(model),
+                "head": HunyuanVideoHead(model)}
+
+    @classmethod
+    def input_dims(cls, config):
+        dims = {
+            "hidden_states": {0: "batch", 2: "frames", 3: "height", 4: "width"},
+            "timestep": {0: "batch"},
+            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
+            "encoder_attention_mask": {0: "batch", 1: "txt_seq"},
+            "pooled_projections": {0: "batch"},
+            "guidance": {0: "batch"},
+        }
+        return {k: v for k, v in dims.items() if k in cls.inputs_for(config)}
+
+    @classmethod
+    def example_inputs(cls, config, dims, dtype, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
+        # Text padded at the end, a different valid length per sample (at least one token).
+        valid = torch.tensor([max(1, t - 1 - i) for i in range(b)])
+        feed = {
+            "hidden_states": torch.randn(b, config["in_channels"], f, h, w, generator=g).to(dtype),
+            "timestep": (torch.rand(b, generator=g) * 1000).to(dtype),
+            "encoder_hidden_states": torch.randn(b, t, config["text_embed_dim"], generator=g).to(dtype),
+            # Pipelines pass the mask in the transformer's dtype.
+            "encoder_attention_mask": (torch.arange(t)[None, :] < valid[:, None]).to(dtype),
+            "pooled_projections": torch.randn(b, config["pooled_projection_dim"], generator=g).to(dtype),
+        }
+        if config.get("guidance_embeds"):
+            feed["guidance"] = torch.full((b,), 6000.0, dtype=dtype)  # guidance_scale * 1000
+        return feed
+
+    @classmethod
+    def feed_from_kwargs(cls, kwargs):
+        feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
+        mask = feed.get("encoder_attention_mask")
+        if mask is not None and not mask.dtype.is_floating_point:
+            # A tokenizer's int64 / bool mask: the graph takes it as float (as the pipelines
+            # pass it); 0/1 values survive the cast exactly.
+            feed["encoder_attention_mask"] = mask.float()
+        return feed

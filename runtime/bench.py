@@ -1,0 +1,432 @@
+"""``teacache-bench ART_DIR``: wall time of the same sampling loop with and without TeaCache.
+
+One process, one loaded transformer, the same inputs for every threshold (0 = the baseline
+that computes every step).  Per threshold it reports what DESIGN §6 asks for:
+
+- computed / skipped steps, wall time, wall ratio (baseline wall / cached wall), ideal ratio
+  (steps / computed steps) and efficiency (wall ratio / ideal ratio);
+- per-graph median latency (embed, blocks, head), timed around each runner's ``infer``;
+- the cost of a skipped step as a fraction of a computed step, from per-step wall times;
+- max |final latents - baseline final latents|.
+
+Timing never touches the runtime's hot path: the bench wraps ``infer`` on its *own* runner
+instances (instance attributes, not the class), and synchronises CUDA around every timed
+region when the device is a GPU (device work is queued asynchronously; an unsynced timer
+measures the launch, not the work).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ..errors import TeaCacheError
+from ..manifest import GRAPH_NAMES, load_manifest
+
+LATENT_INPUT = "hidden_states"  # the input every diffusers DiT denoises
+TIMESTEP_INPUT = "timestep"
+
+
+# --- the sampler ------------------------------------------------------------------------
+def timesteps_for(dtype: torch.dtype, steps: int) -> list[float | int]:
+    """The timestep a pipeline passes at each step, by the graph's timestep dtype.
+
+    Float timesteps are flow-matching sigmas 1 -> 1/steps (FLUX, SD3, HunyuanVideo pass
+    sigma, the model scales by 1000); integer ones are DDPM-style 999 -> 0 (CogVideoX).
+    """
+    if dtype.is_floating_point:
+        return [1.0 - i / steps for i in range(steps)]
+    if steps == 1:
+        return [999]
+    return [round(999 - i * 999 / (steps - 1)) for i in range(steps)]
+
+
+def step_sizes(dtype: torch.dtype, steps: int) -> list[float]:
+    """dt of the Euler update ``x += dt * model_output`` at each step."""
+    if dtype.is_floating_point:
+        sigmas = [1.0 - i / steps for i in range(steps)] + [0.0]
+        return [sigmas[i + 1] - sigmas[i] for i in range(steps)]
+    # An epsilon-style model: a fixed small step keeps the latents moving like a sampler.
+    return [-1.0 / steps] * steps
+
+
+# --- timing -----------------------------------------------------------------------------
+class Clock:
+    """Wall-clock timer that waits for queued device work at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+
+class TimedRunner:
+    """Records the wall time of every ``infer`` of one runner (instance-level wrap)."""
+
+    def __init__(self, runner, clock: Clock):
+        self.runner = runner
+        self.clock = clock
+        self.times: list[float] = []
+        self._infer = runner.infer
+        runner.infer = self  # the instance attribute shadows the class method for this runner only
+
+    def __call__(self, feed):
+        t0 = self.clock.now()
+        out = self._infer(feed)
+        self.times.append(self.clock.now() - t0)
+        return out
+
+    def unwrap(self) -> None:
+        del self.runner.infer
+
+
+# --- results ----------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    threshold: float
+    steps: int
+    computed_steps: list[int]
+    skipped: int
+    wall_s: float  # median over repeats
+    walls_s: list[float]
+    graph_median_ms: dict[str, float | None]
+    computed_step_ms: float | None  # median wall of a step that ran the blocks
+    skipped_step_ms: float | None  # median wall of a step that reused the residual
+    max_abs_diff: float = 0.0  # final latents vs the baseline's
+    wall_ratio: float = 1.0
+    ideal_ratio: float = 1.0
+    efficiency: float = 1.0
+    skip_cost: float | None = None  # skipped_step_ms / computed_step_ms
+
+
+@dataclass
+class BenchResult:
+    art_dir: str
+    family: str
+    backend: str
+    device: str
+    precision: str
+    steps: int
+    axes: dict[str, int]
+    warmup: int
+    repeat: int
+    threads: int
+    baseline: RunResult
+    runs: list[RunResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- the bench --------------------------------------------------------------------------
+def resolve_axes(manifest, overrides: Mapping[str, int] | None) -> dict[str, int]:
+    """The profile's opt sizes, with ``overrides`` checked against the built profile."""
+    sizes = {name: opt for name, (lo, opt, hi) in manifest.axes.items()}
+    for name, value in (overrides or {}).items():
+        if name not in manifest.axes:
+            raise TeaCacheError(
+                f"--axis {name}={value}: {manifest.family} artifacts have no axis {name!r}; "
+                f"their axes are {sorted(manifest.axes)}"
+            )
+        lo, opt, hi = manifest.axes[name]
+        if not lo <= value <= hi:
+            raise TeaCacheError(
+                f"--axis {name}={value} is outside the built profile [{lo}, {hi}]: pick a size in "
+                f"that range, or re-export with --axis {name}={min(lo, value)}:{opt}:{max(hi, value)}"
+            )
+        sizes[name] = int(value)
+    return sizes
+
+
+def check_thresholds(thresholds: Sequence[float]) -> list[float]:
+    out = []
+    for t in thresholds:
+        if not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise TeaCacheError(f"threshold {t!r} must be a finite number >= 0 (0 is the baseline)")
+        out.append(float(t))
+    return out
+
+
+def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps: int = 20,
+              thresholds: Sequence[float] | None = None, axes: Mapping[str, int] | None = None,
+              warmup: int = 1, repeat: int = 1, threads: int = 0, seed: int = 0) -> BenchResult:
+    """Run the sampling loop at threshold 0 and at each threshold; see the module doc."""
+    from ..export.family import get_family
+    from .api import load_transformer
+    from .transformer import PRECISION_DTYPES
+
+    if steps < 1:
+        raise TeaCacheError(f"--steps {steps}: the loop needs at least 1 step")
+    if warmup < 0 or repeat < 1:
+        raise TeaCacheError(f"--warmup {warmup} / --repeat {repeat}: need warmup >= 0 and repeat >= 1")
+    if threads < 0:
+        raise TeaCacheError(f"--threads {threads} must be >= 0 (0 = the backend's default)")
+    manifest = load_manifest(art_dir)
+    thresholds = check_thresholds(
+        [manifest.criterion.default_threshold] if thresholds is None else thresholds)
+    thresholds = [t for t in thresholds if t > 0]  # 0 is the baseline, always run
+    sizes = resolve_axes(manifest, axes)
+    family = get_family(manifest.family)
+    dtype = PRECISION_DTYPES[manifest.precision]
+    specs = {s.name: s for s in manifest.graphs["embed"].inputs}
+    for name in (LATENT_INPUT, TIMESTEP_INPUT):
+        if name not in specs:
+            raise TeaCacheError(
+                f"the {manifest.family} embed graph has no {name!r} input (inputs: {sorted(specs)}); "
+                f"the bench's sampler updates {LATENT_INPUT!r} and moves {TIMESTEP_INPUT!r}"
+            )
+    from .backends.base import TORCH_DTYPES
+
+    t_dtype = TORCH_DTYPES[specs[TIMESTEP_INPUT].dtype]
+    inputs = family.example_inputs(manifest.config, sizes, dtype, seed=seed)
+    if threads and backend == "torch":
+        torch.set_num_threads(threads)
+    transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device)
+    if threads:
+        _set_ort_threads(transformer, threads)
+    clock = Clock(transformer.device)
+    timed = {g: TimedRunner(transformer.runners[g], clock) for g in GRAPH_NAMES}
+    loop = _Loop(transformer, clock, timed, inputs, t_dtype, steps)
+    try:
+        for _ in range(warmup):
+            loop.run(0.0)
+        levels = [0.0, *thresholds]
+        records: dict[float, list[_Record]] = {t: [] for t in levels}
+        # Interleave thresholds within each repeat so load drift on a shared machine hits all alike.
+        for _ in range(repeat):
+            for t in levels:
+                records[t].append(loop.run(t))
+    finally:
+        for tr in timed.values():
+            tr.unwrap()
+    baseline = _summarise(0.0, steps, records[0.0], None, None)
+    final = records[0.0][0].final
+    runs = [_summarise(t, steps, records[t], baseline, final) for t in thresholds]
+    return BenchResult(
+        art_dir=str(art_dir), family=manifest.family, backend=backend, device=str(transformer.device),
+        precision=manifest.precision, steps=steps, axes=sizes, warmup=warmup, repeat=repeat,
+        threads=threads, baseline=baseline, runs=runs,
+    )
+
+
+def _set_ort_threads(transformer, threads: int) -> None:
+    """Reload the bench's own ONNX Runtime sessions with ``threads`` intra-op threads."""
+    from .backends.onnxruntime_runner import OnnxRuntimeRunner
+
+    for runner in transformer.runners.values():
+        if isinstance(runner, OnnxRuntimeRunner):
+            runner.deactivate()
+            runner.threads = threads
+            runner.activate()
+
+
+@dataclass
+class _Record:
+    """One sampling loop at one threshold."""
+
+    wall: float
+    step_walls: list[float]
+    step_computed: list[bool]
+    graph_times: dict[str, list[float]]
+    computed_steps: list[int]
+    skipped_steps: list[int]
+    final: torch.Tensor
+
+
+class _Loop:
+    """An N-step Euler sampling loop over the compiled transformer."""
+
+    def __init__(self, transformer, clock: Clock, timed: dict[str, TimedRunner], inputs, t_dtype, steps):
+        self.transformer = transformer
+        self.clock = clock
+        self.timed = timed
+        self.inputs = inputs
+        self.steps = steps
+        self.timesteps = timesteps_for(t_dtype, steps)
+        self.dts = step_sizes(t_dtype, steps)
+        self.t_dtype = t_dtype
+
+    def run(self, threshold: float) -> _Record:
+        tr, clock = self.transformer, self.clock
+        tr.threshold = threshold
+        tr.reset(self.steps)
+        kwargs = {k: v.clone() for k, v in self.inputs.items()}
+        device = tr.device
+        kwargs = {k: v.to(device) for k, v in kwargs.items()}
+        template = kwargs[TIMESTEP_INPUT]
+        latents = kwargs[LATENT_INPUT]
+        marks = {g: len(t.times) for g, t in self.timed.items()}
+        step_walls, step_computed = [], []
+        start = clock.now()
+        for i in range(self.steps):
+            kwargs[TIMESTEP_INPUT] = torch.full_like(template, self.timesteps[i])
+            kwargs[LATENT_INPUT] = latents
+            blocks_before = len(self.timed["blocks"].times)
+            t0 = clock.now()
+            out = tr(return_dict=False, **kwargs)[0]
+            step_walls.append(clock.now() - t0)
+            step_computed.append(len(self.timed["blocks"].times) > blocks_before)
+            if out.shape != latents.shape:
+                raise TeaCacheError(
+                    f"the model output has shape {tuple(out.shape)} but {LATENT_INPUT} has "
+                    f"{tuple(latents.shape)}: the bench's Euler sampler needs them equal"
+                )
+            latents = latents + self.dts[i] * out.to(latents.dtype)
+        wall = clock.now() - start
+        stats = tr.stats
+        return _Record(
+            wall=wall, step_walls=step_walls, step_computed=step_computed,
+            graph_times={g: t.times[marks[g]:] for g, t in self.timed.items()},
+            computed_steps=list(stats["computed_steps"]), skipped_steps=list(stats["skipped_steps"]),
+            final=latents.float().cpu(),
+        )
+
+
+def _median_ms(values: list[float]) -> float | None:
+    return statistics.median(values) * 1e3 if values else None
+
+
+def _summarise(threshold: float, steps: int, records: list[_Record], baseline: RunResult | None,
+               baseline_final: torch.Tensor | None) -> RunResult:
+    first = records[0]
+    for r in records[1:]:
+        if r.computed_steps != first.computed_steps:
+            # Same inputs, same graphs: a different schedule means nondeterminism worth knowing.
+            raise TeaCacheError(
+                f"threshold {threshold}: computed steps differ between repeats "
+                f"({first.computed_steps} vs {r.computed_steps}); the backend is not deterministic"
+            )
+    walls = [r.wall for r in records]
+    computed_walls = [w for r in records for w, c in zip(r.step_walls, r.step_computed) if c]
+    skipped_walls = [w for r in records for w, c in zip(r.step_walls, r.step_computed) if not c]
+    graph = {g: _median_ms([t for r in records for t in r.graph_times[g]]) for g in GRAPH_NAMES}
+    n_computed = len(first.computed_steps)
+    res = RunResult(
+        threshold=threshold, steps=steps, computed_steps=first.computed_steps,
+        skipped=len(first.skipped_steps), wall_s=statistics.median(walls), walls_s=walls,
+        graph_median_ms=graph, computed_step_ms=_median_ms(computed_walls),
+        skipped_step_ms=_median_ms(skipped_walls),
+    )
+    res.ideal_ratio = steps / n_computed
+    if baseline is not None:
+        res.wall_ratio = baseline.wall_s / res.wall_s
+        res.efficiency = res.wall_ratio / res.ideal_ratio
+        res.max_abs_diff = float((first.final - baseline_final).abs().max())
+        # The computed-step denominator comes from the baseline: every one of its steps does
+        # the same work, so its median is the steadiest estimate of a full step.
+        if res.skipped_step_ms is not None and baseline.computed_step_ms:
+            res.skip_cost = res.skipped_step_ms / baseline.computed_step_ms
+    return res
+
+
+# --- output -----------------------------------------------------------------------------
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(result: BenchResult) -> str:
+    """The human-readable report: one row per threshold, baseline first."""
+    r = result
+    axes = " ".join(f"{k}={v}" for k, v in r.axes.items())
+    lines = [
+        f"teacache-bench {r.art_dir}: {r.family} {r.precision}, backend {r.backend} on {r.device}, "
+        f"{r.steps} steps, {axes}, warmup {r.warmup}, repeat {r.repeat}"
+        + (f", threads {r.threads}" if r.threads else ""),
+        "",
+        f"{'threshold':>9} {'computed':>8} {'skipped':>7} {'wall s':>8} {'wall x':>6} {'ideal x':>7} "
+        f"{'effic.':>6} {'embed ms':>8} {'blocks ms':>9} {'head ms':>7} {'step ms':>7} "
+        f"{'skip ms':>7} {'skip cost':>9} {'max |diff|':>10}",
+    ]
+    for run in [r.baseline, *r.runs]:
+        g = run.graph_median_ms
+        lines.append(
+            f"{run.threshold:>9g} {len(run.computed_steps):>8d} {run.skipped:>7d} {run.wall_s:>8.3f} "
+            f"{run.wall_ratio:>6.2f} {run.ideal_ratio:>7.2f} {run.efficiency:>6.2f} "
+            f"{_fmt(g['embed']):>8} {_fmt(g['blocks']):>9} {_fmt(g['head']):>7} "
+            f"{_fmt(run.computed_step_ms):>7} {_fmt(run.skipped_step_ms):>7} "
+            f"{_fmt(None if run.skip_cost is None else 100 * run.skip_cost, '.1f') + ('%' if run.skip_cost is not None else ''):>9} "
+            f"{run.max_abs_diff:>10.3g}"
+        )
+    lines.append("")
+    for run in r.runs:
+        lines.append(f"threshold {run.threshold:g}: computed steps {run.computed_steps}")
+    lines.append(
+        "wall x = baseline wall / cached wall; ideal x = steps / computed steps; effic. = wall x / ideal x; "
+        "skip cost = median skipped-step wall / median baseline step wall; graph times are medians of "
+        "each runner's infer"
+    )
+    return "\n".join(lines)
+
+
+# --- CLI --------------------------------------------------------------------------------
+def _parse_thresholds(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.25,0.4,0.6") from None
+
+
+def _parse_axis(text: str) -> tuple[str, int]:
+    name, sep, size = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return name, int(size)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--axis {text!r} is not NAME=SIZE (an integer size), e.g. img_seq=1024") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKENDS
+
+    p = argparse.ArgumentParser(
+        prog="teacache-bench",
+        description="Time an N-step sampling loop over exported graphs with and without TeaCache "
+                    "(threshold 0 = baseline), in one process, on the same inputs.",
+    )
+    p.add_argument("art_dir", help="artifact folder written by teacache-export")
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--thresholds", type=_parse_thresholds,
+                   help="comma-separated thresholds to compare with the baseline (default: the manifest's default)")
+    p.add_argument("--axis", type=_parse_axis, action="append", default=[],
+                   help="input size of an axis, NAME=SIZE (repeatable; default: the profile's opt sizes)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed baseline loops first (default 1)")
+    p.add_argument("--repeat", type=int, default=1, help="timed loops per threshold; walls are medians (default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op threads of ONNX Runtime (torch backend: torch threads); 0 = default")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--json", action="store_true", help="print a JSON dict instead of the table")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run_bench(args.art_dir, backend=args.backend, device=args.device, steps=args.steps,
+                           thresholds=args.thresholds, axes=dict(args.axis), warmup=args.warmup,
+                           repeat=args.repeat, threads=args.threads, seed=args.seed)
+    except TeaCacheError as exc:
+        print(f"teacache-bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Engines with TensorRT-RTX (ahead of time, no GPU needed), keys, reuse, trtexec files."""
+from __future__ import annotations
+
+import pytest
+
+import teacache_trt
+from teacache_trt import TeaCacheError
+from teacache_trt.manifest import load_manifest, save_manifest
+
+pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[test]')")
+pytest.importorskip("polygraphy", reason="polygraphy is not installed")
+
+from teacache_trt.engines.build import build_engines  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def flux_engines(exported, tmp_path_factory):
+    """The tiny FLUX export with TensorRT-RTX engines, in a private folder."""
+    art = exported("flux").copy(tmp_path_factory.mktemp("rtx") / "art")
+    manifest = load_manifest(art)
+    logs = []
+    manifest.engines["tensorrt-rtx"] = build_engines(art, manifest, "tensorrt-rtx", log=logs.append)
+    save_manifest(art, manifest)
+    return art, manifest, logs
+
+
+def test_every_graph_builds(flux_engines):
+    art, manifest, logs = flux_engines
+    table = manifest.engines["tensorrt-rtx"]
+    assert set(table) == {"embed", "blocks", "head"}
+    for graph, entry in table.items():
+        path = art / entry["file"]
+        assert path.stat().st_size > 1000
+        assert entry["key"] in entry["file"] and graph in entry["file"]
+        assert entry["build_s"] > 0
+        assert entry["device"]["sm"]  # built ahead of time for a list of SM targets
+    assert any("blocks -> tensorrt-rtx" in line for line in logs)
+
+
+def test_rebuild_reuses_unchanged_engines(flux_engines):
+    art, manifest, _ = flux_engines
+    logs = []
+    table = build_engines(art, manifest, "tensorrt-rtx", log=logs.append)
+    assert table == manifest.engines["tensorrt-rtx"]
+    assert sum("is up to date" in line for line in logs) == 3
+
+
+def test_key_changes_with_profile(flux_engines):
+    from teacache_trt.engines.build import engine_key
+
+    _, manifest, _ = flux_engines
+    before = engine_key(manifest, "blocks", "tensorrt-rtx", "1.7", {"sm": ["8.6"]})
+    assert before != engine_key(manifest, "blocks", "tensorrt-rtx", "1.8", {"sm": ["8.6"]})
+    assert before != engine_key(manifest, "blocks", "tensorrt", "1.7", {"sm": ["8.6"]})
+    assert before != engine_key(manifest, "blocks", "tensorrt-rtx", "1.7", {"sm": ["8.9"]})
+    manifest.graphs["blocks"].profile["hidden"]["max"][1] += 1
+    try:
+        assert before != engine_key(manifest, "blocks", "tensorrt-rtx", "1.7", {"sm": ["8.6"]})
+    finally:
+        manifest.graphs["blocks"].profile["hidden"]["max"][1] -= 1
+
+
+def test_truncated_engine_is_a_clear_error(flux_engines, tmp_path):
+    import shutil
+
+    art, manifest, _ = flux_engines
+    copy = shutil.copytree(art, tmp_path / "art")
+    engine = copy / manifest.engines["tensorrt-rtx"]["blocks"]["file"]
+    engine.write_bytes(engine.read_bytes()[: engine.stat().st_size // 2])
+    with pytest.raises(TeaCacheError, match=r"does not match the manifest .*truncated or overwritten.*--force"):
+        teacache_trt.load_transformer(copy, backend="tensorrt-rtx", device="cuda")
+
+
+def test_running_rtx_engines_needs_a_gpu(flux_engines):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CPU-only error path does not apply")
+    art, _, _ = flux_engines
+    with pytest.raises(TeaCacheError, match="runs engines on a CUDA GPU.*backend='onnxruntime'"):
+        teacache_trt.load_transformer(art, backend="tensorrt-rtx", device="cpu")
+
+
+def test_trtexec_files(exported):
+    art = exported("flux").art_dir
+    for graph in ("embed", "blocks", "head"):
+        text = (art / f"{graph}.trtexec.sh").read_text()
+        assert f"--onnx={graph}.onnx" in text and "--stronglyTyped" in text
+        assert "--minShapes=" in text and "--maxShapes=" in text and "--shapes=" in text
+    assert "hidden:4x64x32" in (art / "blocks.trtexec.sh").read_text()  # max batch x max img_seq

@@ -1,0 +1,37 @@
+import torch
+from diffusers import HunyuanVideoTransformer3DModel
+
+FAMILY = "hunyuan_video"
+# Latent pixels (height, width) are multiples of patch_size=2; 1-3 latent frames.  Height and
+# width differ at the export point and in the loop, so a swapped unpatchify axis cannot pass.
+AXES = {"batch": (1, 2, 2), "frames": (1, 2, 3), "height": (2, 4, 8), "width": (2, 6, 8),
+        "txt_seq": (2, 5, 8)}
+POINT = {"batch": 2, "frames": 2, "height": 4, "width": 6, "txt_seq": 5}
+
+
+def make_model():
+    torch.manual_seed(0)
+    return HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        num_layers=1, num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0,
+        patch_size=2, patch_size_t=1, guidance_embeds=True, text_embed_dim=16,
+        pooled_projection_dim=8, rope_axes_dim=(2, 2, 4),
+    ).eval()
+
+
+def timestep(step, num_steps, batch):
+    # HunyuanVideo pipelines pass the scheduler's timesteps (0..1000) unscaled.
+    return torch.full((batch,), 1000.0 * (1.0 - step / num_steps))
+
+
+def reference_hooks(model):
+    """Where the independent reference (tests/reference.py) hooks the original model."""
+    return dict(
+        signal_module=model.transformer_blocks[0].norm1,  # its output[0] is the signal
+        blocks=[*model.transformer_blocks, *model.single_transformer_blocks],
+        # the model calls its blocks positionally: (hidden, encoder, temb, mask, rope, ...)
+        hidden_in=lambda args, kwargs: args[0],
+        # a skipped block hands its inputs through unchanged (blocks return (hidden, encoder))
+        identity=lambda args, kwargs: (args[0], args[1]),
+        after_blocks=model.norm_out,  # first positional argument: hidden after all blocks
+    )
