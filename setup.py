@@ -49,6 +49,7 @@ setup(
         "console_scripts": [
             "teacache-export=teacache_trt.export.cli:main",
             "teacache-bench=teacache_trt.runtime.bench:main",
+            "teacache-calibrate=teacache_trt.runtime.calibrate:main",
         ]
     },
 )

@@ -73,10 +73,11 @@ def plain_config(model: torch.nn.Module) -> dict[str, Any]:
 
 
 # --- axes and profiles ----------------------------------------------------------------------
-def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]] | None) -> dict[str, list[int]]:
-    axes = {a.name: [a.min, a.opt, a.max] for a in fam.axes}
+def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]] | None,
+                 config: Mapping[str, Any] | None = None) -> dict[str, list[int]]:
+    axes = {a.name: [a.min, a.opt, a.max] for a in _axes(fam, config)}
     for name, rng in (overrides or {}).items():
-        axis = fam.axis(name)
+        axis = fam.axis(name, config)
         lo, opt, hi = (int(v) for v in rng)
         if not 1 <= lo <= opt <= hi:
             raise TeaCacheError(
@@ -91,19 +92,25 @@ def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]
     return axes
 
 
-def export_point(fam: type[Family], axes: Mapping[str, list[int]]) -> dict[str, int]:
+def _axes(fam: type[Family], config: Mapping[str, Any] | None):
+    return fam.axes if config is None else fam.axes_for(config)
+
+
+def export_point(fam: type[Family], axes: Mapping[str, list[int]],
+                 config: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Axis sizes of the example inputs: opt, but at least 2 (torch.export specialises 0/1)."""
     point = {}
-    for a in fam.axes:
+    for a in _axes(fam, config):
         v = max(axes[a.name][1], 2)
         point[a.name] = -(-v // a.multiple_of) * a.multiple_of
     return point
 
 
-def second_point(fam: type[Family], axes: Mapping[str, list[int]], first: Mapping[str, int]) -> dict[str, int]:
+def second_point(fam: type[Family], axes: Mapping[str, list[int]], first: Mapping[str, int],
+                 config: Mapping[str, Any] | None = None) -> dict[str, int]:
     """Another point inside the profile for the second verification (min where it differs)."""
     point = {}
-    for a in fam.axes:
+    for a in _axes(fam, config):
         lo, _, hi = axes[a.name]
         if lo != first[a.name]:
             point[a.name] = lo
@@ -185,7 +192,7 @@ def export_model(
         raise TeaCacheError(
             f"variant {variant!r} is unknown for family {fam.name}; choose one of {sorted(fam.variants)}"
         )
-    axes_r = resolve_axes(fam, axes)
+    axes_r = resolve_axes(fam, axes, config)
     export_key = sha256_json({
         "family": fam.name, "variant": variant, "config": config, "weights": weights_hash,
         "precision": precision, "axes": axes_r, "versions": versions(), "verify": verify,
@@ -260,7 +267,7 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
 def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
                    export_key, out, verify, log) -> Manifest:
     parts = fam.parts(model)
-    point_a = export_point(fam, axes)
+    point_a = export_point(fam, axes, config)
     feed = fam.example_inputs(config, point_a, dtype)
     dims = fam.input_dims(config)
     graphs: dict[str, GraphSpec] = {}
@@ -295,7 +302,7 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
         versions=versions(), export_key=export_key,
     )
     if verify:
-        for k, point in enumerate((point_a, second_point(fam, axes, point_a))):
+        for k, point in enumerate((point_a, second_point(fam, axes, point_a, config))):
             log(f"[verify {k + 1}/2] at {point}")
             _verify_at(fam, model, parts, manifest, out, config, point, dtype, precision, seed=k + 1)
     save_manifest(out, manifest)

@@ -141,12 +141,19 @@ class Family:
         return dict(feed)
 
     @classmethod
-    def axis(cls, name: str) -> Axis:
-        for a in cls.axes:
+    def axes_for(cls, config: Mapping[str, Any]) -> tuple[Axis, ...]:
+        """This config's axes and default ranges: ``axes`` unless the config changes them (a
+        patch size that sets ``multiple_of``, a size the weights fix)."""
+        return cls.axes
+
+    @classmethod
+    def axis(cls, name: str, config: Mapping[str, Any] | None = None) -> Axis:
+        axes = cls.axes if config is None else cls.axes_for(config)
+        for a in axes:
             if a.name == name:
                 return a
         raise TeaCacheError(
-            f"family {cls.name!r} has no axis {name!r}; its axes are {[a.name for a in cls.axes]}"
+            f"family {cls.name!r} has no axis {name!r}; its axes are {[a.name for a in axes]}"
         )
 
 

@@ -34,7 +34,7 @@ def check(name: str, got: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Te
         if err > worst["max_abs"]:
             worst.update(max_abs=err, worst_output=out)
         worst["max_rel"] = max(worst["max_rel"], rel)
-        scale = r.detach().abs().max().item() if r.numel() else 0.0
+        scale = r.detach().double().abs().max().item() if r.numel() else 0.0
         if err > atol + rtol * scale:
             raise TeaCacheError(
                 f"{name}: output {out!r} differs from PyTorch by {err:.3g} (max |ref| {scale:.3g}); "

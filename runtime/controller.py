@@ -86,12 +86,39 @@ class TeaCache:
             compute = state.acc >= self.threshold
         if compute:
             state.acc = 0.0
-            state.computed.append(step)
-        else:
-            state.skipped.append(step)
-        state.rel_l1.append(rel)
-        state.step += 1
-        return compute
+        return _record(state, compute, rel)
+
+
+def _record(state: ContextState, compute: bool, rel: float | None) -> bool:
+    (state.computed if compute else state.skipped).append(state.step)
+    state.rel_l1.append(rel)
+    state.step += 1
+    return compute
+
+
+@dataclass
+class FixedSchedule:
+    """Compute at the given step indices only (and wherever no usable residual exists).
+
+    The baseline an adaptive criterion must beat at equal compute: the same residual reuse,
+    with the computed steps spread evenly instead of chosen by the signal.
+    """
+
+    steps: frozenset[int]
+
+    def decide(self, state: ContextState, num_steps: int, l1_diff: float | None, l1_prev: float | None,
+               must_compute: bool = False) -> bool:
+        rel = None if l1_diff is None or not l1_prev else l1_diff / l1_prev
+        return _record(state, state.step in self.steps or must_compute, rel)
+
+    @classmethod
+    def uniform(cls, num_steps: int, computed: int) -> "FixedSchedule":
+        """``computed`` evenly spaced steps, the first and the last among them."""
+        if not 1 <= computed <= num_steps:
+            raise TeaCacheError(f"computed={computed} must be in [1, num_steps={num_steps}]")
+        if computed == 1:
+            return cls(frozenset({0}))
+        return cls(frozenset(round(i * (num_steps - 1) / (computed - 1)) for i in range(computed)))
 
 
 def merge_stats(states: dict[str, ContextState]) -> dict[str, Any]:

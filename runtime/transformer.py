@@ -38,7 +38,9 @@ class CompiledTransformer(torch.nn.Module):
         self.backend = backend
         self._device = torch.device(device)
         self._config = FrozenDict(manifest.config)
-        self.teacache = TeaCache.from_criterion(manifest.criterion, threshold, clamp)
+        # The decision rule: TeaCache from the manifest, or any object with the same decide()
+        # (e.g. controller.FixedSchedule for equal-compute baselines).
+        self.policy = TeaCache.from_criterion(manifest.criterion, threshold, clamp)
         parts = self.family.parts(model) if model is not None else None
         self.runners = {g: make_runner(backend, self.art_dir, manifest, g, self._device, parts)
                         for g in GRAPH_NAMES}
@@ -48,6 +50,9 @@ class CompiledTransformer(torch.nn.Module):
         self._context = DEFAULT_CONTEXT
         self.num_steps = 0
         self._states: dict[str, ContextState] = {}
+        # Callables observe(context, step, computed, pool) after each call: calibration and
+        # quality tools read signals and residuals here; empty for normal use.
+        self.observers: list = []
 
     # --- what pipelines read off a transformer ------------------------------------------
     @property
@@ -67,12 +72,12 @@ class CompiledTransformer(torch.nn.Module):
         return self
 
     @property
-    def threshold(self) -> float:
-        return self.teacache.threshold
+    def threshold(self) -> float | None:
+        return getattr(self.policy, "threshold", None)
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        self.teacache = TeaCache(self.teacache.coefficients, value, self.teacache.forced, self.teacache.clamp)
+        self.policy = TeaCache.from_criterion(self.manifest.criterion, value, getattr(self.policy, "clamp", None))
 
     # --- generation bookkeeping ----------------------------------------------------------
     def reset(self, num_inference_steps: int = 0) -> None:
@@ -123,12 +128,16 @@ class CompiledTransformer(torch.nn.Module):
             # One host sync per step, as in the reference (.item()); two fp32 scalars.
             sums = torch.stack([pool["l1_diff"].sum(), pool["l1_prev"].sum()]).double().cpu()
             l1_diff, l1_prev = float(sums[0]), float(sums[1])
-        compute = self.teacache.decide(state, self.num_steps, l1_diff, l1_prev, must_compute=not residual_ok)
+        compute = self.policy.decide(state, self.num_steps, l1_diff, l1_prev, must_compute=not residual_ok)
         if compute:
             state.residual = self.runners["blocks"].infer(pool)
         pool.update(state.residual)
         state.prev_signal = pool["signal"]
         out = self.runners["head"].infer(pool)["output"]
+        if self.observers:
+            pool["output"] = out
+            for observe in self.observers:
+                observe(self._context, state.step - 1, compute, pool)
         if not return_dict:
             return (out,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput

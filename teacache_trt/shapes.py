@@ -9,6 +9,7 @@ step, and the profile checks done before any engine launches all come from here.
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 from typing import Mapping, Sequence, Union
 
@@ -30,11 +31,16 @@ def eval_dim(dim: Dim, env: Mapping[str, int]) -> int:
     """Value of one dim: an int, a bound name, or an arithmetic expression of bound names."""
     if isinstance(dim, int):
         return dim
+    return _eval(_parse(dim), env, dim)
+
+
+@functools.lru_cache(maxsize=None)
+def _parse(dim: str) -> ast.AST:
+    # Cached: the runtime evaluates the same few expressions on every step.
     try:
-        tree = ast.parse(dim, mode="eval").body
+        return ast.parse(dim, mode="eval").body
     except SyntaxError as exc:
         raise TeaCacheError(f"dim expression {dim!r} cannot be parsed: {exc}") from exc
-    return _eval(tree, env, dim)
 
 
 def _eval(node: ast.AST, env: Mapping[str, int], text: str) -> int:
@@ -93,7 +99,7 @@ def _solve_linear(expr: str, value: int, env: dict[str, int], where: str, i: int
     Expressions with no unknown are checked; ones with several unknowns are left alone
     (another input binds them, and later evaluations check the result).
     """
-    names = {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+    names = {n.id for n in ast.walk(_parse(expr)) if isinstance(n, ast.Name)}
     unknown = [n for n in names if n not in env and n not in _CALLS]
     if not unknown:
         if eval_dim(expr, env) != value:

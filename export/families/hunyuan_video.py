@@ -98,8 +98,9 @@ class HunyuanVideoHead(Part):
 def unpatchify(tokens: torch.Tensor, latent_shape, p_t: int, p: int, channels: int) -> torch.Tensor:
     """(B, F'·H'·W', p_t·p·p·C) tokens -> (B, C, F, H, W), the model's forward step 5.
 
-    ``channels`` is spelled out (the model writes -1) so the export can relate the token
-    count to frames/height/width instead of guarding on a division.
+    ``channels`` is spelled out where the model writes -1: with -1 the exported output's
+    channel dim is an expression of the token count (``(4*s37)//(frames*...)``), not the
+    static out_channels that engines and the manifest should see.
     """
     b, _, f, h, w = latent_shape
     tokens = tokens.reshape(b, f // p_t, h // p, w // p, channels, p_t, p, p)

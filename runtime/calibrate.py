@@ -1,0 +1,299 @@
+"""Fit TeaCache coefficients for a model: ``teacache-calibrate ART_DIR``.
+
+Run the uncached model (threshold 0) over a calibration set; for each pair of consecutive
+calls of one cache context record
+
+    x = rel-L1 of the signal   (Σ|s_t − s_{t−1}| / Σ|s_{t−1}|, from the embed graph's sums)
+    y = rel-L1 of the output   (or of the residual, --target residual)
+
+and fit ``numpy.polyfit(x, y, order)``.  The fit is judged on held-out seeds (R², Pearson)
+and its shape over the observed x range is checked: TeaCache accumulates poly(x), so a
+polynomial that turns down or goes negative there skips the wrong steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import TeaCacheError
+from ..manifest import atomic_write_bytes, load_manifest, save_manifest
+
+TARGETS = ("output", "residual")
+
+
+@dataclass
+class Pairs:
+    """Observed (x, y) pairs with the seed each came from."""
+
+    x: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    seed: list[int] = field(default_factory=list)
+
+    def select(self, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.isin(np.asarray(self.seed), np.asarray(list(seeds)))
+        return np.asarray(self.x)[keep], np.asarray(self.y)[keep]
+
+
+class PairRecorder:
+    """A transformer observer: turns consecutive calls of each context into (x, y) pairs."""
+
+    def __init__(self, pairs: Pairs, target: str, residual_names: Sequence[str]):
+        if target not in TARGETS:
+            raise TeaCacheError(f"target {target!r} is not one of {TARGETS}")
+        self.pairs, self.target, self.residual_names = pairs, target, list(residual_names)
+        self.seed = 0
+        self._prev: dict[str, torch.Tensor] = {}
+
+    def new_generation(self, seed: int) -> None:
+        self.seed, self._prev = seed, {}
+
+    def __call__(self, context: str, step: int, computed: bool, pool) -> None:
+        if self.target == "output":
+            y_now = pool["output"].float()
+        else:
+            y_now = torch.cat([pool[n].float().flatten() for n in self.residual_names])
+        prev = self._prev.get(context)
+        if prev is not None and step > 0:
+            l1_prev = pool["l1_prev"].double().sum().item()
+            if l1_prev > 0:
+                self.pairs.x.append(pool["l1_diff"].double().sum().item() / l1_prev)
+                self.pairs.y.append(((y_now - prev).abs().sum() / prev.abs().sum().clamp_min(1e-30)).item())
+                self.pairs.seed.append(self.seed)
+        self._prev[context] = y_now
+
+
+def fit(x: np.ndarray, y: np.ndarray, order: int = 4) -> np.ndarray:
+    if order < 1:
+        raise TeaCacheError(f"order {order} must be >= 1 (the paper: 1 already helps, 4 saturates)")
+    if len(x) <= order:
+        raise TeaCacheError(
+            f"{len(x)} calibration pairs cannot fit an order-{order} polynomial: use more seeds or steps"
+        )
+    return np.polyfit(x, y, order)
+
+
+def score(coefficients: np.ndarray, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """R² and Pearson correlation of poly(x) against y."""
+    pred = np.polyval(coefficients, x)
+    ss_res = float(np.sum((y - pred) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+    pearson = float(np.corrcoef(pred, y)[0, 1]) if len(x) > 1 and np.std(pred) > 0 and np.std(y) > 0 else float("nan")
+    return {"r2": r2, "pearson": pearson, "n": int(len(x))}
+
+
+def shape_warnings(coefficients: np.ndarray, x: np.ndarray) -> list[str]:
+    """Non-monotonic or negative over the observed x range."""
+    if len(x) == 0:
+        return []
+    grid = np.linspace(float(x.min()), float(x.max()), 256)
+    values = np.polyval(coefficients, grid)
+    warnings = []
+    slope = np.polyval(np.polyder(coefficients), grid)
+    if (slope < 0).any():
+        warnings.append(
+            f"the polynomial decreases over part of the observed range [{grid[0]:.4g}, {grid[-1]:.4g}] "
+            f"(min slope {slope.min():.3g}): a larger signal change would count as a smaller one; "
+            f"try a lower --order or more calibration data"
+        )
+    if (values < 0).any():
+        warnings.append(
+            f"the polynomial is negative over part of the observed range (min {values.min():.3g}): "
+            f"negative terms lower the accumulated distance; consider --order 1 or clamping"
+        )
+    return warnings
+
+
+@dataclass
+class Calibration:
+    coefficients: list[float]
+    order: int
+    target: str
+    fit: dict[str, float]  # on the calibration seeds
+    holdout: dict[str, float]  # on the held-out seeds
+    x_range: list[float]
+    warnings: list[str]
+    seeds: list[int]
+    holdout_seeds: list[int]
+    seconds: float
+
+
+def calibrate(pairs: Pairs, seeds: Sequence[int], holdout_seeds: Sequence[int], order: int = 4,
+              target: str = "output", seconds: float = 0.0) -> Calibration:
+    x, y = pairs.select(seeds)
+    coefficients = fit(x, y, order)
+    xh, yh = pairs.select(holdout_seeds)
+    return Calibration(
+        coefficients=[float(c) for c in coefficients], order=order, target=target,
+        fit=score(coefficients, x, y), holdout=score(coefficients, xh, yh) if len(xh) else {},
+        x_range=[float(x.min()), float(x.max())], warnings=shape_warnings(coefficients, x),
+        seeds=list(seeds), holdout_seeds=list(holdout_seeds), seconds=seconds,
+    )
+
+
+def write_to_manifest(art_dir, calibration: Calibration) -> None:
+    """New coefficients into the manifest; the replaced set is kept in previous_coefficients."""
+    manifest = load_manifest(art_dir)
+    crit = manifest.criterion
+    crit.previous_coefficients.append({"coefficients": list(crit.coefficients), "variant": manifest.variant,
+                                       "replaced_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    crit.coefficients = list(calibration.coefficients)
+    crit.note = (crit.note + " " if crit.note else "") + (
+        f"Coefficients calibrated by teacache-calibrate (order {calibration.order}, target "
+        f"{calibration.target}, held-out R² {calibration.holdout.get('r2', float('nan')):.3f}).")
+    save_manifest(art_dir, manifest)
+
+
+def restore_previous(art_dir) -> list[float]:
+    """Undo the last calibration written to the manifest."""
+    manifest = load_manifest(art_dir)
+    crit = manifest.criterion
+    if not crit.previous_coefficients:
+        raise TeaCacheError(f"{art_dir}: the manifest holds no earlier coefficients to restore")
+    crit.coefficients = list(crit.previous_coefficients.pop()["coefficients"])
+    save_manifest(art_dir, manifest)
+    return crit.coefficients
+
+
+def write_json(path, calibration: Calibration) -> None:
+    atomic_write_bytes(Path(path), json.dumps(asdict(calibration), indent=2).encode())
+
+
+# --- drivers: where the calibration generations come from -----------------------------------
+Generate = Callable[[object, int], None]  # (transformer, seed) -> runs one generation
+
+
+def synthetic_driver(manifest, steps: int, sizes: dict[str, int] | None = None) -> Generate:
+    """Random model inputs per seed and a plain Euler loop: works for every exported family.
+
+    Real prompts give better coefficients; use a pipeline driver where one exists.
+    """
+    from ..export.family import get_family
+    from .sampling import sample, timestep_dtype
+    from .transformer import PRECISION_DTYPES
+
+    family = get_family(manifest.family)
+    sizes = sizes or {name: rng[1] for name, rng in manifest.axes.items()}
+    t_dtype = timestep_dtype(manifest)
+    dtype = PRECISION_DTYPES[manifest.precision]
+
+    def generate(transformer, seed: int) -> None:
+        sample(transformer, family.example_inputs(manifest.config, sizes, dtype, seed=seed), t_dtype, steps)
+
+    return generate
+
+
+def collect(transformer, generate: Generate, seeds: Sequence[int], target: str = "output",
+            log: Callable[[str], None] = print) -> Pairs:
+    """Run ``generate`` uncached for each seed and record the (x, y) pairs."""
+    pairs = Pairs()
+    recorder = PairRecorder(pairs, target, transformer.manifest.graphs["blocks"].output_names)
+    transformer.threshold = 0  # calibration needs every step computed
+    transformer.observers.append(recorder)
+    try:
+        for k, seed in enumerate(seeds, 1):
+            recorder.new_generation(seed)
+            generate(transformer, seed)
+            log(f"[calibrate] seed {seed} ({k}/{len(seeds)}): {len(pairs.x)} pairs")
+    finally:
+        transformer.observers.remove(recorder)
+    return pairs
+
+
+def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8, holdout: int = 2,
+                    steps: int = 20, order: int = 4, target: str = "output", backend: str = "onnxruntime",
+                    device: str = "cpu", log: Callable[[str], None] = print) -> Calibration:
+    from .api import load_transformer
+
+    if seeds < 1 or holdout < 0:
+        raise TeaCacheError(f"--seeds {seeds} / --holdout {holdout}: need seeds >= 1 and holdout >= 0")
+    transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device)
+    generate = generate or synthetic_driver(transformer.manifest, steps)
+    t0 = time.perf_counter()
+    fit_seeds = list(range(seeds))
+    held_out = list(range(seeds, seeds + holdout))
+    pairs = collect(transformer, generate, fit_seeds + held_out, target, log)
+    return calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
+
+
+def format_report(c: Calibration) -> str:
+    lines = [
+        f"coefficients (numpy.poly1d order): {', '.join(f'{v:.9g}' for v in c.coefficients)}",
+        f"fit on seeds {c.seeds}: R² {c.fit['r2']:.4f}, Pearson {c.fit['pearson']:.4f}, {c.fit['n']} pairs",
+    ]
+    if c.holdout:
+        lines.append(f"held out seeds {c.holdout_seeds}: R² {c.holdout['r2']:.4f}, "
+                     f"Pearson {c.holdout['pearson']:.4f}, {c.holdout['n']} pairs")
+    lines.append(f"observed x range [{c.x_range[0]:.4g}, {c.x_range[1]:.4g}], {c.seconds:.1f}s")
+    lines += [f"warning: {w}" for w in c.warnings]
+    return "\n".join(lines)
+
+
+def _is_bundled_digits(manifest) -> bool:
+    from ..digits.pipeline import DEFAULT_MODEL_DIR
+
+    source = Path(manifest.source).resolve()
+    return source in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR / "transformer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="teacache-calibrate",
+                                description="Fit TeaCache coefficients for an exported model.")
+    p.add_argument("art_dir", help="artifact folder written by teacache-export")
+    p.add_argument("--seeds", type=int, default=8, help="generations to fit on")
+    p.add_argument("--holdout", type=int, default=2, help="further generations to score the fit on")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps per generation")
+    p.add_argument("--order", type=int, default=4, help="polynomial order (default 4)")
+    p.add_argument("--target", choices=TARGETS, default="output",
+                   help="y = rel-L1 of the model output (default) or of the cached residual")
+    p.add_argument("--driver", choices=["synthetic", "digits"], default=None,
+                   help="where generations come from (default: digits for the bundled digits model, else synthetic)")
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--device", default="cpu")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--write-manifest", action="store_true",
+                       help="store the coefficients in the manifest (the old ones stay in previous_coefficients)")
+    where.add_argument("--json", metavar="FILE", help="write the calibration to this JSON file")
+    where.add_argument("--restore", action="store_true", help="undo the last --write-manifest and exit")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.restore:
+            print(f"restored coefficients: {restore_previous(args.art_dir)}")
+            return 0
+        manifest = load_manifest(args.art_dir)
+        driver = args.driver or ("digits" if _is_bundled_digits(manifest) else "synthetic")
+        generate = None
+        if driver == "digits":
+            from ..digits.calibration import digits_driver
+
+            generate = digits_driver(args.steps)
+        result = run_calibration(args.art_dir, generate, seeds=args.seeds, holdout=args.holdout,
+                                 steps=args.steps, order=args.order, target=args.target,
+                                 backend=args.backend, device=args.device)
+        print(format_report(result))
+        if args.write_manifest:
+            write_to_manifest(args.art_dir, result)
+            print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --restore undoes it)")
+        elif args.json:
+            write_json(args.json, result)
+            print(f"written to {args.json}")
+    except TeaCacheError as exc:
+        print(f"teacache-calibrate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""teacache-bench on the tiny FLUX export: structure and consistency, never timings."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import teacache_trt
+from teacache_trt.errors import TeaCacheError
+from teacache_trt.export.family import get_family
+from teacache_trt.runtime import bench
+from teacache_trt.runtime.backends.base import Runner
+
+STEPS = 5
+NEVER = 1e6  # acc never reaches it: only the forced first and last steps compute
+
+
+def check_run(run, steps):
+    n = len(run.computed_steps)
+    assert n + run.skipped == steps
+    assert run.computed_steps == sorted(set(run.computed_steps))
+    assert run.ideal_ratio == pytest.approx(steps / n)
+    for value in (run.wall_s, run.wall_ratio, run.efficiency, run.step_efficiency, run.computed_step_ms):
+        assert math.isfinite(value) and value > 0
+    assert run.graph_median_ms["embed"] > 0 and run.graph_median_ms["head"] > 0
+    assert run.graph_median_ms["blocks"] > 0  # step 0 is forced, so the blocks always ran
+    assert (run.skip_cost is None) == (run.skipped == 0)
+    if run.skip_cost is not None:
+        assert math.isfinite(run.skip_cost) and run.skip_cost > 0
+    assert math.isfinite(run.max_abs_diff) and run.max_abs_diff >= 0
+
+
+def test_run_bench_baseline_and_thresholds(exported):
+    ex = exported("flux")
+    res = bench.run_bench(ex.art_dir, steps=STEPS, thresholds=[0, 0.05, NEVER], warmup=0, repeat=2)
+    assert res.axes == {a: opt for a, (lo, opt, hi) in ex.manifest.axes.items()}
+    assert res.baseline.threshold == 0
+    assert res.baseline.computed_steps == list(range(STEPS)) and res.baseline.skipped == 0
+    assert res.baseline.wall_ratio == 1.0 and res.baseline.max_abs_diff == 0
+    assert [r.threshold for r in res.runs] == [0.05, NEVER]  # 0 is the baseline, not repeated
+    for run in [res.baseline, *res.runs]:
+        check_run(run, STEPS)
+        assert len(run.walls_s) == 2
+    never = res.runs[1]
+    assert never.computed_steps == [0, STEPS - 1]
+    assert never.ideal_ratio == pytest.approx(STEPS / 2)
+    assert never.max_abs_diff > 0  # reused residuals change the latents
+
+
+def test_same_schedule_as_transformer(exported):
+    # The bench's loop drives the transformer like a sampler would; its schedule must be
+    # the one a plain loop over load_transformer gets with the same inputs and timesteps.
+    ex = exported("flux")
+    res = bench.run_bench(ex.art_dir, steps=STEPS, thresholds=[0.3], warmup=0)
+    t = teacache_trt.load_transformer(ex.art_dir, threshold=0.3)
+    t.reset(STEPS)
+    sizes = bench.resolve_axes(ex.manifest, None)
+    feed = get_family("flux").example_inputs(ex.manifest.config, sizes, torch.float32)
+    ts = bench.timesteps_for(torch.float32, STEPS)
+    dts = bench.step_sizes(torch.float32, STEPS)
+    for i in range(STEPS):
+        feed["timestep"] = torch.full_like(feed["timestep"], ts[i])
+        feed["hidden_states"] = feed["hidden_states"] + dts[i] * t(return_dict=False, **feed)[0]
+    assert res.runs[0].computed_steps == t.stats["computed_steps"]
+
+
+def test_cli_json(exported, capsys):
+    ex = exported("flux")
+    rc = bench.main([str(ex.art_dir), "--steps", "4", "--thresholds", f"0.05,{NEVER}", "--warmup", "0",
+                     "--axis", "img_seq=8", "--threads", "1", "--json"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["steps"] == 4 and data["axes"]["img_seq"] == 8 and data["threads"] == 1
+    assert data["baseline"]["computed_steps"] == [0, 1, 2, 3]
+    for run in data["runs"]:
+        assert len(run["computed_steps"]) + run["skipped"] == 4
+        assert run["ideal_ratio"] == pytest.approx(4 / len(run["computed_steps"]))
+        assert set(run["graph_median_ms"]) == {"embed", "blocks", "head"}
+    assert data["runs"][1]["computed_steps"] == [0, 3]
+
+
+def test_cli_table_uses_manifest_default_threshold(exported, capsys):
+    ex = exported("flux")
+    assert bench.main([str(ex.art_dir), "--steps", "3", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0][0].isdigit()]
+    assert [float(r[0]) for r in rows] == [0.0, ex.manifest.criterion.default_threshold]
+    assert "skip cost" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--axis", "frames=3"], "no axis 'frames'"),
+    (["--axis", "img_seq=1000"], "outside the built profile"),
+    (["--steps", "0"], "at least 1 step"),
+    (["--thresholds", "-1"], "must be a finite number >= 0"),
+])
+def test_cli_errors(exported, capsys, argv, message):
+    ex = exported("flux")
+    assert bench.main([str(ex.art_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("teacache-bench: error:") and message in err
+
+
+def test_missing_artifacts(tmp_path):
+    with pytest.raises(TeaCacheError, match="not an exported artifact folder"):
+        bench.run_bench(tmp_path)
+
+
+def test_timing_wrap_is_per_instance_and_undone(exported):
+    ex = exported("flux")
+    t = teacache_trt.load_transformer(ex.art_dir, threshold=0)
+    head = t.runners["head"]
+    timed = bench.TimedRunner(head, bench.Clock("cpu"))
+    assert "infer" in vars(head) and "infer" not in vars(t.runners["embed"])
+    assert type(head).infer is Runner.infer  # the class is never patched
+    feed = get_family("flux").example_inputs(ex.manifest.config, bench.resolve_axes(ex.manifest, None),
+                                             torch.float32)
+    t.reset(2)
+    t(**feed)
+    t(**feed)
+    assert len(timed.times) == 2 and all(x > 0 for x in timed.times)
+    timed.unwrap()
+    assert "infer" not in vars(head)
+
+
+def test_timesteps_follow_the_dtype():
+    assert bench.timesteps_for(torch.float32, 4) == [1.0, 0.75, 0.5, 0.25]
+    assert sum(bench.step_sizes(torch.float32, 4)) == pytest.approx(-1.0)  # sigma 1 -> 0
+    ints = bench.timesteps_for(torch.int64, 4)
+    assert ints[0] == 999 and ints[-1] == 0 and ints == sorted(ints, reverse=True)
