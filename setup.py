@@ -38,6 +38,7 @@ setup(
         "safetensors>=0.4",
         "pillow>=9",
         "scikit-learn>=1.3",
+        "matplotlib>=3.6",
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10.0", "polygraphy>=0.49"],
@@ -50,6 +51,7 @@ setup(
             "teacache-export=teacache_trt.export.cli:main",
             "teacache-bench=teacache_trt.runtime.bench:main",
             "teacache-calibrate=teacache_trt.runtime.calibrate:main",
+            "teacache-eval=teacache_trt.digits.harness:main",
         ]
     },
 )

@@ -177,10 +177,11 @@ class CompiledTransformer(torch.nn.Module):
                     )
             bind(spec.shape, tuple(t.shape), env, f"input {name!r}")
             feed[name] = t.to(self._device)
-        self._check_profile(env)
+        self._check_profile(env, feed)
         return feed
 
-    def _check_profile(self, env: dict[str, int]) -> None:
+    def _check_profile(self, env: dict[str, int], feed: dict[str, torch.Tensor]) -> None:
+        """Axis values, then every input dim, against the profile the graphs were built for."""
         for axis, (lo, opt, hi) in self.manifest.axes.items():
             value = env.get(axis)
             if value is not None and not lo <= value <= hi:
@@ -188,3 +189,15 @@ class CompiledTransformer(torch.nn.Module):
                     f"{axis}={value} is outside the built profile [{lo}, {hi}] of {self.art_dir}: "
                     f"re-export with --axis {axis}={min(lo, value)}:{opt}:{max(hi, value)}"
                 )
+        # Dims the exporter named itself (derived from several axes) are checked per input.
+        for name, prof in self.manifest.graphs["embed"].profile.items():
+            if name not in feed:
+                continue
+            shape = tuple(feed[name].shape)
+            for i, (d, lo, hi) in enumerate(zip(shape, prof["min"], prof["max"])):
+                if not lo <= d <= hi:
+                    raise TeaCacheError(
+                        f"input {name!r} has size {d} on dim {i} (shape {shape}), outside the built "
+                        f"profile [{lo}, {hi}] of {self.art_dir} (min {tuple(prof['min'])}, max "
+                        f"{tuple(prof['max'])}): re-export with wider --axis ranges (teacache-export --list-axes)"
+                    )

@@ -8,4 +8,4 @@
 
 The generic tests (tests/runtime/, tests/engines/) run over every module listed in FAMILIES.
 """
-FAMILIES = ["flux"]
+FAMILIES = ["flux", "hunyuan_video", "cogvideox"]

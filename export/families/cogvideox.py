@@ -1,0 +1,315 @@
+"""CogVideoX and CogVideoX 1.5 (CogVideoXTransformer3DModel): one stack of expert blocks
+over [text, video] tokens.
+
+Signal: the timestep embedding the blocks receive, ``time_embedding(time_proj(t))`` plus
+``ofs_embedding(ofs_proj(ofs))`` where the config has one (CogVideoX1.5 I2V); not modulated.
+Cached: the video-token residual through all blocks.  Upstream TeaCache also caches the text
+residual, because its diffusers applied ``norm_final`` to [text, video]; in the installed
+diffusers the blocks' text output is dropped and ``norm_final`` sees the video tokens only, so
+the text residual cannot change the output and is not cached.  ``norm_final``, ``norm_out``,
+``proj_out`` and the unpatchify always run.
+
+Layout between the graphs: the video tokens travel as a (B, F', H', W', D) grid (F' = latent
+frames / patch_size_t, H', W' = latent size / patch_size), so the head unpatchifies from its
+own input's shape and the blocks flatten it to the model's token order.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...errors import TeaCacheError
+from ..family import AUTO, Axis, Family, Part, Variant, criterion_sums, register
+
+# Latent frames/height/width are AUTO dims: the exporter's named dims (min 1) make
+# torch.export reject the model's own shape guards (patch rows != 1; CogVideoX 1.5's
+# patchify needs sizes divisible by the patch), and torch.onnx leaves the roots of derived
+# dims (2*frames) unnamed in the graph.  The profiles still come from the axes; the runtime's
+# axis-range check sees batch and txt_seq only, and engines hold the rest to their profile.
+VIDEO_DIMS = {0: "batch", 1: AUTO, 3: AUTO, 4: AUTO}
+
+
+def fixed_sizes(config) -> dict[str, int] | None:
+    """Sizes the weights fix, or None when every axis is free.
+
+    A sin-cos (CogVideoX-2b) or learned (CogVideoX-5b-I2V) positional table covers
+    ``max_text_seq_length`` text tokens and the ``sample_*`` video grid.  At another size the
+    model rebuilds the table in a way torch.export cannot trace (or, for a learned table,
+    refuses), so such models export at that one size.  RoPE-only models take any size.
+    """
+    learned = config.get("use_learned_positional_embeddings")
+    if config.get("use_rotary_positional_embeddings") and not learned:
+        return None
+    tcr = config.get("temporal_compression_ratio", 4)
+    return {"frames": (config["sample_frames"] - 1) // tcr + 1, "height": config["sample_height"],
+            "width": config["sample_width"], "txt_seq": config["max_text_seq_length"]}
+
+
+class CogVideoXEmbed(Part):
+    def __init__(self, model, ofs: bool, rope: bool):
+        super().__init__(model)
+        # Optional inputs last, rope before ofs: every CogVideoX with ofs (1.5 I2V) uses RoPE
+        # (check_config), so the positional order always matches forward's signature.
+        self.input_names = tuple(
+            ["hidden_states", "encoder_hidden_states", "timestep", "prev_signal"]
+            + (["rotary_cos", "rotary_sin"] if rope else []) + (["ofs"] if ofs else []))
+        self.output_names = tuple(
+            ["hidden", "encoder_hidden", "temb"] + (["rope_cos", "rope_sin"] if rope else [])
+            + ["signal", "l1_diff", "l1_prev"])
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep, prev_signal,
+                rotary_cos=None, rotary_sin=None, ofs=None):
+        m = self.model
+        # The model casts the (always fp32) sinusoidal projections to the latents' dtype.
+        temb = m.time_embedding(m.time_proj(timestep).to(hidden_states.dtype))
+        if ofs is not None:
+            temb = temb + m.ofs_embedding(m.ofs_proj(ofs).to(hidden_states.dtype))
+        tokens = m.embedding_dropout(m.patch_embed(encoder_hidden_states, hidden_states))
+        text = encoder_hidden_states.shape[1]
+        _, frames, _, height, width = hidden_states.shape
+        p, p_t = m.config.patch_size, m.config.patch_size_t or 1
+        # contiguous(): slices of one buffer would hand the next graph's export strides
+        # that depend on the other stream's length (a no-op in ONNX).
+        hidden = tokens[:, text:].unflatten(1, (frames // p_t, height // p, width // p)).contiguous()
+        encoder_hidden = tokens[:, :text].contiguous()
+        l1_diff, l1_prev = criterion_sums(temb, prev_signal)
+        # The rotary tables pass through so that the runtime checks, casts and places them
+        # with the other embed inputs; the blocks take them from here.
+        rope = () if rotary_cos is None else (rotary_cos, rotary_sin)
+        return (hidden, encoder_hidden, temb, *rope, temb, l1_diff, l1_prev)
+
+
+class CogVideoXBlocks(Part):
+    output_names = ("residual",)
+
+    def __init__(self, model, rope: bool):
+        super().__init__(model)
+        self.rope = rope
+        self.input_names = ("hidden", "encoder_hidden", "temb") + (("rope_cos", "rope_sin") if rope else ())
+        self.dynamic = {
+            "hidden": {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO},
+            "encoder_hidden": {0: "batch", 1: "txt_seq"},
+            "temb": {0: "batch"},
+            "rope_cos": {0: AUTO},
+            "rope_sin": {0: AUTO},
+        }
+
+    def forward(self, hidden, encoder_hidden, temb, rope_cos=None, rope_sin=None):
+        h, e = hidden.flatten(1, 3), encoder_hidden  # the model's (F', H', W') token order
+        rope = (rope_cos, rope_sin) if self.rope else None
+        for block in self.model.transformer_blocks:
+            h, e = block(hidden_states=h, encoder_hidden_states=e, temb=temb, image_rotary_emb=rope)
+        # Only the video stream reaches the output (norm_final takes the video tokens only).
+        return h.reshape(hidden.shape) - hidden
+
+
+class CogVideoXHead(Part):
+    input_names = ("hidden", "residual", "temb")
+    output_names = ("output",)
+    dynamic = {"hidden": {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO},
+               "residual": {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO}, "temb": {0: "batch"}}
+
+    def forward(self, hidden, residual, temb):
+        m = self.model
+        grid = hidden + residual
+        out = m.proj_out(m.norm_out(m.norm_final(grid.flatten(1, 3)), temb=temb))
+        return unpatchify(out, grid.shape[:4], m.config.patch_size, m.config.patch_size_t,
+                          m.config.out_channels)
+
+
+def unpatchify(tokens, grid, p: int, p_t: int | None, channels: int) -> torch.Tensor:
+    """(B, F'·H'·W', [p_t·]p·p·C) -> (B, F, C, H, W), the model's forward step 5.
+
+    The grid sizes come from the head's input shape, so no division is traced; ``channels``
+    is spelled out where the model writes -1, so the output's channel dim stays static.
+    """
+    b, f, h, w = grid
+    if p_t is None:  # CogVideoX 1.0
+        out = tokens.reshape(b, f, h, w, channels, p, p)
+        return out.permute(0, 1, 4, 2, 5, 3, 6).flatten(5, 6).flatten(3, 4)
+    out = tokens.reshape(b, f, h, w, channels, p_t, p, p)  # CogVideoX 1.5
+    return out.permute(0, 1, 5, 4, 2, 6, 3, 7).flatten(6, 7).flatten(4, 5).flatten(1, 2)
+
+
+def _variant(name, coefficients):
+    # 0.1 is upstream's "slow" setting for every CogVideoX (DESIGN §5: 1.3x for 1.5 T2V, 1.5x
+    # for 1.5 I2V, 1.6x for the 5b-based ConsisID).  Its "fast" 0.2 (1.8-2.5x) costs far more
+    # fidelity: a published CogVideoX1.5 comparison (PromptTea's README) has the slow setting
+    # at 36 dB PSNR against the uncached video and the fast one at 15 dB.  A default should
+    # cost little quality, as for the other families; pass threshold=0.2 for the fast setting.
+    return Variant(name, coefficients, default_threshold=0.1)
+
+
+@register
+class CogVideoX(Family):
+    name = "cogvideox"
+    class_name = "CogVideoXTransformer3DModel"
+    model_inputs = ("hidden_states", "encoder_hidden_states", "timestep", "rotary_cos", "rotary_sin", "ofs")
+    variants = {v.name: v for v in (
+        _variant("CogVideoX-2b", (-31.0658903, 25.4732368, -5.92380459, 1.75769064, -0.00361568434)),
+        # also CogVideoX-5b-I2V and ConsisID
+        _variant("CogVideoX-5b", (-1538.80483, 843.202495, -134.363087, 7.97131516, -0.0523162339)),
+        _variant("CogVideoX1.5-5B", (250.210439, -165.061612, 35.7804877, -0.781551492, 0.0358559703)),
+        _variant("CogVideoX1.5-5B-I2V", (122.842302, -104.088754, 26.2981677, -0.306009921, 0.0371213220)),
+    )}
+    # CogVideoX-5b (RoPE, 480x720, 49 frames); axes_for gives CogVideoX 1.5 and the
+    # fixed-size models their own.
+    axes = (
+        Axis("batch", 1, 2, 4, help="batch size; CFG doubles it (the pipelines batch cond and uncond)"),
+        Axis("frames", 1, 13, 13, help="latent frames: (video frames - 1)/4 + 1; 49 frames -> 13"),
+        Axis("height", 16, 60, 96, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
+        Axis("width", 16, 90, 160, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
+        Axis("txt_seq", 16, 226, 226, help="text tokens (T5, padded to max_sequence_length=226)"),
+    )
+    signal = "time_embedding(time_proj(timestep)) [+ ofs_embedding(ofs_proj(ofs))], the blocks' temb"
+    signal_dims = {0: "batch"}
+    cached = ("hidden_states",)
+    note = ("Only the video-token residual is cached. Upstream TeaCache caches the text residual "
+            "too (its diffusers applied norm_final to [text, video]); in this diffusers the blocks' "
+            "text output never reaches the output (norm_final takes the video tokens only), so "
+            "caching it could not change a result.")
+
+    @classmethod
+    def check_config(cls, config):
+        if config.get("ofs_embed_dim") and not config.get("use_rotary_positional_embeddings"):
+            raise TeaCacheError(
+                f"CogVideoX config has ofs_embed_dim={config['ofs_embed_dim']} without RoPE: no "
+                f"CogVideoX checkpoint has that layout (the ofs embedding came with CogVideoX1.5 "
+                f"I2V, which uses RoPE), and this adapter does not split it"
+            )
+
+    @classmethod
+    def variant_for(cls, config):
+        if config.get("patch_size_t"):
+            out = config.get("out_channels") or config["in_channels"]
+            i2v = config.get("ofs_embed_dim") or config["in_channels"] == 2 * out
+            return "CogVideoX1.5-5B-I2V" if i2v else "CogVideoX1.5-5B"
+        heads = config.get("num_attention_heads")
+        if heads in (30, 48):
+            return {30: "CogVideoX-2b", 48: "CogVideoX-5b"}[heads]
+        # Another width (a fine-tune or a test model): RoPE came with the 5b models, the
+        # sin-cos table with 2b.  Pass --variant to choose.
+        return "CogVideoX-5b" if config.get("use_rotary_positional_embeddings") else "CogVideoX-2b"
+
+    @classmethod
+    def axes_for(cls, config):
+        fixed = fixed_sizes(config)
+        batch = cls.axes[0]
+        if fixed is not None:
+            why = "fixed by the model's positional table (sample_* and max_text_seq_length)"
+            return (batch, *(Axis(n, v, v, v, help=why) for n, v in fixed.items()))
+        p, p_t = config.get("patch_size", 2), config.get("patch_size_t")
+        if p_t:  # CogVideoX 1.5: 81 frames -> 21 latent frames, padded to 22; 768x1360
+            return (
+                batch,
+                Axis("frames", p_t, 22, 42, multiple_of=p_t,
+                     help="latent frames, padded to a multiple of patch_size_t (81 frames -> 22)"),
+                Axis("height", 32, 96, 170, multiple_of=p, help="latent height: pixels/8"),
+                Axis("width", 32, 170, 170, multiple_of=p, help="latent width: pixels/8"),
+                cls.axes[4],
+            )
+        return tuple(a if a.multiple_of == 1 else Axis(a.name, a.min, a.opt, a.max, p, a.help)
+                     for a in cls.axes)
+
+    @classmethod
+    def inputs_for(cls, config):
+        skip = set()
+        if not config.get("ofs_embed_dim"):
+            skip.add("ofs")
+        if not config.get("use_rotary_positional_embeddings"):
+            skip |= {"rotary_cos", "rotary_sin"}
+        return tuple(n for n in cls.model_inputs if n not in skip)
+
+    @classmethod
+    def parts(cls, model):
+        cfg = model.config
+        ofs, rope = bool(cfg.ofs_embed_dim), bool(cfg.use_rotary_positional_embeddings)
+        return {"embed": CogVideoXEmbed(model, ofs, rope), "blocks": CogVideoXBlocks(model, rope),
+                "head": CogVideoXHead(model)}
+
+    @classmethod
+    def input_dims(cls, config):
+        if fixed_sizes(config) is None:
+            video, text = VIDEO_DIMS, {0: "batch", 1: "txt_seq"}
+        else:
+            video, text = {0: "batch"}, {0: "batch"}
+        dims = {
+            "hidden_states": video,
+            "encoder_hidden_states": text,
+            "timestep": {0: "batch"},
+            "ofs": {0: "batch"},
+            "rotary_cos": {0: AUTO},  # video tokens
+            "rotary_sin": {0: AUTO},
+        }
+        return {k: v for k, v in dims.items() if k in cls.inputs_for(config)}
+
+    @classmethod
+    def example_inputs(cls, config, dims, dtype, seed=0):
+        fixed = fixed_sizes(config) or {}
+        for name, size in fixed.items():
+            if dims[name] != size:
+                raise TeaCacheError(
+                    f"{name}={dims[name]}: this CogVideoX config adds a "
+                    f"{'learned' if config.get('use_learned_positional_embeddings') else 'sin-cos'} "
+                    f"positional table built for frames={fixed['frames']}, height={fixed['height']}, "
+                    f"width={fixed['width']} (latent) and txt_seq={fixed['txt_seq']}, which the export "
+                    f"cannot make dynamic: use --axis {name}={size}:{size}:{size}"
+                )
+        g = torch.Generator().manual_seed(seed)
+        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
+        feed = {
+            "hidden_states": torch.randn(b, f, config["in_channels"], h, w, generator=g).to(dtype),
+            "encoder_hidden_states": torch.randn(b, t, config["text_embed_dim"], generator=g).to(dtype),
+            # Scheduler timesteps are int64 and stay so in the graph (TensorRT: Int64 binding).
+            "timestep": torch.randint(0, 1000, (b,), generator=g),
+        }
+        if config.get("ofs_embed_dim"):
+            feed["ofs"] = torch.full((b,), 2.0, dtype=dtype)  # what the I2V pipeline passes
+        if config.get("use_rotary_positional_embeddings"):
+            # fp32 at every precision: pipelines pass them so, and the model's apply_rotary_emb
+            # rotates in fp32 (an fp16 table would round the angles).
+            feed["rotary_cos"], feed["rotary_sin"] = rotary_tables(config, f, h, w)
+        return feed
+
+    @classmethod
+    def feed_from_kwargs(cls, kwargs):
+        if kwargs.get("timestep_cond") is not None:
+            raise TeaCacheError(
+                "timestep_cond was given: CogVideoX's time embedding has no condition projection "
+                "(the diffusers model fails on it too); call without timestep_cond"
+            )
+        hidden = kwargs["hidden_states"]
+        batch = hidden.shape[0]
+        feed = {"hidden_states": hidden, "encoder_hidden_states": kwargs["encoder_hidden_states"],
+                "timestep": _per_sample(kwargs["timestep"], batch, hidden.device)}
+        if kwargs.get("ofs") is not None:
+            # The I2V pipeline passes one value, shape (1,), for the whole batch.
+            ofs = _per_sample(kwargs["ofs"], batch, hidden.device)
+            feed["ofs"] = ofs if ofs.dtype.is_floating_point else ofs.to(hidden.dtype)
+        rope = kwargs.get("image_rotary_emb")
+        if rope is not None:
+            feed["rotary_cos"], feed["rotary_sin"] = rope
+        return feed
+
+    @classmethod
+    def kwargs_from_feed(cls, feed):
+        names = ("hidden_states", "encoder_hidden_states", "timestep", "ofs")
+        kwargs = {k: feed[k] for k in names if k in feed}
+        if "rotary_cos" in feed:
+            kwargs["image_rotary_emb"] = (feed["rotary_cos"], feed["rotary_sin"])
+        return kwargs
+
+
+def _per_sample(value, batch: int, device) -> torch.Tensor:
+    """A number, a 0-d or a 1-element tensor -> (batch,), as the model would broadcast it."""
+    t = torch.as_tensor(value, device=device)
+    return t.reshape(-1).expand(batch) if t.numel() == 1 else t
+
+
+def rotary_tables(config, frames: int, height: int, width: int):
+    """RoPE tables over the whole latent grid, as the pipelines compute them (fp32)."""
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    p, p_t = config["patch_size"], config.get("patch_size_t") or 1
+    grid = (height // p, width // p)
+    return get_3d_rotary_pos_embed(embed_dim=config["attention_head_dim"], crops_coords=((0, 0), grid),
+                                   grid_size=grid, temporal_size=frames // p_t)

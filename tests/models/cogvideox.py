@@ -1,0 +1,97 @@
+import torch
+from diffusers import CogVideoXTransformer3DModel
+
+FAMILY = "cogvideox"
+# Latent sizes; height/width are multiples of patch_size (2).
+AXES = {"batch": (1, 2, 4), "frames": (1, 2, 3), "height": (4, 4, 8), "width": (4, 6, 8),
+        "txt_seq": (2, 5, 8)}
+POINT = {"batch": 2, "frames": 3, "height": 4, "width": 6, "txt_seq": 5}
+
+# CogVideoX 1.5 I2V layout: patch_size_t, ofs embedding, image latents concatenated on channels.
+AXES_15 = {"batch": (1, 2, 2), "frames": (2, 4, 4), "height": (4, 4, 6), "width": (4, 6, 6),
+           "txt_seq": (3, 5, 5)}
+# CogVideoX-2b layout: sin-cos positional table, so sample size and text length are fixed.
+AXES_2B = {"batch": (1, 2, 2), "frames": (3, 3, 3), "height": (4, 4, 4), "width": (6, 6, 6),
+           "txt_seq": (5, 5, 5)}
+
+TINY = dict(num_attention_heads=2, attention_head_dim=16, time_embed_dim=16, text_embed_dim=32,
+            num_layers=2, patch_size=2, temporal_compression_ratio=4)
+
+
+def make_model():
+    """CogVideoX-5b layout (RoPE, no positional table), tiny."""
+    torch.manual_seed(0)
+    model = CogVideoXTransformer3DModel(
+        **TINY, in_channels=4, out_channels=4, use_rotary_positional_embeddings=True,
+        sample_height=8, sample_width=8, sample_frames=9, max_text_seq_length=8,
+    ).eval()
+    return realistic_temb(model)
+
+
+def realistic_temb(model):
+    """Move the signal into the range the coefficients were fitted on.
+
+    The signal is the timestep embedding alone.  A trained CogVideoX's moves ~10% between
+    steps 100 apart; a random one's moves ~50%, where the 5b polynomial is far below zero and
+    every unforced step would skip at any threshold.  An offset on the embedding's output
+    bias gives ~10% (poly ~0.1 per step), so over 10 steps thresholds 0.05 / 0.2 / 0.6 / 2.0
+    compute every step / every third / two of eight / none but the forced ones.
+    """
+    with torch.no_grad():
+        model.time_embedding.linear_2.bias.add_(1.0)
+    return model
+
+
+def make_model_15():
+    """CogVideoX1.5-5B-I2V layout, tiny."""
+    torch.manual_seed(1)
+    model = CogVideoXTransformer3DModel(
+        **{**TINY, "num_layers": 1}, in_channels=8, out_channels=4, patch_size_t=2, ofs_embed_dim=16,
+        patch_bias=False, use_rotary_positional_embeddings=True, sample_height=6, sample_width=6,
+        sample_frames=13, max_text_seq_length=5,
+    ).eval()
+    return realistic_temb(model)
+
+
+def make_model_2b():
+    """CogVideoX-2b layout (sin-cos table at sample 3x4x6 latents, 5 text tokens), tiny."""
+    torch.manual_seed(2)
+    return CogVideoXTransformer3DModel(
+        **{**TINY, "num_layers": 1}, in_channels=4, out_channels=4, sample_height=4, sample_width=6,
+        sample_frames=9, max_text_seq_length=5,
+    ).eval()
+
+
+def timestep(step, num_steps, batch):
+    # Scheduler timesteps: int64, 999 down (trailing spacing).
+    return torch.full((batch,), 999 - (step * 1000) // num_steps, dtype=torch.long)
+
+
+class _TembOfFirstBlock:
+    """Stands in for a signal module: hands hooks the ``temb`` block 0 is called with.
+
+    With an ofs embedding the signal is ``time_embedding(...) + ofs_embedding(...)``, a sum no
+    module returns; the reference registers and removes this like a module's forward hook.
+    """
+
+    def __init__(self, block):
+        self.block = block
+
+    def register_forward_hook(self, hook):
+        def pre_hook(mod, args, kwargs):
+            hook(mod, args, kwargs["temb"])
+
+        return self.block.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
+def reference_hooks(model):
+    """Where the independent reference (tests/reference.py) hooks the original model."""
+    blocks = list(model.transformer_blocks)
+    return dict(
+        signal_module=model.time_embedding if model.ofs_embedding is None else _TembOfFirstBlock(blocks[0]),
+        blocks=blocks,
+        hidden_in=lambda args, kwargs: kwargs["hidden_states"],
+        # CogVideoX blocks are called with keywords and return (hidden, encoder_hidden).
+        identity=lambda args, kwargs: (kwargs["hidden_states"], kwargs["encoder_hidden_states"]),
+        after_blocks=model.norm_final,  # video tokens only, after all blocks
+    )
