@@ -94,7 +94,7 @@ def test_unknown_family_in_manifest(flux, tmp_path):
     data = json.loads((art / "manifest.json").read_text())
     data["family"] = "sdxl-unet"
     (art / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(TeaCacheError, match=r"unknown model family 'sdxl-unet'; supported: flux"):
+    with pytest.raises(TeaCacheError, match=r"unknown model family .sdxl-unet.; supported: .*flux \(FluxTransformer2DModel\)"):
         teacache_trt.load_transformer(art)
 
 
@@ -112,3 +112,17 @@ def test_bad_threshold(flux, threshold):
 def test_tensorrt_without_engines(flux):
     with pytest.raises(TeaCacheError, match=r"no tensorrt-rtx engine for the embed graph.*--build tensorrt-rtx"):
         teacache_trt.load_transformer(flux.art_dir, backend="tensorrt-rtx", device="cpu")
+
+
+def test_exporter_named_dims_are_checked_against_the_profile(exported):
+    """CogVideoX's frames/height/width are dims the exporter names itself: checked per input."""
+    ex = exported("cogvideox")
+    fam = get_family("cogvideox")
+    t = teacache_trt.load_transformer(ex.art_dir)
+    kwargs = fam.kwargs_from_feed(fam.example_inputs(dict(ex.model.config), {**ex.spec.POINT, "frames": 5},
+                                                     torch.float32))
+    calls = []
+    t.runners["embed"].infer = lambda feed: calls.append(feed)
+    with pytest.raises(TeaCacheError, match=r"input 'hidden_states' has size 5 on dim 1 .*outside the built profile \[1, 3\]"):
+        t(**kwargs)
+    assert calls == []

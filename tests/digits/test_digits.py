@@ -1,0 +1,93 @@
+"""The bundled digits model: it really generates digits; calibration and the quality harness
+run on it end to end."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from teacache_trt.digits import DigitsPipeline, accuracy, heldout_accuracy
+from teacache_trt.digits import harness
+
+
+@pytest.fixture(scope="session")
+def digits_art(tmp_path_factory):
+    """The bundled model exported once (what the README's main job does first)."""
+    art = tmp_path_factory.mktemp("digits") / "art"
+    harness.export_bundled(art, log=lambda m: None)
+    return art
+
+
+def test_shipped_weights_generate_recognisable_digits():
+    """At the README's settings (20 steps, guidance 3, 10 digits of each class, seed 0)."""
+    pipe = DigitsPipeline.from_pretrained()
+    labels = torch.arange(10).repeat_interleave(10)
+    images = pipe(labels, num_inference_steps=20, guidance_scale=3.0, seed=0).images
+    assert images.shape == (100, 1, 16, 16)
+    assert heldout_accuracy() > 0.97  # the judge itself is good on real digits
+    assert accuracy(images, labels) >= 0.9
+
+
+def test_weights_are_small_and_fp16():
+    from teacache_trt.digits.pipeline import DEFAULT_MODEL_DIR
+
+    files = [p for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 10 * 1024 * 1024
+    from safetensors.torch import load_file
+
+    state = load_file(DEFAULT_MODEL_DIR / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in state.values()} == {torch.float16}
+
+
+def test_digits_calibration_driver(digits_art):
+    from teacache_trt.digits.calibration import digits_driver
+    from teacache_trt.runtime.calibrate import run_calibration
+
+    cal = run_calibration(digits_art, digits_driver(steps=6, per_class=1), seeds=2, holdout=1, steps=6,
+                          order=1, log=lambda m: None)
+    assert cal.fit["n"] == 2 * 2 * 5  # 2 seeds x (cond, uncond) x 5 consecutive pairs
+    assert cal.holdout["n"] == 10 and np.isfinite(cal.coefficients).all()
+    assert 0 < cal.x_range[0] <= cal.x_range[1]
+
+
+def test_shipped_calibration_is_usable():
+    coefficients = harness.load_calibrated()
+    assert len(coefficients) == 5 and all(math.isfinite(c) for c in coefficients)
+
+
+def test_harness_end_to_end(digits_art, tmp_path):
+    steps = 8
+    result = harness.evaluate(digits_art, steps=steps, per_class=1, upstream=[0.8], calibrated=[0.1, 0.4],
+                              grid_threshold=0.1, log=lambda m: None)
+    rows = result["rows"]
+    by_policy = {}
+    for row in rows:
+        by_policy.setdefault(row.policy, []).append(row)
+        assert 0 < row.computed <= steps and row.wall_s > 0 and row.wall_ratio > 0
+        assert 0.0 <= row.accuracy <= 1.0 and -1 <= row.ssim <= 1
+    (base,) = by_policy["uncached"]
+    assert base.computed == steps and base.ssim == 1.0 and base.psnr == float("inf")
+    levels = {max(2, round(r.computed)) for r in rows if r.policy.startswith("teacache")} - {steps}
+    for policy in ("uniform", "fewer-steps"):
+        assert {int(r.setting) for r in by_policy[policy]} == levels
+        for r in by_policy[policy]:
+            assert r.computed == int(r.setting)  # equal compute, by construction
+            assert math.isfinite(r.psnr) and r.ssim < 1
+    # Fewer computed steps cannot be closer to the full render than all of them.
+    teacache = sorted(by_policy["teacache-calibrated"], key=lambda r: r.computed)
+    assert teacache[0].computed <= teacache[-1].computed
+    paths = harness.write_outputs(result, tmp_path / "out")
+    data = json.loads(paths["json"].read_text())
+    assert len(data["rows"]) == len(rows) and data["settings"]["steps"] == steps
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["grid_teacache"].is_file() and paths["grid_uncached"].is_file()
+    table = paths["table"].read_text()
+    assert table.count("\n") == len(rows) + 2 and "| uniform |" in table
+
+
+def test_eval_cli_reports_missing_calibration(digits_art, tmp_path, capsys):
+    rc = harness.main(["--art", str(digits_art), "--out", str(tmp_path), "--coefficients", str(tmp_path / "nope.json")])
+    assert rc == 2 and "teacache-calibrate" in capsys.readouterr().err
