@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..errors import TeaCacheError
 from ..manifest import GRAPH_NAMES, Manifest, atomic_write_bytes, sha256_file, sha256_json
-from .flavours import polygraphy_trt, resolve_flavour, trt_module  # noqa: F401  (resolve_flavour re-exported)
+from .flavours import polygraphy_trt, trt_module
 
 # TensorRT-RTX builds ahead of time without a GPU for these targets (RTX-class GPUs).
 DEFAULT_RTX_TARGETS = ((8, 6), (8, 9), (12, 0))

@@ -16,7 +16,7 @@ def trtexec_command(manifest: Manifest, graph: str) -> str:
     engine = f"{graph}.trtexec.engine"
     build = ["trtexec", f"--onnx={spec.file}", f"--saveEngine={engine}", "--stronglyTyped",
              f"--minShapes={_shapes(spec.profile, 'min')}", f"--optShapes={_shapes(spec.profile, 'opt')}",
-             f"--maxShapes={_shapes(spec.profile, 'max')}", f"--timingCacheFile=timing.trtexec.cache"]
+             f"--maxShapes={_shapes(spec.profile, 'max')}", "--timingCacheFile=timing.trtexec.cache"]
     run = ["trtexec", f"--loadEngine={engine}", f"--shapes={_shapes(spec.profile, 'opt')}"]
     return "\n".join([
         "#!/usr/bin/env sh",

@@ -85,7 +85,10 @@ class Family:
     name: ClassVar[str]
     class_name: ClassVar[str]  # diffusers class, as in config.json's _class_name
     model_inputs: ClassVar[tuple[str, ...]]  # graph-input names of the embed graph (not prev_signal)
-    optional_inputs: ClassVar[tuple[str, ...]] = ()  # present only for some configs
+    # inputs present only when a config key is truthy, e.g. {"guidance": "guidance_embeds"}
+    optional_inputs: ClassVar[dict[str, str]] = {}
+    # config key counting the blocks whose first one gives the signal (None: not needed)
+    signal_block_count: ClassVar[str | None] = None
     variants: ClassVar[dict[str, Variant]]
     axes: ClassVar[tuple[Axis, ...]]
     signal: ClassVar[str]
@@ -103,6 +106,12 @@ class Family:
     @classmethod
     def check_config(cls, config: Mapping[str, Any]) -> None:
         """Raise TeaCacheError for configs this adapter cannot split."""
+        key = cls.signal_block_count
+        if key and (config.get(key) or 0) < 1:
+            raise TeaCacheError(
+                f"{cls.class_name} config has {key}={config.get(key)}: the TeaCache signal is taken "
+                f"from transformer_blocks[0], so at least one such block is needed"
+            )
 
     @classmethod
     def variant_for(cls, config: Mapping[str, Any]) -> str:
@@ -111,7 +120,8 @@ class Family:
     @classmethod
     def inputs_for(cls, config: Mapping[str, Any]) -> tuple[str, ...]:
         """The embed graph's model inputs for this config (in graph order)."""
-        return cls.model_inputs
+        return tuple(n for n in cls.model_inputs
+                     if n not in cls.optional_inputs or config.get(cls.optional_inputs[n]))
 
     @classmethod
     def parts(cls, model: torch.nn.Module) -> dict[str, Part]:
@@ -126,7 +136,8 @@ class Family:
 
     @classmethod
     def input_dims(cls, config: Mapping[str, Any]) -> dict[str, dict[int, str]]:
-        """Dynamic dims of the model inputs: name -> {dim index: axis name}."""
+        """Dynamic dims of the model inputs: name -> {dim index: axis name} (inputs absent from
+        this config may be listed; the exporter only reads the embed graph's inputs)."""
         raise NotImplementedError
 
     # --- runtime side ---------------------------------------------------------------

@@ -6,7 +6,6 @@ An instance replaces ``pipe.transformer``.  All TeaCache state lives on the inst
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 from typing import Any
 

@@ -162,6 +162,8 @@ class CogVideoX(Family):
     )
     signal = "time_embedding(time_proj(timestep)) [+ ofs_embedding(ofs_proj(ofs))], the blocks' temb"
     signal_dims = {0: "batch"}
+    optional_inputs = {"ofs": "ofs_embed_dim", "rotary_cos": "use_rotary_positional_embeddings",
+                       "rotary_sin": "use_rotary_positional_embeddings"}
     cached = ("hidden_states",)
     note = ("Only the video-token residual is cached. Upstream TeaCache caches the text residual "
             "too (its diffusers applied norm_final to [text, video]); in this diffusers the blocks' "
@@ -211,15 +213,6 @@ class CogVideoX(Family):
                      for a in cls.axes)
 
     @classmethod
-    def inputs_for(cls, config):
-        skip = set()
-        if not config.get("ofs_embed_dim"):
-            skip.add("ofs")
-        if not config.get("use_rotary_positional_embeddings"):
-            skip |= {"rotary_cos", "rotary_sin"}
-        return tuple(n for n in cls.model_inputs if n not in skip)
-
-    @classmethod
     def parts(cls, model):
         cfg = model.config
         ofs, rope = bool(cfg.ofs_embed_dim), bool(cfg.use_rotary_positional_embeddings)
@@ -232,7 +225,7 @@ class CogVideoX(Family):
             video, text = VIDEO_DIMS, {0: "batch", 1: "txt_seq"}
         else:
             video, text = {0: "batch"}, {0: "batch"}
-        dims = {
+        return {
             "hidden_states": video,
             "encoder_hidden_states": text,
             "timestep": {0: "batch"},
@@ -240,7 +233,6 @@ class CogVideoX(Family):
             "rotary_cos": {0: AUTO},  # video tokens
             "rotary_sin": {0: AUTO},
         }
-        return {k: v for k, v in dims.items() if k in cls.inputs_for(config)}
 
     @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):

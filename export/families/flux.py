@@ -89,21 +89,9 @@ class Flux(Family):
     )
     signal = "transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0], image tokens"
     signal_dims = {0: "batch", 1: "img_seq"}
+    signal_block_count = "num_layers"  # double-stream blocks
+    optional_inputs = {"guidance": "guidance_embeds"}
     cached = ("hidden_states",)
-
-    @classmethod
-    def check_config(cls, config):
-        from ...errors import TeaCacheError
-
-        if config.get("num_layers", 0) < 1:
-            raise TeaCacheError(
-                f"FLUX config has num_layers={config.get('num_layers')}: the TeaCache signal is "
-                f"taken from transformer_blocks[0], so at least one double-stream block is needed"
-            )
-
-    @classmethod
-    def inputs_for(cls, config):
-        return tuple(n for n in cls.model_inputs if n != "guidance" or config.get("guidance_embeds"))
 
     @classmethod
     def parts(cls, model):
@@ -112,7 +100,7 @@ class Flux(Family):
 
     @classmethod
     def input_dims(cls, config):
-        dims = {
+        return {
             "hidden_states": {0: "batch", 1: "img_seq"},
             "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
             "pooled_projections": {0: "batch"},
@@ -121,7 +109,6 @@ class Flux(Family):
             "txt_ids": {0: "txt_seq"},
             "guidance": {0: "batch"},
         }
-        return {k: v for k, v in dims.items() if k in cls.inputs_for(config)}
 
     @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):

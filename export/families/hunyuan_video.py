@@ -134,6 +134,8 @@ class HunyuanVideo(Family):
     )
     signal = "transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0], image tokens"
     signal_dims = {0: "batch", 1: AUTO}
+    signal_block_count = "num_layers"  # double-stream blocks
+    optional_inputs = {"guidance": "guidance_embeds"}
     cached = ("hidden_states",)
 
     @classmethod
@@ -144,15 +146,7 @@ class HunyuanVideo(Family):
                 "first-frame tokens take a separate modulation): its blocks are not split by this "
                 "adapter yet; export a text-to-video or 'latent_concat' HunyuanVideo model instead"
             )
-        if config.get("num_layers", 0) < 1:
-            raise TeaCacheError(
-                f"HunyuanVideo config has num_layers={config.get('num_layers')}: the TeaCache signal "
-                f"is taken from transformer_blocks[0], so at least one double-stream block is needed"
-            )
-
-    @classmethod
-    def inputs_for(cls, config):
-        return tuple(n for n in cls.model_inputs if n != "guidance" or config.get("guidance_embeds"))
+        super().check_config(config)
 
     @classmethod
     def parts(cls, model):
@@ -162,7 +156,7 @@ class HunyuanVideo(Family):
 
     @classmethod
     def input_dims(cls, config):
-        dims = {
+        return {
             "hidden_states": {0: "batch", 2: "frames", 3: "height", 4: "width"},
             "timestep": {0: "batch"},
             "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
@@ -170,7 +164,6 @@ class HunyuanVideo(Family):
             "pooled_projections": {0: "batch"},
             "guidance": {0: "batch"},
         }
-        return {k: v for k, v in dims.items() if k in cls.inputs_for(config)}
 
     @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):

@@ -10,6 +10,7 @@ from teacache_trt.manifest import load_manifest, save_manifest
 pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[test]')")
 pytest.importorskip("polygraphy", reason="polygraphy is not installed")
 
+from models import FAMILIES  # noqa: E402
 from teacache_trt.engines.build import build_engines  # noqa: E402
 
 
@@ -35,6 +36,15 @@ def test_every_graph_builds(flux_engines):
         assert entry["build_s"] > 0
         assert entry["device"]["sm"]  # built ahead of time for a list of SM targets
     assert any("blocks -> tensorrt-rtx" in line for line in logs)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_graph_of_every_family_builds(exported, tmp_path, name):
+    art = exported(name).copy(tmp_path / "art")
+    table = build_engines(art, load_manifest(art), "tensorrt-rtx", log=lambda msg: None)
+    assert set(table) == {"embed", "blocks", "head"}
+    for graph, entry in table.items():
+        assert (art / entry["file"]).stat().st_size > 1000, graph
 
 
 def test_rebuild_reuses_unchanged_engines(flux_engines):

@@ -143,19 +143,6 @@ def test_tiny_model_schedules_are_mixed_at_the_parity_thresholds(exported):
     assert 2 < len(schedules[0.2]) < STEPS and 2 < len(schedules[0.6]) < STEPS, schedules
 
 
-def test_graphs_build_with_tensorrt_rtx(exported, tmp_path):
-    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e .[test])")
-    pytest.importorskip("polygraphy", reason="polygraphy is not installed")
-    from teacache_trt.engines.build import build_engines
-
-    art = exported(NAME).copy(tmp_path / "art")
-    table = build_engines(art, load_manifest(art), "tensorrt-rtx", log=lambda msg: None)
-    assert set(table) == set(GRAPH_NAMES)
-    for graph, entry in table.items():
-        path = art / entry["file"]
-        assert path.is_file() and path.stat().st_size > 0, graph
-
-
 # --- CogVideoX 1.5 I2V layout: patch_size_t, ofs, image channels ----------------------------
 @pytest.fixture(scope="module")
 def ex15(tmp_path_factory):

@@ -9,7 +9,7 @@ import teacache_trt
 from teacache_trt import TeaCacheError
 from teacache_trt.export.family import get_family
 from teacache_trt.export.verify import ort_session, run_ort
-from teacache_trt.manifest import GRAPH_NAMES, load_manifest
+from teacache_trt.manifest import GRAPH_NAMES
 from teacache_trt.shapes import propagate
 
 NAME = "hunyuan_video"
@@ -112,16 +112,3 @@ def test_token_replace_variant_is_rejected(tmp_path):
     with pytest.raises(TeaCacheError, match="image_condition_type='token_replace'.*latent_concat"):
         export_model(None, tmp_path / "art", model=model, build="none", log=lambda msg: None)
     assert not (tmp_path / "art" / "embed.onnx").exists()
-
-
-def test_graphs_build_with_tensorrt_rtx(exported, tmp_path):
-    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[test]')")
-    pytest.importorskip("polygraphy", reason="polygraphy is not installed")
-    from teacache_trt.engines.build import build_engines
-
-    art = exported(NAME).copy(tmp_path / "art")
-    table = build_engines(art, load_manifest(art), "tensorrt-rtx", log=lambda msg: None)
-    assert set(table) == set(GRAPH_NAMES)
-    for graph, entry in table.items():
-        path = art / entry["file"]
-        assert path.is_file() and path.stat().st_size > 0, graph

@@ -1,7 +1,6 @@
 """The compiled transformer against the original diffusers model, per family."""
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
