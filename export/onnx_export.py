@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -34,6 +36,17 @@ def _dims(part: Part, dims: Mapping[str, Mapping[int, str]]) -> tuple:
     return tuple(shapes)
 
 
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_part(
     part: Part,
     feed: Mapping[str, torch.Tensor],
@@ -45,8 +58,10 @@ def export_part(
     args = tuple(feed[n] for n in part.input_names)
     log = io.StringIO()
     try:
-        # The exporter prints its own stage banners; the CLI shows its own progress instead.
-        with contextlib.redirect_stdout(log), torch.no_grad():
+        # The exporter prints its own stage banners and warnings (unused axis names, missing
+        # torchvision ops); the CLI shows its own progress instead.
+        with contextlib.redirect_stdout(log), torch.no_grad(), warnings.catch_warnings(), _quiet("torch.onnx"):
+            warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 part, args, None, dynamo=True, dynamic_shapes=_dims(part, dims),
                 input_names=list(part.input_names), output_names=list(part.output_names),
@@ -60,7 +75,9 @@ def export_part(
     size = sum(p.numel() * p.element_size() for p in part.parameters())
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
     try:
-        program.save(str(tmpdir / path.name), external_data=size > EXTERNAL_DATA_ABOVE)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # axis-renaming notes, see above
+            program.save(str(tmpdir / path.name), external_data=size > EXTERNAL_DATA_ABOVE)
         for produced in sorted(tmpdir.iterdir()):  # the .data file first, the graph last
             if produced.name != path.name:
                 os.replace(produced, path.parent / produced.name)
