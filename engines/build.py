@@ -68,7 +68,7 @@ def build_engines(
         atomic_write_bytes(path, data)
         seconds = time.perf_counter() - t0
         log(f"[build {i}/3] {path.name} in {seconds:.1f}s ({len(data) / 1e6:.1f} MB)")
-        table[graph] = {"file": path.name, "key": key, "sha256": sha256_file(path), "build_s": round(seconds, 3),
+        table[graph] = {"file": path.name, "key": key, "sha256": sha256_file(path), "size": len(data), "build_s": round(seconds, 3),
                         "trt_version": trt.__version__, "device": device}
         if old.get("file") and old["file"] != path.name:
             (art_dir / old["file"]).unlink(missing_ok=True)  # superseded by the new key

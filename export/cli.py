@@ -56,8 +56,9 @@ def main(argv=None) -> int:
         from .exporter import export_model, find_model_dir, read_config, resolve_family
 
         if args.list_axes:
-            fam = resolve_family(read_config(find_model_dir(args.model_dir)), args.family)
-            for a in fam.axes:
+            config = read_config(find_model_dir(args.model_dir))
+            fam = resolve_family(config, args.family)
+            for a in fam.axes_for(config):
                 print(f"{a.name}={a.min}:{a.opt}:{a.max}  {a.help}")
             return 0
         axes = dict(args.axis)

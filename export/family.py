@@ -85,6 +85,9 @@ class Family:
     name: ClassVar[str]
     class_name: ClassVar[str]  # diffusers class, as in config.json's _class_name
     model_inputs: ClassVar[tuple[str, ...]]  # graph-input names of the embed graph (not prev_signal)
+    # diffusers forward keywords the adapter maps to graph inputs (default: model_inputs);
+    # any other non-None keyword changes the model's output and is refused at run time
+    forward_kwargs: ClassVar[tuple[str, ...]] = ()
     # inputs present only when a config key is truthy, e.g. {"guidance": "guidance_embeds"}
     optional_inputs: ClassVar[dict[str, str]] = {}
     # config key counting the blocks whose first one gives the signal (None: not needed)
@@ -145,6 +148,10 @@ class Family:
     def feed_from_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The diffusers forward's keyword arguments -> graph inputs by name."""
         return {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+
+    @classmethod
+    def accepted_kwargs(cls) -> frozenset[str]:
+        return frozenset(cls.forward_kwargs or cls.model_inputs)
 
     @classmethod
     def kwargs_from_feed(cls, feed: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import torch
 from ..errors import TeaCacheError
 
 # (atol, rtol) per precision; rtol is relative to the largest reference magnitude of a tensor.
+# Precisions ONNX Runtime's CPU provider can run for the graph-vs-PyTorch check.
+ORT_CPU_PRECISIONS = ("fp32", "fp16")
 TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "bf16": (6e-2, 6e-2)}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import types
 from pathlib import Path
 
 import torch
@@ -77,16 +78,43 @@ def enable(pipe, art_dir, threshold: float | None = None, backend: str = "onnxru
 
 
 def _follow_scheduler(scheduler, transformer: CompiledTransformer) -> None:
-    # Wrap the *instance's* set_timesteps (never the class): pipelines call it once at the
-    # start of every generation, after which len(timesteps) is the number of model calls.
-    original = getattr(scheduler, "_teacache_original_set_timesteps", None) or scheduler.set_timesteps
+    """Hook the scheduler *instance* (never its class) so generations need no bookkeeping.
 
-    # functools.wraps keeps the signature: pipelines inspect it for `sigmas` / `timesteps`.
-    @functools.wraps(original)
-    def set_timesteps(*args, **kwargs):
-        result = original(*args, **kwargs)
-        transformer.reset(len(scheduler.timesteps))
+    - ``set_timesteps`` opens every generation: afterwards ``len(timesteps)`` is the number of
+      model calls per branch (Heun-style schedulers included);
+    - ``set_begin_index`` (img2img ``strength``) starts later in that list: fewer calls;
+    - ``step`` closes a denoising step: a second call of one cache context within a step is
+      another CFG branch of a pipeline that does not name its branches.
+    The wrappers are bound methods of the scheduler, so a deep copy of it stays consistent.
+    """
+    cls = type(scheduler)
+
+    def remaining(sched) -> int:
+        begin = getattr(sched, "begin_index", None) or 0
+        return max(len(sched.timesteps) - begin, 0)
+
+    # functools.wraps keeps the signatures: pipelines inspect set_timesteps for `sigmas`.
+    @functools.wraps(cls.set_timesteps)
+    def set_timesteps(self, *args, **kwargs):
+        result = cls.set_timesteps(self, *args, **kwargs)
+        transformer.reset(remaining(self))
         return result
 
-    scheduler._teacache_original_set_timesteps = original
-    scheduler.set_timesteps = set_timesteps
+    scheduler.set_timesteps = types.MethodType(set_timesteps, scheduler)
+
+    if hasattr(cls, "set_begin_index"):
+        @functools.wraps(cls.set_begin_index)
+        def set_begin_index(self, *args, **kwargs):
+            result = cls.set_begin_index(self, *args, **kwargs)
+            transformer.reset(remaining(self))
+            return result
+
+        scheduler.set_begin_index = types.MethodType(set_begin_index, scheduler)
+
+    @functools.wraps(cls.step)
+    def step(self, *args, **kwargs):
+        transformer.end_step()
+        return cls.step(self, *args, **kwargs)
+
+    scheduler.step = types.MethodType(step, scheduler)
+    transformer.track_steps = True

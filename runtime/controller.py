@@ -9,6 +9,7 @@ here touches the heavy engine.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -78,12 +79,14 @@ class TeaCache:
         """
         step = state.step
         rel = None if l1_diff is None or not l1_prev else l1_diff / l1_prev
+        if rel is not None and not math.isfinite(rel):
+            rel = None  # an inf/NaN signal (fp16 overflow) must not poison acc: compute instead
         forced = self.forced.is_forced(step, num_steps) or must_compute or rel is None
         if forced or self.threshold <= 0:
             compute = True
         else:
             state.acc += self.rescale(rel)
-            compute = state.acc >= self.threshold
+            compute = not state.acc < self.threshold  # upstream's test: NaN computes
         if compute:
             state.acc = 0.0
         return _record(state, compute, rel)

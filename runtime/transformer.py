@@ -49,6 +49,10 @@ class CompiledTransformer(torch.nn.Module):
         self._context = DEFAULT_CONTEXT
         self.num_steps = 0
         self._states: dict[str, ContextState] = {}
+        # Set by enable(): the scheduler's step() marks step ends, so a context called twice
+        # within one step (CFG branches without cache_context) gets a state per call.
+        self.track_steps = False
+        self._calls_this_step: dict[str, int] = {}
         # Callables observe(context, step, computed, pool) after each call: calibration and
         # quality tools read signals and residuals here; empty for normal use.
         self.observers: list = []
@@ -85,6 +89,11 @@ class CompiledTransformer(torch.nn.Module):
             raise TeaCacheError(f"num_inference_steps={num_inference_steps} must be >= 0")
         self.num_steps = int(num_inference_steps)
         self._states = {}
+        self._calls_this_step = {}
+
+    def end_step(self) -> None:
+        """The pipeline finished a denoising step (called by the scheduler hook)."""
+        self._calls_this_step = {}
 
     @contextlib.contextmanager
     def cache_context(self, name: str):
@@ -99,19 +108,30 @@ class CompiledTransformer(torch.nn.Module):
     def stats(self) -> dict[str, Any]:
         return merge_stats(self._states)
 
-    def _state(self) -> ContextState:
-        state = self._states.get(self._context)
+    def _route(self) -> str:
+        """The state this call belongs to: its cache context, split per call within a step."""
+        name = self._context
+        if self.track_steps:
+            k = self._calls_this_step.get(name, 0)
+            self._calls_this_step[name] = k + 1
+            if k:
+                name = f"{name}#{k}"
+        return name
+
+    def _state(self, name: str) -> ContextState:
+        state = self._states.get(name)
         if state is None or (self.num_steps and state.step >= self.num_steps):
             # A context that ran all its steps starts a new generation (the reference does
             # the same by wrapping its step counter), so repeated calls need no reset().
-            state = self._states[self._context] = ContextState()
+            state = self._states[name] = ContextState()
         return state
 
     # --- the step --------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, return_dict: bool = True, **kwargs):
         feed = self._prepare(kwargs)
-        state = self._state()
+        context = self._route()
+        state = self._state(context)
         shapes = propagate([self.manifest.graphs[g] for g in GRAPH_NAMES], {n: t.shape for n, t in feed.items()})
         prev = state.prev_signal
         if prev is not None and tuple(prev.shape) != shapes["prev_signal"]:
@@ -136,7 +156,7 @@ class CompiledTransformer(torch.nn.Module):
         if self.observers:
             pool["output"] = out
             for observe in self.observers:
-                observe(self._context, state.step - 1, compute, pool)
+                observe(context, state.step - 1, compute, pool)
         if not return_dict:
             return (out,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
@@ -146,12 +166,24 @@ class CompiledTransformer(torch.nn.Module):
     def _prepare(self, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Forward kwargs -> embed inputs, checked against the manifest before any launch."""
         for key in ("joint_attention_kwargs", "attention_kwargs"):
-            extra = kwargs.get(key) or {}
-            if extra.get("scale", 1.0) != 1.0:
+            extra = dict(kwargs.pop(key, None) or {})
+            if extra.pop("scale", 1.0) != 1.0:
                 raise TeaCacheError(
-                    f"{key}['scale']={extra['scale']}: LoRA scales cannot change a compiled graph; "
+                    f"{key}['scale'] is not 1: LoRA scales cannot change a compiled graph; "
                     f"fuse the LoRA into the weights before export"
                 )
+            if extra:
+                raise TeaCacheError(
+                    f"{key} has {sorted(extra)}: the compiled graphs take no such inputs (IP-Adapter "
+                    f"and similar change the model); export a model that includes them, or drop them"
+                )
+        unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in self.family.accepted_kwargs())
+        if unknown:
+            raise TeaCacheError(
+                f"keyword arguments {unknown} are not inputs of the exported {self.manifest.class_name} "
+                f"graphs (ControlNet residuals and similar change the output): they cannot be ignored; "
+                f"accepted: {sorted(self.family.accepted_kwargs())}"
+            )
         feed = self.family.feed_from_kwargs(kwargs)
         env: dict[str, int] = {}
         for name, spec in self._embed_specs.items():

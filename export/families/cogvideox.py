@@ -162,6 +162,8 @@ class CogVideoX(Family):
     )
     signal = "time_embedding(time_proj(timestep)) [+ ofs_embedding(ofs_proj(ofs))], the blocks' temb"
     signal_dims = {0: "batch"}
+    forward_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs",
+                      "image_rotary_emb")
     optional_inputs = {"ofs": "ofs_embed_dim", "rotary_cos": "use_rotary_positional_embeddings",
                        "rotary_sin": "use_rotary_positional_embeddings"}
     cached = ("hidden_states",)

@@ -28,7 +28,7 @@ def make_runner(backend: str, art_dir: Path, manifest: Manifest, graph: str, dev
                 f"{art_dir} has no {backend} engine for the {graph} graph (built: "
                 f"{sorted(manifest.engines) or 'none'}): run `teacache-export ... --build {backend}`"
             )
-        return TensorRTRunner(graph, spec, device, Path(art_dir) / entry["file"], backend, entry.get("sha256"))
+        return TensorRTRunner(graph, spec, device, Path(art_dir) / entry["file"], backend, entry.get("size"))
     if backend == "torch":
         from .torch_runner import TorchRunner
 

@@ -21,7 +21,7 @@ class Runner(ABC):
     def __init__(self, name: str, spec: GraphSpec, device: torch.device):
         self.name = name
         self.spec = spec
-        self.device = torch.device(device)
+        self.device = _normalise(torch.device(device))
         self.active = False
 
     @property
@@ -63,3 +63,10 @@ class Runner(ABC):
 
     def _deactivate(self) -> None:
         pass
+
+
+def _normalise(device: torch.device) -> torch.device:
+    """'cuda' -> 'cuda:N' of the current device, so every backend targets the same GPU."""
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device

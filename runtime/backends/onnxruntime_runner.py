@@ -23,6 +23,11 @@ class OnnxRuntimeRunner(Runner):
 
         if not self.path.is_file():
             raise TeaCacheError(f"graph file {self.path} is missing: re-run teacache-export")
+        if self.device.type == "cpu" and any(t.dtype == "bfloat16" for t in self.spec.inputs + self.spec.outputs):
+            raise TeaCacheError(
+                f"the {self.name} graph is bfloat16, which ONNX Runtime's CPU provider cannot run: "
+                f"use device='cuda' (onnxruntime-gpu), a TensorRT backend, or export with --precision fp16/fp32"
+            )
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if self.threads:
@@ -45,6 +50,12 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:
             raise TeaCacheError(f"ONNX Runtime cannot load {self.path}: {exc}; re-export with --force") from exc
+        if self.device.type == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            # ORT falls back to the CPU silently when CUDA libraries are missing.
+            raise TeaCacheError(
+                f"ONNX Runtime could not start its CUDA provider for {self.path.name} (providers: "
+                f"{self.session.get_providers()}): check the CUDA / cuDNN libraries onnxruntime-gpu needs"
+            )
 
     def _deactivate(self) -> None:
         self.session = None
@@ -71,9 +82,17 @@ class OnnxRuntimeRunner(Runner):
             out = torch.empty(shapes[spec.name], dtype=TORCH_DTYPES[spec.dtype], device=self.device)
             binding.bind_output(spec.name, "cuda", index, _np_dtype(out.dtype), tuple(out.shape), out.data_ptr())
             outs[spec.name] = out
+        # ORT's CUDA provider runs on its own stream: the inputs torch just queued must be ready.
+        torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
         return outs
 
 
-def _np_dtype(dtype: torch.dtype):
-    return torch.empty((), dtype=dtype).numpy().dtype if dtype != torch.bfloat16 else np.uint16
+# ONNX TensorProto element types: IOBinding takes these integers (onnxruntime >= 1.20), the
+# only way to name bfloat16, which numpy lacks.
+_ONNX_TYPES = {torch.float32: 1, torch.uint8: 2, torch.int8: 3, torch.int32: 6, torch.int64: 7,
+               torch.bool: 9, torch.float16: 10, torch.float64: 11, torch.bfloat16: 16}
+
+
+def _np_dtype(dtype: torch.dtype) -> int:
+    return _ONNX_TYPES[dtype]

@@ -8,32 +8,35 @@ import torch
 
 from ...engines.flavours import trt_module
 from ...errors import TeaCacheError
-from ...manifest import sha256_file
 from .base import TORCH_DTYPES, Runner
 
 
-def check_engine_file(path: Path, expected_sha256: str | None, flavour: str) -> None:
-    """Missing or changed engine files fail here, before any GPU work."""
+def check_engine_file(path: Path, expected_size: int | None, flavour: str) -> None:
+    """Missing or truncated engine files fail here, before any GPU work.
+
+    The size, not the content hash, is checked at load: hashing a multi-GB engine would add
+    a minute to every service start (teacache-export checks hashes before reusing one).
+    """
     if not path.is_file():
         raise TeaCacheError(
             f"engine file {path} is missing: run `teacache-export ... --build {flavour}` for this folder"
         )
-    if expected_sha256 and sha256_file(path) != expected_sha256:
+    size = path.stat().st_size
+    if expected_size is not None and size != expected_size:
         raise TeaCacheError(
-            f"engine file {path} does not match the manifest (size {path.stat().st_size} bytes; "
-            f"truncated or overwritten): rebuild it with `teacache-export ... --build {flavour} --force`"
+            f"engine file {path} does not match the manifest (size {size} bytes, built as "
+            f"{expected_size}; truncated or overwritten): rebuild it with `teacache-export ... --build {flavour} --force`"
         )
 
 
 class TensorRTRunner(Runner):
-    def __init__(self, name, spec, device, path: Path, flavour: str, sha256: str | None = None):
+    def __init__(self, name, spec, device, path: Path, flavour: str, size: int | None = None):
         super().__init__(name, spec, device)
         self.path = Path(path)
         self.flavour = flavour
-        self.sha256 = sha256
         self.engine = self.context = None
         # File checks at construction: every graph's engine is checked before any GPU work.
-        check_engine_file(self.path, self.sha256, self.flavour)
+        check_engine_file(self.path, size, self.flavour)
 
     def _activate(self) -> None:
         if self.device.type != "cuda" or not torch.cuda.is_available():
@@ -44,13 +47,15 @@ class TensorRTRunner(Runner):
             )
         trt = trt_module(self.flavour)
         runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        with torch.cuda.device(self.device):  # the engine lives on the runner's GPU
+            self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise TeaCacheError(
                 f"{self.flavour} could not deserialize {self.path} (built by another TensorRT version "
                 f"or for another GPU?): rebuild with `teacache-export ... --build {self.flavour} --force`"
             )
-        self.context = self.engine.create_execution_context()
+        with torch.cuda.device(self.device):
+            self.context = self.engine.create_execution_context()
 
     def _deactivate(self) -> None:
         self.context = self.engine = None
@@ -60,7 +65,11 @@ class TensorRTRunner(Runner):
         for name, t in feed.items():
             t = t.contiguous()
             feed[name] = t  # keep the contiguous copy alive until the launch is queued
-            ctx.set_input_shape(name, tuple(t.shape))
+            if not ctx.set_input_shape(name, tuple(t.shape)):
+                raise TeaCacheError(
+                    f"{self.name} engine: input {name!r} shape {tuple(t.shape)} is outside its profile "
+                    f"{self.engine.get_tensor_profile_shape(name, 0)}: re-export with wider --axis ranges"
+                )
             ctx.set_tensor_address(name, t.data_ptr())
         outs = {}
         for spec in self.spec.outputs:

@@ -69,3 +69,10 @@ def test_uniform_schedule():
 def test_bad_threshold(bad):
     with pytest.raises(TeaCacheError, match="threshold"):
         TeaCache(FLUX, bad)
+
+
+def test_non_finite_signal_computes_instead_of_poisoning_acc():
+    rule, state = TeaCache((1.0, 0.0), threshold=10.0), ContextState()
+    rule.decide(state, 6, None, None)
+    assert rule.decide(state, 6, float("inf"), float("inf")) is True  # inf/inf = nan
+    assert rule.decide(state, 6, 0.1, 1.0) is False  # acc is a number again: skipping resumes

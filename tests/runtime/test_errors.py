@@ -126,3 +126,16 @@ def test_exporter_named_dims_are_checked_against_the_profile(exported):
     with pytest.raises(TeaCacheError, match=r"input 'hidden_states' has size 5 on dim 1 .*outside the built profile \[1, 3\]"):
         t(**kwargs)
     assert calls == []
+
+
+def test_inputs_the_graphs_cannot_take_are_refused(flux, counted):
+    t, calls = counted
+    kwargs = flux_kwargs(flux)
+    with pytest.raises(TeaCacheError, match=r"\['controlnet_block_samples'\] are not inputs of the exported"):
+        t(**kwargs, controlnet_block_samples=[torch.zeros(1)])
+    with pytest.raises(TeaCacheError, match=r"joint_attention_kwargs has \['ip_adapter_image_embeds'\]"):
+        t(**kwargs, joint_attention_kwargs={"ip_adapter_image_embeds": [torch.zeros(1)]})
+    with pytest.raises(TeaCacheError, match="LoRA scales cannot change a compiled graph"):
+        t(**kwargs, joint_attention_kwargs={"scale": 0.5})
+    t(**kwargs, joint_attention_kwargs={"scale": 1.0}, controlnet_blocks_repeat=None)  # harmless
+    assert calls == ["embed", "blocks", "head"]
