@@ -210,11 +210,9 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v.strip()]
-
-
 def main(argv=None) -> int:
+    from ..runtime.bench import parse_thresholds
+
     p = argparse.ArgumentParser(prog="teacache-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/digits", help="folder for the table, JSON, plot and grids")
@@ -223,8 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--upstream", type=_floats, default=list(UPSTREAM_THRESHOLDS), help="thresholds, comma-separated")
-    p.add_argument("--calibrated", type=_floats, default=list(CALIBRATED_THRESHOLDS), help="thresholds, comma-separated")
+    p.add_argument("--upstream", type=parse_thresholds, default=list(UPSTREAM_THRESHOLDS), help="thresholds, comma-separated")
+    p.add_argument("--calibrated", type=parse_thresholds, default=list(CALIBRATED_THRESHOLDS), help="thresholds, comma-separated")
     p.add_argument("--coefficients", help="calibration JSON (default: the one shipped with the model)")
     p.add_argument("--grid-threshold", type=float, default=GRID_THRESHOLD,
                    help="threshold (calibrated coefficients) of the TeaCache grid image")

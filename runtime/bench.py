@@ -349,7 +349,7 @@ def format_table(result: BenchResult) -> str:
 
 
 # --- CLI --------------------------------------------------------------------------------
-def _parse_thresholds(text: str) -> list[float]:
+def parse_thresholds(text: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    p.add_argument("--thresholds", type=_parse_thresholds,
+    p.add_argument("--thresholds", type=parse_thresholds,
                    help="comma-separated thresholds to compare with the baseline (default: the manifest's default)")
     p.add_argument("--axis", type=_parse_axis, action="append", default=[],
                    help="input size of an axis, NAME=SIZE (repeatable; default: the profile's opt sizes)")
