@@ -1,16 +1,19 @@
 """teacache-trt: TeaCache step skipping for diffusion transformers, compiled.
 
-The import package is ``teacache_trt``; its sub-packages live in the top-level folders the
-design card fixes (``export/``, ``engines/``, ``runtime/``, ``digits/``), mapped here.
+The import package is ``teacache_trt``; its sub-packages live in the top-level folders, mapped
+here, in the order the dependencies point: ``families/`` (model knowledge), ``export/`` and
+``engines/``, ``runtime/``, then ``tools/`` (bench, calibrate) and the ``digits/`` demo.
 """
 from setuptools import setup
 
 SUBPACKAGES = {
     "teacache_trt": "teacache_trt",
+    "teacache_trt.families": "families",
     "teacache_trt.export": "export",
-    "teacache_trt.export.families": "export/families",
     "teacache_trt.engines": "engines",
     "teacache_trt.runtime": "runtime",
+    "teacache_trt.runtime.backends": "runtime/backends",
+    "teacache_trt.tools": "tools",
     "teacache_trt.digits": "digits",
 }
 
@@ -49,9 +52,11 @@ setup(
     entry_points={
         "console_scripts": [
             "teacache-export=teacache_trt.export.cli:main",
-            "teacache-bench=teacache_trt.runtime.bench:main",
-            "teacache-calibrate=teacache_trt.runtime.calibrate:main",
+            "teacache-bench=teacache_trt.tools.bench:main",
+            "teacache-calibrate=teacache_trt.tools.calibrate:main",
             "teacache-eval=teacache_trt.digits.harness:main",
-        ]
+        ],
+        # Generation drivers for the tools (calibration, rendering): see tools/drivers.py.
+        "teacache_trt.drivers": ["digits = teacache_trt.digits.driver:DRIVER"],
     },
 )

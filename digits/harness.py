@@ -101,12 +101,12 @@ def evaluate(art_dir: Path, *, steps: int = 20, guidance: float = 3.0, per_class
              grid_threshold: float = GRID_THRESHOLD, log=print) -> dict:
     from ..manifest import load_manifest
     from ..runtime.controller import FixedSchedule, TeaCache
-    from ..runtime.quality import psnr, ssim
+    from ..tools.quality import psnr, ssim
     from .classifier import accuracy
 
     manifest = load_manifest(art_dir)
     crit = manifest.criterion
-    from ..export.families.flux import Flux
+    from ..families.flux import Flux
 
     coefficients = {
         "teacache-upstream": list(Flux.variants["FLUX.1"].coefficients),
@@ -211,7 +211,7 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
 
 
 def main(argv=None) -> int:
-    from ..runtime.bench import parse_thresholds
+    from ..tools.bench import parse_thresholds
 
     p = argparse.ArgumentParser(prog="teacache-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

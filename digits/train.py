@@ -31,6 +31,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ..dtypes import PRECISIONS
 from .conditioning import LabelEmbedder
 from .data import (
     NULL_LABEL,
@@ -236,7 +237,7 @@ def save(out: str, transformer, embedder, save_dtype: str, info: dict) -> None:
 
     from diffusers.utils import logging as dlogging
 
-    dtype = {"fp16": torch.float16, "fp32": torch.float32}[save_dtype]
+    dtype = PRECISIONS[save_dtype]
     os.makedirs(out, exist_ok=True)
     # FLUX has no modules that must stay fp32, so diffusers' "cast with to()" warning does not apply here.
     verbosity = dlogging.get_verbosity()

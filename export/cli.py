@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
 
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--family", help="model family or diffusers class name (default: the config's _class_name)")
     p.add_argument("--variant", help="coefficient set, e.g. CogVideoX1.5-5B (default: inferred from the config)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     p.add_argument("--batch", type=parse_range, help="batch size range MIN:OPT:MAX (CFG rows included)")
     p.add_argument("--axis", type=parse_axis, action="append", default=[],
                    help="profile range of a dynamic axis, NAME=MIN:OPT:MAX (repeatable); "
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from .exporter import export_model, find_model_dir, read_config, resolve_family
+        from ..families import find_model_dir, read_config
+        from .exporter import export_model, resolve_family
 
         if args.list_axes:
             config = read_config(find_model_dir(args.model_dir))

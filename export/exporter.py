@@ -15,37 +15,22 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .. import __version__
+from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..manifest import (
     FORMAT_VERSION, GRAPH_NAMES, MANIFEST_NAME, Criterion, GraphSpec, Manifest, load_manifest, save_manifest,
     config_fingerprint, sha256_file, sha256_json,
 )
+from ..families import Family, find_model_dir, get_family, load_model, plain_config, read_config
+from ..families import base as family_base
 from ..shapes import propagate
 from . import verify as V
-from .family import Family, get_family
 from .onnx_export import OPSET, export_part, graph_files, io_specs
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 Log = Callable[[str], None]
 
 
 # --- locating and loading the model ---------------------------------------------------------
-def find_model_dir(model_dir: str | Path) -> Path:
-    """A transformer folder (config.json + weights) or a pipeline folder with transformer/."""
-    model_dir = Path(model_dir)
-    for candidate in (model_dir, model_dir / "transformer"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise TeaCacheError(
-        f"{model_dir} holds no config.json and no transformer/config.json: pass a diffusers "
-        f"transformer folder or a pipeline folder that has a transformer/ subfolder"
-    )
-
-
-def read_config(model_dir: Path) -> dict[str, Any]:
-    return json.loads((model_dir / "config.json").read_text())
-
-
 def resolve_family(config: Mapping[str, Any], family: str | None) -> type[Family]:
     if family:
         return get_family(family)
@@ -68,10 +53,6 @@ def weights_hash_of_model(model: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def plain_config(model: torch.nn.Module) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(model.config), default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
 # --- axes and profiles ----------------------------------------------------------------------
@@ -162,9 +143,7 @@ def export_model(
     log: Log = print,
 ) -> Manifest:
     """Export a diffusers transformer (from ``model_dir`` or the in-memory ``model``)."""
-    if precision not in DTYPES:
-        raise TeaCacheError(f"precision {precision!r} is not one of {sorted(DTYPES)}")
-    dtype = DTYPES[precision]
+    dtype = precision_dtype(precision)
     out = Path(out)
     t_start = time.perf_counter()
 
@@ -194,11 +173,7 @@ def export_model(
         fam.check_config(config)
         weights_hash = weights_hash_of_model(model)
 
-    variant = variant or fam.variant_for(config)
-    if variant not in fam.variants:
-        raise TeaCacheError(
-            f"variant {variant!r} is unknown for family {fam.name}; choose one of {sorted(fam.variants)}"
-        )
+    variant = fam.variant(variant or fam.variant_for(config)).name
     axes_r = resolve_axes(fam, axes, config)
     export_key = sha256_json({
         "family": fam.name, "variant": variant, "config": config, "weights": weights_hash,
@@ -215,7 +190,7 @@ def export_model(
         manifest = previous
     else:
         if model is None:
-            model = fam.model_class().from_pretrained(str(src), torch_dtype=dtype, low_cpu_mem_usage=False)
+            model = load_model(fam, src, precision)
         if model.dtype != dtype:
             model = copy.deepcopy(model).to(dtype)  # never convert the caller's model in place
         model = model.eval()
@@ -235,7 +210,7 @@ def export_model(
 
 def _graph_code(fam) -> list[Path]:
     here = Path(__file__).resolve().parent
-    return [Path(inspect.getfile(fam)), here / "family.py", here / "onnx_export.py",
+    return [Path(inspect.getfile(fam)), Path(inspect.getfile(family_base)), here / "onnx_export.py",
             Path(inspect.getfile(propagate))]
 
 
@@ -282,7 +257,7 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
 
 def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
                    export_key, out, verify, log) -> Manifest:
-    parts = fam.parts(model)
+    parts = fam.parts(model, fam.variant(variant))
     point_a = export_point(fam, axes, config)
     feed = fam.example_inputs(config, point_a, dtype)
     dims = fam.input_dims(config)
@@ -312,7 +287,7 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
         family=fam.name, variant=variant, class_name=fam.class_name, precision=precision,
         config=config, config_hash=config_fingerprint(plain_config(model)), weights_hash=weights_hash,
         source=str(src), axes=axes, graphs=graphs,
-        criterion=Criterion(signal=fam.signal, coefficients=list(v.coefficients),
+        criterion=Criterion(signal=fam.signal_for(v), coefficients=list(v.coefficients),
                             default_threshold=v.default_threshold, forced=v.forced,
                             cached=list(fam.cached), note=fam.note),
         versions=versions(), export_key=export_key,

@@ -13,9 +13,10 @@ from typing import Mapping
 
 import torch
 
+from ..dtypes import ONNX_ELEM_TYPES
 from ..errors import TeaCacheError
+from ..families import AUTO, Part
 from ..manifest import TensorSpec
-from .family import AUTO, Part
 
 OPSET = 18  # dynamo exporter; TorchScript fails on aten::rms_norm (DESIGN §7)
 EXTERNAL_DATA_ABOVE = 2 * 1024**3  # protobuf's 2 GB limit
@@ -86,12 +87,6 @@ def export_part(
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-_ONNX_TO_TORCH = {
-    1: "float32", 10: "float16", 16: "bfloat16", 11: "float64",
-    6: "int32", 7: "int64", 9: "bool", 2: "uint8", 3: "int8",
-}
-
-
 def io_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Names, dtypes and (symbolic) shapes of an ONNX graph's inputs and outputs."""
     import onnx
@@ -101,7 +96,7 @@ def io_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     def spec(value) -> TensorSpec:
         t = value.type.tensor_type
         shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
-        return TensorSpec(value.name, _ONNX_TO_TORCH.get(t.elem_type, str(t.elem_type)), shape)
+        return TensorSpec(value.name, ONNX_ELEM_TYPES.get(t.elem_type, str(t.elem_type)), shape)
 
     return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
 

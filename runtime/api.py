@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import load_manifest
+from ..families import get_family, load_model, plain_config
+from ..manifest import config_fingerprint, load_manifest
 from .backends import BACKENDS
 from .transformer import CompiledTransformer
 
@@ -34,24 +35,16 @@ def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | N
 
 
 def _load_source_model(manifest):
-    from ..export.exporter import DTYPES, find_model_dir
-    from ..export.family import get_family
-
     src = Path(manifest.source)
     if not (src / "config.json").is_file():
         raise TeaCacheError(
             f"backend='torch' needs the PyTorch model; the manifest's source {src} is not a model "
             f"folder here: pass model=<the diffusers transformer>"
         )
-    cls = get_family(manifest.family).model_class()
-    return cls.from_pretrained(str(find_model_dir(src)), torch_dtype=DTYPES[manifest.precision],
-                               low_cpu_mem_usage=False).eval()
+    return load_model(get_family(manifest.family), src, manifest.precision)
 
 
 def _check_same_model(model, manifest) -> None:
-    from ..export.exporter import plain_config
-    from ..manifest import config_fingerprint
-
     if config_fingerprint(plain_config(model)) != manifest.config_hash:
         raise TeaCacheError(
             f"the model given has another config than the one exported to this folder "

@@ -11,16 +11,15 @@ from typing import Any
 
 import torch
 
+from ..dtypes import PRECISIONS, TORCH_DTYPES
 from ..errors import TeaCacheError
-from ..export.family import get_family
+from ..families import get_family
 from ..manifest import GRAPH_NAMES, Manifest
 from ..shapes import bind, propagate
 from .backends import make_runner
-from .backends.base import TORCH_DTYPES
 from .controller import ContextState, TeaCache, merge_stats
 
 DEFAULT_CONTEXT = "default"
-PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class CompiledTransformer(torch.nn.Module):
@@ -40,7 +39,8 @@ class CompiledTransformer(torch.nn.Module):
         # The decision rule: TeaCache from the manifest, or any object with the same decide()
         # (e.g. controller.FixedSchedule for equal-compute baselines).
         self.policy = TeaCache.from_criterion(manifest.criterion, threshold, clamp)
-        parts = self.family.parts(model) if model is not None else None
+        parts = (self.family.parts(model, self.family.variant(manifest.variant))
+                 if model is not None else None)
         self.runners = {g: make_runner(backend, self.art_dir, manifest, g, self._device, parts)
                         for g in GRAPH_NAMES}
         for runner in self.runners.values():
@@ -64,7 +64,7 @@ class CompiledTransformer(torch.nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return PRECISION_DTYPES[self.manifest.precision]
+        return PRECISIONS[self.manifest.precision]
 
     @property
     def device(self) -> torch.device:

@@ -32,7 +32,7 @@ def test_main_job_runs_the_eval_harness():
 def _parsers():
     from teacache_trt.digits import harness
     from teacache_trt.export import cli
-    from teacache_trt.runtime import bench, calibrate
+    from teacache_trt.tools import bench, calibrate
 
     return {"teacache-export": cli.build_parser(), "teacache-bench": bench.build_parser(),
             "teacache-calibrate": calibrate.build_parser(), "teacache-eval": None}

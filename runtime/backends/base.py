@@ -8,13 +8,6 @@ import torch
 
 from ...manifest import GraphSpec
 
-TORCH_DTYPES = {
-    "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-    "float64": torch.float64, "int64": torch.int64, "int32": torch.int32, "bool": torch.bool,
-    "uint8": torch.uint8, "int8": torch.int8,
-}
-
-
 class Runner(ABC):
     """Runs one graph: named torch tensors in, named torch tensors out, on ``device``."""
 

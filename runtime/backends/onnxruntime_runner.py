@@ -8,7 +8,9 @@ import torch
 
 from ...errors import TeaCacheError
 from ...shapes import propagate
-from .base import TORCH_DTYPES, Runner
+# IOBinding takes ONNX element numbers (onnxruntime >= 1.20): the only way to name bfloat16.
+from ...dtypes import ONNX_ELEM_OF, TORCH_DTYPES
+from .base import Runner
 
 
 class OnnxRuntimeRunner(Runner):
@@ -76,23 +78,13 @@ class OnnxRuntimeRunner(Runner):
         for n, t in feed.items():
             t = t.contiguous()
             feed[n] = t
-            binding.bind_input(n, "cuda", index, _np_dtype(t.dtype), tuple(t.shape), t.data_ptr())
+            binding.bind_input(n, "cuda", index, ONNX_ELEM_OF[t.dtype], tuple(t.shape), t.data_ptr())
         outs = {}
         for spec in self.spec.outputs:
             out = torch.empty(shapes[spec.name], dtype=TORCH_DTYPES[spec.dtype], device=self.device)
-            binding.bind_output(spec.name, "cuda", index, _np_dtype(out.dtype), tuple(out.shape), out.data_ptr())
+            binding.bind_output(spec.name, "cuda", index, ONNX_ELEM_OF[out.dtype], tuple(out.shape), out.data_ptr())
             outs[spec.name] = out
         # ORT's CUDA provider runs on its own stream: the inputs torch just queued must be ready.
         torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
         return outs
-
-
-# ONNX TensorProto element types: IOBinding takes these integers (onnxruntime >= 1.20), the
-# only way to name bfloat16, which numpy lacks.
-_ONNX_TYPES = {torch.float32: 1, torch.uint8: 2, torch.int8: 3, torch.int32: 6, torch.int64: 7,
-               torch.bool: 9, torch.float16: 10, torch.float64: 11, torch.bfloat16: 16}
-
-
-def _np_dtype(dtype: torch.dtype) -> int:
-    return _ONNX_TYPES[dtype]

@@ -8,7 +8,8 @@ import torch
 
 from ...engines.flavours import trt_module
 from ...errors import TeaCacheError
-from .base import TORCH_DTYPES, Runner
+from ...dtypes import TORCH_DTYPES
+from .base import Runner
 
 
 def check_engine_file(path: Path, expected_size: int | None, flavour: str) -> None:

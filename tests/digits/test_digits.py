@@ -44,13 +44,23 @@ def test_weights_are_small_and_fp16():
 
 def test_digits_calibration_driver(digits_art):
     from teacache_trt.digits.calibration import digits_driver
-    from teacache_trt.runtime.calibrate import run_calibration
+    from teacache_trt.tools.calibrate import run_calibration
 
     cal = run_calibration(digits_art, digits_driver(steps=6, per_class=1), seeds=2, holdout=1, steps=6,
                           order=1, log=lambda m: None)
     assert cal.fit["n"] == 2 * 2 * 5  # 2 seeds x (cond, uncond) x 5 consecutive pairs
     assert cal.holdout["n"] == 10 and np.isfinite(cal.coefficients).all()
     assert 0 < cal.x_range[0] <= cal.x_range[1]
+
+
+def test_calibrate_finds_the_digits_driver_through_its_entry_point(digits_art, exported):
+    """teacache-calibrate picks the digits pipeline for the bundled model without importing the
+    demo: the driver comes from the package's ``teacache_trt.drivers`` entry point."""
+    from teacache_trt.manifest import load_manifest
+    from teacache_trt.tools.drivers import driver_for
+
+    assert driver_for(load_manifest(digits_art)).name == "digits"
+    assert driver_for(load_manifest(exported("flux").art_dir)) is None  # another FLUX: synthetic
 
 
 def test_shipped_calibration_is_usable():

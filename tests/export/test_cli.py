@@ -8,7 +8,7 @@ import pytest
 
 from teacache_trt import TeaCacheError
 from teacache_trt.export import cli
-from teacache_trt.export.exporter import find_model_dir
+from teacache_trt.families import find_model_dir
 
 AXES = ["--axis", "img_seq=4:16:64", "--axis", "txt_seq=2:8:16", "--batch", "1:2:4"]
 

@@ -10,8 +10,8 @@ from models import cogvideox as M
 from reference import TeaCacheReference
 from teacache_trt import TeaCacheError
 from teacache_trt.export.exporter import export_model, resolve_axes
-from teacache_trt.export.families.cogvideox import fixed_sizes
-from teacache_trt.export.family import get_family
+from teacache_trt.families.cogvideox import fixed_sizes
+from teacache_trt.families import get_family
 from teacache_trt.manifest import GRAPH_NAMES, load_manifest
 from teacache_trt.shapes import propagate
 

@@ -7,7 +7,7 @@ import torch
 
 import teacache_trt
 from teacache_trt import TeaCacheError
-from teacache_trt.export.family import get_family
+from teacache_trt.families import get_family
 from teacache_trt.export.verify import ort_session, run_ort
 from teacache_trt.manifest import GRAPH_NAMES
 from teacache_trt.shapes import propagate

@@ -8,7 +8,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 import teacache_trt
-from teacache_trt.export.family import get_family
+from teacache_trt.families import get_family
 
 
 class LoopPipe:

@@ -9,7 +9,7 @@ import torch
 
 import teacache_trt
 from teacache_trt import TeaCacheError
-from teacache_trt.export.family import get_family
+from teacache_trt.families import get_family
 
 
 def flux_kwargs(ex, **sizes):

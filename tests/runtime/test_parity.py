@@ -8,7 +8,7 @@ import torch
 import teacache_trt
 from models import FAMILIES
 from reference import TeaCacheReference
-from teacache_trt.export.family import get_family
+from teacache_trt.families import get_family
 
 STEPS = 10
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from teacache_trt.runtime.quality import psnr, ssim
+from teacache_trt.tools.quality import psnr, ssim
 
 
 def test_identical_images():

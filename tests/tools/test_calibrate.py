@@ -8,7 +8,7 @@ import pytest
 
 from teacache_trt import TeaCacheError
 from teacache_trt.manifest import load_manifest
-from teacache_trt.runtime import calibrate as C
+from teacache_trt.tools import calibrate as C
 
 
 def synthetic_pairs(coefficients, seeds, n=40, noise=0.0, seed=0):

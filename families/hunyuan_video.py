@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import TeaCacheError
-from ..family import AUTO, Axis, Family, Part, Variant, criterion_sums, register
+from ..errors import TeaCacheError
+from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .registry import register
 
 
 def joint_attention_mask(num_image_tokens: int, encoder_attention_mask: torch.Tensor) -> torch.Tensor:
@@ -137,6 +138,7 @@ class HunyuanVideo(Family):
     signal_block_count = "num_layers"  # double-stream blocks
     optional_inputs = {"guidance": "guidance_embeds"}
     cached = ("hidden_states",)
+    timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes sigma * 1000
 
     @classmethod
     def check_config(cls, config):
@@ -149,7 +151,7 @@ class HunyuanVideo(Family):
         super().check_config(config)
 
     @classmethod
-    def parts(cls, model):
+    def parts(cls, model, variant=None):
         guidance = bool(model.config.guidance_embeds)
         return {"embed": HunyuanVideoEmbed(model, guidance), "blocks": HunyuanVideoBlocks(model),
                 "head": HunyuanVideoHead(model)}

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from ...errors import TeaCacheError
-from ..family import AUTO, Axis, Family, Part, Variant, criterion_sums, register
+from ..errors import TeaCacheError
+from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .registry import register
 
 # Latent frames/height/width are AUTO dims: the exporter's named dims (min 1) make
 # torch.export reject the model's own shape guards (patch rows != 1; CogVideoX 1.5's
@@ -167,6 +168,7 @@ class CogVideoX(Family):
     optional_inputs = {"ofs": "ofs_embed_dim", "rotary_cos": "use_rotary_positional_embeddings",
                        "rotary_sin": "use_rotary_positional_embeddings"}
     cached = ("hidden_states",)
+    timestep_scale = TimestepScale("ddpm")  # int64 timesteps 999 -> 0
     note = ("Only the video-token residual is cached. Upstream TeaCache caches the text residual "
             "too (its diffusers applied norm_final to [text, video]); in this diffusers the blocks' "
             "text output never reaches the output (norm_final takes the video tokens only), so "
@@ -215,7 +217,7 @@ class CogVideoX(Family):
                      for a in cls.axes)
 
     @classmethod
-    def parts(cls, model):
+    def parts(cls, model, variant=None):
         cfg = model.config
         ofs, rope = bool(cfg.ofs_embed_dim), bool(cfg.use_rotary_positional_embeddings)
         return {"embed": CogVideoXEmbed(model, ofs, rope), "blocks": CogVideoXBlocks(model, rope),

@@ -32,10 +32,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
+from ..families import get_family
 from ..manifest import GRAPH_NAMES, load_manifest
-
-from .sampling import LATENT_INPUT, TIMESTEP_INPUT, step_sizes, timestep_dtype, timesteps_for
+from ..runtime.api import load_transformer
+from .sampling import LATENT_INPUT, TIMESTEP_INPUT, check_sampling_inputs
 
 
 # --- timing -----------------------------------------------------------------------------
@@ -146,10 +148,6 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
               thresholds: Sequence[float] | None = None, axes: Mapping[str, int] | None = None,
               warmup: int = 1, repeat: int = 1, threads: int = 0, seed: int = 0) -> BenchResult:
     """Run the sampling loop at threshold 0 and at each threshold; see the module doc."""
-    from ..export.family import get_family
-    from .api import load_transformer
-    from .transformer import PRECISION_DTYPES
-
     if steps < 1:
         raise TeaCacheError(f"--steps {steps}: the loop needs at least 1 step")
     if warmup < 0 or repeat < 1:
@@ -162,8 +160,8 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     thresholds = list(dict.fromkeys(t for t in thresholds if t > 0))  # 0 is the baseline, always run
     sizes = resolve_axes(manifest, axes)
     family = get_family(manifest.family)
-    dtype = PRECISION_DTYPES[manifest.precision]
-    t_dtype = timestep_dtype(manifest)
+    dtype = PRECISIONS[manifest.precision]
+    check_sampling_inputs(manifest)
     inputs = family.example_inputs(manifest.config, sizes, dtype, seed=seed)
     if threads and backend == "torch":
         torch.set_num_threads(threads)
@@ -172,7 +170,7 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
         _set_ort_threads(transformer, threads)
     clock = Clock(transformer.device)
     timed = {g: TimedRunner(transformer.runners[g], clock) for g in GRAPH_NAMES}
-    loop = _Loop(transformer, clock, timed, inputs, t_dtype, steps)
+    loop = _Loop(transformer, clock, timed, inputs, family.timestep_scale, steps)
     try:
         for _ in range(warmup):
             loop.run(0.0)
@@ -197,7 +195,7 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
 
 def _set_ort_threads(transformer, threads: int) -> None:
     """Reload the bench's own ONNX Runtime sessions with ``threads`` intra-op threads."""
-    from .backends.onnxruntime_runner import OnnxRuntimeRunner
+    from ..runtime.backends.onnxruntime_runner import OnnxRuntimeRunner
 
     for runner in transformer.runners.values():
         if isinstance(runner, OnnxRuntimeRunner):
@@ -222,14 +220,14 @@ class _Record:
 class _Loop:
     """An N-step Euler sampling loop over the compiled transformer."""
 
-    def __init__(self, transformer, clock: Clock, timed: dict[str, TimedRunner], inputs, t_dtype, steps):
+    def __init__(self, transformer, clock: Clock, timed: dict[str, TimedRunner], inputs, scale, steps):
         self.transformer = transformer
         self.clock = clock
         self.timed = timed
         self.inputs = inputs
         self.steps = steps
-        self.timesteps = timesteps_for(t_dtype, steps)
-        self.dts = step_sizes(t_dtype, steps)
+        self.timesteps = scale.timesteps(steps)
+        self.dts = scale.step_sizes(steps)
 
     def run(self, threshold: float) -> _Record:
         tr, clock = self.transformer, self.clock
@@ -367,7 +365,7 @@ def _parse_axis(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backends import BACKENDS
+    from ..runtime.backends import BACKENDS
 
     p = argparse.ArgumentParser(
         prog="teacache-bench",

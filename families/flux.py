@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..family import AUTO, Axis, Family, Part, Variant, criterion_sums, register
+from .base import AUTO, Axis, Family, Part, Variant, criterion_sums
+from .registry import register
 
 
 class FluxEmbed(Part):
@@ -94,7 +95,7 @@ class Flux(Family):
     cached = ("hidden_states",)
 
     @classmethod
-    def parts(cls, model):
+    def parts(cls, model, variant=None):
         guidance = bool(model.config.guidance_embeds)
         return {"embed": FluxEmbed(model, guidance), "blocks": FluxBlocks(model), "head": FluxHead(model)}
 

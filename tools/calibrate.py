@@ -23,8 +23,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
+from ..families import get_family
 from ..manifest import atomic_write_bytes, load_manifest, save_manifest
+from ..runtime.api import load_transformer
+from .drivers import Generate, driver_for
+from .sampling import check_sampling_inputs, sample
 
 TARGETS = ("output", "residual")
 
@@ -167,26 +172,20 @@ def write_json(path, calibration: Calibration) -> None:
     atomic_write_bytes(Path(path), json.dumps(asdict(calibration), indent=2).encode())
 
 
-# --- drivers: where the calibration generations come from -----------------------------------
-Generate = Callable[[object, int], None]  # (transformer, seed) -> runs one generation
-
-
+# --- where the calibration generations come from ---------------------------------------------
 def synthetic_driver(manifest, steps: int, sizes: dict[str, int] | None = None) -> Generate:
     """Random model inputs per seed and a plain Euler loop: works for every exported family.
 
     Real prompts give better coefficients; use a pipeline driver where one exists.
     """
-    from ..export.family import get_family
-    from .sampling import sample, timestep_dtype
-    from .transformer import PRECISION_DTYPES
-
     family = get_family(manifest.family)
     sizes = sizes or {name: rng[1] for name, rng in manifest.axes.items()}
-    t_dtype = timestep_dtype(manifest)
-    dtype = PRECISION_DTYPES[manifest.precision]
+    check_sampling_inputs(manifest)
+    dtype = PRECISIONS[manifest.precision]
 
     def generate(transformer, seed: int) -> None:
-        sample(transformer, family.example_inputs(manifest.config, sizes, dtype, seed=seed), t_dtype, steps)
+        inputs = family.example_inputs(manifest.config, sizes, dtype, seed=seed)
+        sample(transformer, inputs, family.timestep_scale, steps)
 
     return generate
 
@@ -211,8 +210,6 @@ def collect(transformer, generate: Generate, seeds: Sequence[int], target: str =
 def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8, holdout: int = 2,
                     steps: int = 20, order: int = 4, target: str = "output", backend: str = "onnxruntime",
                     device: str = "cpu", log: Callable[[str], None] = print) -> Calibration:
-    from .api import load_transformer
-
     if seeds < 1 or holdout < 0:
         raise TeaCacheError(f"--seeds {seeds} / --holdout {holdout}: need seeds >= 1 and holdout >= 0")
     transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device)
@@ -237,13 +234,6 @@ def format_report(c: Calibration) -> str:
     return "\n".join(lines)
 
 
-def _is_bundled_digits(manifest) -> bool:
-    from ..digits.pipeline import DEFAULT_MODEL_DIR
-
-    source = Path(manifest.source).resolve()
-    return source in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR / "transformer")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="teacache-calibrate",
                                 description="Fit TeaCache coefficients for an exported model.")
@@ -254,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", type=int, default=4, help="polynomial order (default 4)")
     p.add_argument("--target", choices=TARGETS, default="output",
                    help="y = rel-L1 of the model output (default) or of the cached residual")
-    p.add_argument("--driver", choices=["synthetic", "digits"], default=None,
-                   help="where generations come from (default: digits for the bundled digits model, else synthetic)")
+    p.add_argument("--driver", default=None,
+                   help="where generations come from: 'synthetic' (random inputs, Euler steps) or an "
+                        "installed driver such as 'digits' (default: the installed driver that applies "
+                        "to this artifact, else synthetic)")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--device", default="cpu")
     where = p.add_mutually_exclusive_group()
@@ -273,12 +265,8 @@ def main(argv=None) -> int:
             print(f"restored coefficients: {restore_previous(args.art_dir)}")
             return 0
         manifest = load_manifest(args.art_dir)
-        driver = args.driver or ("digits" if _is_bundled_digits(manifest) else "synthetic")
-        generate = None
-        if driver == "digits":
-            from ..digits.calibration import digits_driver
-
-            generate = digits_driver(args.steps)
+        driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
+        generate = driver.calibration(args.steps) if driver is not None else None
         result = run_calibration(args.art_dir, generate, seeds=args.seeds, holdout=args.holdout,
                                  steps=args.steps, order=args.order, target=args.target,
                                  backend=args.backend, device=args.device)

@@ -1,9 +1,12 @@
 """What a model family is, as data plus three small modules.
 
-One file per family under ``families/`` subclasses :class:`Family` and registers it; nothing
-else in the project branches on the family.  The three parts call the diffusers model's own
+One file per family in this package subclasses :class:`Family` and registers it; nothing
+else in the project branches on the family.  The three parts call the model's own
 submodules (``x_embedder``, ``transformer_blocks``, ``norm_out`` ...); only the glue between
-them, which lives in the model's ``forward``, is written here, per family.
+them, which lives in the model's ``forward``, is written per family.
+
+Export, the runtime and the tools all read model knowledge from here; this layer imports
+neither of them.
 """
 from __future__ import annotations
 
@@ -26,6 +29,48 @@ class Variant:
     coefficients: tuple[float, ...]
     default_threshold: float
     forced: ForcedSteps = field(default_factory=ForcedSteps)
+    # Which tensor is the signal, for families whose variants compare different ones (Wan's
+    # ret-steps mode compares timestep_proj, the plain mode temb); None: the family's default.
+    # The family's ``parts`` reads it; ``Family.signal_for`` describes it for the manifest.
+    signal: str | None = None
+
+
+@dataclass(frozen=True)
+class TimestepScale:
+    """How a model reads its ``timestep`` input, for loops that sample without a pipeline.
+
+    ``flow``: a flow-matching sigma going 1 -> 0, passed as ``sigma * scale`` (FLUX takes sigma
+    and multiplies by 1000 itself: scale 1; HunyuanVideo takes the scheduler's sigma*1000:
+    scale 1000); the Euler update is ``x += (sigma_next - sigma) * output``.
+    ``ddpm``: integer timesteps 999 -> 0 (CogVideoX); the update is a small fixed step, which
+    keeps latents moving like a sampler (the tools need realistic signal changes, not images).
+    """
+
+    kind: str = "flow"
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("flow", "ddpm"):
+            raise TeaCacheError(f"TimestepScale kind {self.kind!r} is not 'flow' or 'ddpm'")
+
+    @property
+    def integer(self) -> bool:
+        return self.kind == "ddpm"
+
+    def timesteps(self, steps: int) -> list[float | int]:
+        """The ``timestep`` value a pipeline passes at each of ``steps`` steps."""
+        if self.kind == "ddpm":
+            if steps == 1:
+                return [999]
+            return [round(999 - i * 999 / (steps - 1)) for i in range(steps)]
+        return [(1.0 - i / steps) * self.scale for i in range(steps)]
+
+    def step_sizes(self, steps: int) -> list[float]:
+        """dt of the Euler update ``x += dt * model_output`` at each step."""
+        if self.kind == "ddpm":
+            return [-1.0 / steps] * steps
+        sigmas = [1.0 - i / steps for i in range(steps)] + [0.0]
+        return [sigmas[i + 1] - sigmas[i] for i in range(steps)]
 
 
 @dataclass(frozen=True)
@@ -94,10 +139,11 @@ class Family:
     signal_block_count: ClassVar[str | None] = None
     variants: ClassVar[dict[str, Variant]]
     axes: ClassVar[tuple[Axis, ...]]
-    signal: ClassVar[str]
+    signal: ClassVar[str]  # the default signal, in words (a Variant may choose another)
     signal_dims: ClassVar[dict[int, str]]  # dynamic dims of the signal (and prev_signal)
     cached: ClassVar[tuple[str, ...]]
     note: ClassVar[str] = ""
+    timestep_scale: ClassVar[TimestepScale] = TimestepScale()
 
     # --- model side -----------------------------------------------------------------
     @classmethod
@@ -121,13 +167,30 @@ class Family:
         return next(iter(cls.variants))
 
     @classmethod
+    def variant(cls, name: str | None) -> Variant:
+        """The named variant (None: the first one), or a TeaCacheError listing the choices."""
+        if name is None:
+            return next(iter(cls.variants.values()))
+        if name not in cls.variants:
+            raise TeaCacheError(
+                f"variant {name!r} is unknown for family {cls.name}; choose one of {sorted(cls.variants)}"
+            )
+        return cls.variants[name]
+
+    @classmethod
+    def signal_for(cls, variant: Variant) -> str:
+        """The signal of ``variant``, in words, for the manifest."""
+        return cls.signal
+
+    @classmethod
     def inputs_for(cls, config: Mapping[str, Any]) -> tuple[str, ...]:
         """The embed graph's model inputs for this config (in graph order)."""
         return tuple(n for n in cls.model_inputs
                      if n not in cls.optional_inputs or config.get(cls.optional_inputs[n]))
 
     @classmethod
-    def parts(cls, model: torch.nn.Module) -> dict[str, Part]:
+    def parts(cls, model: torch.nn.Module, variant: Variant | None = None) -> dict[str, Part]:
+        """The embed / blocks / head modules over ``model`` (``variant`` may pick the signal)."""
         raise NotImplementedError
 
     @classmethod
@@ -173,30 +236,3 @@ class Family:
         raise TeaCacheError(
             f"family {cls.name!r} has no axis {name!r}; its axes are {[a.name for a in axes]}"
         )
-
-
-_REGISTRY: dict[str, type[Family]] = {}
-
-
-def register(cls: type[Family]) -> type[Family]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_family(name_or_class: str) -> type[Family]:
-    from . import families  # noqa: F401  (imports register every family)
-
-    for fam in _REGISTRY.values():
-        if name_or_class in (fam.name, fam.class_name):
-            return fam
-    known = ", ".join(f"{f.name} ({f.class_name})" for f in _REGISTRY.values())
-    raise TeaCacheError(
-        f"unknown model family {name_or_class!r}; supported: {known}. "
-        f"Pass --family with one of these names, or add an adapter under export/families/"
-    )
-
-
-def all_families() -> list[type[Family]]:
-    from . import families  # noqa: F401
-
-    return list(_REGISTRY.values())

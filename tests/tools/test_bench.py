@@ -9,8 +9,8 @@ import torch
 
 import teacache_trt
 from teacache_trt.errors import TeaCacheError
-from teacache_trt.export.family import get_family
-from teacache_trt.runtime import bench
+from teacache_trt.families import get_family
+from teacache_trt.tools import bench
 from teacache_trt.runtime.backends.base import Runner
 
 STEPS = 5
@@ -58,8 +58,8 @@ def test_same_schedule_as_transformer(exported):
     t.reset(STEPS)
     sizes = bench.resolve_axes(ex.manifest, None)
     feed = get_family("flux").example_inputs(ex.manifest.config, sizes, torch.float32)
-    ts = bench.timesteps_for(torch.float32, STEPS)
-    dts = bench.step_sizes(torch.float32, STEPS)
+    scale = get_family("flux").timestep_scale
+    ts, dts = scale.timesteps(STEPS), scale.step_sizes(STEPS)
     for i in range(STEPS):
         feed["timestep"] = torch.full_like(feed["timestep"], ts[i])
         feed["hidden_states"] = feed["hidden_states"] + dts[i] * t(return_dict=False, **feed)[0]
@@ -123,10 +123,3 @@ def test_timing_wrap_is_per_instance_and_undone(exported):
     assert len(timed.times) == 2 and all(x > 0 for x in timed.times)
     timed.unwrap()
     assert "infer" not in vars(head)
-
-
-def test_timesteps_follow_the_dtype():
-    assert bench.timesteps_for(torch.float32, 4) == [1.0, 0.75, 0.5, 0.25]
-    assert sum(bench.step_sizes(torch.float32, 4)) == pytest.approx(-1.0)  # sigma 1 -> 0
-    ints = bench.timesteps_for(torch.int64, 4)
-    assert ints[0] == 999 and ints[-1] == 0 and ints == sorted(ints, reverse=True)

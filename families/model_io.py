@@ -1,0 +1,40 @@
+"""Finding, reading and loading a model folder: what export and the torch backend share."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..dtypes import precision_dtype
+from ..errors import TeaCacheError
+
+
+def find_model_dir(model_dir: str | Path) -> Path:
+    """A transformer folder (config.json + weights) or a pipeline folder with transformer/."""
+    model_dir = Path(model_dir)
+    for candidate in (model_dir, model_dir / "transformer"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise TeaCacheError(
+        f"{model_dir} holds no config.json and no transformer/config.json: pass a diffusers "
+        f"transformer folder or a pipeline folder that has a transformer/ subfolder"
+    )
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / "config.json").read_text())
+
+
+def plain_config(model: torch.nn.Module) -> dict[str, Any]:
+    """A model's config as plain JSON data (tuples as lists), as the manifest stores it."""
+    return json.loads(json.dumps(dict(model.config), default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def load_model(family, model_dir: str | Path, precision: str) -> torch.nn.Module:
+    """The family's model class from ``model_dir`` at ``precision``, in eval mode."""
+    src = find_model_dir(model_dir)
+    model = family.model_class().from_pretrained(str(src), torch_dtype=precision_dtype(precision),
+                                                 low_cpu_mem_usage=False)
+    return model.eval()

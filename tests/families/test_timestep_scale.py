@@ -1,0 +1,29 @@
+"""Family data the tools' sampling loops use: the timestep each model reads."""
+import pytest
+
+from teacache_trt import TeaCacheError
+from teacache_trt.families import TimestepScale, get_family
+
+
+def test_flux_takes_sigma():
+    scale = get_family("flux").timestep_scale
+    assert scale.timesteps(4) == [1.0, 0.75, 0.5, 0.25]
+    assert sum(scale.step_sizes(4)) == pytest.approx(-1.0)  # sigma 1 -> 0
+
+
+def test_hunyuan_video_takes_sigma_times_1000():
+    scale = get_family("hunyuan_video").timestep_scale
+    assert scale.timesteps(4) == [1000.0, 750.0, 500.0, 250.0]
+    assert sum(scale.step_sizes(4)) == pytest.approx(-1.0)  # the update still moves by sigma
+
+
+def test_cogvideox_takes_integer_ddpm_timesteps():
+    scale = get_family("cogvideox").timestep_scale
+    ints = scale.timesteps(4)
+    assert scale.integer and ints[0] == 999 and ints[-1] == 0 and ints == sorted(ints, reverse=True)
+    assert all(isinstance(t, int) for t in ints)
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(TeaCacheError, match="'sde'"):
+        TimestepScale("sde")
