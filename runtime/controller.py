@@ -1,31 +1,30 @@
-"""The TeaCache criterion (DESIGN §4), batch-wide decisions, state per cache context.
+"""TeaCache state per cache context, and the decision rules the transformer applies to it.
 
     d   = Σ|s_t − s_{t−1}| / Σ|s_{t−1}|       (over the whole decision group)
     acc = acc + poly(d)
     skip if acc < threshold and the step is not forced, else compute and acc = 0
 
-The decision is host-side arithmetic on two fp32 sums the embed graph produced; nothing
-here touches the heavy engine.
+The arithmetic itself lives in :mod:`.criterion` (one implementation, native or Python);
+:class:`TeaCache` applies it to one batch-wide group per call.  Nothing here touches the
+heavy engine.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import TeaCacheError
 from ..manifest import Criterion, ForcedSteps
+from .criterion import decide_groups, group_rel
 
-
-def poly(coefficients: Sequence[float], x: float) -> float:
-    """numpy.poly1d(coefficients)(x), highest degree first (Horner)."""
-    y = 0.0
-    for c in coefficients:
-        y = y * x + c
-    return y
-
+# One decision group (every row of the call), as arrays built once: the rule runs every step.
+_ONE_GROUP = np.zeros(1, dtype=np.int32)
+_NO_SUMS = np.zeros(1)
+_MUST_COMPUTE = {False: np.zeros(1, dtype=np.uint8), True: np.ones(1, dtype=np.uint8)}
 
 @dataclass
 class ContextState:
@@ -40,9 +39,9 @@ class ContextState:
     rel_l1: list[float | None] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeaCache:
-    """Decision rule: threshold, coefficients and forced steps; stateless itself."""
+    """Decision rule: threshold, coefficients and forced steps; stateless and immutable itself."""
 
     coefficients: tuple[float, ...]
     threshold: float
@@ -56,6 +55,9 @@ class TeaCache:
             )
         if not self.coefficients:
             raise TeaCacheError("coefficients are empty: the manifest's criterion needs a polynomial")
+        # The criterion's array arguments, built once (frozen: they cannot go stale).
+        object.__setattr__(self, "_coefficients", np.array(self.coefficients, dtype=np.float64))
+        object.__setattr__(self, "_thresholds", np.array([self.threshold], dtype=np.float64))
 
     @classmethod
     def from_criterion(cls, criterion: Criterion, threshold: float | None = None, clamp: bool | None = None):
@@ -66,10 +68,6 @@ class TeaCache:
             clamp=criterion.clamp if clamp is None else clamp,
         )
 
-    def rescale(self, rel_l1: float) -> float:
-        y = poly(self.coefficients, rel_l1)
-        return max(y, 0.0) if self.clamp else y
-
     def decide(self, state: ContextState, num_steps: int, l1_diff: float | None, l1_prev: float | None,
                must_compute: bool = False) -> bool:
         """True to compute this call's blocks; updates ``state`` (acc, step, records).
@@ -77,19 +75,15 @@ class TeaCache:
         ``l1_diff``/``l1_prev`` are the group's sums (None when there is no previous signal);
         ``must_compute`` is set by the caller when no usable residual exists.
         """
-        step = state.step
-        rel = None if l1_diff is None or not l1_prev else l1_diff / l1_prev
-        if rel is not None and not math.isfinite(rel):
-            rel = None  # an inf/NaN signal (fp16 overflow) must not poison acc: compute instead
-        forced = self.forced.is_forced(step, num_steps) or must_compute or rel is None
-        if forced or self.threshold <= 0:
-            compute = True
-        else:
-            state.acc += self.rescale(rel)
-            compute = not state.acc < self.threshold  # upstream's test: NaN computes
-        if compute:
-            state.acc = 0.0
-        return _record(state, compute, rel)
+        has_prev = l1_diff is not None and l1_prev is not None
+        acc = np.array([state.acc])
+        flags, rels = decide_groups(
+            [l1_diff] if has_prev else _NO_SUMS, [l1_prev] if has_prev else _NO_SUMS, _ONE_GROUP, 1, acc,
+            state.step, num_steps, self._thresholds, self._coefficients, self.clamp, self.forced.first,
+            self.forced.last, self.forced.first_fraction, has_prev, _MUST_COMPUTE[bool(must_compute)])
+        state.acc = float(acc[0])
+        rel = float(rels[0])
+        return _record(state, bool(flags[0]), None if math.isnan(rel) else rel)
 
 
 def _record(state: ContextState, compute: bool, rel: float | None) -> bool:
@@ -111,8 +105,8 @@ class FixedSchedule:
 
     def decide(self, state: ContextState, num_steps: int, l1_diff: float | None, l1_prev: float | None,
                must_compute: bool = False) -> bool:
-        rel = None if l1_diff is None or not l1_prev else l1_diff / l1_prev
-        return _record(state, state.step in self.steps or must_compute, rel)
+        rel = group_rel(l1_diff is not None and l1_prev is not None, l1_diff or 0.0, l1_prev or 0.0)
+        return _record(state, state.step in self.steps or must_compute, None if math.isnan(rel) else rel)
 
     @classmethod
     def uniform(cls, num_steps: int, computed: int) -> "FixedSchedule":

@@ -6,7 +6,8 @@ import pytest
 
 from teacache_trt import TeaCacheError
 from teacache_trt.manifest import ForcedSteps
-from teacache_trt.runtime.controller import ContextState, FixedSchedule, TeaCache, poly
+from teacache_trt.runtime.controller import ContextState, FixedSchedule, TeaCache
+from teacache_trt.runtime.criterion import poly
 
 FLUX = (498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861)
 
