@@ -96,8 +96,12 @@ class CompiledTransformer(torch.nn.Module):
         self._calls_this_step = {}
 
     @contextlib.contextmanager
-    def cache_context(self, name: str):
-        """diffusers' protocol: calls inside share TeaCache state under ``name``."""
+    def cache_context(self, name: str, **_pipeline_info):
+        """diffusers' protocol: calls inside share TeaCache state under ``name``.
+
+        Pipelines may add keywords (WanPipeline: ``step_index``, ``sigma``,
+        ``num_inference_steps``); the state follows the scheduler instead, so they are ignored.
+        """
         previous, self._context = self._context, name
         try:
             yield

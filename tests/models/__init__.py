@@ -1,11 +1,27 @@
 """Tiny models, one module per family, all with the same protocol:
 
-    FAMILY      family name (export/families/)
+    FAMILY      family name (families/)
     AXES        tiny optimization profile: axis -> (min, opt, max)
     POINT       axis sizes of the sampling-loop tests (inside AXES)
     make_model()                      seeded, eval-mode diffusers model, fp32
     timestep(step, num_steps, batch)  the ``timestep`` input a pipeline would pass at ``step``
+    reference_hooks(model)            where tests/reference.py hooks the original model
 
-The generic tests (tests/runtime/, tests/engines/) run over every module listed in FAMILIES.
+and, for a family whose diffusers pipeline runs from tiny components (no download; prompts
+passed as embeddings, so no tokenizer or text encoder):
+
+    make_pipeline(transformer)        the family's diffusers pipeline around ``transformer``
+    run_pipeline(pipe, steps, seed)   one generation of ``steps`` steps; returns its output
+                                      tensor (frames, images or latents, as the module chooses)
+    PIPELINE_CONTEXTS                 the cache contexts one generation uses, as the pipeline's
+                                      own code makes them: names it passes to cache_context
+                                      ("cond_uncond"), "default" for unnamed calls, "default#1"
+                                      for a second unnamed call within a step
+    PIPELINE_THRESHOLD                a threshold at which the tiny pipeline skips some steps
+
+Every module here is a family: the generic tests (tests/runtime/, tests/engines/) run over
+FAMILIES, found by listing this package, so a new family adds its module and edits no list.
 """
-FAMILIES = ["flux", "hunyuan_video", "cogvideox"]
+import pkgutil
+
+FAMILIES = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))

@@ -1,5 +1,5 @@
 import torch
-from diffusers import CogVideoXTransformer3DModel
+from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
 
 FAMILY = "cogvideox"
 # Latent sizes; height/width are multiples of patch_size (2).
@@ -95,3 +95,37 @@ def reference_hooks(model):
         identity=lambda args, kwargs: (kwargs["hidden_states"], kwargs["encoder_hidden_states"]),
         after_blocks=model.norm_final,  # video tokens only, after all blocks
     )
+
+
+# Pixels: the tiny VAE scales by 8, so latents are 4 x 6 (2 x 3 patches); 5 frames -> 2 latent.
+HEIGHT, WIDTH, FRAMES, TEXT = 32, 48, 5, 6
+
+
+def make_pipeline(transformer, pipeline=CogVideoXPipeline):
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+        down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    ).eval()
+    # The scheduler the CogVideoX checkpoints ship (v-prediction, trailing int64 timesteps).
+    scheduler = CogVideoXDDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+        snr_shift_scale=3.0, timestep_spacing="trailing",
+    )
+    # Prompt embeddings are given, so no T5 encoder or tokenizer is needed.
+    return pipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
+
+
+def run_pipeline(pipe, steps, seed=0, height=HEIGHT, width=WIDTH, frames=FRAMES, text=TEXT, **kwargs):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(1, text, 32, generator=g)
+    negative = torch.randn(1, text, 32, generator=g)
+    return pipe(prompt_embeds=emb, negative_prompt_embeds=negative, height=height, width=width,
+                num_frames=frames, num_inference_steps=steps, guidance_scale=6.0, output_type="pt",
+                generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+PIPELINE_CONTEXTS = {"cond_uncond"}  # CFG batched into one call per step, named by the pipeline
+PIPELINE_THRESHOLD = 0.3

@@ -1,5 +1,5 @@
 import torch
-from diffusers import FluxTransformer2DModel
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
 FAMILY = "flux"
 AXES = {"batch": (1, 2, 4), "img_seq": (4, 16, 64), "txt_seq": (2, 8, 16)}
@@ -30,3 +30,27 @@ def reference_hooks(model):
         identity=lambda args, kwargs: (kwargs["encoder_hidden_states"], kwargs["hidden_states"]),
         after_blocks=model.norm_out,  # first positional argument: hidden after all blocks
     )
+
+
+def make_pipeline(transformer):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, scaling_factor=0.5, shift_factor=0.1,
+    ).eval()
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
+                        tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+
+
+def run_pipeline(pipe, steps, seed=0, **kwargs):
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(1, 8, 32, generator=g)
+    pooled = torch.randn(1, 32, generator=g)
+    return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, height=16, width=16,
+                num_inference_steps=steps, guidance_scale=1.0, output_type="pt",
+                generator=torch.Generator().manual_seed(seed), **kwargs).images
+
+
+PIPELINE_CONTEXTS = {"cond"}  # one call per step, named "cond" by the pipeline (no true CFG)
+PIPELINE_THRESHOLD = 0.8

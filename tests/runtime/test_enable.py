@@ -55,3 +55,16 @@ def test_strength_shortens_the_generation_and_copies_stay_independent(exported):
     twin = copy.deepcopy(pipe.scheduler)
     twin.set_timesteps(7)
     assert len(twin.timesteps) == 7 and len(pipe.scheduler.timesteps) == 20
+
+
+def test_cache_context_ignores_the_keywords_pipelines_add(exported):
+    ex = exported("flux")
+    t = teacache_trt.load_transformer(ex.art_dir, threshold=0)
+    t.reset(2)
+    kwargs = kwargs_for(ex)
+    for step in range(2):
+        # WanPipeline (diffusers 0.42) names the branch and adds step information.
+        with t.cache_context("cond", step_index=step, sigma=1.0 - step / 2, num_inference_steps=2):
+            t(**kwargs)
+    assert set(t.stats["contexts"]) == {"cond"}
+    assert t.stats["contexts"]["cond"]["computed_steps"] == [0, 1]
