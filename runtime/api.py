@@ -16,12 +16,14 @@ from .transformer import CompiledTransformer
 
 def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | None = None,
                      device: str | torch.device = "cpu", *, clamp: bool | None = None,
-                     model: torch.nn.Module | None = None) -> CompiledTransformer:
+                     model: torch.nn.Module | None = None, decisions: str = "batch") -> CompiledTransformer:
     """A module usable as ``pipe.transformer``, running the exported graphs with TeaCache.
 
     ``threshold=None`` takes the manifest's default; 0 never skips.  ``backend="torch"`` runs
     the same three parts in PyTorch (the reference path); it uses ``model`` or loads the
-    exported model from the manifest's source folder.
+    exported model from the manifest's source folder.  ``decisions="batch"`` takes one
+    decision per call (upstream); ``"sample"`` one per prompt (``sample_thresholds``), with
+    the blocks graph run on the rows of the prompts that compute.
     """
     if backend not in BACKENDS:
         raise TeaCacheError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -31,7 +33,7 @@ def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | N
         model = _load_source_model(manifest)
     if model is not None:
         _check_same_model(model, manifest)
-    return CompiledTransformer(art_dir, manifest, backend, device, threshold, clamp, model)
+    return CompiledTransformer(art_dir, manifest, backend, device, threshold, clamp, model, decisions)
 
 
 def _load_source_model(manifest):
