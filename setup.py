@@ -3,8 +3,83 @@
 The import package is ``teacache_trt``; its sub-packages live in the top-level folders, mapped
 here, in the order the dependencies point: ``families/`` (model knowledge), ``export/`` and
 ``engines/``, ``runtime/``, then ``tools/`` (bench, calibrate) and the ``digits/`` demo.
+
+``cpp_ext/`` builds two optional libraries: the extension ``teacache_trt._criterion`` (the
+criterion on the host) when a C++ compiler and pybind11 are present, and the plain shared
+library ``teacache_trt/_criterion_cuda*.so`` (the device kernel, loaded with ctypes) when nvcc
+is present.  A failed or skipped build leaves the pure-Python path, which gives the same
+decisions.
 """
-from setuptools import setup
+import os
+import shutil
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CUDA_ARCHS = ("80", "86", "89", "90")  # Ampere, Ada, Hopper; PTX of the last for newer GPUs
+CXX_FLAGS = ["-std=c++17", "-O2", "-fvisibility=hidden", "-ffp-contract=off"]  # Python rounds a*b+c twice
+NVCC_FLAGS = ["-std=c++17", "-O2", "--fmad=false", "-Xcompiler", "-fPIC,-fvisibility=hidden,-ffp-contract=off",
+              *(f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS),
+              f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"]
+
+
+def _pybind11_include():
+    try:
+        import pybind11
+    except ImportError:
+        return None
+    return pybind11.get_include()
+
+
+def _cuda_home():
+    """The CUDA toolkit whose nvcc and static runtime build the kernel, or None."""
+    nvcc = shutil.which("nvcc")
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+                 nvcc and os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))):
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")) and \
+                os.path.isfile(os.path.join(home, "lib64", "libcudart_static.a")):
+            return home
+    return None
+
+
+def _extensions():
+    exts = []
+    include = _pybind11_include()
+    if include is None:
+        print("teacache-trt: pybind11 is missing, the host criterion is not built (the Python one is used)")
+    else:
+        exts.append(Extension("teacache_trt._criterion", ["cpp_ext/src/criterion_host.cpp"], language="c++",
+                              include_dirs=[include, "cpp_ext/include"], extra_compile_args=CXX_FLAGS,
+                              optional=True))
+    cuda = _cuda_home()
+    if cuda is None:
+        print("teacache-trt: no nvcc with a static CUDA runtime, the criterion kernel is not built")
+    else:
+        # No Python in it (ctypes loads it; no pybind11 compile) and the CUDA runtime linked
+        # statically: it needs only the driver at run time, never the torch build's libcudart.
+        exts.append(Extension("teacache_trt._criterion_cuda", ["cpp_ext/src/criterion_kernel.cu"], language="c++",
+                              include_dirs=["cpp_ext/include"], library_dirs=[os.path.join(cuda, "lib64")],
+                              libraries=["cudart_static", "rt", "pthread", "dl"], optional=True))
+    return exts
+
+
+class BuildExt(build_ext):
+    """build_ext that hands ``.cu`` sources to nvcc; everything else goes to the C++ compiler."""
+
+    def build_extensions(self):
+        self.compiler.src_extensions.append(".cu")
+        compile_cxx = self.compiler._compile
+        cuda = _cuda_home()
+
+        def compile_one(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            if not src.endswith(".cu"):
+                return compile_cxx(obj, src, ext, cc_args, extra_postargs, pp_opts)
+            includes = [o for o in pp_opts if o.startswith("-I")]
+            self.spawn([os.path.join(cuda, "bin", "nvcc"), "-c", src, "-o", obj, *includes, *NVCC_FLAGS])
+
+        self.compiler._compile = compile_one
+        super().build_extensions()
+
 
 SUBPACKAGES = {
     "teacache_trt": "teacache_trt",
@@ -27,6 +102,8 @@ setup(
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
     package_data={"teacache_trt.digits": ["model/*", "model/*/*"]},
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": BuildExt},
     install_requires=[
         # Ranges that the CPU build of torch 2.13.0 satisfies: a range admitting only newer
         # torch would pull a multi-GB CUDA build on machines without a GPU.
@@ -47,7 +124,7 @@ setup(
         "tensorrt": ["tensorrt>=10.0", "polygraphy>=0.49"],
         "tensorrt-rtx": ["tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49"],
         "onnxruntime-gpu": ["onnxruntime-gpu>=1.20"],
-        "test": ["pytest>=7", "tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49"],
+        "test": ["pytest>=7", "hypothesis>=6", "tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49"],
     },
     entry_points={
         "console_scripts": [

@@ -26,6 +26,7 @@ at import) and :data:`NATIVE_STATUS` why.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from typing import Sequence
@@ -67,6 +68,7 @@ def _decide_groups_python(l1_diff, l1_prev, group_of_row, n_groups, acc, step, n
         sum_prev[g] += p
     forced = ForcedSteps(forced_first, forced_last, forced_first_fraction).is_forced(step, num_steps)
     coefficients = coefficients.tolist()
+    accs = acc.tolist()  # Python floats: IEEE results without numpy's overflow warnings
     flags = np.zeros(n_groups, dtype=np.uint8)
     rels = np.empty(n_groups, dtype=np.float64)
     for g in range(n_groups):
@@ -78,33 +80,38 @@ def _decide_groups_python(l1_diff, l1_prev, group_of_row, n_groups, acc, step, n
             y = poly(coefficients, rel)
             if clamp and y < 0:
                 y = 0.0
-            acc[g] += y
-            compute = not acc[g] < threshold  # NaN computes, as upstream's test does
+            accs[g] += y
+            compute = not accs[g] < threshold  # NaN computes, as upstream's test does
         if compute:
-            acc[g] = 0.0
+            accs[g] = 0.0
         flags[g] = compute
         rels[g] = rel
+    acc[:] = accs
     return flags, rels
 
 
-def _load_native():
-    """The built extension when its ABI matches, else None and the reason."""
+def load_native(name: str, fallback: str):
+    """``teacache_trt.<name>`` when it is built and its ABI matches, else None; and a status line.
+
+    ``fallback`` says what the caller does without it.  A stale build (another ABI version) is
+    refused with a RuntimeWarning rather than an error: the fallback gives the same decisions,
+    only slower, and the warning says how to rebuild.
+    """
     try:
-        from .. import _criterion as native
+        module = importlib.import_module(f"teacache_trt.{name}")
     except ImportError as exc:
-        return None, f"the native extension is not built ({exc}); using the Python reference"
-    if getattr(native, "ABI_VERSION", None) != ABI_VERSION:
-        # A stale build next to newer Python code: decisions would still be computed, but by
-        # code whose argument layout may differ. Fall back (same decisions, slower) and say so.
-        reason = (f"teacache_trt._criterion has ABI version {getattr(native, 'ABI_VERSION', None)}, "
-                  f"the Python side expects {ABI_VERSION}: using the Python reference; rebuild with "
-                  f"`pip install -e .` (or scripts/setup.sh)")
+        return None, f"teacache_trt.{name} is not built ({exc}); {fallback}"
+    found = getattr(module, "ABI_VERSION", None)
+    if found != ABI_VERSION:
+        reason = (f"teacache_trt.{name} has ABI version {found}, the Python side expects {ABI_VERSION}: "
+                  f"{fallback}; rebuild with `pip install -e .` (or scripts/setup.sh)")
         warnings.warn(reason, RuntimeWarning, stacklevel=2)
         return None, reason
-    return native.decide_groups, f"native (teacache_trt._criterion, ABI {ABI_VERSION})"
+    return module, f"teacache_trt.{name} (ABI {ABI_VERSION})"
 
 
-_NATIVE, NATIVE_STATUS = _load_native()
+_NATIVE_MODULE, NATIVE_STATUS = load_native("_criterion", "using the Python reference")
+_NATIVE = _NATIVE_MODULE.decide_groups if _NATIVE_MODULE is not None else None
 BACKEND = "native" if _NATIVE is not None else "python"
 _IMPLS = {"python": _decide_groups_python, "native": _NATIVE}
 

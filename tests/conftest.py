@@ -45,3 +45,39 @@ def exported(tmp_path_factory):
         return _CACHE[name]
 
     return get
+
+
+# --- GPU tests -------------------------------------------------------------------------------
+def pytest_addoption(parser):
+    parser.addoption("--require-gpu", action="store_true",
+                     help="fail (instead of skip) tests marked gpu when CUDA or the CUDA build of cpp_ext "
+                          "is missing; scripts/gpu_check.sh passes it")
+
+
+def need_gpu(config, what: str, reason: str | None) -> None:
+    """Skip a gpu-marked test whose ``what`` is missing, or fail under --require-gpu."""
+    if reason is None:
+        return
+    message = f"{what}: {reason}"
+    if config.getoption("--require-gpu"):
+        pytest.fail(f"--require-gpu: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def cuda(request) -> torch.device:
+    """The CUDA device for tests marked gpu."""
+    need_gpu(request.config, "no CUDA device",
+             None if torch.cuda.is_available() else "torch.cuda.is_available() is False; run scripts/gpu_check.sh "
+                                                    "on a GPU machine")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+@pytest.fixture
+def device_kernel(request, cuda) -> torch.device:
+    """A CUDA device, and cpp_ext's criterion kernel built."""
+    from teacache_trt.runtime import device_criterion
+
+    need_gpu(request.config, "cpp_ext's CUDA kernel is unavailable",
+             None if device_criterion.available() else device_criterion.KERNEL_STATUS)
+    return cuda

@@ -70,6 +70,13 @@ def test_overflowing_poly_computes_and_resets(impl):
     assert rel[0] == 1e200 and flags[0] == 1 and acc[0] == 0.0  # poly = rel² = inf: not < threshold
 
 
+def test_nan_acc_computes(impl):
+    # acc = -inf (an earlier poly of -inf skipped) plus poly = +inf is NaN: not < threshold.
+    acc = np.array([-math.inf])
+    flags, _ = call(impl, [10.0], [1.0], [0], acc, thresholds=[1.0], coefficients=(1e308, 0.0))
+    assert flags[0] == 1 and acc[0] == 0.0
+
+
 def test_threshold_zero_never_skips_and_per_group_thresholds(impl):
     acc = np.zeros(2)
     flags, _ = call(impl, [0.01, 0.01], [1.0, 1.0], [0, 1], acc, thresholds=[0.0, 0.5], coefficients=(-5.0, 0.0))
@@ -122,6 +129,7 @@ def test_empty_group_has_no_ratio(impl):
 ])
 def test_bad_input_is_refused(impl, kwargs, match):
     args = dict(diff=[0.1, 0.1], prev=[1.0, 1.0], groups=[0, 1], acc=np.zeros(2))
+    kwargs = dict(kwargs)  # the parameter dict is shared between the implementations' runs
     args.update({k: kwargs.pop(k) for k in list(kwargs) if k in args})
     with pytest.raises(TeaCacheError, match=match):
         call(impl, args["diff"], args["prev"], args["groups"], args["acc"], **kwargs)
@@ -138,5 +146,5 @@ def test_abi_mismatch_falls_back_to_python_with_a_warning(monkeypatch):
     stale.decide_groups = None
     monkeypatch.setitem(sys.modules, "teacache_trt._criterion", stale)
     with pytest.warns(RuntimeWarning, match="ABI version .* expects .*rebuild"):
-        impl, status = criterion._load_native()
-    assert impl is None and "Python reference" in status
+        module, status = criterion.load_native("_criterion", "using the Python reference")
+    assert module is None and "Python reference" in status
