@@ -18,6 +18,11 @@ cached runs alike.
 
 On a CPU shared with other processes, use ``--repeat`` (ratios are paired per repeat) and
 compare ``effic.`` with ``step eff`` (the same ratio from median step walls).
+
+Below the table, the end-to-end latency that per-graph latencies predict at each threshold,
+next to the measured one (:mod:`.latency`): per-graph latencies from trtexec (``--trtexec``,
+``--from-trtexec DIR``) or the bench's own timing; ``--report DIR`` writes it as markdown, JSON
+and a PNG plot.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from ..errors import TeaCacheError
 from ..families import get_family
 from ..manifest import GRAPH_NAMES, load_manifest
 from ..runtime.api import load_transformer
+from . import latency
 from .sampling import LATENT_INPUT, TIMESTEP_INPUT, check_sampling_inputs
 
 
@@ -386,19 +392,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intra-op threads of ONNX Runtime (torch backend: torch threads); 0 = default")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     p.add_argument("--json", action="store_true", help="print a JSON dict instead of the table")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--trtexec", action="store_true",
+                        help="per-graph latencies from running each graph's <graph>.trtexec.sh (trtexec on PATH; "
+                             "its output is kept as <graph>.trtexec.log); without trtexec, the bench's own timing")
+    source.add_argument("--from-trtexec", metavar="DIR",
+                        help="per-graph latencies from saved trtexec output, DIR/<graph>.trtexec.log")
+    p.add_argument("--report", metavar="DIR",
+                   help="write latency.md, latency.json and latency.png (predicted vs measured latency and "
+                        "speedup against threshold) to DIR")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        manifest = load_manifest(args.art_dir)
+        graph_latency = None
+        if args.from_trtexec:  # read before the bench runs: a missing log fails in seconds, not minutes
+            graph_latency = latency.logged_latencies(args.from_trtexec)
+        elif args.trtexec:
+            if latency.trtexec_available():
+                graph_latency = latency.run_trtexec(args.art_dir, log=lambda m: print(m, file=sys.stderr))
+            else:
+                print("teacache-bench: trtexec is not on PATH; per-graph latencies come from the bench's own "
+                      "timing", file=sys.stderr)
         result = run_bench(args.art_dir, backend=args.backend, device=args.device, steps=args.steps,
                            thresholds=args.thresholds, axes=dict(args.axis), warmup=args.warmup,
                            repeat=args.repeat, threads=args.threads, seed=args.seed)
+        opt = {name: opt for name, (lo, opt, hi) in manifest.axes.items()}
+        report = latency.predict(result, graph_latency or latency.bench_latencies(result), opt)
+        table = format_table(result)
+        if args.report:
+            for path in latency.write_report(args.report, report, table):
+                print(f"wrote {path}", file=sys.stderr)
     except TeaCacheError as exc:
         print(f"teacache-bench: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
+    if args.json:
+        print(json.dumps({**result.to_dict(), "latency": report}, indent=2))
+    else:
+        print(f"{table}\n\n{latency.format_markdown(report)}")
     return 0
 
 
