@@ -139,22 +139,32 @@ def decide_groups(l1_diff, l1_prev, group_of_row, n_groups: int, acc: np.ndarray
     thresholds = np.ascontiguousarray(thresholds, dtype=np.float64)
     coefficients = np.ascontiguousarray(coefficients, dtype=np.float64)
     must_compute = np.ascontiguousarray(must_compute, dtype=np.uint8)
-    _check(l1_diff, l1_prev, group_of_row, n_groups, acc, step, num_steps, thresholds, coefficients,
-           forced_first, forced_first_fraction, must_compute)
+    groups = group_of_row.tolist()  # B is small: Python's min/max beat numpy's reductions here
+    # One cheap test on the hot path; the itemised one below only runs to explain a failure.
+    if not (l1_diff.ndim == l1_prev.ndim == group_of_row.ndim == thresholds.ndim == coefficients.ndim
+            == must_compute.ndim == 1 and len(l1_diff) == len(l1_prev) == len(groups) and n_groups >= 1
+            and len(thresholds) == len(must_compute) == n_groups and len(coefficients)
+            and isinstance(acc, np.ndarray) and acc.dtype == np.float64 and acc.shape == (n_groups,)
+            and acc.flags.c_contiguous and acc.flags.writeable and step >= 0 and num_steps >= 0
+            and forced_first >= 0 and 0.0 <= forced_first_fraction <= 1.0
+            and (not groups or (min(groups) >= 0 and max(groups) < n_groups))):
+        _explain(l1_diff, l1_prev, groups, n_groups, acc, step, num_steps, thresholds, coefficients,
+                 forced_first, forced_first_fraction, must_compute)
     return impl(l1_diff, l1_prev, group_of_row, int(n_groups), acc, int(step), int(num_steps), thresholds,
                 coefficients, bool(clamp), int(forced_first), bool(forced_last), float(forced_first_fraction),
                 bool(has_prev), must_compute)
 
 
-def _check(l1_diff, l1_prev, group_of_row, n_groups, acc, step, num_steps, thresholds, coefficients,
-           forced_first, forced_first_fraction, must_compute) -> None:
-    """Shapes and ranges both implementations rely on; no value-dependent arithmetic here."""
-    vectors = {"l1_diff": l1_diff, "l1_prev": l1_prev, "group_of_row": group_of_row, "thresholds": thresholds,
+def _explain(l1_diff, l1_prev, groups, n_groups, acc, step, num_steps, thresholds, coefficients,
+             forced_first, forced_first_fraction, must_compute) -> None:
+    """The TeaCacheError for arguments :func:`decide_groups` refused: shapes and ranges both
+    implementations rely on (no value-dependent arithmetic is checked)."""
+    vectors = {"l1_diff": l1_diff, "l1_prev": l1_prev, "group_of_row": np.asarray(groups), "thresholds": thresholds,
                "coefficients": coefficients, "must_compute": must_compute}
     if any(v.ndim != 1 for v in vectors.values()):
         raise TeaCacheError(
             f"criterion inputs must be 1-D; got shapes { {k: v.shape for k, v in vectors.items()} }")
-    rows = len(group_of_row)
+    rows = len(groups)
     if len(l1_diff) != rows or len(l1_prev) != rows:
         raise TeaCacheError(
             f"l1_diff has {len(l1_diff)} rows, l1_prev {len(l1_prev)}, group_of_row {rows}: "
@@ -162,7 +172,6 @@ def _check(l1_diff, l1_prev, group_of_row, n_groups, acc, step, num_steps, thres
         )
     if n_groups < 1:
         raise TeaCacheError(f"n_groups={n_groups} must be >= 1")
-    groups = group_of_row.tolist()  # B is small: Python's min/max beat numpy's reductions here
     if groups and (min(groups) < 0 or max(groups) >= n_groups):
         raise TeaCacheError(
             f"group_of_row {groups} has a group outside [0, {n_groups}): "
