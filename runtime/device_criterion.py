@@ -98,6 +98,8 @@ class DeviceCriterion:
         if device.type != "cuda" or not torch.cuda.is_available():
             raise TeaCacheError(f"the device criterion needs a CUDA device; got {device} "
                                 f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
+        if device.index is None:  # tensors report cuda:N; compare like with like
+            device = torch.device("cuda", torch.cuda.current_device())
         if not 0.0 <= forced.first_fraction <= 1.0 or forced.first < 0:
             raise TeaCacheError(f"forced steps {forced} need first >= 0 and first_fraction in [0, 1]")
         self.device, self.n_groups, self.forced, self.clamp = device, int(n_groups), forced, bool(clamp)
@@ -147,6 +149,14 @@ class DeviceCriterion:
         self.must_compute.zero_()
         self.step_info[0].fill_(0)
         self.step_info[1].fill_(self.num_steps)
+        # Every pointer but the two sums is fixed until the next reset: build the launch once.
+        self._args = DecideArgs(
+            0, 0, self.group_of_row.data_ptr(), self.group_of_row.numel(), self.n_groups, self.acc.data_ptr(),
+            self.thresholds.data_ptr(), self.coefficients.data_ptr(), self.coefficients.numel(),
+            self.step_info.data_ptr(), self.has_prev.data_ptr(), self.must_compute.data_ptr(),
+            self.compute_flags.data_ptr(), self.rel.data_ptr(), self.any_compute.data_ptr(),
+            self.history_flags.data_ptr(), self.history_rel.data_ptr(), self.history_flags.shape[0],
+            self.forced.first_fraction, self.forced.first, self.forced.last, self.clamp, 1)  # advance
 
     def decide(self, l1_diff: torch.Tensor, l1_prev: torch.Tensor, stream: torch.cuda.Stream | None = None,
                has_prev: bool | None = None) -> torch.Tensor:
@@ -167,14 +177,10 @@ class DeviceCriterion:
         if has_prev is not None:
             with torch.cuda.stream(stream):
                 self.has_prev.fill_(int(has_prev))
-        args = DecideArgs(
-            l1_diff.data_ptr(), l1_prev.data_ptr(), self.group_of_row.data_ptr(), l1_diff.numel(), self.n_groups,
-            self.acc.data_ptr(), self.thresholds.data_ptr(), self.coefficients.data_ptr(), self.coefficients.numel(),
-            self.step_info.data_ptr(), self.has_prev.data_ptr(), self.must_compute.data_ptr(),
-            self.compute_flags.data_ptr(), self.rel.data_ptr(), self.any_compute.data_ptr(),
-            self.history_flags.data_ptr(), self.history_rel.data_ptr(), self.history_flags.shape[0],
-            self.forced.first_fraction, self.forced.first, self.forced.last, self.clamp, 1)  # advance
-        error = _KERNEL.teacache_launch_decide(ctypes.byref(args), stream.cuda_stream)
+        self._args.l1_diff, self._args.l1_prev = l1_diff.data_ptr(), l1_prev.data_ptr()
+        # The kernel library has its own CUDA runtime: make this device current for it too.
+        with torch.cuda.device(self.device):
+            error = _KERNEL.teacache_launch_decide(ctypes.byref(self._args), stream.cuda_stream)
         if error is not None:
             raise TeaCacheError(f"the criterion kernel did not launch on {self.device}: {error.decode()} (the "
                                 f"library is built for sm_80/86/89/90 and newer through PTX)")

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One command for a GPU machine (README "GPU check"): build cpp_ext from the working tree, run
 # the tests marked gpu, benchmark the bench model on every installed CUDA backend, and write
-# OUT_DIR/report.md (default out/gpu_check). Uses the Python environment it is started in (or
-# $PYTHON) and its torch: it never downloads torch. Exits 1 at once without CUDA.
+# OUT_DIR/report.md (default out/gpu_check). The Python it is started with ($PYTHON or python3)
+# provides torch, which is never downloaded: inside a virtual environment the project installs
+# there; otherwise into OUT_DIR/venv, made over that Python and seeing its packages, so nothing
+# lands in the system's site-packages. Exits 1 at once without CUDA.
 set -uo pipefail  # not -e: every stage's outcome goes into the report
 cd "$(dirname "$0")/.."
 OUT=${1:-out/gpu_check}
@@ -20,6 +22,11 @@ mkdir -p "$OUT"
 echo "gpu_check: writing $OUT" >&2
 
 # --- 1. install from the working tree, keeping the machine's torch ---------------------------
+if ! "$PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+  [ -x "$OUT/venv/bin/python" ] || "$PY" -m venv --system-site-packages "$OUT/venv" \
+    || die "$PY -m venv failed: install the venv module (e.g. apt-get install python3-venv)"
+  PY="$OUT/venv/bin/python"
+fi
 # Build requirements first (no build isolation: an isolated build would download them); what
 # cannot be installed (no network) is reported, and the tests that need it skip with a reason.
 missing=()
