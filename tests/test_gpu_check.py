@@ -35,12 +35,12 @@ def test_report_reads_the_test_results_and_bench_output(tmp_path):
         '<skipped message="onnxruntime has no CUDAExecutionProvider"/></testcase>'
         '<testcase classname="tests.runtime.test_cuda" name="test_y"><failure message="boom"/></testcase>'
         '</testsuite></testsuites>')
-    (tmp_path / "gpu_tests.txt").write_text("host syncs per call (torch backend on CUDA, skipped steps): 1.00\n")
+    (tmp_path / "gpu_tests.txt").write_text("host syncs per call (torch backend on CUDA, batch mode, 8 calls): 0.88\n")
     lines = report.tests(tmp_path)
     assert lines[0].startswith("1 passed, 1 failed, 1 skipped")
     assert "- FAILED tests.runtime.test_cuda::test_y" in lines
     assert any("no CUDAExecutionProvider" in line for line in lines)
-    assert lines[-1] == "- host syncs per call (torch backend on CUDA, skipped steps): 1.00"
+    assert lines[-1] == "- host syncs per call (torch backend on CUDA, batch mode, 8 calls): 0.88"
     (tmp_path / "bench_torch.txt").write_text("teacache-bench ...table...")
     (tmp_path / "bench_torch.rc").write_text("0\n")
     assert report.bench(tmp_path, "torch")[:4] == ["### teacache-bench, backend torch on cuda (exit 0)", "", "```",

@@ -78,9 +78,9 @@ def test_cuda_decisions_and_outputs_match_the_cpu_path(cuda, exported, request, 
 def test_host_syncs_per_call_are_bounded(cuda, exported):
     """Counted with torch's sync debug mode over a loop whose inputs already lie on the device.
 
-    The host decision reads the two sums once per call; the device step executor (issue 8)
+    The host decision reads the per-row sums once per call; the device step executor (issue 8)
     brings this to 0.  Until then one sync per call is the design, and any further (hidden)
-    sync on the torch path fails here.
+    sync on the torch path in batch mode fails here.
     """
     ex = exported("flux")
     t = cuda_transformer("torch", ex.art_dir, ex, 1e6, cuda)  # never reaches the threshold: skips
@@ -101,5 +101,6 @@ def test_host_syncs_per_call_are_bounded(cuda, exported):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = sum("synchroniz" in str(w.message) for w in seen)
-    print(f"host syncs per call (torch backend on CUDA, skipped steps): {syncs / STEPS:.2f}")
-    assert t.stats["skipped_steps"] and syncs <= STEPS
+    print(f"host syncs per call (torch backend on CUDA, batch mode, {STEPS} calls): {syncs / STEPS:.2f}")
+    # one read of the per-row sums on every call that has a previous signal (all but the first)
+    assert t.stats["skipped_steps"] and syncs <= STEPS - 1
