@@ -89,6 +89,7 @@ SUBPACKAGES = {
     "teacache_trt.runtime": "runtime",
     "teacache_trt.runtime.backends": "runtime/backends",
     "teacache_trt.tools": "tools",
+    "teacache_trt.tools.render": "tools/render",
     "teacache_trt.digits": "digits",
 }
 
@@ -119,11 +120,14 @@ setup(
         "pillow>=9",
         "scikit-learn>=1.3",
         "matplotlib>=3.6",
+        "tqdm>=4.60",
     ],
     extras_require={
         "tensorrt": ["tensorrt>=10.0", "polygraphy>=0.49"],
         "tensorrt-rtx": ["tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49"],
         "onnxruntime-gpu": ["onnxruntime-gpu>=1.20"],
+        "ray": ["ray>=2.9"],
+        "video": ["imageio-ffmpeg>=0.4.9"],
         "test": ["pytest>=7", "hypothesis>=6", "tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49"],
     },
     entry_points={
@@ -132,8 +136,12 @@ setup(
             "teacache-bench=teacache_trt.tools.bench:main",
             "teacache-calibrate=teacache_trt.tools.calibrate:main",
             "teacache-eval=teacache_trt.digits.harness:main",
+            "teacache-render=teacache_trt.tools.render.cli:main",
         ],
         # Generation drivers for the tools (calibration, rendering): see tools/drivers.py.
-        "teacache_trt.drivers": ["digits = teacache_trt.digits.driver:DRIVER"],
+        "teacache_trt.drivers": [
+            "digits = teacache_trt.digits.driver:DRIVER",
+            "diffusers = teacache_trt.tools.diffusers_driver:DRIVER",
+        ],
     },
 )

@@ -6,13 +6,20 @@ user package adds one by declaring it in its packaging, and the tools import no 
 
     entry_points={"teacache_trt.drivers": ["digits = teacache_trt.digits.driver:DRIVER"]}
 
-A driver object has ``name``, ``applies(manifest) -> bool`` (is this artifact its model?)
-and ``calibration(steps) -> generate(transformer, seed)``.
+A driver has a ``name`` and one or both of two parts:
+
+- calibration (:class:`Driver`): ``applies(manifest) -> bool`` (is this artifact its model?)
+  and ``calibration(steps) -> generate(transformer, seed)``;
+- rendering (:class:`RenderDriver`, used by ``teacache-render``): which model folders it
+  handles, the job fields its model takes, how to export the model on first use, and
+  ``render_batch(pipe, jobs) -> outputs`` over a pipeline whose transformer is the compiled one.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Callable, Protocol
+from pathlib import Path
+from typing import Any, Callable, Hashable, Mapping, Protocol, Sequence
 
 from ..errors import TeaCacheError
 
@@ -28,7 +35,41 @@ class Driver(Protocol):
     def calibration(self, steps: int) -> Generate: ...
 
 
-def installed_drivers() -> dict[str, Driver]:
+@dataclass(frozen=True)
+class ExportPlan:
+    """What ``teacache-render`` exports when no ``--artifacts`` is given."""
+
+    transformer_dir: Path  # the diffusers transformer folder (config.json + weights)
+    axes: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)  # overrides of the family's defaults
+
+
+class RenderDriver(Protocol):
+    """A model ``teacache-render`` can render.  ``jobs`` are ``tools.render.jobs.Job`` objects:
+    ``id``, ``prompt``, ``seed``, ``steps``, ``guidance``, ``threshold`` and ``extra`` (the
+    model's own fields, named in ``job_fields``)."""
+
+    name: str
+
+    def handles(self, model_dir: Path) -> bool: ...
+
+    def default_model(self) -> Path | None: ...
+
+    def defaults(self, model_dir: Path) -> Mapping[str, Any]: ...  # e.g. {"steps": 20, "guidance": 3.0}
+
+    def job_fields(self, model_dir: Path) -> Mapping[str, type]: ...  # name -> str, int, float or Path
+
+    def export_plan(self, model_dir: Path, batch_size: int) -> ExportPlan: ...
+
+    def check_job(self, model_dir: Path, job) -> None: ...
+
+    def batch_key(self, job) -> Hashable: ...
+
+    def load(self, model_dir: Path, art_dir: Path, *, backend: str, device: str, decisions: str): ...
+
+    def render_batch(self, pipe, jobs: Sequence) -> list: ...
+
+
+def installed_drivers() -> dict[str, Any]:
     drivers = {}
     for ep in entry_points(group=GROUP):
         try:
@@ -39,8 +80,8 @@ def installed_drivers() -> dict[str, Driver]:
 
 
 def driver_for(manifest, name: str | None = None) -> Driver | None:
-    """The named driver, else the installed one that applies to ``manifest``, else None."""
-    drivers = installed_drivers()
+    """The named calibration driver, else the installed one that applies to ``manifest``, else None."""
+    drivers = {k: d for k, d in installed_drivers().items() if hasattr(d, "calibration")}
     if name is not None:
         if name not in drivers:
             raise TeaCacheError(
@@ -49,3 +90,32 @@ def driver_for(manifest, name: str | None = None) -> Driver | None:
             )
         return drivers[name]
     return next((d for d in drivers.values() if d.applies(manifest)), None)
+
+
+def render_drivers() -> dict[str, RenderDriver]:
+    """Installed drivers that can render, by name (sorted, so the choice below is stable)."""
+    return {k: d for k, d in sorted(installed_drivers().items()) if hasattr(d, "render_batch")}
+
+
+def render_driver_for(model_dir: Path) -> RenderDriver:
+    """The installed render driver that handles the model folder ``model_dir``."""
+    drivers = render_drivers()
+    for driver in drivers.values():
+        if driver.handles(model_dir):
+            return driver
+    raise TeaCacheError(
+        f"no installed driver can render the model at {model_dir} (drivers: {sorted(drivers) or 'none'}): "
+        f"give a diffusers pipeline folder (with model_index.json) or the bundled digits model"
+    )
+
+
+def default_render_model(name: str = "digits") -> Path:
+    """The model rendered when none is given: the one the ``name`` driver bundles."""
+    driver = render_drivers().get(name)
+    model = driver.default_model() if driver is not None else None
+    if model is None:
+        raise TeaCacheError(
+            f"no --model given and the {name!r} driver (entry point in {GROUP}) is not installed: "
+            f"pass --model PATH (a diffusers pipeline folder) or reinstall teacache-trt"
+        )
+    return Path(model)

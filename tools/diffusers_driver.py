@@ -1,0 +1,187 @@
+"""The render driver for diffusers pipeline folders (``model_index.json``): ``teacache-render
+--model PATH`` for FLUX, HunyuanVideo, CogVideoX ... through the pipeline's own ``__call__``,
+with the compiled transformer in place of the PyTorch one.
+
+Text: a job gives ``prompt`` (encoded by the pipeline's own text encoders, when the folder has
+them) or ``prompt_embeds``, a safetensors file (relative to the job file) whose tensors are
+keyword arguments of the pipeline, one prompt each (leading dimension 1): ``prompt_embeds`` and,
+for FLUX, ``pooled_prompt_embeds`` (plus ``negative_*`` ones for true CFG).  That is how jobs
+encoded elsewhere are rendered, and how this project renders without downloading tokenizers.
+The job fields ``height``, ``width``, ``frames`` (``num_frames``) and ``negative_prompt`` exist
+where the pipeline takes them.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import TeaCacheError
+from .drivers import ExportPlan
+from .render.encode import Video
+
+MODEL_INDEX = "model_index.json"
+EMBEDS_FIELD = "prompt_embeds"
+# job field -> the pipeline keyword it sets, with its type
+OPTIONAL_FIELDS = {"height": ("height", int), "width": ("width", int), "frames": ("num_frames", int),
+                   "negative_prompt": ("negative_prompt", str)}
+VIDEO_FPS = 8.0  # frames per second written to MP4 (CogVideoX's rate)
+
+
+def model_index(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / MODEL_INDEX).read_text())
+
+
+@functools.lru_cache(maxsize=None)
+def _call_parameters(class_name: str) -> dict[str, inspect.Parameter]:
+    import diffusers
+
+    cls = getattr(diffusers, class_name, None)
+    if cls is None or not hasattr(cls, "__call__"):
+        raise TeaCacheError(f"{MODEL_INDEX} names the pipeline {class_name!r}, which diffusers "
+                            f"{diffusers.__version__} does not have: upgrade diffusers or fix the folder")
+    return dict(inspect.signature(cls.__call__).parameters)
+
+
+def pipeline_class_name(model_dir: Path) -> str:
+    name = model_index(model_dir).get("_class_name")
+    if not isinstance(name, str):
+        raise TeaCacheError(f"{Path(model_dir) / MODEL_INDEX} has no _class_name: save the pipeline with diffusers")
+    return name
+
+
+def has_component(model_dir: Path, name: str) -> bool:
+    """A component listed with a class (``[null, null]`` means the folder has none)."""
+    entry = model_index(model_dir).get(name)
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] is not None
+
+
+def embeds_header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes of a safetensors file, read from its header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in sorted(f.keys())}
+    except Exception as exc:
+        raise TeaCacheError(f"prompt_embeds {path} is not a readable safetensors file ({exc}): write it with "
+                            f"safetensors.torch.save_file") from exc
+
+
+class DiffusersDriver:
+    name = "diffusers"
+
+    def handles(self, model_dir: Path) -> bool:
+        return (Path(model_dir) / MODEL_INDEX).is_file()
+
+    def default_model(self) -> None:
+        return None  # no model ships with diffusers
+
+    def _params(self, model_dir: Path) -> dict[str, inspect.Parameter]:
+        return _call_parameters(pipeline_class_name(model_dir))
+
+    def defaults(self, model_dir: Path) -> dict:
+        """The pipeline's own defaults for steps and guidance."""
+        params, out = self._params(model_dir), {}
+        for field, keyword in (("steps", "num_inference_steps"), ("guidance", "guidance_scale")):
+            value = params[keyword].default if keyword in params else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[field] = value
+        return out
+
+    def job_fields(self, model_dir: Path) -> dict[str, type]:
+        params = self._params(model_dir)
+        fields = {f: kind for f, (keyword, kind) in OPTIONAL_FIELDS.items() if keyword in params}
+        if EMBEDS_FIELD in params:
+            fields[EMBEDS_FIELD] = Path
+        return fields
+
+    def export_plan(self, model_dir: Path, batch_size: int) -> ExportPlan:
+        # The family's default profile, with room for the batch (twice it for batched CFG).
+        return ExportPlan(Path(model_dir) / "transformer", {"batch": (1, batch_size, 2 * batch_size)})
+
+    def check_job(self, model_dir: Path, job) -> None:
+        params = self._params(model_dir)
+        embeds = job.extra.get(EMBEDS_FIELD)
+        if embeds is None:
+            if not has_component(model_dir, "text_encoder"):
+                raise TeaCacheError(
+                    f"no prompt_embeds, and the pipeline at {model_dir} has no text encoder to encode "
+                    f"prompt {job.prompt!r}: give prompt_embeds (a safetensors file of the pipeline's "
+                    f"*_embeds keywords, e.g. prompt_embeds and pooled_prompt_embeds for FLUX)"
+                )
+            return
+        for key, shape in embeds_header(embeds).items():
+            if key not in params or not key.endswith(("_embeds", "_mask")):
+                raise TeaCacheError(
+                    f"prompt_embeds {embeds.name} holds {key!r}, which {pipeline_class_name(model_dir)} does not "
+                    f"take: keep only its *_embeds / *_mask keywords "
+                    f"({sorted(k for k in params if k.endswith(('_embeds', '_mask')))})"
+                )
+            if not shape or shape[0] != 1:
+                raise TeaCacheError(f"prompt_embeds {embeds.name}: {key} has shape {shape}; give one prompt "
+                                    f"per file (leading dimension 1)")
+
+    def batch_key(self, job):
+        """Jobs that one pipeline call can take together: same steps, guidance, size and the
+        same embedding names and shapes (they are concatenated)."""
+        embeds = job.extra.get(EMBEDS_FIELD)
+        text = tuple(embeds_header(embeds).items()) if embeds is not None else ("negative", "negative_prompt" in job.extra)
+        sizes = tuple(job.extra.get(f) for f in ("height", "width", "frames"))
+        return (job.steps, job.guidance, sizes, text)
+
+    def load(self, model_dir: Path, art_dir: Path, *, backend: str, device: str, decisions: str):
+        import diffusers
+
+        import teacache_trt
+
+        from ..dtypes import PRECISIONS
+        from ..manifest import load_manifest
+
+        dtype = PRECISIONS[load_manifest(art_dir).precision]
+        cls = getattr(diffusers, pipeline_class_name(model_dir))
+        # transformer=None: the compiled transformer replaces it, the PyTorch weights stay on disk.
+        pipe = cls.from_pretrained(str(model_dir), transformer=None, torch_dtype=dtype).to(device)
+        teacache_trt.enable(pipe, art_dir, backend=backend, device=device,
+                            **({} if decisions == "batch" else {"decisions": decisions}))  # XXX-render until sample API lands
+        return pipe
+
+    def render_batch(self, pipe, jobs) -> list:
+        first = jobs[0]  # a batch shares steps, guidance, size and embedding shapes (batch_key)
+        params = _call_parameters(type(pipe).__name__)
+        kwargs = {"num_inference_steps": first.steps, "output_type": "pil",
+                  # one generator per job: a job's noise does not depend on its batch neighbours
+                  "generator": [torch.Generator().manual_seed(j.seed) for j in jobs]}
+        if "guidance_scale" in params:
+            kwargs["guidance_scale"] = first.guidance
+        for field, (keyword, _) in OPTIONAL_FIELDS.items():
+            if field in first.extra and field != "negative_prompt":
+                kwargs[keyword] = first.extra[field]
+        if EMBEDS_FIELD in first.extra:
+            kwargs.update(self._embeds(jobs, pipe))
+        else:
+            kwargs["prompt"] = [j.prompt for j in jobs]
+            if "negative_prompt" in first.extra:
+                kwargs["negative_prompt"] = [j.extra["negative_prompt"] for j in jobs]
+        out = pipe(**kwargs)
+        if hasattr(out, "frames"):
+            return [Video(list(frames), VIDEO_FPS) for frames in out.frames]
+        return list(out.images)
+
+    @staticmethod
+    def _embeds(jobs, pipe) -> dict[str, torch.Tensor]:
+        """Each job's file concatenated along the batch; floats in the pipeline's dtype."""
+        from safetensors.torch import load_file
+
+        files = [load_file(str(j.extra[EMBEDS_FIELD])) for j in jobs]
+        out = {}
+        for key in files[0]:
+            t = torch.cat([f[key] for f in files]).to(pipe.device)
+            out[key] = t.to(pipe.transformer.dtype) if t.dtype.is_floating_point else t
+        return out
+
+
+DRIVER = DiffusersDriver()

@@ -1,0 +1,33 @@
+"""Batches of compatible jobs, formed the same way on every run.
+
+Batches are cut from the whole job file (in file order within each group of compatible jobs)
+before finished jobs are dropped, so a resumed run renders the batch it lost with the same
+composition, hence the same bytes, as the run that was killed.
+"""
+from __future__ import annotations
+
+from typing import Callable, Hashable, Sequence
+
+from .jobs import Job
+
+
+def make_batches(jobs: Sequence[Job], key: Callable[[Job], Hashable], size: int) -> list[list[Job]]:
+    """Groups of equal ``key(job)`` in order of first appearance, each cut into ``size`` jobs."""
+    groups: dict[Hashable, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(key(job), []).append(job)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def batch_key(driver_key: Callable[[Job], Hashable], decisions: str) -> Callable[[Job], Hashable]:
+    """The driver's compatibility key (size, steps, guidance, ...); in ``batch`` decisions one
+    threshold decides for the whole batch, so the threshold joins the key."""
+    if decisions == "batch":
+        return lambda job: (driver_key(job), job.threshold)
+    return driver_key
+
+
+def pending(batches: Sequence[Sequence[Job]], done: set[str]) -> list[list[Job]]:
+    """The batches with finished jobs removed (a batch left empty disappears)."""
+    left = ([job for job in batch if job.id not in done] for batch in batches)
+    return [batch for batch in left if batch]

@@ -1,0 +1,96 @@
+"""The worker: a loaded pipeline (compiled transformer inside) that renders one batch at a time.
+
+It returns encoded outputs and per-job step records instead of writing files, so the same
+worker runs in the renderer's process and inside Ray actors, and only the renderer writes the
+output folder.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ...errors import TeaCacheError
+from ..drivers import render_drivers
+from .encode import encode
+from .jobs import Job
+
+DECISIONS = ("sample", "batch")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to load its pipeline; plain values, so it pickles to Ray."""
+
+    driver: str
+    model_dir: str
+    art_dir: str
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    decisions: str = "sample"
+
+
+@dataclass
+class Outcome:
+    """One job's result: the encoded output, or the error that stopped its batch."""
+
+    id: str
+    data: bytes | None = None
+    suffix: str = ""
+    computed_steps: list[int] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)
+    seconds: float = 0.0  # the job's share of its batch's wall time
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec):
+        if spec.decisions not in DECISIONS:
+            raise TeaCacheError(f"decisions {spec.decisions!r} is not one of {DECISIONS}")
+        drivers = render_drivers()
+        if spec.driver not in drivers:
+            raise TeaCacheError(f"no render driver named {spec.driver!r} is installed here (installed: "
+                                f"{sorted(drivers) or 'none'}): install teacache-trt on every worker")
+        self.spec = spec
+        self.driver = drivers[spec.driver]
+        self.pipe = self.driver.load(Path(spec.model_dir), Path(spec.art_dir), backend=spec.backend,
+                                     device=spec.device, decisions=spec.decisions)
+
+    def render(self, batch: Sequence[Job]) -> list[Outcome]:
+        """Render one batch of compatible jobs; a failure fails the batch's jobs, never the run."""
+        t0 = time.perf_counter()
+        try:
+            outputs, steps = self._run(batch)
+            encoded = [encode(out) for out in outputs]
+        except TeaCacheError as exc:
+            return self._failed(batch, str(exc), t0)
+        except Exception as exc:  # a backend error on one batch must not end a night's render
+            return self._failed(batch, f"{type(exc).__name__}: {exc}", t0)
+        share = (time.perf_counter() - t0) / len(batch)
+        return [Outcome(job.id, data, suffix, computed, skipped, share)
+                for job, (data, suffix), (computed, skipped) in zip(batch, encoded, steps)]
+
+    def _run(self, batch: Sequence[Job]) -> tuple[list, list[tuple[list[int], list[int]]]]:
+        """(one output per job, (computed steps, skipped steps) per job)."""
+        transformer = self.pipe.transformer
+        if self.spec.decisions == "sample":
+            transformer.sample_thresholds = [job.threshold for job in batch]
+        else:
+            transformer.threshold = batch[0].threshold  # one threshold per batch (batching.batch_key)
+        outputs = self.driver.render_batch(self.pipe, batch)
+        if len(outputs) != len(batch):
+            raise TeaCacheError(f"driver {self.driver.name!r} returned {len(outputs)} outputs for "
+                                f"{len(batch)} jobs: a driver must return one output per job")
+        stats = transformer.stats
+        per_job = stats["samples"] if self.spec.decisions == "sample" else [stats] * len(batch)
+        return outputs, [(list(s["computed_steps"]), list(s["skipped_steps"])) for s in per_job]
+
+    @staticmethod
+    def _failed(batch: Sequence[Job], error: str, t0: float) -> list[Outcome]:
+        share = (time.perf_counter() - t0) / len(batch)
+        return [Outcome(job.id, seconds=share, error=error) for job in batch]
