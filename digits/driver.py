@@ -65,8 +65,7 @@ class DigitsDriver:
         from .pipeline import DigitsPipeline
 
         pipe = DigitsPipeline.from_pretrained(model_dir)
-        teacache_trt.enable(pipe, art_dir, backend=backend, device=device,
-                            **({} if decisions == "batch" else {"decisions": decisions}))  # XXX-render until sample API lands
+        teacache_trt.enable(pipe, art_dir, backend=backend, device=device, decisions=decisions)
         return pipe
 
     def render_batch(self, pipe, jobs) -> list:

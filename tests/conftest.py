@@ -47,6 +47,26 @@ def exported(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    """An artifact cache holding the bundled digits model, exported once per session the way
+    ``teacache-render`` and ``teacache-eval`` export it on first use (pass it as --cache-dir)."""
+    from teacache_trt.digits.driver import DRIVER
+    from teacache_trt.tools.render.artifacts import ensure_artifacts
+
+    cache = tmp_path_factory.mktemp("digits_cache")
+    ensure_artifacts(DRIVER, DRIVER.default_model(), batch_size=1, backend="onnxruntime", cache_dir=cache,
+                     log=lambda m: None)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def digits_art(digits_cache):
+    """The bundled digits model's artifact folder (inside ``digits_cache``)."""
+    (art,) = [p for p in digits_cache.iterdir() if p.is_dir()]
+    return art
+
+
 # --- GPU tests -------------------------------------------------------------------------------
 def pytest_addoption(parser):
     parser.addoption("--require-gpu", action="store_true",

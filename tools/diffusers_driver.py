@@ -31,6 +31,15 @@ OPTIONAL_FIELDS = {"height": ("height", int), "width": ("width", int), "frames":
 VIDEO_FPS = 8.0  # frames per second written to MP4 (CogVideoX's rate)
 
 
+def _dtype_keyword() -> str:
+    """diffusers 0.42 renamed from_pretrained's ``torch_dtype`` to ``dtype`` (the old name warns)."""
+    import diffusers
+
+    major, minor = (int(x) for x in diffusers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (0, 42) else "torch_dtype"
+
+
+
 def model_index(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / MODEL_INDEX).read_text())
 
@@ -143,10 +152,12 @@ class DiffusersDriver:
 
         dtype = PRECISIONS[load_manifest(art_dir).precision]
         cls = getattr(diffusers, pipeline_class_name(model_dir))
-        # transformer=None: the compiled transformer replaces it, the PyTorch weights stay on disk.
-        pipe = cls.from_pretrained(str(model_dir), transformer=None, torch_dtype=dtype).to(device)
-        teacache_trt.enable(pipe, art_dir, backend=backend, device=device,
-                            **({} if decisions == "batch" else {"decisions": decisions}))  # XXX-render until sample API lands
+        # Components the folder lists as absent ([null, null]) must be passed as None; the
+        # transformer too: the compiled one replaces it and the PyTorch weights stay on disk.
+        absent = {k: None for k, v in model_index(model_dir).items() if isinstance(v, list) and v[-1] is None}
+        pipe = cls.from_pretrained(str(model_dir), **absent, transformer=None, **{_dtype_keyword(): dtype}).to(device)
+        pipe.set_progress_bar_config(disable=True)  # teacache-render shows its own progress
+        teacache_trt.enable(pipe, art_dir, backend=backend, device=device, decisions=decisions)
         return pipe
 
     def render_batch(self, pipe, jobs) -> list:

@@ -13,14 +13,6 @@ from teacache_trt.digits import DigitsPipeline, accuracy, heldout_accuracy
 from teacache_trt.digits import harness
 
 
-@pytest.fixture(scope="session")
-def digits_art(tmp_path_factory):
-    """The bundled model exported once (what the README's main job does first)."""
-    art = tmp_path_factory.mktemp("digits") / "art"
-    harness.export_bundled(art, log=lambda m: None)
-    return art
-
-
 def test_shipped_weights_generate_recognisable_digits():
     """At the README's settings (20 steps, guidance 3, 10 digits of each class, seed 0)."""
     pipe = DigitsPipeline.from_pretrained()

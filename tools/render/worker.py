@@ -58,8 +58,14 @@ class Worker:
                                 f"{sorted(drivers) or 'none'}): install teacache-trt on every worker")
         self.spec = spec
         self.driver = drivers[spec.driver]
-        self.pipe = self.driver.load(Path(spec.model_dir), Path(spec.art_dir), backend=spec.backend,
-                                     device=spec.device, decisions=spec.decisions)
+        try:
+            self.pipe = self.driver.load(Path(spec.model_dir), Path(spec.art_dir), backend=spec.backend,
+                                         device=spec.device, decisions=spec.decisions)
+        except TeaCacheError:
+            raise
+        except Exception as exc:  # the pipeline's own loader: say what failed, no traceback
+            raise TeaCacheError(f"the {spec.driver} driver cannot load the pipeline at {spec.model_dir} with "
+                                f"artifacts {spec.art_dir}: {type(exc).__name__}: {exc}") from exc
 
     def render(self, batch: Sequence[Job]) -> list[Outcome]:
         """Render one batch of compatible jobs; a failure fails the batch's jobs, never the run."""

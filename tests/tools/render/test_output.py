@@ -1,0 +1,83 @@
+"""The output folder: one render at a time, a killed run's lock never blocks, a cut line and
+temporary files are cleaned up, and only outputs with the recorded hash count as finished."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from teacache_trt.errors import TeaCacheError
+from teacache_trt.tools.render.output import LOCK, RESULTS, OutputDir
+
+HOLD = """
+import sys, time
+from teacache_trt.tools.render.output import OutputDir
+with OutputDir(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_render_refuses_while_the_first_lives(tmp_path):
+    with OutputDir(tmp_path):
+        with pytest.raises(TeaCacheError, match=rf"being rendered by another teacache-render \(pid {os.getpid()}\)"):
+            with OutputDir(tmp_path):
+                pass
+    with OutputDir(tmp_path):  # released on exit
+        pass
+
+
+def test_a_lock_left_by_a_killed_run_never_blocks(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(TeaCacheError, match=f"pid {proc.pid}"):
+            OutputDir(tmp_path).__enter__()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (tmp_path / LOCK).is_file()  # the file stays behind ...
+    with OutputDir(tmp_path):  # ... and does not block
+        assert (tmp_path / LOCK).read_text().strip() == str(os.getpid())
+
+
+def test_a_cut_line_and_temporary_files_are_removed(tmp_path):
+    good = json.dumps({"id": "a", "status": "ok", "output": "a.png", "sha256": "x"}) + "\n"
+    (tmp_path / RESULTS).write_text(good + '{"id": "b", "sta')
+    (tmp_path / ".b.png.k2j3.tmp").write_bytes(b"half")
+    (tmp_path / "keep.tmp").write_bytes(b"not ours")
+    with OutputDir(tmp_path) as out:
+        assert (tmp_path / RESULTS).read_text() == good
+        assert not (tmp_path / ".b.png.k2j3.tmp").exists() and (tmp_path / "keep.tmp").exists()
+        out.append([{"id": "b", "status": "failed"}])
+    lines = (tmp_path / RESULTS).read_text().splitlines()
+    assert [json.loads(l)["id"] for l in lines] == ["a", "b"]
+
+
+def test_finished_means_ok_and_the_recorded_hash(tmp_path):
+    with OutputDir(tmp_path) as out:
+        records = []
+        for name in "abcd":
+            sha = out.write_output(f"{name}.png", name.encode())
+            records.append({"id": name, "status": "ok", "output": f"{name}.png", "sha256": sha})
+        records.append({"id": "c", "status": "failed", "output": None})  # the last line of an id wins
+        records.append({"id": "e", "status": "ok", "output": "../a.png", "sha256": records[0]["sha256"]})
+        out.append(records)
+        (tmp_path / "b.png").write_bytes(b"changed")
+        (tmp_path / "d.png").unlink()
+        assert out.finished(out.results()) == {"a"}
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_results_lines_are_fsynced_one_by_one(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(time.perf_counter()), real_fsync(fd)))
+    with OutputDir(tmp_path) as out:
+        out.append([{"id": "a"}, {"id": "b"}, {"id": "c"}])
+    assert len(synced) == 3

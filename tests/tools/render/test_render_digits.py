@@ -1,0 +1,107 @@
+"""teacache-render on the bundled digits model: outputs, results, resume, bad jobs, CLI errors."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from render_helpers import STEPS, latest, pixels, results, write_jobs
+
+from teacache_trt.tools.render.output import OutputDir, sha256_of
+
+
+@pytest.mark.parametrize("decisions", ["sample", "batch"])
+def test_render_writes_images_results_summary_and_sheet(tmp_path, render_cli, capsys, decisions):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 6)
+    out = tmp_path / "out"
+    assert render_cli(jobs, out, "--batch-size", "4", "--decisions", decisions, "--contact-sheet", "--json") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] == summary["rendered"] == 6 and summary["failed"] == 0 and not summary["interrupted"]
+    lines = results(out)
+    assert sorted(r["id"] for r in lines) == [f"j{i:03d}" for i in range(6)]
+    for r in lines:
+        assert r["status"] == "ok" and r["output"] == f"{r['id']}.png"
+        assert sha256_of(out / r["output"]) == r["sha256"]
+        assert sorted(r["computed_steps"] + r["skipped_steps"]) == list(range(STEPS))
+        assert r["computed_steps"][0] == 0 and r["computed_steps"][-1] == STEPS - 1  # forced ends
+        assert pixels(out, r["id"]).shape == (16, 16)
+    by_id = latest(out)
+    assert by_id["j000"]["skipped_steps"] == []  # threshold 0 never skips
+    assert by_id["j003"]["skipped_steps"]  # threshold 0.8 skips
+    assert summary["mean_computed_steps"] == pytest.approx(sum(len(r["computed_steps"]) for r in lines) / 6, abs=1e-3)
+    assert json.loads((out / "summary.json").read_text())["rendered"] == 6
+    assert (out / "contact_sheet.png").is_file()
+
+
+def test_rerun_skips_finished_jobs_and_redoes_changed_outputs(tmp_path, render_cli, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 5)
+    out = tmp_path / "out"
+    assert render_cli(jobs, out, "--batch-size", "5") == 0
+    first = latest(out)
+    assert render_cli(jobs, out, "--batch-size", "5", "--json") == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["already_done"] == 5 and summary["rendered"] == 0 and len(results(out)) == 5
+    (out / "j001.png").write_bytes(b"not the image")
+    (out / "j002.png").unlink()
+    assert render_cli(jobs, out, "--batch-size", "5", "--json") == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["already_done"] == 3 and summary["rendered"] == 2
+    again = latest(out)
+    for job_id in ("j001", "j002"):  # redone as a batch of 2 instead of 5: same steps, same image up to rounding
+        assert again[job_id]["computed_steps"] == first[job_id]["computed_steps"]
+        assert abs(pixels(out, job_id) - 0).max() <= 255  # decodable
+    assert len(results(out)) == 7
+
+
+def test_bad_jobs_are_recorded_as_failed_and_the_run_goes_on(tmp_path, render_cli, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 3, extra=[
+        "{not json", {"id": "x1", "prompt": "12"}, {"id": "x2", "prompt": "3", "steps": 0},
+        {"id": "x3", "prompt": "3", "height": 32}, {"id": "j000", "prompt": "1"}])
+    out = tmp_path / "out"
+    assert render_cli(jobs, out, "--json") == 1  # some job failed
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rendered"] == 3 and summary["failed"] == 5
+    by_id = latest(out)
+    assert "not a JSON object" in by_id["line:4"]["error"]
+    assert "prompt '12' is not a digit" in by_id["x1"]["error"]
+    assert "steps=0" in by_id["x2"]["error"]
+    assert "unknown field(s) ['height']" in by_id["x3"]["error"]
+    assert "already used on line 1" in by_id["line:8"]["error"]
+    assert by_id["j000"]["status"] == "ok"  # the duplicate never overwrote the first job's result
+    assert all(r["output"] is None for r in by_id.values() if r["status"] == "failed")
+
+
+def test_a_second_render_into_the_same_folder_refuses(tmp_path, render_cli, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 2)
+    out = tmp_path / "out"
+    with OutputDir(out):  # a live render holds the folder
+        assert render_cli(jobs, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "being rendered by another teacache-render" in err[0]
+    assert not (out / "j000.png").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
+    (["--workers", "2"], "--workers 2 runs Ray actors: add --ray local"),
+    (["--threshold", "-1"], "--threshold -1.0 must be a number >= 0"),
+    # the export on first use follows --batch-size; a given artifact folder is checked
+    (["--batch-size", "500", "--artifacts", "{art}"], "--batch-size 500 exceeds the batch profile [1, 200]"),
+    (["--model", "/nonexistent"], "is not a folder"),
+])
+def test_bad_invocations_exit_2_with_one_line(tmp_path, render_cli, digits_art, capsys, options, message):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 1)
+    assert render_cli(jobs, tmp_path / "out", *(o.format(art=digits_art) for o in options)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("teacache-render: error: ") and message in err[-1], err
+    assert not (tmp_path / "out" / "j000.png").exists()
+
+
+def test_missing_job_file_and_missing_ray(tmp_path, render_cli, capsys, monkeypatch):
+    assert render_cli(tmp_path / "none.jsonl", tmp_path / "out") == 2
+    assert "job file" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 1)
+    assert render_cli(jobs, tmp_path / "out", "--ray", "local") == 2
+    assert "pip install 'teacache-trt[ray]'" in capsys.readouterr().err
