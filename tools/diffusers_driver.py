@@ -28,6 +28,7 @@ EMBEDS_FIELD = "prompt_embeds"
 # job field -> the pipeline keyword it sets, with its type
 OPTIONAL_FIELDS = {"height": ("height", int), "width": ("width", int), "frames": ("num_frames", int),
                    "negative_prompt": ("negative_prompt", str)}
+DEFAULT_BATCH = (1, 8, 16)  # rows per call: min 1 for one prompt's sub-batch, opt the default --batch-size
 VIDEO_FPS = 8.0  # frames per second written to MP4 (CogVideoX's rate)
 
 
@@ -109,8 +110,11 @@ class DiffusersDriver:
         return fields
 
     def export_plan(self, model_dir: Path, batch_size: int) -> ExportPlan:
-        # The family's default profile, with room for the batch (twice it for batched CFG).
-        return ExportPlan(Path(model_dir) / "transformer", {"batch": (1, batch_size, 2 * batch_size)})
+        """The family's default profile; the batch axis fits the default --batch-size twice
+        over (batched CFG doubles the rows) and widens only for larger batches, so most batch
+        sizes share one export."""
+        lo, opt, hi = DEFAULT_BATCH
+        return ExportPlan(Path(model_dir) / "transformer", {"batch": (lo, opt, max(hi, 2 * batch_size))})
 
     def check_job(self, model_dir: Path, job) -> None:
         params = self._params(model_dir)

@@ -1,0 +1,82 @@
+"""teacache-render --model PATH on a diffusers FluxPipeline folder (tiny components saved to
+disk), with prompt_embeds files since no tokenizer can be downloaded here: exported on first
+use into the cache, reused on the next run, rendered in sample mode."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from render_helpers import latest, pixels, results
+
+from teacache_trt.tools.render import cli
+from teacache_trt.tools.render.output import sha256_of
+
+SIZE = 64  # the tiny VAE halves it, FLUX packs 2x2: (64/4)^2 = 256 image tokens, the family's profile min
+TEXT_TOKENS = 128  # the family's txt_seq min
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from safetensors.torch import save_file
+
+    from models import flux
+
+    root = tmp_path_factory.mktemp("flux_pipeline")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, scaling_factor=0.5, shift_factor=0.1,
+    ).eval()
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=flux.make_model())
+    pipe.save_pretrained(root / "model")
+    jobs_dir = root / "jobs"
+    jobs_dir.mkdir()
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for i in range(4):
+        save_file({"prompt_embeds": torch.randn(1, TEXT_TOKENS, 32, generator=g),
+                   "pooled_prompt_embeds": torch.randn(1, 32, generator=g)}, jobs_dir / f"p{i}.safetensors")
+        lines.append({"id": f"f{i}", "prompt_embeds": f"p{i}.safetensors", "seed": i, "steps": 8,
+                      "threshold": [0.0, 0.8][i % 2], "height": SIZE, "width": SIZE})
+    lines += [
+        {"id": "small", "prompt_embeds": "p0.safetensors", "steps": 8, "height": 16, "width": 16},  # outside the profile
+        {"id": "text", "prompt": "a cat", "steps": 8},  # no text encoder in the folder
+        {"id": "frames", "prompt_embeds": "p0.safetensors", "frames": 9},  # FluxPipeline takes no frames
+    ]
+    (jobs_dir / "jobs.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    return root
+
+
+def render(flux_folder, out, *options):
+    return cli.main([str(flux_folder / "jobs" / "jobs.jsonl"), "--out", str(out), "--model",
+                     str(flux_folder / "model"), "--cache-dir", str(flux_folder / "cache"), "--no-progress",
+                     *options])
+
+
+def test_flux_pipeline_folder_end_to_end(flux_folder, tmp_path, capsys):
+    assert render(flux_folder, tmp_path / "a", "--batch-size", "4") == 1  # the bad jobs failed
+    err = capsys.readouterr().err
+    assert "[export 1/3]" in err  # exported on first use ...
+    by_id = latest(tmp_path / "a")
+    for i in range(4):
+        r = by_id[f"f{i}"]
+        assert r["status"] == "ok" and sha256_of(tmp_path / "a" / r["output"]) == r["sha256"]
+        assert pixels(tmp_path / "a", f"f{i}").shape == (SIZE, SIZE, 3)
+    assert by_id["f0"]["skipped_steps"] == [] and by_id["f1"]["skipped_steps"]
+    assert "img_seq=16 is outside the built profile" in by_id["small"]["error"]
+    assert "has no text encoder" in by_id["text"]["error"] and "prompt_embeds" in by_id["text"]["error"]
+    assert "unknown field(s) ['frames']" in by_id["frames"]["error"]
+
+    # ... and reused: one job at a time gives the same steps, and images up to rounding
+    assert render(flux_folder, tmp_path / "b", "--batch-size", "1") == 1
+    assert "[export 1/3]" not in capsys.readouterr().err
+    alone = latest(tmp_path / "b")
+    for i in range(4):
+        assert alone[f"f{i}"]["computed_steps"] == by_id[f"f{i}"]["computed_steps"]
+        assert abs(pixels(tmp_path / "b", f"f{i}") - pixels(tmp_path / "a", f"f{i}")).max() <= 2
+    assert len(results(tmp_path / "b")) == 7
