@@ -10,9 +10,12 @@ Every policy renders the same digits (same labels, same seed) through the export
 - ``fewer-steps``        a plain sampler with that many steps and no caching.
 
 Quality is measured against the uncached full-step render: PSNR and SSIM per image, and the
-accuracy of a classifier trained on the real digits.  Wall ratios are measured in this process
-against the uncached render.  Output: a markdown table, a JSON file, a PNG plot (PSNR against
-computed steps, one line per policy) and grids of digits with and without TeaCache.
+accuracy of a classifier trained on the real digits.  Wall ratios come from separate, smaller
+timing renders (one digit per class): each policy's render is paired with the uncached render
+next to it, and the ratio is the median over interleaved repeats, so a machine whose load
+drifts during the run moves both sides of every pair alike.  Output: a markdown table, a JSON
+file, a PNG plot (PSNR against computed steps, one line per policy) and grids of digits with
+and without TeaCache.
 """
 from __future__ import annotations
 
@@ -29,15 +32,15 @@ import torch
 from ..errors import TeaCacheError
 from ..manifest import atomic_write_bytes
 from .calibration import CALIBRATION_FILE
-from .data import NUM_CLASSES, NUM_TEXT_TOKENS
+from .data import NUM_CLASSES
 
 POLICIES = ("teacache-upstream", "teacache-calibrated", "uniform", "fewer-steps")
 # Sweeps chosen to land on 3+ distinct compute levels each within the main job's time budget.
 UPSTREAM_THRESHOLDS = (0.2, 0.45, 0.8)
 CALIBRATED_THRESHOLDS = (0.05, 0.1, 0.2, 0.4)
 GRID_THRESHOLD = 0.1  # calibrated coefficients: about half the steps computed on this model
-# The exported profile: CFG runs cond and uncond as separate calls of up to 100 digits each.
-DIGITS_AXES = {"batch": (1, 100, 200), "img_seq": (64, 64, 64), "txt_seq": (NUM_TEXT_TOKENS,) * 3}
+TIMING_REPEATS = 3  # interleaved (uncached, policy) timing pairs per row; the ratio is their median
+TIMING_PER_CLASS = 1  # digits per class in the timing renders (the quality renders use --per-class)
 
 
 @dataclass
@@ -45,19 +48,22 @@ class Row:
     policy: str
     setting: str  # threshold or step count
     computed: float  # computed steps per branch (mean over cond / uncond)
-    wall_s: float
-    wall_ratio: float
+    wall_s: float  # the quality render (one run; not what the ratio is taken from)
+    wall_ratio: float  # median over the timing pairs of uncached / policy wall time
+    ratio_range: tuple[float, float]  # min and max of those pair ratios: the noise, in plain sight
     psnr: float
     ssim: float
     accuracy: float
 
 
-def export_bundled(art_dir: Path, log=print):
-    """Export the bundled model (reused when up to date) and store its calibrated coefficients."""
-    from ..export.exporter import export_model
-    from .pipeline import DEFAULT_MODEL_DIR
+def export_bundled(cache_dir: Path | None = None, log=print) -> Path:
+    """The bundled model's artifacts, exported on first use into the cache ``teacache-render``
+    uses (reused when up to date)."""
+    from ..tools.render.artifacts import default_cache_dir, ensure_artifacts
+    from .driver import DRIVER
 
-    return export_model(DEFAULT_MODEL_DIR / "transformer", art_dir, axes=DIGITS_AXES, build="none", log=log)
+    return ensure_artifacts(DRIVER, DRIVER.default_model(), batch_size=1, backend="onnxruntime",
+                            cache_dir=cache_dir or default_cache_dir(), log=log)
 
 
 def load_calibrated(path: Path | None = None) -> list[float]:
@@ -84,11 +90,12 @@ class Renderer:
         self.steps, self.guidance, self.seed = steps, guidance, seed
         self.labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
 
-    def render(self, policy, steps: int | None = None) -> tuple[torch.Tensor, float, float]:
-        """(images, wall seconds, computed steps per branch)."""
+    def render(self, policy, steps: int | None = None, labels: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, float, float]:
+        """(images, wall seconds, computed steps per branch) of the evaluation digits (or ``labels``)."""
         self.transformer.policy = policy
         t0 = time.perf_counter()
-        images = self.pipe(self.labels, num_inference_steps=steps or self.steps,
+        images = self.pipe(self.labels if labels is None else labels, num_inference_steps=steps or self.steps,
                            guidance_scale=self.guidance, seed=self.seed).images
         wall = time.perf_counter() - t0
         stats = self.transformer.stats
@@ -98,7 +105,7 @@ class Renderer:
 def evaluate(art_dir: Path, *, steps: int = 20, guidance: float = 3.0, per_class: int = 10, seed: int = 0,
              upstream: Sequence[float] = UPSTREAM_THRESHOLDS, calibrated: Sequence[float] = CALIBRATED_THRESHOLDS,
              calibrated_coefficients: Sequence[float] | None = None, backend: str = "onnxruntime",
-             grid_threshold: float = GRID_THRESHOLD, log=print) -> dict:
+             grid_threshold: float = GRID_THRESHOLD, repeats: int = TIMING_REPEATS, log=print) -> dict:
     from ..manifest import load_manifest
     from ..runtime.controller import FixedSchedule, TeaCache
     from ..tools.quality import psnr, ssim
@@ -114,21 +121,22 @@ def evaluate(art_dir: Path, *, steps: int = 20, guidance: float = 3.0, per_class
     }
     r = Renderer(art_dir, steps, guidance, per_class, seed, backend)
     full = FixedSchedule(frozenset(range(steps)))
-    # Warm-up with a full render: the first renders at a new batch size pay for sessions,
-    # allocator growth and thread pools, which would flatter every policy timed later.
-    r.render(full)
+    t0 = time.perf_counter()
     reference, base_wall, _ = r.render(full)
     images = {"uncached": reference}
-    rows = [Row("uncached", str(steps), float(steps), base_wall, 1.0, float("inf"), 1.0,
+    rows = [Row("uncached", str(steps), float(steps), base_wall, 1.0, (1.0, 1.0), float("inf"), 1.0,
                 accuracy(reference, r.labels))]
+    timed = []  # (row, rule, steps) of every policy row, for the timing pairs
+    planned = [1 + len(upstream) + len(calibrated)]  # renders known so far; the baselines join later
 
     def add(policy: str, setting: str, rule, n_steps=None):
         out, wall, computed = r.render(rule, n_steps)
-        rows.append(Row(policy, setting, computed, wall, 0.0,
+        rows.append(Row(policy, setting, computed, wall, 0.0, (0.0, 0.0),
                         float(psnr(out, reference).clamp(max=99).mean()),
                         float(ssim(out, reference).mean()), accuracy(out, r.labels)))
-        log(f"[eval] {policy:20s} {setting:>6s}: {computed:5.1f} computed, PSNR {rows[-1].psnr:6.2f} dB, "
-            f"acc {rows[-1].accuracy:.3f}, {wall:.2f}s")
+        timed.append((rows[-1], rule, n_steps))
+        log(f"[eval quality {len(rows)}/{planned[0]}] {policy:20s} {setting:>6s}: {computed:5.1f} computed, "
+            f"PSNR {rows[-1].psnr:6.2f} dB, acc {rows[-1].accuracy:.3f} ({time.perf_counter() - t0:.0f}s)")
         return out
 
     for policy, thresholds in (("teacache-upstream", upstream), ("teacache-calibrated", calibrated)):
@@ -138,31 +146,59 @@ def evaluate(art_dir: Path, *, steps: int = 20, guidance: float = 3.0, per_class
             if policy == "teacache-calibrated" and abs(t - grid_threshold) < 1e-12:
                 images["teacache"] = out
     levels = sorted({max(2, round(row.computed)) for row in rows if row.policy.startswith("teacache")} - {steps})
+    planned[0] += 2 * len(levels) + ("teacache" not in images)
     for k in levels:
         add("uniform", str(k), FixedSchedule.uniform(steps, k))
         add("fewer-steps", str(k), full, n_steps=k)
     if "teacache" not in images:  # the grid's threshold was not in the sweep: render it too
         images["teacache"] = add("teacache-calibrated", f"{grid_threshold:g}",
                                  TeaCache(tuple(coefficients["teacache-calibrated"]), grid_threshold, crit.forced))
-    # The baseline again at the end: its mean with the first brackets the drift of a shared
-    # machine over the run; every wall ratio is taken against that mean.
-    _, base_wall_end, _ = r.render(full)
-    rows[0].wall_s = (base_wall + base_wall_end) / 2
-    for row in rows:
-        row.wall_ratio = rows[0].wall_s / row.wall_s
-    log(f"[eval] uncached wall {base_wall:.2f}s at the start, {base_wall_end:.2f}s at the end")
+    time_ratios(r, full, timed, repeats, log)
     return {"rows": rows, "images": images, "labels": r.labels, "coefficients": coefficients,
             "settings": {"steps": steps, "guidance": guidance, "per_class": per_class, "seed": seed,
-                         "backend": backend, "grid_threshold": grid_threshold}}
+                         "backend": backend, "grid_threshold": grid_threshold, "timing_repeats": repeats,
+                         "timing_digits": NUM_CLASSES * TIMING_PER_CLASS}}
+
+
+def time_ratios(r: Renderer, full, timed, repeats: int, log=print) -> None:
+    """Set every row's wall ratio: the median over ``repeats`` rounds of t(uncached) / t(policy),
+    each policy render timed right after an uncached one (shared by two neighbouring rows), on
+    one digit per class.  A load that drifts over the run moves both sides of a pair alike."""
+    import statistics
+
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(TIMING_PER_CLASS)
+    r.render(full, labels=labels)  # warm-up: sessions and allocators at this batch size
+    ratios = {id(row): [] for row, _, _ in timed}
+    t0 = time.perf_counter()
+    for k in range(repeats):
+        for i, (row, rule, n_steps) in enumerate(timed):
+            if i % 2 == 0:
+                _, base, _ = r.render(full, labels=labels)
+            _, wall, _ = r.render(rule, n_steps, labels=labels)
+            ratios[id(row)].append(base / wall)
+        elapsed = time.perf_counter() - t0
+        log(f"[eval timing {k + 1}/{repeats}] {len(timed)} policies against the uncached render on {len(labels)} "
+            f"digits ({elapsed:.0f}s, about {elapsed / (k + 1) * (repeats - k - 1):.0f}s left)")
+    for row, _, _ in timed:
+        pair = ratios[id(row)]
+        row.wall_ratio = statistics.median(pair)
+        row.ratio_range = (min(pair), max(pair))
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| policy | setting | computed steps | wall ratio | PSNR (dB) | SSIM | accuracy |",
+    """The table; wall ratio: median of the timing pairs, with their range (the noise) beside it."""
+    lines = ["| policy | setting | computed steps | wall ratio (range) | PSNR (dB) | SSIM | accuracy |",
              "|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (-r.computed, POLICIES.index(r.policy) if r.policy in POLICIES else -1)):
-        lines.append(f"| {row.policy} | {row.setting} | {row.computed:.1f} | {row.wall_ratio:.2f} | "
-                     f"{row.psnr:.2f} | {row.ssim:.4f} | {row.accuracy:.3f} |")
+        lo, hi = row.ratio_range
+        lines.append(f"| {row.policy} | {row.setting} | {row.computed:.1f} | {row.wall_ratio:.2f} "
+                     f"({lo:.2f}-{hi:.2f}) | {row.psnr:.2f} | {row.ssim:.4f} | {row.accuracy:.3f} |")
     return "\n".join(lines)
+
+
+def timing_note(settings: dict) -> str:
+    return (f"Wall ratio: median of {settings['timing_repeats']} interleaved repeats of (uncached, policy) renders "
+            f"of {settings['timing_digits']} digits, in one process; the range beside it is their spread.")
 
 
 def plot(rows: Sequence[Row], path: Path, steps: int) -> None:
@@ -197,7 +233,7 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
     paths = {"table": out_dir / "table.md", "json": out_dir / "eval.json", "plot": out_dir / "psnr.png"}
-    atomic_write_bytes(paths["table"], (markdown_table(rows) + "\n").encode())
+    atomic_write_bytes(paths["table"], (markdown_table(rows) + "\n\n" + timing_note(result["settings"]) + "\n").encode())
     data = {"settings": result["settings"], "coefficients": result["coefficients"],
             "rows": [asdict(r) for r in rows]}
     atomic_write_bytes(paths["json"], json.dumps(data, indent=2).encode())
@@ -216,7 +252,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="teacache-eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/digits", help="folder for the table, JSON, plot and grids")
-    p.add_argument("--art", help="exported digits artifacts (default: export the bundled model to OUT/art)")
+    p.add_argument("--art", help="exported digits artifacts (default: the bundled model, exported on first use "
+                                 "into the cache teacache-render uses)")
+    p.add_argument("--cache-dir", type=Path, help="that cache (default: ~/.cache/teacache-trt/artifacts)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--per-class", type=int, default=10)
@@ -227,17 +265,19 @@ def main(argv=None) -> int:
     p.add_argument("--grid-threshold", type=float, default=GRID_THRESHOLD,
                    help="threshold (calibrated coefficients) of the TeaCache grid image")
     p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--repeats", type=int, default=TIMING_REPEATS,
+                   help="interleaved timing pairs per policy; the wall ratio is their median")
     args = p.parse_args(argv)
     try:
         t0 = time.perf_counter()
         out = Path(args.out)
-        art = Path(args.art) if args.art else out / "art"
-        if not args.art:
-            export_bundled(art)
+        if args.repeats < 1:
+            raise TeaCacheError(f"--repeats {args.repeats} must be >= 1")
+        art = Path(args.art) if args.art else export_bundled(args.cache_dir)
         result = evaluate(art, steps=args.steps, guidance=args.guidance, per_class=args.per_class,
                           seed=args.seed, upstream=args.upstream, calibrated=args.calibrated,
                           calibrated_coefficients=load_calibrated(args.coefficients) if args.coefficients else None,
-                          backend=args.backend, grid_threshold=args.grid_threshold)
+                          backend=args.backend, grid_threshold=args.grid_threshold, repeats=args.repeats)
         paths = write_outputs(result, out)
     except TeaCacheError as exc:
         print(f"teacache-eval: error: {exc}", file=sys.stderr)
@@ -245,6 +285,7 @@ def main(argv=None) -> int:
     print()
     print(markdown_table(result["rows"]))
     print()
+    print(timing_note(result["settings"]))
     for name, path in paths.items():
         print(f"{name}: {path}")
     print(f"[done] in {time.perf_counter() - t0:.0f}s")

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Set-up, then the main job on the bundled digits model: export it (embed / blocks / head),
-# render 100 digits with and without TeaCache and at equal-compute baselines, print the
-# quality / speed table, and save the table, JSON, PSNR plot and digit grids in out/digits/.
+# Set-up, then the main job on the bundled digits model:
+#  1. teacache-render renders the bundled job file (100 digits: ten thresholds x ten digits) with
+#     TeaCache deciding per job (sample mode), exporting the model on first use; it writes the
+#     images, a labelled contact sheet, results.jsonl and summary.json in out/digits/render/;
+#  2. teacache-eval prints the quality / speed table against the uncached render and saves it,
+#     with JSON, a PSNR plot and digit grids, in out/digits/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+teacache-render digits/jobs.jsonl --out out/digits/render --contact-sheet
 teacache-eval --out out/digits "$@"

@@ -25,29 +25,35 @@ def test_first_block_is_the_two_setup_commands():
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_main_job_runs_the_eval_harness():
-    assert "teacache-eval --out out/digits" in (ROOT / "scripts" / "run.sh").read_text()
+def test_main_job_renders_the_bundled_jobs_then_runs_the_eval_harness():
+    script = (ROOT / "scripts" / "run.sh").read_text()
+    render = "teacache-render digits/jobs.jsonl --out out/digits/render --contact-sheet"
+    assert render in script and "teacache-eval --out out/digits" in script
+    assert script.index(render) < script.index("teacache-eval")
+    assert (ROOT / "digits" / "jobs.jsonl").is_file()
 
 
 def _parsers():
     from teacache_trt.digits import harness
     from teacache_trt.export import cli
     from teacache_trt.tools import bench, calibrate
+    from teacache_trt.tools.render import cli as render_cli
 
     return {"teacache-export": cli.build_parser(), "teacache-bench": bench.build_parser(),
-            "teacache-calibrate": calibrate.build_parser(), "teacache-eval": None}
+            "teacache-calibrate": calibrate.build_parser(), "teacache-render": render_cli.build_parser(),
+            "teacache-eval": None}
 
 
 def test_every_command_shown_is_an_entry_point():
     setup = (ROOT / "setup.py").read_text()
     shown = {line.split()[0] for block in code_blocks() for line in block.splitlines()
              if line.startswith("teacache-")}
-    assert {"teacache-export", "teacache-bench", "teacache-calibrate"} <= shown
+    assert {"teacache-export", "teacache-bench", "teacache-calibrate", "teacache-render"} <= shown
     for command in shown:
         assert f'"{command}=teacache_trt.' in setup, command
 
 
-@pytest.mark.parametrize("command", ["teacache-export", "teacache-bench", "teacache-calibrate"])
+@pytest.mark.parametrize("command", ["teacache-export", "teacache-bench", "teacache-calibrate", "teacache-render"])
 def test_options_shown_exist(command):
     parser = _parsers()[command]
     known = {opt for action in parser._actions for opt in action.option_strings}

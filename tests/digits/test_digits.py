@@ -63,12 +63,13 @@ def test_shipped_calibration_is_usable():
 def test_harness_end_to_end(digits_art, tmp_path):
     steps = 8
     result = harness.evaluate(digits_art, steps=steps, per_class=1, upstream=[0.8], calibrated=[0.1, 0.4],
-                              grid_threshold=0.1, log=lambda m: None)
+                              grid_threshold=0.1, repeats=2, log=lambda m: None)
     rows = result["rows"]
     by_policy = {}
     for row in rows:
         by_policy.setdefault(row.policy, []).append(row)
         assert 0 < row.computed <= steps and row.wall_s > 0 and row.wall_ratio > 0
+        assert row.ratio_range[0] <= row.wall_ratio <= row.ratio_range[1]  # a median of the pairs
         assert 0.0 <= row.accuracy <= 1.0 and -1 <= row.ssim <= 1
     (base,) = by_policy["uncached"]
     assert base.computed == steps and base.ssim == 1.0 and base.psnr == float("inf")
@@ -87,7 +88,8 @@ def test_harness_end_to_end(digits_art, tmp_path):
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["grid_teacache"].is_file() and paths["grid_uncached"].is_file()
     table = paths["table"].read_text()
-    assert table.count("\n") == len(rows) + 2 and "| uniform |" in table
+    assert table.count("\n") == len(rows) + 4 and "| uniform |" in table
+    assert "median of 2 interleaved repeats" in table
 
 
 def test_eval_cli_reports_missing_calibration(digits_art, tmp_path, capsys):

@@ -95,15 +95,15 @@ def _jobs(thresholds, steps=None):
             for i, t in enumerate(thresholds)]
 
 
-def test_batches_group_compatible_jobs_in_file_order():
+def test_batches_group_compatible_jobs_by_threshold_then_file_order():
     jobs = _jobs([0.1, 0.2, 0.1, 0.2, 0.1], steps=[20, 20, 8, 20, 20])
     key = batch_key(lambda j: (j.steps, j.guidance), "sample")
-    assert [[j.id for j in b] for b in make_batches(jobs, key, 2)] == [["j0", "j1"], ["j3", "j4"], ["j2"]]
+    assert [[j.id for j in b] for b in make_batches(jobs, key, 2)] == [["j0", "j4"], ["j1", "j3"], ["j2"]]
     # one decision per batch: the threshold joins the key
     key = batch_key(lambda j: (j.steps, j.guidance), "batch")
     assert [[j.id for j in b] for b in make_batches(jobs, key, 2)] == [["j0", "j4"], ["j1", "j3"], ["j2"]]
 
 
 def test_pending_keeps_the_batch_composition_of_unfinished_batches():
-    batches = make_batches(_jobs([0.1] * 5), lambda j: 0, 2)
+    batches = make_batches(_jobs([0.1] * 5), lambda j: 0, 2)  # j0 j1 | j2 j3 | j4
     assert [[j.id for j in b] for b in pending(batches, {"j0", "j1", "j3"})] == [["j2"], ["j4"]]

@@ -1,6 +1,6 @@
-"""teacache-render --model PATH on a diffusers FluxPipeline folder (tiny components saved to
-disk), with prompt_embeds files since no tokenizer can be downloaded here: exported on first
-use into the cache, reused on the next run, rendered in sample mode."""
+"""teacache-render --model PATH on diffusers pipeline folders (tiny components saved to disk),
+with prompt_embeds files since no tokenizer can be downloaded here: FLUX exported on first use
+into the cache and reused on the next run; CogVideoX to MP4 with batched CFG."""
 from __future__ import annotations
 
 import json
@@ -80,3 +80,31 @@ def test_flux_pipeline_folder_end_to_end(flux_folder, tmp_path, capsys):
         assert alone[f"f{i}"]["computed_steps"] == by_id[f"f{i}"]["computed_steps"]
         assert abs(pixels(tmp_path / "b", f"f{i}") - pixels(tmp_path / "a", f"f{i}")).max() <= 2
     assert len(results(tmp_path / "b")) == 7
+
+
+def test_cogvideox_pipeline_folder_renders_mp4_with_batched_cfg(exported, tmp_path):
+    """Video: one MP4 per job; batched CFG (the cond and uncond rows of a prompt decide together)."""
+    pytest.importorskip("imageio_ffmpeg", reason="video output is an extra: pip install -e '.[video]'")
+    from safetensors.torch import save_file
+
+    ex = exported("cogvideox")
+    from runtime.test_cogvideox_pipeline import FRAMES, HEIGHT, TEXT, WIDTH, make_pipe
+
+    make_pipe(ex.model).save_pretrained(tmp_path / "model")
+    g = torch.Generator().manual_seed(0)
+    lines = []
+    for i in range(3):
+        save_file({"prompt_embeds": torch.randn(1, TEXT, 32, generator=g),
+                   "negative_prompt_embeds": torch.randn(1, TEXT, 32, generator=g)}, tmp_path / f"v{i}.safetensors")
+        lines.append({"id": f"v{i}", "prompt_embeds": f"v{i}.safetensors", "seed": i, "steps": 8, "guidance": 6.0,
+                      "threshold": [0.0, 0.3, 0.6][i], "height": HEIGHT, "width": WIDTH, "frames": FRAMES})
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    for name, size in (("by2", "2"), ("alone", "1")):
+        assert cli.main([str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / name), "--model", str(tmp_path / "model"),
+                         "--artifacts", str(ex.art_dir), "--batch-size", size, "--no-progress"]) == 0
+    by2, alone = latest(tmp_path / "by2"), latest(tmp_path / "alone")
+    for i in range(3):
+        r = by2[f"v{i}"]
+        assert r["output"] == f"v{i}.mp4" and (tmp_path / "by2" / r["output"]).read_bytes()[4:8] == b"ftyp"
+        assert r["computed_steps"] == alone[f"v{i}"]["computed_steps"]
+    assert by2["v0"]["skipped_steps"] == []
