@@ -74,15 +74,20 @@ def bench(art_dir: Path, model_dir: Path, jobs: list[Job], batch_size: int = 8, 
             wall, outputs[name] = render_all(workers[decisions], jobs, size, decisions, driver)
             walls[name].append(wall)
             log(f"[bench] round {r + 1}/{repeats} {name}: {wall:.2f}s")
-    reference = outputs[next(iter(settings))]
+    first = next(iter(settings))
+    reference = outputs[first]
     rows = []
     for name in settings:
+        # speed-up over (a) within each round, then the median: a load that drifts between
+        # rounds moves both sides of a round's ratio alike
+        paired = [a / x for a, x in zip(walls[first], walls[name])]
         out = outputs[name]
         images = torch.stack([decode(out[j.id].data) for j in jobs])
         ref_images = torch.stack([decode(reference[j.id].data) for j in jobs])
         same_steps = sum(out[j.id].computed_steps == reference[j.id].computed_steps for j in jobs)
         rows.append({
             "setting": name, "images_per_s": len(jobs) / statistics.median(walls[name]),
+            "speedup_vs_a": statistics.median(paired), "speedup_range": (min(paired), max(paired)),
             "wall_s": walls[name], "mean_computed_steps": sum(len(out[j.id].computed_steps) for j in jobs) / len(jobs),
             # over all pixels of all jobs at once: identical sets give inf, printed as such
             "psnr_vs_a": float(psnr(images.reshape(1, -1), ref_images.reshape(1, -1), data_range=1.0)[0]),
@@ -96,11 +101,14 @@ def bench(art_dir: Path, model_dir: Path, jobs: list[Job], batch_size: int = 8, 
 def table(result: dict) -> str:
     n = result["jobs"]
     lines = [f"{n} jobs, thresholds {', '.join(map(str, THRESHOLDS))}; images/s: median of {result['repeats']} "
-             f"interleaved repeats; PSNR over all pixels of all jobs",
-             "| setting | images/s | mean computed steps | PSNR vs (a) (dB) | max pixel diff vs (a) | "
-             "same steps as (a) | identical images |", "|---|---|---|---|---|---|---|"]
+             f"interleaved repeats; speed-up: median over the repeats of t(a) / t(setting) within a repeat "
+             f"(range beside it); PSNR over all pixels of all jobs",
+             "| setting | images/s | speed-up vs (a) | mean computed steps | PSNR vs (a) (dB) | "
+             "max pixel diff vs (a) | same steps as (a) | identical images |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['setting']} | {r['images_per_s']:.2f} | {r['mean_computed_steps']:.2f} | "
+        lo, hi = r["speedup_range"]
+        lines.append(f"| {r['setting']} | {r['images_per_s']:.2f} | {r['speedup_vs_a']:.2f} ({lo:.2f}-{hi:.2f}) | "
+                     f"{r['mean_computed_steps']:.2f} | "
                      f"{r['psnr_vs_a']:.2f} | {r['max_pixel_diff_vs_a']}/255 | {r['same_steps_as_a']}/{n} | "
                      f"{r['identical_images_as_a']}/{n} |")
     return "\n".join(lines)

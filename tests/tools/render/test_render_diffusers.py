@@ -19,20 +19,12 @@ TEXT_TOKENS = 128  # the family's txt_seq min
 
 @pytest.fixture(scope="module")
 def flux_folder(tmp_path_factory):
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
     from safetensors.torch import save_file
 
     from models import flux
 
     root = tmp_path_factory.mktemp("flux_pipeline")
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=8, scaling_factor=0.5, shift_factor=0.1,
-    ).eval()
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
-                        text_encoder_2=None, tokenizer_2=None, transformer=flux.make_model())
+    pipe = flux.make_pipeline(flux.make_model())
     pipe.save_pretrained(root / "model")
     jobs_dir = root / "jobs"
     jobs_dir.mkdir()
@@ -87,10 +79,10 @@ def test_cogvideox_pipeline_folder_renders_mp4_with_batched_cfg(exported, tmp_pa
     pytest.importorskip("imageio_ffmpeg", reason="video output is an extra: pip install -e '.[video]'")
     from safetensors.torch import save_file
 
-    ex = exported("cogvideox")
-    from runtime.test_cogvideox_pipeline import FRAMES, HEIGHT, TEXT, WIDTH, make_pipe
+    from models.cogvideox import FRAMES, HEIGHT, TEXT, WIDTH, make_pipeline
 
-    make_pipe(ex.model).save_pretrained(tmp_path / "model")
+    ex = exported("cogvideox")
+    make_pipeline(ex.model).save_pretrained(tmp_path / "model")
     g = torch.Generator().manual_seed(0)
     lines = []
     for i in range(3):
