@@ -29,7 +29,7 @@ def test_main_job_renders_the_bundled_jobs_then_runs_the_eval_harness():
     script = (ROOT / "scripts" / "run.sh").read_text()
     render = "teacache-render digits/jobs.jsonl --out out/digits/render --contact-sheet"
     assert render in script and "teacache-eval --out out/digits" in script
-    assert script.index(render) < script.index("teacache-eval")
+    assert script.index(render) < script.index("teacache-eval --out")
     assert (ROOT / "digits" / "jobs.jsonl").is_file()
 
 
