@@ -12,10 +12,18 @@ import torch
 
 
 class TeaCacheReference:
-    def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int):
+    """One decision state: one per CFG branch where a pipeline calls the branches separately.
+
+    ``forced_first`` calls always compute, and the last one when ``forced_last`` (upstream's
+    rule for most models is 1 and True; Wan's ret-steps mode is 5 and False).
+    """
+
+    def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int,
+                 forced_first: int = 1, forced_last: bool = True):
         self.model, self.h = model, hooks
         self.rescale = np.poly1d(coefficients)
         self.threshold, self.num_steps = threshold, num_steps
+        self.forced_first, self.forced_last = forced_first, forced_last
         self.cnt, self.acc, self.prev, self.residual = 0, 0.0, None, None
         self.computed: list[int] = []
 
@@ -48,7 +56,8 @@ class TeaCacheReference:
                 return
             seen["decided"] = True
             s = seen["signal"].float()
-            forced = self.cnt == 0 or self.cnt == self.num_steps - 1 or self.threshold <= 0
+            forced = (self.cnt < self.forced_first or self.threshold <= 0
+                      or (self.forced_last and self.cnt == self.num_steps - 1))
             if forced:
                 calc = True
             else:
@@ -66,7 +75,8 @@ class TeaCacheReference:
                    h["after_blocks"].register_forward_pre_hook(at_head, with_kwargs=True)]
         handles += [b.register_forward_hook(pass_through, with_kwargs=True) for b in h["blocks"]]
         try:
-            out = self.model(**kwargs, return_dict=False)[0]
+            out = self.model(**kwargs)
+            out = out if isinstance(out, torch.Tensor) else out[0]  # a diffusers output or a tensor
         finally:
             for handle in handles:
                 handle.remove()
