@@ -37,3 +37,32 @@ def reference_hooks(model):
         identity=lambda args, kwargs: args[0],  # a block returns the hidden states alone
         after_blocks=model.norm_out,  # first positional argument: hidden after all blocks
     )
+
+
+# --- the real pipeline, tiny components, prompts as embeddings (no tokenizer download) ---
+PIPELINE_STEPS = 8
+# Pixels: the tiny VAE scales by 8 and 4 (frames), so latents are 2 x 4 x 6 (inside AXES).
+HEIGHT, WIDTH, FRAMES, TEXT = 32, 48, 5, 5
+
+
+def make_pipeline(transformer):
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.0] * 4,
+                           latents_std=[1.0] * 4).eval()
+    # The scheduler the Wan2.1 diffusers checkpoints ship: UniPC on flow sigmas, int64 timesteps.
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=3.0, num_train_timesteps=1000)
+    return WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
+
+
+def run_pipeline(pipe, seed=0, **kwargs):
+    """One generation with CFG on (guidance 5: the cond and uncond branches are separate calls)."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(1, TEXT, TINY["text_dim"], generator=g)
+    negative = torch.randn(1, TEXT, TINY["text_dim"], generator=g)
+    return pipe(prompt_embeds=emb, negative_prompt_embeds=negative, height=HEIGHT, width=WIDTH,
+                num_frames=FRAMES, num_inference_steps=PIPELINE_STEPS, guidance_scale=5.0, output_type="pt",
+                generator=torch.Generator().manual_seed(seed), **kwargs).frames
