@@ -3,7 +3,9 @@
 It runs the *original* diffusers model through its own ``forward`` and uses hooks only:
 one captures the signal, one the hidden state entering the first block, one the hidden
 state leaving the last block.  A skipped step makes every block hand its inputs through
-and adds the cached residual where the blocks' output would enter the head.
+and adds the cached residual where the blocks' output would enter the head.  Modules that
+run between the blocks and belong to the cached part (ConsisID's face cross-attention) are
+listed as ``also_skipped`` pairs (module, what it returns when skipped).
 """
 from __future__ import annotations
 
@@ -74,6 +76,10 @@ class TeaCacheReference:
                    h["blocks"][0].register_forward_pre_hook(grab_in, with_kwargs=True),
                    h["after_blocks"].register_forward_pre_hook(at_head, with_kwargs=True)]
         handles += [b.register_forward_hook(pass_through, with_kwargs=True) for b in h["blocks"]]
+        for module, skipped in h.get("also_skipped", ()):
+            handles.append(module.register_forward_hook(
+                lambda mod, args, kw, out, skipped=skipped: skipped(args, kw) if skip_flag["skip"] else out,
+                with_kwargs=True))
         try:
             out = self.model(**kwargs)
             out = out if isinstance(out, torch.Tensor) else out[0]  # a diffusers output or a tensor
