@@ -124,7 +124,9 @@ setup(
         "tensorrt": ["tensorrt>=10.0", "polygraphy>=0.49"],
         "tensorrt-rtx": ["tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49"],
         "onnxruntime-gpu": ["onnxruntime-gpu>=1.20"],
-        "test": ["pytest>=7", "hypothesis>=6", "tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49"],
+        # opencv: diffusers' ConsisIDPipeline imports it (keypoint drawing) even when unused
+        "test": ["pytest>=7", "hypothesis>=6", "tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49",
+                 "opencv-python-headless>=4.8"],
     },
     entry_points={
         "console_scripts": [

@@ -9,6 +9,8 @@ listed as ``also_skipped`` pairs (module, what it returns when skipped).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -88,3 +90,34 @@ class TeaCacheReference:
                 handle.remove()
         self.cnt += 1
         return out
+
+
+class ReferenceTransformer(torch.nn.Module):
+    """The original model under the reference, in a pipeline's place of its transformer: one
+    reference state per ``cache_context`` name (one unnamed state for pipelines without)."""
+
+    def __init__(self, model, hooks, coefficients, threshold, num_steps, forced_first=1, forced_last=True):
+        super().__init__()
+        self.model = model
+        self.args = (hooks, coefficients, threshold, num_steps, forced_first, forced_last)
+        self.refs: dict[str | None, TeaCacheReference] = {}
+        self._name = None
+
+    config = property(lambda self: self.model.config)
+    dtype = property(lambda self: self.model.dtype)
+    device = property(lambda self: self.model.device)
+
+    @contextlib.contextmanager
+    def cache_context(self, name, **_):
+        self._name = name
+        try:
+            yield
+        finally:
+            self._name = None
+
+    def forward(self, return_dict=False, **kwargs):
+        ref = self.refs.setdefault(self._name, TeaCacheReference(self.model, *self.args))
+        return (ref(**kwargs),)
+
+    def computed(self) -> dict:
+        return {name: ref.computed for name, ref in self.refs.items()}

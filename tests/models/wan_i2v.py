@@ -1,6 +1,6 @@
 """Wan2.1 image-to-video layout (CLIP image tokens, added K/V projections), tiny, exported as
-the ret-steps variant: signal timestep_proj (upstream's e0), the first 5 steps forced, the last
-not."""
+the ret-steps variant: signal timestep_proj (upstream's e0), the first 5 steps of each branch
+forced, the last not; with WanImageToVideoPipeline (a tiny CLIP vision encoder) end to end."""
 import torch
 from diffusers import WanTransformer3DModel
 
@@ -14,14 +14,15 @@ AXES = {"batch": (1, 1, 2), "frames": (1, 2, 2), "height": (2, 4, 4), "width": (
         "txt_seq": (512, 512, 512)}
 POINT = {"batch": 1, "frames": 2, "height": 4, "width": 6, "txt_seq": 512}
 timestep = wan.timestep
+IMAGE_DIM = 8  # the CLIP vision width
 
 
 def make_model():
     torch.manual_seed(1)
-    # out_channels = in_channels (the checkpoints have 36 in, 16 out) so that the generic
-    # sampling loop can feed the output back into the latents.
-    model = WanTransformer3DModel(**{**wan.TINY, "num_layers": 1, "in_channels": 8, "out_channels": 8},
-                                  image_dim=8, added_kv_proj_dim=24).eval()
+    # The checkpoints' layout with a 4-channel VAE: latents, the 4-frame mask and the image's
+    # latents in (12 channels), latents out (4); CLIP image tokens through added K/V projections.
+    model = WanTransformer3DModel(**{**wan.TINY, "num_layers": 1, "in_channels": 12}, image_dim=IMAGE_DIM,
+                                  added_kv_proj_dim=24).eval()
     with torch.no_grad():
         # As models/wan.py, on the projection that gives e0: 1.5-2% per step (poly 0.11-0.2), so
         # thresholds 0.05 / 0.2 / 0.6 compute every unforced step / every second / none.
@@ -32,3 +33,31 @@ def make_model():
 
 def reference_hooks(model):
     return {**wan.reference_hooks(model), "signal_module": model.condition_embedder.time_proj}
+
+
+# --- WanImageToVideoPipeline: wan's tiny VAE and scheduler, a tiny CLIP vision encoder ---
+def make_pipeline(transformer):
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    base = wan.make_pipeline(transformer)
+    torch.manual_seed(0)
+    # 224-pixel images in 14-pixel patches: the 257 tokens of the checkpoints' ViT-H/14.
+    encoder = CLIPVisionModel(CLIPVisionConfig(
+        hidden_size=IMAGE_DIM, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+        image_size=224, patch_size=14, projection_dim=8)).eval()
+    processor = CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224})
+    return WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=base.vae, scheduler=base.scheduler,
+                                   image_processor=processor, image_encoder=encoder, transformer=transformer)
+
+
+def run_pipeline(pipe, seed=0, **kwargs):
+    """One generation from an image, CFG on; prompts padded to 512 tokens as the pipeline pads."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(1, 512, wan.TINY["text_dim"], generator=g)
+    negative = torch.randn(1, 512, wan.TINY["text_dim"], generator=g)
+    image = torch.rand(1, 3, wan.HEIGHT, wan.WIDTH, generator=g)
+    return pipe(image=image, prompt_embeds=emb, negative_prompt_embeds=negative, height=wan.HEIGHT,
+                width=wan.WIDTH, num_frames=wan.FRAMES, num_inference_steps=wan.PIPELINE_STEPS,
+                guidance_scale=5.0, output_type="pt", generator=torch.Generator().manual_seed(seed),
+                **kwargs).frames

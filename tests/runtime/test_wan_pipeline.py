@@ -4,50 +4,21 @@ num_inference_steps=...)`` and ``("uncond", ...)``; each branch keeps its own Te
 upstream keeps an even and an odd one."""
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 import teacache_trt
 from models import wan as M
-from reference import TeaCacheReference
-from teacache_trt.export.exporter import export_model
+from models import wan_i2v as I2V
+from reference import ReferenceTransformer
 
 STEPS = M.PIPELINE_STEPS
 
 
-class ReferenceBranches(torch.nn.Module):
-    """The diffusers model under tests/reference.py, one reference state per cache context: what
-    the pipeline sees in place of its transformer."""
-
-    def __init__(self, model, hooks, coefficients, threshold, forced_first=1, forced_last=True):
-        super().__init__()
-        self.model = model
-        self.refs: dict[str, TeaCacheReference] = {}
-        self.args = (hooks, coefficients, threshold, STEPS, forced_first, forced_last)
-        self._name = None
-
-    config = property(lambda self: self.model.config)
-    dtype = property(lambda self: self.model.dtype)
-    device = property(lambda self: self.model.device)
-
-    @contextlib.contextmanager
-    def cache_context(self, name, **_):
-        self._name = name
-        yield
-
-    def forward(self, return_dict=False, **kwargs):
-        ref = self.refs.setdefault(self._name, TeaCacheReference(self.model, *self.args))
-        return (ref(**kwargs),)
-
-    def computed(self):
-        return {name: ref.computed for name, ref in self.refs.items()}
-
-
-def with_reference(model, *args):
+def with_reference(model, hooks, coefficients, threshold):
+    """The pipeline with the diffusers model under the reference, one state per branch."""
     pipe = M.make_pipeline(model)
-    branches = ReferenceBranches(model, *args)
+    branches = ReferenceTransformer(model, hooks, coefficients, threshold, STEPS)
     pipe.register_modules(transformer=branches)
     return pipe, branches
 
@@ -93,23 +64,27 @@ def test_each_branch_decides_as_the_reference(exported, baseline):
     assert t.stats == stats
 
 
-def test_ret_variant_forces_five_steps_per_branch_and_not_the_last(exported, tmp_path):
-    ex = exported("wan")
-    art = tmp_path / "ret"
-    manifest = export_model(ex.model_dir, art, axes=M.AXES, variant="Wan2.1-T2V-1.3B-ret", build="none",
-                            log=lambda msg: None)
-    assert manifest.criterion.forced.first == 5 and not manifest.criterion.forced.last
-    assert "timestep_proj" in manifest.criterion.signal
-    pipe = M.make_pipeline(ex.model)
-    t = teacache_trt.enable(pipe, art, threshold=10.0)
-    M.run_pipeline(pipe)
+def test_image_to_video_ret_variant_forces_five_steps_per_branch_and_not_the_last(exported):
+    # WanImageToVideoPipeline: CLIP image tokens and 512 text tokens per call, the tiny I2V model
+    # exported as Wan2.1-I2V-14B-480P-ret (signal e0, steps 0-4 forced, the last one not).
+    ex = exported("wan_i2v")
+    assert ex.manifest.criterion.forced.first == 5 and not ex.manifest.criterion.forced.last
+    pipe = I2V.make_pipeline(ex.model)
+    baseline = I2V.run_pipeline(pipe)
+    t = teacache_trt.enable(pipe, ex.art_dir, threshold=0)
+    assert (I2V.run_pipeline(pipe) - baseline).abs().max().item() <= 1e-4
+    t.threshold = 10.0
+    I2V.run_pipeline(pipe)
+    assert set(t.stats["contexts"]) == {"cond", "uncond"}
     for ctx in t.stats["contexts"].values():
         assert ctx["computed_steps"] == [0, 1, 2, 3, 4]  # the last step is not forced
-    t.threshold = 0.6  # skips 5 and 6, computes 7 by the criterion: [0, 1, 2, 3, 4, 7]
-    video = M.run_pipeline(pipe)
-    hooks = {**M.reference_hooks(ex.model), "signal_module": ex.model.condition_embedder.time_proj}  # e0
-    ref_pipe, branches = with_reference(ex.model, hooks, manifest.criterion.coefficients, 0.6, 5, False)
-    want = M.run_pipeline(ref_pipe)
+    t.threshold = 0.2
+    video = I2V.run_pipeline(pipe)
+    ref_pipe = I2V.make_pipeline(ex.model)
+    ref = ReferenceTransformer(ex.model, I2V.reference_hooks(ex.model), ex.manifest.criterion.coefficients, 0.2,
+                               STEPS, forced_first=5, forced_last=False)
+    ref_pipe.register_modules(transformer=ref)
+    want = I2V.run_pipeline(ref_pipe)
     got = {n: c["computed_steps"] for n, c in t.stats["contexts"].items()}
-    assert got == branches.computed() and got["cond"] != list(range(STEPS)), got
+    assert got == ref.computed() and got["cond"] != list(range(STEPS)), got
     assert (video - want).abs().max().item() <= 1e-4
