@@ -40,7 +40,6 @@ def reference_hooks(model):
 
 
 # --- the real pipeline, tiny components, prompts as embeddings (no tokenizer download) ---
-PIPELINE_STEPS = 8
 # Pixels: the tiny VAE scales by 8 and 4 (frames), so latents are 2 x 4 x 6 (inside AXES).
 HEIGHT, WIDTH, FRAMES, TEXT = 32, 48, 5, 5
 
@@ -58,11 +57,16 @@ def make_pipeline(transformer):
     return WanPipeline(tokenizer=None, text_encoder=None, vae=vae, scheduler=scheduler, transformer=transformer)
 
 
-def run_pipeline(pipe, seed=0, **kwargs):
+def run_pipeline(pipe, steps, seed=0, **kwargs):
     """One generation with CFG on (guidance 5: the cond and uncond branches are separate calls)."""
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(1, TEXT, TINY["text_dim"], generator=g)
     negative = torch.randn(1, TEXT, TINY["text_dim"], generator=g)
     return pipe(prompt_embeds=emb, negative_prompt_embeds=negative, height=HEIGHT, width=WIDTH,
-                num_frames=FRAMES, num_inference_steps=PIPELINE_STEPS, guidance_scale=5.0, output_type="pt",
+                num_frames=FRAMES, num_inference_steps=steps, guidance_scale=5.0, output_type="pt",
                 generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+# Two calls per step, named by the pipeline (with step_index, sigma, num_inference_steps).
+PIPELINE_CONTEXTS = {"cond", "uncond"}
+PIPELINE_THRESHOLD = 0.2  # computes steps 0, 2, 4, 6, 7 of 8 in each branch

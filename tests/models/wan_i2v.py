@@ -17,6 +17,11 @@ timestep = wan.timestep
 IMAGE_DIM = 8  # the CLIP vision width
 
 
+def update(latents, output, steps):
+    """The sampling loop's step: the latents are the first 4 of the 12 input channels."""
+    return torch.cat([latents[:, :4] - output / steps, latents[:, 4:]], dim=1)
+
+
 def make_model():
     torch.manual_seed(1)
     # The checkpoints' layout with a 4-channel VAE: latents, the 4-frame mask and the image's
@@ -51,13 +56,16 @@ def make_pipeline(transformer):
                                    image_processor=processor, image_encoder=encoder, transformer=transformer)
 
 
-def run_pipeline(pipe, seed=0, **kwargs):
+def run_pipeline(pipe, steps, seed=0, **kwargs):
     """One generation from an image, CFG on; prompts padded to 512 tokens as the pipeline pads."""
     g = torch.Generator().manual_seed(seed)
     emb = torch.randn(1, 512, wan.TINY["text_dim"], generator=g)
     negative = torch.randn(1, 512, wan.TINY["text_dim"], generator=g)
     image = torch.rand(1, 3, wan.HEIGHT, wan.WIDTH, generator=g)
     return pipe(image=image, prompt_embeds=emb, negative_prompt_embeds=negative, height=wan.HEIGHT,
-                width=wan.WIDTH, num_frames=wan.FRAMES, num_inference_steps=wan.PIPELINE_STEPS,
-                guidance_scale=5.0, output_type="pt", generator=torch.Generator().manual_seed(seed),
-                **kwargs).frames
+                width=wan.WIDTH, num_frames=wan.FRAMES, num_inference_steps=steps, guidance_scale=5.0,
+                output_type="pt", generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+PIPELINE_CONTEXTS = wan.PIPELINE_CONTEXTS
+PIPELINE_THRESHOLD = 0.2  # computes steps 0-4 (forced) and 6 of 8 in each branch

@@ -23,18 +23,10 @@ def sampling_loop(spec, model, forward, steps=STEPS, seed=0):
         kwargs["timestep"] = spec.timestep(i, steps, batch)
         out = forward(**kwargs)
         outs.append(out)
-        kwargs["hidden_states"] = euler_step(kwargs["hidden_states"], out, steps)
+        update = getattr(spec, "update", None)
+        latents = kwargs["hidden_states"]
+        kwargs["hidden_states"] = update(latents, out, steps) if update else latents - out / steps
     return outs
-
-
-def euler_step(latents, out, steps):
-    """``latents - out / steps``; where the model input carries conditioning channels after the
-    latents (image-to-video layouts: more input than output channels), only the latents move."""
-    if out.shape == latents.shape:
-        return latents - out / steps
-    dim = next(i for i, (a, b) in enumerate(zip(latents.shape, out.shape)) if a != b)
-    moved = latents.narrow(dim, 0, out.shape[dim]) - out / steps
-    return torch.cat([moved, latents.narrow(dim, out.shape[dim], latents.shape[dim] - out.shape[dim])], dim)
 
 
 def reference_forced(spec) -> dict:
