@@ -45,11 +45,13 @@ class TeaCacheReference:
         def pass_through(mod, args, kw, out):
             return h["identity"](args, kw) if skip_flag["skip"] else out
 
+        # after_blocks is the first module the residual does not cover (Mochi and LTX-Video
+        # cache through norm_out, so theirs is proj_out): on a skip its input is replaced by
+        # the blocks' input plus the cached residual, whatever ran in between.
         def at_head(mod, args, kw):
-            hidden = args[0]
             if skip_flag["skip"]:
-                return (hidden + self.residual, *args[1:]), kw
-            self.residual = hidden - seen["hidden_in"]
+                return (seen["hidden_in"] + self.residual, *args[1:]), kw
+            self.residual = args[0] - seen["hidden_in"]
             return None
 
         # Decide before the blocks run: the signal's hook fires first, inside block 0 or
