@@ -16,6 +16,12 @@ TINY = dict(num_attention_heads=2, attention_head_dim=16, in_channels=8, out_cha
             cross_attn_dim_head=8, cross_attn_num_heads=2, LFE_id_dim=4, LFE_vit_dim=8, LFE_depth=2,
             LFE_dim_head=4, LFE_num_heads=2, LFE_num_id_token=1, LFE_num_querie=2, LFE_output_dim=21,
             LFE_ff_mult=1, LFE_num_scale=2)  # LFE_output_dim: the perceiver takes inner_dim * 2 // 3
+# ConsisID-preview's dimensions (CogVideoX-5B-I2V blocks, RoPE and a learned table at 49 x 480 x
+# 720, the face extractor at its defaults) with 2 of its 42 blocks (export-real).
+REAL_CONFIG = dict(num_attention_heads=48, attention_head_dim=64, in_channels=32, out_channels=16,
+                   time_embed_dim=512, text_embed_dim=4096, num_layers=2, sample_width=90, sample_height=60,
+                   sample_frames=49, patch_size=2, max_text_seq_length=226, use_rotary_positional_embeddings=True,
+                   use_learned_positional_embeddings=True, is_train_face=True, is_kps=False, cross_attn_interval=2)
 
 
 def make_model():

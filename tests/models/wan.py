@@ -8,6 +8,11 @@ AXES = {"batch": (1, 2, 2), "frames": (1, 2, 3), "height": (2, 4, 8), "width": (
 POINT = {"batch": 2, "frames": 2, "height": 4, "width": 6, "txt_seq": 5}
 TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
             text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
+# Wan2.1-T2V-1.3B's dimensions with 2 of its 30 blocks (export-real); REAL_CONFIG_14B: T2V-14B.
+REAL_CONFIG = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+                   out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=2, cross_attn_norm=True,
+                   qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+REAL_CONFIG_14B = dict(REAL_CONFIG, num_attention_heads=40, ffn_dim=13824, num_layers=1)
 
 
 def make_model():

@@ -15,6 +15,8 @@ AXES = {"batch": (1, 1, 2), "frames": (1, 2, 2), "height": (2, 4, 4), "width": (
 POINT = {"batch": 1, "frames": 2, "height": 4, "width": 6, "txt_seq": 512}
 timestep = wan.timestep
 IMAGE_DIM = 8  # the CLIP vision width
+# Wan2.1-I2V-14B-480P/720P's dimensions with 1 of its 40 blocks (export-real).
+REAL_CONFIG = dict(wan.REAL_CONFIG_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120)
 
 
 def update(latents, output, steps):
