@@ -129,8 +129,9 @@ setup(
         "ray": ["ray>=2.9"],
         "video": ["imageio-ffmpeg>=0.4.9"],
         # The Ray and video tests run in CI: Ray adds ~80 MB and ~25 s to a fresh set-up.
+        # opencv: diffusers' ConsisIDPipeline imports it (keypoint drawing) even when unused.
         "test": ["pytest>=7", "hypothesis>=6", "tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49", "ray>=2.9",
-                 "imageio-ffmpeg>=0.4.9"],
+                 "imageio-ffmpeg>=0.4.9", "opencv-python-headless>=4.8"],
     },
     entry_points={
         "console_scripts": [

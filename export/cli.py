@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="diffusers transformer folder (config.json + safetensors) or a pipeline folder with transformer/")
     p.add_argument("--out", required=True, help="artifact folder to write")
     p.add_argument("--family", help="model family or diffusers class name (default: the config's _class_name)")
+    p.add_argument("--family-module", metavar="FILE.py:CLASS|MODULE:CLASS",
+                   help="a Family class of your own, for a model outside diffusers (teacache_trt.families.custom); "
+                        "its code runs on import")
     p.add_argument("--variant", help="coefficient set, e.g. CogVideoX1.5-5B (default: inferred from the config)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     p.add_argument("--batch", type=parse_range, help="batch size range MIN:OPT:MAX (CFG rows included)")
@@ -59,16 +62,16 @@ def main(argv=None) -> int:
 
         if args.list_axes:
             config = read_config(find_model_dir(args.model_dir))
-            fam = resolve_family(config, args.family)
+            fam = resolve_family(config, args.family, args.family_module)
             for a in fam.axes_for(config):
                 print(f"{a.name}={a.min}:{a.opt}:{a.max}  {a.help}")
             return 0
         axes = dict(args.axis)
         if args.batch:
             axes["batch"] = args.batch
-        export_model(args.model_dir, args.out, family=args.family, variant=args.variant,
-                     precision=args.precision, axes=axes, build=args.build, force=args.force,
-                     verify=not args.no_verify)
+        export_model(args.model_dir, args.out, family=args.family, family_module=args.family_module,
+                     variant=args.variant, precision=args.precision, axes=axes, build=args.build,
+                     force=args.force, verify=not args.no_verify)
     except TeaCacheError as exc:
         print(f"teacache-export: error: {exc}", file=sys.stderr)
         return 2

@@ -21,8 +21,9 @@ from ..manifest import (
     FORMAT_VERSION, GRAPH_NAMES, MANIFEST_NAME, Criterion, GraphSpec, Manifest, load_manifest, save_manifest,
     config_fingerprint, sha256_file, sha256_json,
 )
-from ..families import Family, find_model_dir, get_family, load_model, plain_config, read_config
+from ..families import Family, find_model_dir, get_family, load_family_module, plain_config, read_config
 from ..families import base as family_base
+from ..families.model_io import module_dtype
 from ..shapes import propagate
 from . import verify as V
 from .onnx_export import OPSET, export_part, graph_files, io_specs
@@ -31,7 +32,18 @@ Log = Callable[[str], None]
 
 
 # --- locating and loading the model ---------------------------------------------------------
-def resolve_family(config: Mapping[str, Any], family: str | None) -> type[Family]:
+def resolve_family(config: Mapping[str, Any], family: str | None,
+                   family_module: str | None = None) -> type[Family]:
+    """``family_module`` (a user's Family class), else ``family`` by name, else the config's
+    ``_class_name``."""
+    if family_module:
+        fam = load_family_module(family_module)
+        if family and family not in (fam.name, fam.class_name):
+            raise TeaCacheError(
+                f"--family {family} disagrees with --family-module {family_module} (family {fam.name!r}): "
+                f"pass one of them"
+            )
+        return fam
     if family:
         return get_family(family)
     class_name = config.get("_class_name")
@@ -134,6 +146,7 @@ def export_model(
     *,
     model: torch.nn.Module | None = None,
     family: str | None = None,
+    family_module: str | None = None,
     variant: str | None = None,
     precision: str = "fp32",
     axes: Mapping[str, tuple[int, int, int]] | None = None,
@@ -142,7 +155,8 @@ def export_model(
     verify: bool = True,
     log: Log = print,
 ) -> Manifest:
-    """Export a diffusers transformer (from ``model_dir`` or the in-memory ``model``)."""
+    """Export a transformer (from ``model_dir`` or the in-memory ``model``): a diffusers model,
+    or any module whose family ``family_module`` names (``path/file.py:Class``, ``pkg.mod:Class``)."""
     dtype = precision_dtype(precision)
     out = Path(out)
     t_start = time.perf_counter()
@@ -161,15 +175,19 @@ def export_model(
             raise TeaCacheError("export_model needs model_dir or model")
         src = find_model_dir(model_dir)
         config = read_config(src)
-        fam = resolve_family(config, family)
+        fam = resolve_family(config, family, family_module)
         fam.check_config(config)
         log(f"[load] {fam.class_name} from {src} ({precision})")
         weights_hash = weights_hash_of_dir(src)
     else:
         src = Path(model_dir) if model_dir else Path("<in-memory>")
-        config = plain_config(model)
-        config.setdefault("_class_name", type(model).__name__)
-        fam = resolve_family(config, family)
+        if family or family_module:
+            fam = resolve_family({}, family, family_module)
+            config = fam.config_of(model)
+        else:
+            config = plain_config(model)
+            fam = resolve_family({"_class_name": type(model).__name__, **config}, None)
+        config.setdefault("_class_name", fam.class_name)
         fam.check_config(config)
         weights_hash = weights_hash_of_model(model)
 
@@ -190,12 +208,12 @@ def export_model(
         manifest = previous
     else:
         if model is None:
-            model = load_model(fam, src, precision)
-        if model.dtype != dtype:
+            model = fam.load_model(src, precision)
+        if module_dtype(model) != dtype:
             model = copy.deepcopy(model).to(dtype)  # never convert the caller's model in place
         model = model.eval()
         manifest = _export_staged(fam, model, config, src, variant, precision, dtype, axes_r,
-                                  weights_hash, export_key, out, verify, log)
+                                  weights_hash, export_key, out, verify, log, family_module or "")
     if flavour != "none":
         from ..engines.build import build_engines
 
@@ -237,7 +255,7 @@ def _graph_hash(path: Path) -> str:
 
 
 def _export_staged(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, log) -> Manifest:
+                   export_key, out, verify, log, family_module) -> Manifest:
     """Export and verify in a staging folder; only a verified set replaces what ``out`` had,
     graph files first and the manifest last, so a failed export loses nothing."""
     import os
@@ -247,7 +265,7 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
     try:
         manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes,
-                                  weights_hash, export_key, staging, verify, log)
+                                  weights_hash, export_key, staging, verify, log, family_module)
         for produced in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
             os.replace(produced, out / produced.name)
     finally:
@@ -256,7 +274,7 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
 
 
 def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, log) -> Manifest:
+                   export_key, out, verify, log, family_module) -> Manifest:
     parts = fam.parts(model, fam.variant(variant))
     point_a = export_point(fam, axes, config)
     feed = fam.example_inputs(config, point_a, dtype)
@@ -285,12 +303,12 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
     v = fam.variants[variant]
     manifest = Manifest(
         family=fam.name, variant=variant, class_name=fam.class_name, precision=precision,
-        config=config, config_hash=config_fingerprint(plain_config(model)), weights_hash=weights_hash,
+        config=config, config_hash=config_fingerprint(fam.config_of(model)), weights_hash=weights_hash,
         source=str(src), axes=axes, graphs=graphs,
         criterion=Criterion(signal=fam.signal_for(v), coefficients=list(v.coefficients),
                             default_threshold=v.default_threshold, forced=v.forced,
                             cached=list(fam.cached), note=fam.note),
-        versions=versions(), export_key=export_key,
+        versions=versions(), export_key=export_key, family_module=family_module,
     )
     if verify:
         for k, point in enumerate((point_a, second_point(fam, axes, point_a, config))):
@@ -334,7 +352,7 @@ def _verify_at(fam, model, parts, manifest, out, config, point, dtype, precision
             graph.verification.append({"axes": dict(point), **result})
             pool.update(ref)
         # The split must reproduce the model: composed PyTorch parts against model.forward.
-        full = model(**fam.kwargs_from_feed(feed), return_dict=False)[0]
+        full = fam.call_model(model, fam.kwargs_from_feed(feed))
         split = V.check(f"split vs {fam.class_name}.forward at {point}", {"output": pool["output"]},
                         {"output": full}, precision)
         manifest.graphs["head"].verification[-1]["split_vs_model_max_abs"] = split["max_abs"]

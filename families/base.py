@@ -15,8 +15,10 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
+from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..manifest import ForcedSteps
+from .model_io import find_model_dir, plain_config
 
 AUTO = "auto"  # a dynamic dim whose name the exporter picks (it is derived from others)
 
@@ -146,11 +148,43 @@ class Family:
     timestep_scale: ClassVar[TimestepScale] = TimestepScale()
 
     # --- model side -----------------------------------------------------------------
+    # How the model is built, saved, described and called: a diffusers model here;
+    # ``custom.ModuleFamily`` does the same for a plain torch.nn.Module.
     @classmethod
     def model_class(cls):
         import diffusers
 
         return getattr(diffusers, cls.class_name)
+
+    @classmethod
+    def load_model(cls, model_dir, precision: str) -> torch.nn.Module:
+        """The model in ``model_dir`` (see ``find_model_dir``) at ``precision``, in eval mode."""
+        src = find_model_dir(model_dir)
+        model = cls.model_class().from_pretrained(str(src), torch_dtype=precision_dtype(precision))
+        return model.eval()
+
+    @classmethod
+    def save_model(cls, model: torch.nn.Module, model_dir) -> None:
+        model.save_pretrained(model_dir)
+
+    @classmethod
+    def config_of(cls, model: torch.nn.Module) -> dict[str, Any]:
+        """The model's config as plain JSON data, as the manifest stores it."""
+        return plain_config(model)
+
+    @classmethod
+    def call_model(cls, model: torch.nn.Module, kwargs: Mapping[str, Any]) -> torch.Tensor:
+        """The model's output tensor for forward keywords (``kwargs_from_feed``)."""
+        return model(**kwargs, return_dict=False)[0]
+
+    @classmethod
+    def wrap_output(cls, output: torch.Tensor, return_dict: bool):
+        """What the model's forward returns for ``output``: the drop-in transformer's result."""
+        if not return_dict:
+            return (output,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=output)
 
     @classmethod
     def check_config(cls, config: Mapping[str, Any]) -> None:

@@ -67,7 +67,7 @@ class CogVideoXEmbed(Part):
         tokens = m.embedding_dropout(m.patch_embed(encoder_hidden_states, hidden_states))
         text = encoder_hidden_states.shape[1]
         _, frames, _, height, width = hidden_states.shape
-        p, p_t = m.config.patch_size, m.config.patch_size_t or 1
+        p, p_t = m.config.patch_size, m.config.get("patch_size_t") or 1
         # contiguous(): slices of one buffer would hand the next graph's export strides
         # that depend on the other stream's length (a no-op in ONNX).
         hidden = tokens[:, text:].unflatten(1, (frames // p_t, height // p, width // p)).contiguous()
@@ -113,7 +113,8 @@ class CogVideoXHead(Part):
         m = self.model
         grid = hidden + residual
         out = m.proj_out(m.norm_out(m.norm_final(grid.flatten(1, 3)), temb=temb))
-        return unpatchify(out, grid.shape[:4], m.config.patch_size, m.config.patch_size_t,
+        # .get: ConsisID, which shares these parts, has no patch_size_t in its config.
+        return unpatchify(out, grid.shape[:4], m.config.patch_size, m.config.get("patch_size_t"),
                           m.config.out_channels)
 
 

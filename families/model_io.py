@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 
 
@@ -32,9 +31,9 @@ def plain_config(model: torch.nn.Module) -> dict[str, Any]:
     return json.loads(json.dumps(dict(model.config), default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
-def load_model(family, model_dir: str | Path, precision: str) -> torch.nn.Module:
-    """The family's model class from ``model_dir`` at ``precision``, in eval mode."""
-    src = find_model_dir(model_dir)
-    model = family.model_class().from_pretrained(str(src), torch_dtype=precision_dtype(precision),
-                                                 low_cpu_mem_usage=False)
-    return model.eval()
+def module_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype a model runs at: diffusers' ``dtype``, else its first floating-point parameter."""
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

@@ -11,8 +11,20 @@ _REGISTRY: dict[str, type[Family]] = {}
 
 
 def register(cls: type[Family]) -> type[Family]:
+    """Add ``cls`` under ``cls.name``; a family from outside this package cannot take the name
+    of a built-in one (a later load of the same user family replaces the earlier one)."""
+    existing = _REGISTRY.get(cls.name)
+    if existing is not None and existing is not cls and _builtin(existing) and not _builtin(cls):
+        raise TeaCacheError(
+            f"family name {cls.name!r} of {cls.__module__}.{cls.__qualname__} is taken by the built-in "
+            f"{existing.__module__}.{existing.__qualname__}: give the custom family another name"
+        )
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def _builtin(cls: type[Family]) -> bool:
+    return cls.__module__.startswith(__name__.rpartition(".")[0] + ".")
 
 
 def _load_builtin() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TeaCacheError
-from ..families import get_family, load_model, plain_config
+from ..families import get_family, load_family_module
 from ..manifest import config_fingerprint, load_manifest
 from .backends import BACKENDS
 from .transformer import CompiledTransformer
@@ -16,7 +16,8 @@ from .transformer import CompiledTransformer
 
 def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | None = None,
                      device: str | torch.device = "cpu", *, clamp: bool | None = None,
-                     model: torch.nn.Module | None = None, decisions: str = "batch") -> CompiledTransformer:
+                     model: torch.nn.Module | None = None, decisions: str = "batch",
+                     family_module: str | None = None) -> CompiledTransformer:
     """A module usable as ``pipe.transformer``, running the exported graphs with TeaCache.
 
     ``threshold=None`` takes the manifest's default; 0 never skips.  ``backend="torch"`` runs
@@ -24,30 +25,55 @@ def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | N
     exported model from the manifest's source folder.  ``decisions="batch"`` takes one
     decision per call (upstream); ``"sample"`` one per prompt (``sample_thresholds``), with
     the blocks graph run on the rows of the prompts that compute.
+    ``family_module`` names the family of an artifact exported with ``--family-module`` (the
+    same ``file.py:Class`` or ``package.module:Class``); it is imported only when given here.
     """
     if backend not in BACKENDS:
         raise TeaCacheError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     art_dir = Path(art_dir)
     manifest = load_manifest(art_dir)
+    family = _family_of(manifest, art_dir, family_module)
     if backend == "torch" and model is None:
-        model = _load_source_model(manifest)
+        model = _load_source_model(family, manifest)
     if model is not None:
-        _check_same_model(model, manifest)
+        _check_same_model(family, model, manifest)
     return CompiledTransformer(art_dir, manifest, backend, device, threshold, clamp, model, decisions)
 
 
-def _load_source_model(manifest):
+def _family_of(manifest, art_dir: Path, family_module: str | None):
+    """The artifact's family: registered, or loaded from the module the caller names."""
+    if family_module:
+        family = load_family_module(family_module)
+        if family.name != manifest.family:
+            raise TeaCacheError(
+                f"{art_dir} was exported for family {manifest.family!r}; family module "
+                f"{family_module} defines {family.name!r}"
+            )
+        return family
+    try:
+        return get_family(manifest.family)
+    except TeaCacheError:
+        if not manifest.family_module:
+            raise
+        raise TeaCacheError(
+            f"{art_dir} was exported with the custom family {manifest.family!r} from "
+            f"{manifest.family_module!r}: pass family_module='{manifest.family_module}' (or import the "
+            f"module that registers it) to load it"
+        ) from None
+
+
+def _load_source_model(family, manifest):
     src = Path(manifest.source)
     if not (src / "config.json").is_file():
         raise TeaCacheError(
             f"backend='torch' needs the PyTorch model; the manifest's source {src} is not a model "
-            f"folder here: pass model=<the diffusers transformer>"
+            f"folder here: pass model=<the exported model>"
         )
-    return load_model(get_family(manifest.family), src, manifest.precision)
+    return family.load_model(src, manifest.precision)
 
 
-def _check_same_model(model, manifest) -> None:
-    if config_fingerprint(plain_config(model)) != manifest.config_hash:
+def _check_same_model(family, model, manifest) -> None:
+    if config_fingerprint(family.config_of(model)) != manifest.config_hash:
         raise TeaCacheError(
             f"the model given has another config than the one exported to this folder "
             f"({manifest.class_name}, config hash {manifest.config_hash[:12]}): pass the exported model"

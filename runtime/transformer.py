@@ -268,11 +268,7 @@ class CompiledTransformer(torch.nn.Module):
             pool["output"] = out
             for observe in self.observers:
                 observe(context, state.step - 1, compute, pool)
-        if not return_dict:
-            return (out,)
-        from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-        return Transformer2DModelOutput(sample=out)
+        return self.family.wrap_output(out, return_dict)
 
     def _run_blocks(self, state: ContextState, pool: dict, flags: np.ndarray, groups: np.ndarray, rows: int) -> None:
         """The blocks graph on the rows whose group computes; their residual rows are replaced."""

@@ -92,6 +92,9 @@ class Manifest:
     versions: dict[str, str]
     export_key: str
     engines: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # A family from outside the package: the --family-module it was exported with, for the
+    # message that asks a loader to name it too (the runtime never imports it on its own).
+    family_module: str = ""
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

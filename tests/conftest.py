@@ -18,17 +18,28 @@ class Exported:
         from teacache_trt.export.exporter import export_model
 
         self.spec = module
+        self.family_module = getattr(module, "FAMILY_MODULE", None)
+        self.family = family_of(module)
         self.model = module.make_model()
         self.model_dir = root / "model"
-        self.model.save_pretrained(self.model_dir)
+        self.family.save_model(self.model, self.model_dir)
         self.art_dir = root / "art"
         self.manifest = export_model(self.model_dir, self.art_dir, axes=module.AXES, build="none",
+                                     family_module=self.family_module, variant=getattr(module, "VARIANT", None),
                                      log=lambda msg: None)
 
     def copy(self, dest: Path) -> Path:
         """A private copy of the artifact folder, for tests that change or add files."""
         shutil.copytree(self.art_dir, dest)
         return dest
+
+
+def family_of(module):
+    """The family of a tiny-model module: built in (FAMILY), or its own (FAMILY_MODULE)."""
+    from teacache_trt.families import get_family, load_family_module
+
+    spec = getattr(module, "FAMILY_MODULE", None)
+    return load_family_module(spec) if spec else get_family(module.FAMILY)
 
 
 _CACHE: dict[str, Exported] = {}

@@ -3,19 +3,31 @@
 It runs the *original* diffusers model through its own ``forward`` and uses hooks only:
 one captures the signal, one the hidden state entering the first block, one the hidden
 state leaving the last block.  A skipped step makes every block hand its inputs through
-and adds the cached residual where the blocks' output would enter the head.
+and adds the cached residual where the blocks' output would enter the head.  Modules that
+run between the blocks and belong to the cached part (ConsisID's face cross-attention) are
+listed as ``also_skipped`` pairs (module, what it returns when skipped).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import torch
 
 
 class TeaCacheReference:
-    def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int):
+    """One decision state: one per CFG branch where a pipeline calls the branches separately.
+
+    ``forced_first`` calls always compute, and the last one when ``forced_last`` (upstream's
+    rule for most models is 1 and True; Wan's ret-steps mode is 5 and False).
+    """
+
+    def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int,
+                 forced_first: int = 1, forced_last: bool = True):
         self.model, self.h = model, hooks
         self.rescale = np.poly1d(coefficients)
         self.threshold, self.num_steps = threshold, num_steps
+        self.forced_first, self.forced_last = forced_first, forced_last
         self.cnt, self.acc, self.prev, self.residual = 0, 0.0, None, None
         self.computed: list[int] = []
 
@@ -33,11 +45,13 @@ class TeaCacheReference:
         def pass_through(mod, args, kw, out):
             return h["identity"](args, kw) if skip_flag["skip"] else out
 
+        # after_blocks is the first module the residual does not cover (Mochi and LTX-Video
+        # cache through norm_out, so theirs is proj_out): on a skip its input is replaced by
+        # the blocks' input plus the cached residual, whatever ran in between.
         def at_head(mod, args, kw):
-            hidden = args[0]
             if skip_flag["skip"]:
-                return (hidden + self.residual, *args[1:]), kw
-            self.residual = hidden - seen["hidden_in"]
+                return (seen["hidden_in"] + self.residual, *args[1:]), kw
+            self.residual = args[0] - seen["hidden_in"]
             return None
 
         # Decide before the blocks run: the signal's hook fires first, inside block 0 or
@@ -48,7 +62,8 @@ class TeaCacheReference:
                 return
             seen["decided"] = True
             s = seen["signal"].float()
-            forced = self.cnt == 0 or self.cnt == self.num_steps - 1 or self.threshold <= 0
+            forced = (self.cnt < self.forced_first or self.threshold <= 0
+                      or (self.forced_last and self.cnt == self.num_steps - 1))
             if forced:
                 calc = True
             else:
@@ -65,10 +80,46 @@ class TeaCacheReference:
                    h["blocks"][0].register_forward_pre_hook(grab_in, with_kwargs=True),
                    h["after_blocks"].register_forward_pre_hook(at_head, with_kwargs=True)]
         handles += [b.register_forward_hook(pass_through, with_kwargs=True) for b in h["blocks"]]
+        for module, skipped in h.get("also_skipped", ()):
+            handles.append(module.register_forward_hook(
+                lambda mod, args, kw, out, skipped=skipped: skipped(args, kw) if skip_flag["skip"] else out,
+                with_kwargs=True))
         try:
-            out = self.model(**kwargs, return_dict=False)[0]
+            out = self.model(**kwargs)
+            out = out if isinstance(out, torch.Tensor) else out[0]  # a diffusers output or a tensor
         finally:
             for handle in handles:
                 handle.remove()
         self.cnt += 1
         return out
+
+
+class ReferenceTransformer(torch.nn.Module):
+    """The original model under the reference, in a pipeline's place of its transformer: one
+    reference state per ``cache_context`` name (one unnamed state for pipelines without)."""
+
+    def __init__(self, model, hooks, coefficients, threshold, num_steps, forced_first=1, forced_last=True):
+        super().__init__()
+        self.model = model
+        self.args = (hooks, coefficients, threshold, num_steps, forced_first, forced_last)
+        self.refs: dict[str | None, TeaCacheReference] = {}
+        self._name = None
+
+    config = property(lambda self: self.model.config)
+    dtype = property(lambda self: self.model.dtype)
+    device = property(lambda self: self.model.device)
+
+    @contextlib.contextmanager
+    def cache_context(self, name, **_):
+        self._name = name
+        try:
+            yield
+        finally:
+            self._name = None
+
+    def forward(self, return_dict=False, **kwargs):
+        ref = self.refs.setdefault(self._name, TeaCacheReference(self.model, *self.args))
+        return (ref(**kwargs),)
+
+    def computed(self) -> dict:
+        return {name: ref.computed for name, ref in self.refs.items()}

@@ -6,6 +6,10 @@
     make_model()                      seeded, eval-mode diffusers model, fp32
     timestep(step, num_steps, batch)  the ``timestep`` input a pipeline would pass at ``step``
     reference_hooks(model)            where tests/reference.py hooks the original model
+    VARIANT                           (optional) the coefficient set to export (default: the
+                                      family's choice from the config)
+    FORCED_FIRST, FORCED_LAST         (optional) upstream's forced steps, for the reference
+                                      (default 1, True: the first and the last step)
 
 and, for a family whose diffusers pipeline runs from tiny components (no download; prompts
 passed as embeddings, so no tokenizer or text encoder):

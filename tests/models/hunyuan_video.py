@@ -35,3 +35,38 @@ def reference_hooks(model):
         identity=lambda args, kwargs: (args[0], args[1]),
         after_blocks=model.norm_out,  # first positional argument: hidden after all blocks
     )
+
+
+# --- the real pipeline, tiny components, prompts as embeddings (no tokenizer download) ---
+# Pixels: the tiny VAE scales by 8 and 4 (frames), so latents are 2 x 4 x 6 (inside AXES).
+HEIGHT, WIDTH, FRAMES, TEXT = 32, 48, 5, 5
+
+
+def make_pipeline(transformer):
+    from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8, 8),
+        layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=8, temporal_compression_ratio=4,
+    ).eval()
+    # HunyuanVideo's scheduler: flow matching, shift 7 (the checkpoints' setting).
+    return HunyuanVideoPipeline(text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None,
+                                tokenizer_2=None)
+
+
+def run_pipeline(pipe, steps, seed=0, **kwargs):
+    """One generation with embedded guidance (one call per step, in cache_context("cond"))."""
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.randn(1, TEXT, 16, generator=g)
+    pooled = torch.randn(1, 8, generator=g)
+    mask = torch.ones(1, TEXT)
+    mask[:, -1] = 0  # a padded last token, as the LLaMA template crop leaves them
+    return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, prompt_attention_mask=mask, height=HEIGHT,
+                width=WIDTH, num_frames=FRAMES, num_inference_steps=steps, guidance_scale=6.0,
+                output_type="pt", generator=torch.Generator().manual_seed(seed), **kwargs).frames
+
+
+PIPELINE_CONTEXTS = {"cond"}  # embedded guidance: one call per step, named "cond" by the pipeline
+PIPELINE_THRESHOLD = 0.3  # computes steps 0, 5, 7 of 8

@@ -22,8 +22,9 @@ _BASELINES: dict[str, torch.Tensor] = {}
 
 
 def baseline(ex) -> torch.Tensor:
-    """The pipeline's output with the diffusers model (computed once per family)."""
-    name = ex.spec.FAMILY
+    """The pipeline's output with the diffusers model (computed once per tiny model: a family
+    may have several, e.g. Wan's text- and image-to-video layouts)."""
+    name = ex.spec.__name__
     if name not in _BASELINES:
         _BASELINES[name] = ex.spec.run_pipeline(ex.spec.make_pipeline(ex.model), STEPS, seed=0)
     return _BASELINES[name]

@@ -1,0 +1,131 @@
+"""Families for models outside diffusers: ``--family-module`` and ``family_module=``, the
+ModuleFamily folder format, and the errors a user meets on the way."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import teacache_trt
+from models import opensora, opensora_plan
+from teacache_trt import TeaCacheError
+from teacache_trt.export import cli
+from teacache_trt.families import get_family, load_family_module
+
+ROOT = Path(__file__).resolve().parents[2]
+FILE_SPEC = "tests/models/opensora.py:OpenSora"  # as a user types it, from the repository root
+AXES = ["--axis", "frames=1:2:3", "--axis", "height=2:4:8", "--axis", "width=2:6:8", "--axis", "txt_seq=2:5:8",
+        "--batch", "1:2:2"]
+
+
+def test_both_spec_forms_load_and_register(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    by_path = load_family_module(FILE_SPEC)
+    by_name = load_family_module(opensora_plan.FAMILY_MODULE)
+    assert by_path.name == "opensora_stdit" and by_path.class_name == "STDiT"  # from module_class
+    assert by_name is opensora_plan.OpenSoraPlan
+    assert get_family("opensora_stdit") is by_path and load_family_module(FILE_SPEC) is by_path  # loaded once
+
+
+def test_cli_list_axes_and_rerun_with_a_file_path(exported, tmp_path, monkeypatch, capsys):
+    ex = exported("opensora")
+    monkeypatch.chdir(ROOT)
+    assert cli.main([str(ex.model_dir), "--out", "unused", "--family-module", FILE_SPEC, "--list-axes"]) == 0
+    assert "frames=1:2:3" in capsys.readouterr().out
+    art = ex.copy(tmp_path / "art")
+    assert cli.main([str(ex.model_dir), "--out", str(art), "--build", "none", "--family-module", ex.family_module,
+                     *AXES]) == 0
+    assert "is up to date" in capsys.readouterr().out
+    assert ex.manifest.family_module == ex.family_module and ex.manifest.class_name == "STDiT"
+
+
+def test_loading_needs_the_family_module_named(exported, tmp_path):
+    ex = exported("opensora_plan")
+    art = ex.copy(tmp_path / "art")
+    manifest = (art / "manifest.json").read_text().replace('"opensora_plan"', '"someone_elses_dit"')
+    (art / "manifest.json").write_text(manifest)
+    with pytest.raises(TeaCacheError, match=r"custom family 'someone_elses_dit' from 'models.opensora_plan:Open"
+                                            r"SoraPlan': pass family_module="):
+        teacache_trt.load_transformer(art)
+    with pytest.raises(TeaCacheError, match="exported for family 'someone_elses_dit'; family module .* defines"):
+        teacache_trt.load_transformer(art, family_module=ex.family_module)
+
+
+def test_torch_backend_builds_the_module_from_its_folder(exported):
+    # No model given: ModuleFamily.load_model builds it from config.json and model.safetensors.
+    ex = exported("opensora_plan")
+    t = teacache_trt.load_transformer(ex.art_dir, backend="torch", threshold=0, family_module=ex.family_module)
+    fam = ex.family
+    kwargs = fam.kwargs_from_feed(fam.example_inputs(fam.config_of(ex.model), ex.spec.POINT, torch.float32))
+    t.reset(1)
+    got = t(**kwargs)
+    assert isinstance(got, torch.Tensor)  # the module's own output type, not a diffusers output
+    assert (got - ex.model(**kwargs)).abs().max().item() <= 1e-5
+
+
+BAD_FAMILY = '''
+from teacache_trt.families import ModuleFamily
+import torch
+
+class NotAFamily:
+    pass
+
+class Half(ModuleFamily):
+    name = "half"
+    module_class = torch.nn.Linear
+
+class Flux(ModuleFamily):
+    name = "flux"
+    module_class = torch.nn.Linear
+    model_inputs = ("x",)
+    variants = {}
+    axes = ()
+    signal = "x"
+    signal_dims = {}
+    cached = ("x",)
+    parts = classmethod(lambda cls, model, variant=None: {})
+    input_dims = classmethod(lambda cls, config: {})
+    example_inputs = classmethod(lambda cls, config, dims, dtype, seed=0: {})
+'''
+
+
+@pytest.mark.parametrize("attr, message", [
+    ("Missing", r"has no 'Missing'; the Family classes it defines: \['Flux', 'Half'\]"),
+    ("NotAFamily", "NotAFamily is type .* not a subclass of teacache_trt.families.Family"),
+    ("Half", r"Half does not define model_inputs, variants, axes, signal, signal_dims, cached, parts\(\), "
+             r"input_dims\(\), example_inputs\(\)"),
+    ("Flux", "family name 'flux' of .* is taken by the built-in teacache_trt.families.flux.Flux"),
+])
+def test_bad_family_modules_fail_clearly(tmp_path, capsys, attr, message):
+    path = tmp_path / "my_family.py"
+    path.write_text(BAD_FAMILY)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    rc = cli.main([str(tmp_path / "model"), "--out", str(tmp_path / "art"), "--family-module", f"{path}:{attr}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1  # one line, no traceback
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nowhere.py:Fam", "family module file .*nowhere.py does not exist"),
+    ("no_such_package.mod:Fam", "cannot import family module 'no_such_package.mod'"),
+    ("models.opensora", "is not FILE.py:ClassName or package.module:ClassName"),
+])
+def test_unloadable_specs_fail_clearly(tmp_path, spec, message):
+    with pytest.raises(TeaCacheError, match=message):
+        load_family_module(spec)
+
+
+def test_importing_a_broken_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("raise RuntimeError('no weights here')\n")
+    with pytest.raises(TeaCacheError, match=r"importing family module .*broken.py failed: RuntimeError: no weights"):
+        load_family_module(f"{path}:Fam")
+
+
+def test_opensora_modules_follow_upstream():
+    assert opensora.OpenSora.variants["Open-Sora-1.2"].coefficients[0] == 217.546007
+    assert opensora_plan.OpenSoraPlan.variants["Open-Sora-Plan-v1.1"].coefficients[0] == 205943.668
