@@ -46,10 +46,14 @@ class TimestepScale:
     scale 1000); the Euler update is ``x += (sigma_next - sigma) * output``.
     ``ddpm``: integer timesteps 999 -> 0 (CogVideoX); the update is a small fixed step, which
     keeps latents moving like a sampler (the tools need realistic signal changes, not images).
+    ``reverse``: the model reads ``1 - sigma`` (0 = noise), as Mochi (``(1 - sigma) * 1000``)
+    and Lumina (``1 - sigma``) do; their pipelines then move the latents by ``+|dt| * output``
+    (Mochi's scheduler inverts its sigmas, Lumina's pipeline negates the output).
     """
 
     kind: str = "flow"
     scale: float = 1.0
+    reverse: bool = False
 
     def __post_init__(self):
         if self.kind not in ("flow", "ddpm"):
@@ -65,6 +69,8 @@ class TimestepScale:
             if steps == 1:
                 return [999]
             return [round(999 - i * 999 / (steps - 1)) for i in range(steps)]
+        if self.reverse:
+            return [i / steps * self.scale for i in range(steps)]
         return [(1.0 - i / steps) * self.scale for i in range(steps)]
 
     def step_sizes(self, steps: int) -> list[float]:
@@ -72,7 +78,8 @@ class TimestepScale:
         if self.kind == "ddpm":
             return [-1.0 / steps] * steps
         sigmas = [1.0 - i / steps for i in range(steps)] + [0.0]
-        return [sigmas[i + 1] - sigmas[i] for i in range(steps)]
+        sign = -1.0 if self.reverse else 1.0
+        return [sign * (sigmas[i + 1] - sigmas[i]) for i in range(steps)]
 
 
 @dataclass(frozen=True)
