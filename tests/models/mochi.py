@@ -9,6 +9,14 @@ AXES = {"batch": (1, 2, 2), "frames": (1, 2, 3), "height": (2, 4, 6), "width": (
 POINT = {"batch": 2, "frames": 2, "height": 4, "width": 6, "txt_seq": 5}
 
 
+# genmo/mochi-1-preview's transformer dimensions with 2 of its 48 blocks (the last block is
+# context_pre_only, so both kinds are exported).
+REAL_CONFIG = dict(
+    patch_size=2, num_attention_heads=24, attention_head_dim=128, num_layers=2,
+    pooled_projection_dim=1536, in_channels=12, text_embed_dim=4096, time_embed_dim=256,
+    activation_fn="swiglu", max_sequence_length=256,
+)
+
 OUTPUT_GAIN = 1.5
 
 

@@ -1,0 +1,203 @@
+"""LTX-Video (LTXVideoTransformer3DModel): one stack of blocks over packed video tokens.
+
+Signal: block 0's modulated input ``norm1(x) * (1 + scale_msa) + shift_msa``, the shift and
+scale taken from ``scale_shift_table + temb`` as the block takes them.
+Cached: the token residual through all blocks AND ``norm_out`` with the final scale/shift
+(upstream's TeaCache4LTX-Video caches that whole stretch); only ``proj_out`` always runs.
+Upstream counts one step per transformer call; LTXPipeline batches CFG into that call
+(``cache_context("cond_uncond")``): one decision for both rows, first and last step forced.
+
+The pipeline passes the latent grid as Python ints (``num_frames``, ``height``, ``width``)
+and ``rope_interpolation_scale`` as floats; the graphs take the grid as the shape of an int32
+``video_grid`` tensor (values unused) and the scale as a (3,) tensor, so the model's own
+RoPE module builds the tables inside the embed graph at every size.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import TeaCacheError
+from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .registry import register
+
+
+class LTXVideoEmbed(Part):
+    input_names = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
+                   "video_grid", "rope_interpolation_scale", "prev_signal")
+    output_names = ("hidden", "encoder_hidden", "temb", "embedded_timestep", "text_bias", "rotary_cos",
+                    "rotary_sin", "signal", "l1_diff", "l1_prev")
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, video_grid,
+                rope_interpolation_scale, prev_signal):
+        m = self.model
+        b = hidden_states.shape[0]
+        frames, height, width = video_grid.shape
+        rotary_cos, rotary_sin = m.rope(hidden_states, frames, height, width, rope_interpolation_scale)
+        # The model's mask-to-bias step: 0 where a text token counts, -10000 where not.
+        text_bias = ((1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(1)
+        hidden = m.proj_in(hidden_states)
+        temb, embedded_timestep = m.time_embed(timestep.flatten(), batch_size=b, hidden_dtype=hidden.dtype)
+        # One timestep per sample (LTXPipeline): the model's view(b, -1, dim) is (b, 1, dim),
+        # written with a literal 1 so that the export sees a static broadcast dim.
+        temb, embedded_timestep = temb.unsqueeze(1), embedded_timestep.unsqueeze(1)
+        encoder_hidden = m.caption_projection(encoder_hidden_states).view(b, -1, hidden.size(-1))
+        signal = modulated_input(m.transformer_blocks[0], hidden, temb)
+        l1_diff, l1_prev = criterion_sums(signal, prev_signal)
+        return (hidden, encoder_hidden, temb, embedded_timestep, text_bias, rotary_cos, rotary_sin,
+                signal, l1_diff, l1_prev)
+
+
+def modulated_input(block, hidden, temb):
+    """What block 0's attention sees: ``norm1(x) * (1 + scale_msa) + shift_msa``, with the
+    shift and scale drawn from ``scale_shift_table + temb`` as the block draws them."""
+    b = hidden.shape[0]
+    ada = block.scale_shift_table[None, None] + temb.reshape(b, temb.size(1), block.scale_shift_table.shape[0], -1)
+    shift_msa, scale_msa = ada[:, :, 0], ada[:, :, 1]
+    return block.norm1(hidden) * (1 + scale_msa) + shift_msa
+
+
+class LTXVideoBlocks(Part):
+    input_names = ("hidden", "encoder_hidden", "temb", "embedded_timestep", "text_bias", "rotary_cos",
+                   "rotary_sin")
+    output_names = ("residual",)
+    dynamic = {
+        "hidden": {0: "batch", 1: AUTO},  # video tokens: frames*height*width
+        "encoder_hidden": {0: "batch", 1: "txt_seq"},
+        "temb": {0: "batch"},
+        "embedded_timestep": {0: "batch"},
+        "text_bias": {0: "batch", 2: "txt_seq"},
+        "rotary_cos": {0: "batch", 1: AUTO},
+        "rotary_sin": {0: "batch", 1: AUTO},
+    }
+
+    def forward(self, hidden, encoder_hidden, temb, embedded_timestep, text_bias, rotary_cos, rotary_sin):
+        m = self.model
+        # The cross-attention's prepare_attention_mask repeats the bias per head; done here as
+        # expand + reshape to the text's own (batch, length), which the export then sizes as
+        # batch*heads (its repeat_interleave gets a size the export cannot relate to the
+        # batch), so the processor finds it repeated.
+        b, t = encoder_hidden.shape[:2]
+        heads = m.transformer_blocks[0].attn2.heads
+        text_bias = text_bias[:, None].expand(b, heads, 1, t).reshape(b * heads, 1, t)
+        h = hidden
+        for block in m.transformer_blocks:
+            h = block(hidden_states=h, encoder_hidden_states=encoder_hidden, temb=temb,
+                      image_rotary_emb=(rotary_cos, rotary_sin), encoder_attention_mask=text_bias)
+        # Upstream caches through the output norm and its timestep shift/scale (the model's
+        # forward, step for step).
+        shift_scale = m.scale_shift_table[None, None] + embedded_timestep[:, :, None]
+        shift, scale = shift_scale[:, :, 0], shift_scale[:, :, 1]
+        return m.norm_out(h) * (1 + scale) + shift - hidden
+
+
+class LTXVideoHead(Part):
+    input_names = ("hidden", "residual")
+    output_names = ("output",)
+    dynamic = {"hidden": {0: "batch", 1: AUTO}, "residual": {0: "batch", 1: AUTO}}
+
+    def forward(self, hidden, residual):
+        return self.model.proj_out(hidden + residual)
+
+
+@register
+class LTXVideo(Family):
+    name = "ltx_video"
+    class_name = "LTXVideoTransformer3DModel"
+    model_inputs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
+                    "video_grid", "rope_interpolation_scale")
+    forward_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
+                      "num_frames", "height", "width", "rope_interpolation_scale")
+    variants = {
+        "LTX-Video": Variant(
+            "LTX-Video",
+            (21.4700694, -12.8016453, 2.31279151, 0.792487521, 0.00969274326),
+            # 0.03 -> 1.6x, 0.05 -> 2.1x (upstream's script runs 0.05).  The default is the
+            # "slow" setting, as for the other families: a default should cost little quality.
+            default_threshold=0.03,
+        ),
+    }
+    # LTX-Video 0.9: 768x512, 161 frames -> 24x16 latents, 21 latent frames (32x spatial, 8x
+    # temporal compression, patch size 1); resolutions up to 1280 a side and 257 frames.
+    axes = (
+        Axis("batch", 1, 2, 2, help="batch size; LTXPipeline batches CFG (2 rows per prompt)"),
+        Axis("frames", 1, 21, 33, help="latent frames: (video frames - 1)/8 + 1; 161 frames -> 21"),
+        Axis("height", 1, 16, 40, help="latent height: pixels/32"),
+        Axis("width", 1, 24, 40, help="latent width: pixels/32"),
+        Axis("txt_seq", 8, 128, 128, help="text tokens (T5, padded to max_sequence_length=128)"),
+    )
+    signal = ("transformer_blocks[0].norm1(proj_in(x)) * (1 + scale_msa) + shift_msa, from "
+              "scale_shift_table + temb, video tokens")
+    signal_dims = {0: "batch", 1: AUTO}
+    signal_block_count = "num_layers"
+    cached = ("hidden_states",)
+    note = ("The cached residual includes norm_out and the final timestep scale/shift (upstream "
+            "TeaCache4LTX-Video); only proj_out runs on a skipped step.")
+    timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes sigma * 1000
+
+    @classmethod
+    def check_config(cls, config):
+        if (config.get("patch_size") or 1) != 1 or (config.get("patch_size_t") or 1) != 1:
+            raise TeaCacheError(
+                f"LTX-Video config has patch_size={config.get('patch_size')}, patch_size_t="
+                f"{config.get('patch_size_t')}: the pipelines pass the RoPE grid in latent pixels, "
+                f"which matches the tokens only with patch size 1 (every LTX-Video checkpoint)"
+            )
+        super().check_config(config)
+
+    @classmethod
+    def parts(cls, model, variant=None):
+        return {"embed": LTXVideoEmbed(model), "blocks": LTXVideoBlocks(model), "head": LTXVideoHead(model)}
+
+    @classmethod
+    def input_dims(cls, config):
+        return {
+            "hidden_states": {0: "batch", 1: AUTO},
+            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
+            "timestep": {0: "batch"},
+            "encoder_attention_mask": {0: "batch", 1: "txt_seq"},
+            "video_grid": {0: "frames", 1: "height", 2: "width"},
+        }
+
+    @classmethod
+    def example_inputs(cls, config, dims, dtype, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
+        valid = torch.tensor([max(1, t - 1 - i) for i in range(b)])  # right-padded prompts
+        return {
+            "hidden_states": torch.randn(b, f * h * w, config["in_channels"], generator=g).to(dtype),
+            "encoder_hidden_states": torch.randn(b, t, config["caption_channels"], generator=g).to(dtype),
+            "timestep": (torch.rand(b, generator=g) * 1000).to(dtype),
+            "encoder_attention_mask": (torch.arange(t)[None, :] < valid[:, None]).to(dtype),
+            "video_grid": torch.zeros(f, h, w, dtype=torch.int32),
+            # What LTXPipeline passes: (temporal compression / frame rate, spatial, spatial).
+            "rope_interpolation_scale": torch.tensor([8 / 25, 32.0, 32.0]),
+        }
+
+    @classmethod
+    def feed_from_kwargs(cls, kwargs):
+        if kwargs.get("rope_interpolation_scale") is None:
+            raise TeaCacheError(
+                "rope_interpolation_scale is None: the exported RoPE applies it (LTX pipelines always "
+                "pass it); pass (vae temporal compression / frame_rate, vae spatial compression, vae "
+                "spatial compression), e.g. (8 / 25, 32, 32)"
+            )
+        hidden = kwargs["hidden_states"]
+        feed = {k: kwargs[k] for k in ("hidden_states", "encoder_hidden_states", "timestep",
+                                       "encoder_attention_mask")}
+        feed["timestep"] = torch.as_tensor(feed["timestep"], device=hidden.device).reshape(-1).expand(hidden.shape[0])
+        mask = feed["encoder_attention_mask"]
+        if not mask.dtype.is_floating_point:
+            feed["encoder_attention_mask"] = mask.to(hidden.dtype)  # a bool mask: 0/1 exactly
+        grid = tuple(int(kwargs[k]) for k in ("num_frames", "height", "width"))
+        feed["video_grid"] = torch.zeros(grid, dtype=torch.int32, device=hidden.device)
+        scale = torch.as_tensor(kwargs["rope_interpolation_scale"], dtype=torch.float32)
+        feed["rope_interpolation_scale"] = scale.reshape(3).to(hidden.device)
+        return feed
+
+    @classmethod
+    def kwargs_from_feed(cls, feed):
+        kwargs = {k: feed[k] for k in ("hidden_states", "encoder_hidden_states", "timestep",
+                                       "encoder_attention_mask")}
+        kwargs["num_frames"], kwargs["height"], kwargs["width"] = feed["video_grid"].shape
+        kwargs["rope_interpolation_scale"] = tuple(float(v) for v in feed["rope_interpolation_scale"])
+        return kwargs
