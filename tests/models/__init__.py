@@ -10,6 +10,9 @@
                                       family's choice from the config)
     FORCED_FIRST, FORCED_LAST         (optional) upstream's forced steps, for the reference
                                       (default 1, True: the first and the last step)
+    update(latents, output, steps)    (optional) the sampling loop's latent update, where the
+                                      output is not shaped like the latents (learned sigma);
+                                      default ``latents - output / steps``
 
 and, for a family whose diffusers pipeline runs from tiny components (no download; prompts
 passed as embeddings, so no tokenizer or text encoder):

@@ -43,7 +43,9 @@ def test_threshold_zero_gives_the_pipelines_output(exported, name):
     out = ex.spec.run_pipeline(pipe, STEPS, seed=0)
     want = baseline(ex)
     assert out.shape == want.shape
-    assert (out - want).abs().max().item() <= 1e-4
+    # fp32 rounding, relative to the output's scale: images in [0, 1], latents (which an
+    # untrained model under DDIM and guidance drives to ~100) beyond.
+    assert (out - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
     # The pipeline's own calls: one per step in each context it names (or leaves unnamed).
     assert per_context(t.stats) == {c: (list(range(STEPS)), []) for c in ex.spec.PIPELINE_CONTEXTS}
     assert t.stats["calls"] == STEPS * len(ex.spec.PIPELINE_CONTEXTS)
