@@ -249,6 +249,12 @@ class Family:
 
     # --- runtime side ---------------------------------------------------------------
     @classmethod
+    def pipeline_attributes(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Attributes the family's pipelines read off the transformer besides ``config``,
+        ``dtype`` and ``device`` (the drop-in transformer carries them)."""
+        return {}
+
+    @classmethod
     def feed_from_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The diffusers forward's keyword arguments -> graph inputs by name."""
         return {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}

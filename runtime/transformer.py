@@ -45,6 +45,9 @@ class CompiledTransformer(torch.nn.Module):
         self.backend = backend
         self._device = torch.device(device)
         self._config = FrozenDict(manifest.config)
+        # Attributes pipelines read off the model besides config (LuminaPipeline: head_dim).
+        for name, value in self.family.pipeline_attributes(manifest.config).items():
+            setattr(self, name, value)
         # The decision rule: TeaCache from the manifest, or any object with the same decide()
         # (e.g. controller.FixedSchedule for equal-compute baselines).
         self.policy = TeaCache.from_criterion(manifest.criterion, threshold, clamp)
