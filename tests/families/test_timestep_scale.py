@@ -26,7 +26,7 @@ def test_cogvideox_takes_integer_ddpm_timesteps():
 
 def test_mochi_and_lumina_take_one_minus_sigma():
     # 0 is pure noise for these models; their pipelines move the latents by +|dt| * output.
-    for family, scale in (("mochi", 1000.0), ("lumina_next", 1.0)):
+    for family, scale in (("mochi", 1000.0), ("lumina_next", 1.0), ("lumina2", 1.0)):
         ts = get_family(family).timestep_scale
         assert ts.timesteps(4) == [0.0, 0.25 * scale, 0.5 * scale, 0.75 * scale]
         assert sum(ts.step_sizes(4)) == pytest.approx(1.0)
