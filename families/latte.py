@@ -12,17 +12,19 @@ timestep equals the first or the last of the schedule; with distinct timesteps t
 first and the last call, which is what the counter here forces.  LattePipeline batches CFG
 into one unnamed call per step: one decision for both rows.
 
-Sizes: the positional tables fix the rest.  The spatial table is built for ``sample_size``
-(the model rebuilds it at another size in a way torch.export must fix to one size) and the
-temporal one for ``video_length`` frames, so frames, height and width are fixed by the config
-and only the batch and the text length are dynamic.
+Sizes: the temporal positional table is built for ``video_length`` frames (the model adds it
+only when there is more than one frame), so the frame count is fixed by the config.  The
+spatial table is built for ``sample_size``, and the model rebuilds it at any other size behind
+a Python size comparison, which torch.export would fix to the traced size; the embed graph
+always builds it (``patch_embed``), so height and width stay dynamic.
 """
 from __future__ import annotations
 
 import torch
+from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
 from ..errors import TeaCacheError
-from .base import Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
 from .registry import register
 
 NO_ADDED_CONDITIONS = {"resolution": None, "aspect_ratio": None}  # what the model passes
@@ -36,7 +38,8 @@ class LatteEmbed(Part):
     def forward(self, hidden_states, timestep, encoder_hidden_states, prev_signal):
         m = self.model
         b, c, f, h, w = hidden_states.shape
-        tokens = m.pos_embed(hidden_states.permute(0, 2, 1, 3, 4).reshape(-1, c, h, w))  # (b*f, n, d)
+        frames_first = hidden_states.permute(0, 2, 1, 3, 4).reshape(-1, c, h, w)
+        tokens = patch_embed(m.pos_embed, frames_first)  # (b*f, n, d)
         timestep_emb, embedded_timestep = m.adaln_single(
             timestep, added_cond_kwargs=NO_ADDED_CONDITIONS, batch_size=b, hidden_dtype=tokens.dtype)
         encoder_hidden = m.caption_projection(encoder_hidden_states)
@@ -44,13 +47,29 @@ class LatteEmbed(Part):
         # gather rows of dim 0.
         hidden = tokens.unflatten(0, (b, f))
         signal = modulated_input(m.transformer_blocks[0], tokens, per_frame(timestep_emb, f))
-        l1_diff, l1_prev = criterion_sums(signal.unflatten(0, (b, f)), prev_signal)
-        return hidden, encoder_hidden, timestep_emb, embedded_timestep, signal.unflatten(0, (b, f)), l1_diff, l1_prev
+        signal = signal.unflatten(0, (b, f))
+        l1_diff, l1_prev = criterion_sums(signal, prev_signal)
+        return hidden, encoder_hidden, timestep_emb, embedded_timestep, signal, l1_diff, l1_prev
+
+
+def patch_embed(embedder, latent):
+    """PatchEmbed.forward with its sin-cos table always built for the latent's size: the
+    model reuses the table it built for ``sample_size`` when the size matches and rebuilds it
+    (the same function, the same arguments) otherwise, behind a size comparison."""
+    p = embedder.patch_size
+    height, width = latent.shape[-2] // p, latent.shape[-1] // p
+    tokens = embedder.proj(latent).flatten(2).transpose(1, 2)  # BCHW -> BNC
+    table = get_2d_sincos_pos_embed(embedder.pos_embed.shape[-1], (height, width),
+                                    base_size=embedder.base_size, interpolation_scale=embedder.interpolation_scale,
+                                    device=latent.device, output_type="pt")
+    return (tokens + table.float().unsqueeze(0)).to(tokens.dtype)
 
 
 def per_frame(x, frames):
-    """(b, ...) -> (b*frames, ...), each row repeated per frame, as the model's forward does."""
-    return x.repeat_interleave(frames, dim=0, output_size=x.shape[0] * frames)
+    """(b, ...) -> (b*frames, ...), each row repeated per frame (or per token), as the model's
+    ``repeat_interleave`` repeats them; written as expand + reshape, because the exporter's
+    repeat_interleave by a dynamic count (tokens) expands to a wrong shape."""
+    return x.unsqueeze(1).expand(x.shape[0], frames, *x.shape[1:]).reshape(-1, *x.shape[1:])
 
 
 def modulated_input(block, hidden, timestep_spatial):
@@ -63,16 +82,16 @@ def modulated_input(block, hidden, timestep_spatial):
 class LatteBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "timestep_emb")
     output_names = ("residual",)
-    dynamic = {"hidden": {0: "batch"}, "encoder_hidden": {0: "batch", 1: "txt_seq"},
-               "timestep_emb": {0: "batch"}}
+    dynamic = {"hidden": {0: "batch", 2: AUTO},  # (batch, frames, (height/p)*(width/p), dim)
+               "encoder_hidden": {0: "batch", 1: "txt_seq"}, "timestep_emb": {0: "batch"}}
 
     def forward(self, hidden, encoder_hidden, timestep_emb):
         m = self.model
         b, f, n, d = hidden.shape
         # The model's forward from "Prepare text embeddings" to the end of the block loop.
-        encoder_spatial = per_frame(encoder_hidden, f).view(-1, encoder_hidden.shape[-2], encoder_hidden.shape[-1])
+        encoder_spatial = per_frame(encoder_hidden, f).view(-1, *encoder_hidden.shape[-2:])
         timestep_spatial = per_frame(timestep_emb, f).view(-1, timestep_emb.shape[-1])
-        timestep_temp = timestep_emb.repeat_interleave(n, dim=0, output_size=b * n).view(-1, timestep_emb.shape[-1])
+        timestep_temp = per_frame(timestep_emb, n).view(-1, timestep_emb.shape[-1])  # per token
         h = hidden.flatten(0, 1)
         for i, (spatial, temporal) in enumerate(zip(m.transformer_blocks, m.temporal_transformer_blocks)):
             h = spatial(h, None, encoder_spatial, None, timestep_spatial, None, None)
@@ -85,20 +104,22 @@ class LatteBlocks(Part):
 
 
 class LatteHead(Part):
-    input_names = ("hidden", "residual", "embedded_timestep")
+    # hidden_states (the model's latent input) only lends its height/width to the unpatchify.
+    input_names = ("hidden_states", "hidden", "residual", "embedded_timestep")
     output_names = ("output",)
-    dynamic = {"hidden": {0: "batch"}, "residual": {0: "batch"}, "embedded_timestep": {0: "batch"}}
+    dynamic = {"hidden_states": {0: "batch", 3: "height", 4: "width"}, "hidden": {0: "batch", 2: AUTO},
+               "residual": {0: "batch", 2: AUTO}, "embedded_timestep": {0: "batch"}}
 
-    def forward(self, hidden, residual, embedded_timestep):
+    def forward(self, hidden_states, hidden, residual, embedded_timestep):
         m = self.model
-        b, f, n, _ = hidden.shape
+        b, f = hidden.shape[:2]
         p, channels = m.config.patch_size, m.out_channels
-        side = m.config.sample_size // p  # the fixed token grid (see the module docstring)
+        rows, cols = hidden_states.shape[3] // p, hidden_states.shape[4] // p
         shift, scale = (m.scale_shift_table[None] + per_frame(embedded_timestep, f)[:, None]).chunk(2, dim=1)
         out = m.proj_out(m.norm_out((hidden + residual).flatten(0, 1)) * (1 + scale) + shift)
         # The model's unpatchify: (b*f, n, p*p*c) -> (b, c, f, H, W).
-        out = torch.einsum("nhwpqc->nchpwq", out.reshape(-1, side, side, p, p, channels))
-        out = out.reshape(b, f, channels, side * p, side * p)
+        out = torch.einsum("nhwpqc->nchpwq", out.reshape(-1, rows, cols, p, p, channels))
+        out = out.reshape(b, f, channels, rows * p, cols * p)
         return out.permute(0, 2, 1, 3, 4)
 
 
@@ -117,15 +138,17 @@ class Latte(Family):
             default_threshold=0.1,
         ),
     }
-    # Latte-1: 512x512, 16 frames (64x64 latents), T5 prompts of up to 120 tokens; frames,
-    # height and width come from the config (axes_for).
+    # Latte-1: 512x512, 16 frames (64x64 latents, 2x2 patches), T5 prompts of up to 120
+    # tokens; axes_for takes the frames from the config and the sizes' patch multiple.
     axes = (
         Axis("batch", 1, 2, 2, help="batch size; LattePipeline batches CFG (2 rows per prompt)"),
+        Axis("height", 2, 64, 64, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
+        Axis("width", 2, 64, 64, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
         Axis("txt_seq", 8, 120, 120, help="text tokens (T5, padded to max_sequence_length=120)"),
     )
     signal = ("transformer_blocks[0].norm1(x) * (1 + scale_msa) + shift_msa, from scale_shift_table "
               "+ adaln_single(timestep), every frame's tokens")
-    signal_dims = {0: "batch"}
+    signal_dims = {0: "batch", 2: AUTO}  # (batch, frames, tokens, dim)
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
     note = ("The residual covers every spatial+temporal block pair; upstream forces steps by "
@@ -145,14 +168,15 @@ class Latte(Family):
     @classmethod
     def axes_for(cls, config):
         frames = config.get("video_length", 16)
-        side = config.get("sample_size", 64)
+        p, side = config.get("patch_size") or 2, config.get("sample_size", 64)
+        batch, height, width, text = cls.axes
         return (
-            cls.axes[0],
+            batch,
             Axis("frames", frames, frames, frames,
                  help="latent frames, fixed by the temporal positional table (video_length)"),
-            Axis("height", side, side, side, help="latent height, fixed by the positional table (sample_size)"),
-            Axis("width", side, side, side, help="latent width, fixed by the positional table (sample_size)"),
-            cls.axes[1],
+            *(Axis(a.name, p, side, side, p, a.help + f"; {side} is the size trained at (sample_size)")
+              for a in (height, width)),
+            text,
         )
 
     @classmethod
@@ -162,19 +186,19 @@ class Latte(Family):
     @classmethod
     def input_dims(cls, config):
         return {
-            "hidden_states": {0: "batch"},
+            "hidden_states": {0: "batch", 3: "height", 4: "width"},
             "timestep": {0: "batch"},
             "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
         }
 
     @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):
-        for a in cls.axes_for(config)[1:4]:
-            if dims[a.name] != a.opt:
-                raise TeaCacheError(
-                    f"{a.name}={dims[a.name]}: {a.help} = {a.opt} in this Latte config; "
-                    f"use --axis {a.name}={a.opt}:{a.opt}:{a.opt}"
-                )
+        frames = cls.axes_for(config)[1]
+        if dims["frames"] != frames.opt:
+            raise TeaCacheError(
+                f"frames={dims['frames']}: {frames.help} = {frames.opt} in this Latte config; "
+                f"use --axis frames={frames.opt}:{frames.opt}:{frames.opt}"
+            )
         g = torch.Generator().manual_seed(seed)
         b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
         return {

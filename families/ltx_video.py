@@ -14,6 +14,8 @@ RoPE module builds the tables inside the embed graph at every size.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import TeaCacheError
@@ -27,12 +29,16 @@ class LTXVideoEmbed(Part):
     output_names = ("hidden", "encoder_hidden", "temb", "embedded_timestep", "text_bias", "rotary_cos",
                     "rotary_sin", "signal", "l1_diff", "l1_prev")
 
+    def __init__(self, model):
+        super().__init__(model)
+        self.rope = RotaryTables(model.rope)
+
     def forward(self, hidden_states, encoder_hidden_states, timestep, encoder_attention_mask, video_grid,
                 rope_interpolation_scale, prev_signal):
         m = self.model
         b = hidden_states.shape[0]
         frames, height, width = video_grid.shape
-        rotary_cos, rotary_sin = m.rope(hidden_states, frames, height, width, rope_interpolation_scale)
+        rotary_cos, rotary_sin = self.rope(b, frames, height, width, rope_interpolation_scale)
         # The model's mask-to-bias step: 0 where a text token counts, -10000 where not.
         text_bias = ((1 - encoder_attention_mask.to(hidden_states.dtype)) * -10000.0).unsqueeze(1)
         hidden = m.proj_in(hidden_states)
@@ -47,11 +53,41 @@ class LTXVideoEmbed(Part):
                 signal, l1_diff, l1_prev)
 
 
+class RotaryTables(torch.nn.Module):
+    """LTXVideoRotaryPosEmbed.forward with its frequency vector computed once, in PyTorch.
+
+    The model builds ``theta ** linspace(0, 1, dim // 6)`` on every call; exported, the
+    linspace rounds differently in its last bit, which ``10000 ** x`` turns into angle errors
+    of ~2e-3 at real widths (2048 channels).  The vector depends on the config only, so it is
+    a buffer here, built by the model's expression; the grid is the model's own
+    ``_prepare_video_coords``, the rest its forward, step for step
+    (tests/families/test_ltx_video.py compares the two).
+    """
+
+    def __init__(self, rope):
+        super().__init__()
+        self.rope = rope
+        freqs = rope.theta ** torch.linspace(math.log(1.0, rope.theta), math.log(rope.theta, rope.theta),
+                                             rope.dim // 6, dtype=torch.float32)
+        self.register_buffer("freqs", freqs * math.pi / 2.0, persistent=False)
+
+    def forward(self, batch, frames, height, width, rope_interpolation_scale):
+        grid = self.rope._prepare_video_coords(batch, frames, height, width, rope_interpolation_scale,
+                                               self.freqs.device)
+        freqs = (self.freqs * (grid.unsqueeze(-1) * 2 - 1)).transpose(-1, -2).flatten(2)
+        cos, sin = freqs.cos().repeat_interleave(2, dim=-1), freqs.sin().repeat_interleave(2, dim=-1)
+        pad = self.rope.dim % 6
+        if pad:
+            cos = torch.cat([torch.ones_like(cos[:, :, :pad]), cos], dim=-1)
+            sin = torch.cat([torch.zeros_like(cos[:, :, :pad]), sin], dim=-1)
+        return cos, sin
+
+
 def modulated_input(block, hidden, temb):
     """What block 0's attention sees: ``norm1(x) * (1 + scale_msa) + shift_msa``, with the
     shift and scale drawn from ``scale_shift_table + temb`` as the block draws them."""
-    b = hidden.shape[0]
-    ada = block.scale_shift_table[None, None] + temb.reshape(b, temb.size(1), block.scale_shift_table.shape[0], -1)
+    table = block.scale_shift_table
+    ada = table[None, None] + temb.reshape(hidden.shape[0], temb.size(1), table.shape[0], -1)
     shift_msa, scale_msa = ada[:, :, 0], ada[:, :, 1]
     return block.norm1(hidden) * (1 + scale_msa) + shift_msa
 
@@ -184,7 +220,8 @@ class LTXVideo(Family):
         hidden = kwargs["hidden_states"]
         feed = {k: kwargs[k] for k in ("hidden_states", "encoder_hidden_states", "timestep",
                                        "encoder_attention_mask")}
-        feed["timestep"] = torch.as_tensor(feed["timestep"], device=hidden.device).reshape(-1).expand(hidden.shape[0])
+        timestep = torch.as_tensor(feed["timestep"], device=hidden.device)
+        feed["timestep"] = timestep.reshape(-1).expand(hidden.shape[0])  # the pipeline's t.expand(batch)
         mask = feed["encoder_attention_mask"]
         if not mask.dtype.is_floating_point:
             feed["encoder_attention_mask"] = mask.to(hidden.dtype)  # a bool mask: 0/1 exactly

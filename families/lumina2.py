@@ -64,8 +64,10 @@ class RotaryTables(torch.nn.Module):
 
 
 class Lumina2Embed(Part):
-    input_names = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask", "prev_signal")
-    output_names = ("joint", "joint_mask", "joint_rotary", "temb", "text_lengths", "signal", "l1_diff", "l1_prev")
+    input_names = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask",
+                   "prev_signal")
+    output_names = ("joint", "joint_mask", "joint_rotary", "temb", "text_lengths", "signal", "l1_diff",
+                    "l1_prev")
 
     def __init__(self, model):
         super().__init__(model)
@@ -93,7 +95,8 @@ class Lumina2Embed(Part):
         image_rotary = self.tables(image_ids)
 
         # The refiners, as the model runs them (the rope embedder's patchify, then x_embedder).
-        patches = hidden_states.view(b, hidden_states.shape[1], rows, p, cols, p).permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
+        patches = hidden_states.view(b, hidden_states.shape[1], rows, p, cols, p).permute(0, 2, 4, 3, 5, 1)
+        patches = patches.flatten(3).flatten(1, 2)
         image = m.x_embedder(patches)
         with complex_unsqueeze_as_real():
             for layer in m.context_refiner:
@@ -111,7 +114,8 @@ class Lumina2Embed(Part):
         joint_rotary = self.tables(gather_rows(torch.cat([text_ids, image_ids], dim=1), source) * keep)
         signal = m.layers[0].norm1(joint, temb)[0]
         l1_diff, l1_prev = criterion_sums(signal, prev_signal)
-        return (joint, keep[..., 0].to(torch.int32), joint_rotary, temb, lengths[:, 0], signal, l1_diff, l1_prev)
+        joint_mask = keep[..., 0].to(torch.int32)  # int32 between the graphs
+        return joint, joint_mask, joint_rotary, temb, lengths[:, 0], signal, l1_diff, l1_prev
 
 
 def gather_rows(x, index):

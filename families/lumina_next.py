@@ -62,8 +62,10 @@ def patch_embed(embedder, x, table):
 def proportional_scale(tokens, base_sequence_length, dtype):
     """``sqrt(log(tokens) / log(base))`` (the processor's ``sqrt(log(tokens, base))``) as a
     tensor; 1 where ``base`` is 0 (proportional attention off)."""
-    n = torch.arange(tokens, device=base_sequence_length.device).new_full((1,), tokens).double()
-    base = base_sequence_length.double()
+    # fp32, not the processor's Python doubles: TensorRT has no fp64 arithmetic (the factor
+    # agrees to ~1e-7).
+    n = torch.arange(tokens, device=base_sequence_length.device).new_full((1,), tokens).float()
+    base = base_sequence_length.float()
     on = base > 0
     factor = torch.sqrt(torch.log(n) / torch.log(torch.where(on, base, torch.full_like(base, 2.0))))
     return torch.where(on, factor, torch.ones_like(factor)).to(dtype)
@@ -154,8 +156,8 @@ class ProportionalRealAttnProcessor:
             value = value.unsqueeze(3).repeat(1, 1, 1, n_rep, 1).flatten(2, 3)
         attention_mask = attention_mask.bool().view(batch_size, 1, 1, -1)
         attention_mask = attention_mask.expand(-1, attn.heads, sequence_length, -1)
-        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
-                                             attn_mask=attention_mask, scale=scale)
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
         return out.transpose(1, 2).to(dtype)
 
 
@@ -191,8 +193,8 @@ class LuminaNext(Family):
     class_name = "LuminaNextDiT2DModel"
     model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_mask", "image_rotary_emb",
                     "base_sequence_length")
-    forward_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_mask", "image_rotary_emb",
-                      "cross_attention_kwargs")
+    forward_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_mask",
+                      "image_rotary_emb", "cross_attention_kwargs")
     variants = {
         "Lumina-Next": Variant(
             "Lumina-Next",
@@ -229,7 +231,8 @@ class LuminaNext(Family):
 
     @classmethod
     def parts(cls, model, variant=None):
-        return {"embed": LuminaNextEmbed(model), "blocks": LuminaNextBlocks(model), "head": LuminaNextHead(model)}
+        return {"embed": LuminaNextEmbed(model), "blocks": LuminaNextBlocks(model),
+                "head": LuminaNextHead(model)}
 
     @classmethod
     def input_dims(cls, config):

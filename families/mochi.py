@@ -113,10 +113,13 @@ class CompactedTextAttnProcessor:
         valid = attention_mask > 0  # (B, T)
         count = valid.sum(dim=1, keepdim=True, dtype=torch.int32)
         permute = _compaction(valid).to(query.dtype)  # (B, T source, T compacted)
-        compact = lambda x: torch.einsum("bsj,bshd->bjhd", permute, x)  # noqa: E731
-        enc_query = compact(_heads(attn.norm_added_q, attn.add_q_proj(encoder_hidden_states), attn.heads))
-        enc_key = compact(_heads(attn.norm_added_k, attn.add_k_proj(encoder_hidden_states), attn.heads))
-        enc_value = compact(_heads(None, attn.add_v_proj(encoder_hidden_states), attn.heads))
+
+        def compact(norm, proj):
+            return torch.einsum("bsj,bshd->bjhd", permute, _heads(norm, proj(encoder_hidden_states), attn.heads))
+
+        enc_query = compact(attn.norm_added_q, attn.add_q_proj)
+        enc_key = compact(attn.norm_added_k, attn.add_k_proj)
+        enc_value = compact(None, attn.add_v_proj)
 
         seq, text = query.shape[1], enc_query.shape[1]
         kept = torch.arange(text, device=count.device)[None, :] < count  # compacted slots in use
@@ -141,13 +144,14 @@ def rope_positions(frames, height, width, target_area: float, device=None) -> to
     Python floats of the sizes and ``torch.linspace``, which torch.export fixes to the traced
     size.  Same values to float32 rounding (tests/families/test_mochi.py)."""
     f = torch.arange(frames, dtype=torch.float32, device=device)
-    # The sizes as tensors, so no Python arithmetic touches them.
-    h_size = torch.arange(height, device=device).new_full((), height).double()
-    w_size = torch.arange(width, device=device).new_full((), width).double()
+    # The sizes as tensors, so no Python arithmetic touches them (fp32: TensorRT has no fp64
+    # arithmetic; the positions still agree with the model's to float32 rounding).
+    h_size = torch.arange(height, device=device).new_full((), height).float()
+    w_size = torch.arange(width, device=device).new_full((), width).float()
     scale = (target_area / (h_size * w_size)) ** 0.5
 
     def centers(n, size):
-        half = (size * scale / 2).float()
+        half = size * scale / 2
         edges = -half + torch.arange(n + 1, dtype=torch.float32, device=device) * (2 * half / n)
         return (edges[:-1] + edges[1:]) / 2
 

@@ -19,8 +19,10 @@ def test_real_attention_equals_the_models(base):
     extra = {} if base is None else {"base_sequence_length": base}
     scale = proportional_scale(12, torch.tensor([float(base or 0)]), torch.float32)
     with torch.no_grad():
-        for attn, enc, mask, key_rope in ((layer.attn1, hidden, image_mask, True), (layer.attn2, text, text_mask, False)):
-            want = LuminaAttnProcessor2_0()(attn, hidden, enc, mask, table, table if key_rope else None, **extra)
+        for attn, enc, mask, key_rope in ((layer.attn1, hidden, image_mask, True),
+                                          (layer.attn2, text, text_mask, False)):
+            key_table = table if key_rope else None
+            want = LuminaAttnProcessor2_0()(attn, hidden, enc, mask, table, key_table, **extra)
             got = ProportionalRealAttnProcessor()(attn, hidden, enc, mask, torch.view_as_real(table),
                                                   torch.view_as_real(table) if key_rope else None, scale)
             assert (got - want).abs().max().item() <= 1e-5

@@ -1,5 +1,6 @@
 import torch
-from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline,
+                       CogVideoXTransformer3DModel)
 
 FAMILY = "cogvideox"
 # Latent sizes; height/width are multiples of patch_size (2).
