@@ -25,6 +25,7 @@ from typing import Any
 from . import integrity
 from .errors import TeaCacheError
 from .files import atomic_write_bytes, inside, os_errors, regular_file
+from .integrity import sha256_file
 from .shapes import Dim
 
 FORMAT_VERSION = 2  # 2: content folder, per-file size and sha256
@@ -181,19 +182,18 @@ class Manifest:
             integrity.verify(path, self.files[name], fix, full)
         return path
 
-    def graph_path(self, art_dir: Path, graph: str, full: bool = False) -> Path:
+    def graph_path(self, art_dir: Path, graph: str) -> Path:
         """A graph file, checked with its external data (names inside the content folder,
         listed by the manifest, contents as recorded)."""
-        path = self.verified(art_dir, self.graphs[graph].file, full=full)
-        for name in integrity.remembered(path, "onnx_external_data", onnx_external_data, fresh=full):
+        path = self.verified(art_dir, self.graphs[graph].file)
+        for name in integrity.remembered(path, "onnx_external_data", onnx_external_data):
             self._listed(name, f"external data of the {graph} graph")
-            self.verified(art_dir, name, full=full)
+            self.verified(art_dir, name)
         return path
 
-    def engine_path(self, art_dir: Path, flavour: str, graph: str, full: bool = False) -> Path:
+    def engine_path(self, art_dir: Path, flavour: str, graph: str) -> Path:
         entry = self.engines[flavour][graph]
-        return self.verified(art_dir, entry["file"], full=full,
-                             fix=f"rebuild it with `teacache-export ... --build {flavour} --force`")
+        return self.verified(art_dir, entry["file"], fix=f"rebuild it with `teacache-export ... --build {flavour} --force`")
 
     def verify_all(self, art_dir: Path) -> int:
         """``teacache-export --check``: every file hashed in full (cache ignored) and every
@@ -286,7 +286,9 @@ def _check_profile(graph: str, profile: Any) -> None:
 
 
 def save_manifest(art_dir: Path, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` atomically: the one commit point of an artifact folder."""
+    """Write ``manifest.json`` atomically: the one commit point of an artifact folder.  What
+    the loader would refuse (a NaN coefficient from a degenerate fit, ...) is never written."""
+    manifest.validate()
     path = Path(art_dir) / MANIFEST_NAME
     atomic_write_bytes(path, manifest.to_json().encode())
     return path
@@ -340,10 +342,6 @@ def load_manifest(art_dir: str | os.PathLike) -> Manifest:
                     f"{entry['size']} (truncated, replaced or still being copied): {REEXPORT}"
                 )
     return manifest
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    return integrity.sha256_file(path, chunk)
 
 
 def sha256_json(obj: Any) -> str:

@@ -251,4 +251,5 @@ def test_2b_dynamic_axes_are_refused_with_the_fix(tmp_path):
     with pytest.raises(TeaCacheError, match=r"sin-cos positional table.*--axis height=4:4:4"):
         export_model(None, tmp_path / "art", model=M.make_model_2b(), axes={**M.AXES_2B, "height": (4, 6, 8)},
                      build="none", log=lambda msg: None)
-    assert not (tmp_path / "art").exists()  # refused before anything is written
+    art = tmp_path / "art"
+    assert not (art / "manifest.json").exists() and not list(art.glob(".staging-*"))  # nothing committed or left

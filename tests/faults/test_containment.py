@@ -175,3 +175,20 @@ def test_intact_external_data_loads_and_is_checked(art, outside):
     (content / "head.onnx.data").write_bytes(bytes(data))
     with pytest.raises(TeaCacheError, match=r"head.onnx.data .*does not match the manifest"):
         teacache_trt.load_transformer(art)
+
+
+def test_timing_cache_is_contained(art, outside):
+    """A GPU build reads and saves the folder's timing cache: a link out is neither read nor
+    written through; the cache is replaced atomically by a regular file of the folder."""
+    from teacache_trt.engines.build import _timing_cache
+
+    link = art / "timing.tensorrt-rtx.cache"
+    link.symlink_to(outside.file)
+    with _timing_cache(art, "tensorrt-rtx", {"gpu": "any"}) as cache:
+        assert cache.read_bytes() == b""  # not seeded from the file outside
+        cache.write_bytes(b"measured tactics")
+    assert not link.is_symlink() and link.read_bytes() == b"measured tactics"
+    with _timing_cache(art, "tensorrt-rtx", {"gpu": "any"}) as cache:
+        assert cache.read_bytes() == b"measured tactics"  # a regular file of the folder is used
+    assert outside.untouched()
+    assert not [n for n in os.listdir(art) if n.startswith(".timing")]
