@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 from dataclasses import dataclass, field
@@ -211,6 +212,14 @@ def onnx_external_data(path: Path) -> list[str]:
     """The external-data locations an ONNX file names (its weights are not read)."""
     import onnx
 
+    # A tensor stored outside names its file under the key "location": a graph whose bytes never
+    # spell it has none, and a 1 GB graph is searched in a fraction of the time a parse takes.
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(b"location") < 0:
+                return []
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf reports a damaged file as a generic DecodeError
