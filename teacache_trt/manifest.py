@@ -178,6 +178,7 @@ class Manifest:
 
     def verified(self, art_dir: Path, name: str, fix: str = REEXPORT, full: bool = False) -> Path:
         """The path of ``name`` after checking its size and sha256 against the manifest."""
+        self._listed(name, "the")
         path = self._file(art_dir, name)
         with os_errors(f"reading {path}"):
             integrity.verify(path, self.files[name], fix, full)

@@ -400,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "its output is kept as <graph>.trtexec.log); without trtexec, the bench's own timing")
     source.add_argument("--from-trtexec", metavar="DIR",
                         help="per-graph latencies from saved trtexec output, DIR/<graph>.trtexec.log")
-    p.add_argument("--report", metavar="DIR",
+    p.add_argument("--report", metavar="DIR", type=options.output_folder,
                    help="write latency.md, latency.json and latency.png (predicted vs measured latency and "
                         "speedup against threshold) to DIR")
     return p
