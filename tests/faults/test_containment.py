@@ -192,3 +192,26 @@ def test_timing_cache_is_contained(art, outside):
         assert cache.read_bytes() == b"measured tactics"  # a regular file of the folder is used
     assert outside.untouched()
     assert not [n for n in os.listdir(art) if n.startswith(".timing")]
+
+
+def test_export_over_a_format_1_artifact_removes_only_what_it_named(flux, tmp_path, outside, fast_export):
+    """Format 1 kept its files at the top level: the first format-2 commit removes the ones its
+    manifest named, never a name outside the folder, never the user's other files."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for g in ("embed", "blocks"):
+        (old / f"{g}.onnx").write_bytes(flux.graph(g).read_bytes())
+        (old / f"{g}.trtexec.sh").write_text("trtexec ...")
+    (old / "blocks.tensorrt-rtx.0123.engine").write_bytes(b"engine")
+    (old / "notes.txt").write_text("mine")
+    graphs = {"embed": {"file": "embed.onnx"}, "blocks": {"file": "blocks.onnx"},
+              "head": {"file": "../outside/victim.txt"}}
+    (old / "manifest.json").write_text(json.dumps({
+        "format_version": 1, "export_key": "k", "graphs": graphs,
+        "engines": {"tensorrt-rtx": {"blocks": {"file": "blocks.tensorrt-rtx.0123.engine"},
+                                     "head": {"file": str(outside.file)}}}}))
+    with pytest.raises(TeaCacheError, match="format_version 1; this teacache-trt reads format_version 2.*--force"):
+        load_manifest(old)
+    manifest = fast_export(old)  # an artifact of this project: no --force needed
+    assert sorted(os.listdir(old)) == sorted([".lock", "manifest.json", "notes.txt", manifest.content])
+    assert outside.untouched()
