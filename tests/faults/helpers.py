@@ -59,7 +59,7 @@ def copying_export(template, graphs: dict):
     from teacache_trt.manifest import GRAPH_NAMES
 
     def export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash, export_key,
-                      out, verify, log):
+                      out, verify, log, *rest):
         manifest = copy.deepcopy(template)
         manifest.engines, manifest.files, manifest.content = {}, {}, ""
         manifest.export_key, manifest.weights_hash, manifest.source = export_key, weights_hash, str(src)

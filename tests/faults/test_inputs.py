@@ -15,6 +15,7 @@ import teacache_trt
 from teacache_trt import TeaCacheError
 from teacache_trt.digits import harness
 from teacache_trt.export import cli, exporter
+from teacache_trt.families import Family
 from teacache_trt.tools import bench, calibrate
 
 from faults.helpers import edit_manifest
@@ -32,7 +33,7 @@ def nothing_heavy(monkeypatch):
     def heavy(*args, **kwargs):
         pytest.fail("heavy work started before the bad value was refused")
 
-    monkeypatch.setattr(exporter, "load_model", heavy)
+    monkeypatch.setattr(Family, "load_model", classmethod(heavy))
     monkeypatch.setattr(exporter, "_export_graphs", heavy)
     monkeypatch.setattr(bench, "load_transformer", heavy)
     monkeypatch.setattr(calibrate, "load_transformer", heavy)
