@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import atomic_write_bytes
+from ..manifest import atomic_write_bytes, check_coefficients
 from .calibration import CALIBRATION_FILE
 from .data import NUM_CLASSES
 
@@ -74,7 +74,12 @@ def load_calibrated(path: Path | None = None) -> list[float]:
         raise TeaCacheError(
             f"{path} does not exist: run `teacache-calibrate ART_DIR --driver digits --json {path}` first"
         )
-    return list(json.loads(path.read_text())["coefficients"])
+    try:
+        coefficients = json.loads(path.read_bytes())["coefficients"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TeaCacheError(f"{path} is not a calibration JSON with 'coefficients' ({type(exc).__name__}: {exc}): "
+                            f"write one with `teacache-calibrate ART_DIR --json {path}`") from exc
+    return check_coefficients(coefficients, str(path))
 
 
 class Renderer:
@@ -247,49 +252,53 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
 
 
 def main(argv=None) -> int:
-    from ..tools.bench import parse_thresholds
+    from .. import options
+    from ..runtime.backends import BACKENDS
+    from .driver import DIGITS_AXES
 
-    p = argparse.ArgumentParser(prog="teacache-eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="out/digits", help="folder for the table, JSON, plot and grids")
+    max_per_class = DIGITS_AXES["batch"][2] // NUM_CLASSES  # cond rows of one call within the profile
+    p = options.Parser(prog="teacache-eval", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="out/digits", type=options.output_folder,
+                   help="folder for the table, JSON, plot and grids")
     p.add_argument("--art", help="exported digits artifacts (default: the bundled model, exported on first use "
                                  "into the cache teacache-render uses)")
-    p.add_argument("--cache-dir", type=Path, help="that cache (default: ~/.cache/teacache-trt/artifacts)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--per-class", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--upstream", type=parse_thresholds, default=list(UPSTREAM_THRESHOLDS), help="thresholds, comma-separated")
-    p.add_argument("--calibrated", type=parse_thresholds, default=list(CALIBRATED_THRESHOLDS), help="thresholds, comma-separated")
+    p.add_argument("--cache-dir", type=options.output_folder, help="that cache (default: ~/.cache/teacache-trt/artifacts)")
+    p.add_argument("--steps", type=options.integer(2, 1000), default=20)
+    p.add_argument("--guidance", type=options.number(0.0), default=3.0,
+                   help="classifier-free guidance scale (<= 1: no guidance)")
+    p.add_argument("--per-class", type=options.integer(1, max_per_class), default=10,
+                   help=f"digits per class (at most {max_per_class}: the exported batch profile)")
+    p.add_argument("--seed", type=options.integer(0, 2**63 - 1), default=0)
+    p.add_argument("--upstream", type=options.thresholds, default=list(UPSTREAM_THRESHOLDS), help="thresholds, comma-separated")
+    p.add_argument("--calibrated", type=options.thresholds, default=list(CALIBRATED_THRESHOLDS), help="thresholds, comma-separated")
     p.add_argument("--coefficients", help="calibration JSON (default: the one shipped with the model)")
-    p.add_argument("--grid-threshold", type=float, default=GRID_THRESHOLD,
+    p.add_argument("--grid-threshold", type=options.number(0.0), default=GRID_THRESHOLD,
                    help="threshold (calibrated coefficients) of the TeaCache grid image")
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--repeats", type=int, default=TIMING_REPEATS,
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    p.add_argument("--repeats", type=options.integer(1, 1000), default=TIMING_REPEATS,
                    help="interleaved timing pairs per policy; the wall ratio is their median")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         t0 = time.perf_counter()
-        out = Path(args.out)
-        if args.repeats < 1:
-            raise TeaCacheError(f"--repeats {args.repeats} must be >= 1")
+        coefficients = load_calibrated(args.coefficients) if args.coefficients else None  # before any export
         art = Path(args.art) if args.art else export_bundled(args.cache_dir)
         result = evaluate(art, steps=args.steps, guidance=args.guidance, per_class=args.per_class,
                           seed=args.seed, upstream=args.upstream, calibrated=args.calibrated,
-                          calibrated_coefficients=load_calibrated(args.coefficients) if args.coefficients else None,
-                          backend=args.backend, grid_threshold=args.grid_threshold, repeats=args.repeats)
-        paths = write_outputs(result, out)
-    except TeaCacheError as exc:
-        print(f"teacache-eval: error: {exc}", file=sys.stderr)
-        return 2
-    print()
-    print(markdown_table(result["rows"]))
-    print()
-    print(timing_note(result["settings"]))
-    for name, path in paths.items():
-        print(f"{name}: {path}")
-    print(f"[done] in {time.perf_counter() - t0:.0f}s")
-    return 0
+                          calibrated_coefficients=coefficients, backend=args.backend,
+                          grid_threshold=args.grid_threshold, repeats=args.repeats)
+        paths = write_outputs(result, args.out)
+        print()
+        print(markdown_table(result["rows"]))
+        print()
+        print(timing_note(result["settings"]))
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        print(f"[done] in {time.perf_counter() - t0:.0f}s")
+        return 0
+
+    return options.run("teacache-eval", body)
 
 
 if __name__ == "__main__":

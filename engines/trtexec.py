@@ -1,4 +1,5 @@
-"""Ready-to-run trtexec command files, one per graph, with the manifest's shapes."""
+"""Ready-to-run trtexec command files, one per graph, with the manifest's shapes; written
+into the content folder beside the graphs they build."""
 from __future__ import annotations
 
 import shlex
@@ -34,7 +35,6 @@ def write_trtexec_files(art_dir: Path, manifest: Manifest) -> list[Path]:
     paths = []
     for graph in GRAPH_NAMES:
         path = Path(art_dir) / f"{graph}.trtexec.sh"
-        atomic_write_bytes(path, trtexec_command(manifest, graph).encode())
-        path.chmod(0o755)
+        atomic_write_bytes(path, trtexec_command(manifest, graph).encode(), mode=0o777)  # executable
         paths.append(path)
     return paths

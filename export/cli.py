@@ -1,11 +1,13 @@
-"""``teacache-export MODEL_DIR --out ART_DIR``: the build step."""
+"""``teacache-export MODEL_DIR --out ART_DIR``: the build step; ``teacache-export --check
+ART_DIR``: verify every file of an artifact in full."""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from ..dtypes import PRECISIONS
-from ..errors import TeaCacheError
+from ..options import Parser, run
 
 
 def parse_range(text: str) -> tuple[int, int, int]:
@@ -29,13 +31,14 @@ def parse_axis(text: str) -> tuple[str, tuple[int, int, int]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="teacache-export",
         description="Export a diffusers DiT as embed / blocks / head graphs with a TeaCache manifest, "
                     "verify them against PyTorch, and build engines.",
     )
-    p.add_argument("model_dir", help="diffusers transformer folder (config.json + safetensors) or a pipeline folder with transformer/")
-    p.add_argument("--out", required=True, help="artifact folder to write")
+    p.add_argument("model_dir", nargs="?",
+                   help="diffusers transformer folder (config.json + safetensors) or a pipeline folder with transformer/")
+    p.add_argument("--out", help="artifact folder to write: new, empty, or an earlier export (else --force)")
     p.add_argument("--family", help="model family or diffusers class name (default: the config's _class_name)")
     p.add_argument("--family-module", metavar="FILE.py:CLASS|MODULE:CLASS",
                    help="a Family class of your own, for a model outside diffusers (teacache_trt.families.custom); "
@@ -49,32 +52,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--build", default="auto", choices=["auto", "none", "tensorrt", "tensorrt-rtx"],
                    help="engines to build (default: the first TensorRT flavour installed, else none)")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical checks against PyTorch")
-    p.add_argument("--force", action="store_true", help="redo every stage even if its inputs did not change")
+    p.add_argument("--force", action="store_true",
+                   help="redo every stage even if its inputs did not change; write into a folder that holds other files")
+    p.add_argument("--check", metavar="ART_DIR",
+                   help="verify every file of an exported artifact against its manifest (full sha256), then exit")
     p.add_argument("--list-axes", action="store_true", help="print the family's axes and defaults, then exit")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from ..families import find_model_dir, read_config
-        from .exporter import export_model, resolve_family
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check is None and (args.model_dir is None or (args.out is None and not args.list_axes)):
+        parser.error("give MODEL_DIR and --out ART_DIR to export, or --check ART_DIR to verify an export")
+    return run("teacache-export", lambda: _main(args))
 
-        if args.list_axes:
-            config = read_config(find_model_dir(args.model_dir))
+
+def _main(args) -> int:
+    from ..families import find_model_dir, read_config
+    from .exporter import config_values, export_model, resolve_family
+
+    if args.check is not None:
+        return check(args.check)
+    if args.list_axes:
+        src = find_model_dir(args.model_dir)
+        config = read_config(src)
+        with config_values(src):
             fam = resolve_family(config, args.family, args.family_module)
             for a in fam.axes_for(config):
                 print(f"{a.name}={a.min}:{a.opt}:{a.max}  {a.help}")
-            return 0
-        axes = dict(args.axis)
-        if args.batch:
-            axes["batch"] = args.batch
-        export_model(args.model_dir, args.out, family=args.family, family_module=args.family_module,
-                     variant=args.variant, precision=args.precision, axes=axes, build=args.build,
-                     force=args.force, verify=not args.no_verify)
-    except TeaCacheError as exc:
-        print(f"teacache-export: error: {exc}", file=sys.stderr)
-        return 2
+        return 0
+    axes = dict(args.axis)
+    if args.batch:
+        axes["batch"] = args.batch
+    export_model(args.model_dir, args.out, family=args.family, family_module=args.family_module,
+                 variant=args.variant, precision=args.precision, axes=axes, build=args.build,
+                 force=args.force, verify=not args.no_verify)
+    return 0
+
+
+def check(art_dir) -> int:
+    """Every file of ``art_dir`` against its manifest: names, sizes, full sha256 (no cache)."""
+    from ..manifest import load_manifest
+
+    t0 = time.perf_counter()
+    manifest = load_manifest(art_dir)
+    size = manifest.verify_all(art_dir)
+    print(f"{art_dir}: {len(manifest.files)} files ({size / 1e6:.1f} MB) match the manifest "
+          f"({manifest.family} {manifest.variant}, {manifest.precision}, {time.perf_counter() - t0:.1f}s)")
     return 0
 
 

@@ -5,6 +5,7 @@ reports progress; a re-run skips work whose inputs (content hashes) did not chan
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -14,12 +15,13 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .. import __version__
+from .. import __version__, artifact, integrity
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
+from ..files import os_errors
 from ..manifest import (
-    FORMAT_VERSION, GRAPH_NAMES, MANIFEST_NAME, Criterion, GraphSpec, Manifest, load_manifest, save_manifest,
-    config_fingerprint, sha256_file, sha256_json,
+    FORMAT_VERSION, GRAPH_NAMES, Criterion, GraphSpec, Manifest, config_fingerprint, sha256_file,
+    sha256_json,
 )
 from ..families import Family, find_model_dir, get_family, load_family_module, plain_config, read_config
 from ..families import base as family_base
@@ -44,16 +46,40 @@ def resolve_family(config: Mapping[str, Any], family: str | None,
                 f"pass one of them"
             )
         return fam
-    if family:
-        return get_family(family)
     class_name = config.get("_class_name")
-    if not class_name:
-        raise TeaCacheError("config.json has no _class_name: pass --family explicitly")
-    return get_family(class_name)
+    if not family:
+        if not class_name:
+            raise TeaCacheError("config.json has no _class_name: pass --family explicitly")
+        return get_family(class_name)
+    fam = get_family(family)
+    try:
+        own = get_family(class_name) if isinstance(class_name, str) else None
+    except TeaCacheError:  # a class this project does not know: --family says how to read it
+        own = None
+    if own is not None and own is not fam:
+        raise TeaCacheError(
+            f"--family {family} ({fam.class_name}) does not match the model: its config.json says "
+            f"{class_name} (family {own.name}); drop --family, or pass the model of that family"
+        )
+    return fam
+
+
+@contextlib.contextmanager
+def config_values(src: Path):
+    """A config.json value of the wrong type (``"num_layers": "two"``) meets family code as a
+    TypeError or KeyError: one clear line instead."""
+    try:
+        yield
+    except (TypeError, KeyError, AttributeError, IndexError) as exc:
+        raise TeaCacheError(
+            f"config.json of {src} has a missing value or one of the wrong type ({type(exc).__name__}: {exc}): "
+            f"pass the config save_pretrained wrote for this model"
+        ) from exc
 
 
 def weights_hash_of_dir(model_dir: Path) -> str:
-    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    # is_file: a FIFO or a link to a device among the weights must not hang the hash
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin", ".json") and p.is_file())
     return sha256_json({p.name: sha256_file(p) for p in files})
 
 
@@ -156,7 +182,11 @@ def export_model(
     log: Log = print,
 ) -> Manifest:
     """Export a transformer (from ``model_dir`` or the in-memory ``model``): a diffusers model,
-    or any module whose family ``family_module`` names (``path/file.py:Class``, ``pkg.mod:Class``)."""
+    or any module whose family ``family_module`` names (``path/file.py:Class``, ``pkg.mod:Class``).
+
+    ``out`` changes in one atomic step (see :mod:`teacache_trt.artifact`): a failed or killed
+    export leaves the previous artifact as it was.
+    """
     dtype = precision_dtype(precision)
     out = Path(out)
     t_start = time.perf_counter()
@@ -173,14 +203,12 @@ def export_model(
     if model is None:
         if model_dir is None:
             raise TeaCacheError("export_model needs model_dir or model")
-        src = find_model_dir(model_dir)
+        src = find_model_dir(model_dir).absolute()  # the torch backend finds it from anywhere
         config = read_config(src)
-        fam = resolve_family(config, family, family_module)
-        fam.check_config(config)
-        log(f"[load] {fam.class_name} from {src} ({precision})")
-        weights_hash = weights_hash_of_dir(src)
+        with config_values(src):
+            fam = resolve_family(config, family, family_module)
     else:
-        src = Path(model_dir) if model_dir else Path("<in-memory>")
+        src = Path(model_dir).absolute() if model_dir else Path("<in-memory>")
         if family or family_module:
             fam = resolve_family({}, family, family_module)
             config = fam.config_of(model)
@@ -188,11 +216,16 @@ def export_model(
             config = plain_config(model)
             fam = resolve_family({"_class_name": type(model).__name__, **config}, None)
         config.setdefault("_class_name", fam.class_name)
+    with config_values(src):
         fam.check_config(config)
+        variant = fam.variant(variant or fam.variant_for(config)).name
+        axes_r = resolve_axes(fam, axes, config)
+    artifact.check_out_dir(out, force)
+    if model is None:
+        log(f"[load] {fam.class_name} from {src} ({precision})")
+        weights_hash = weights_hash_of_dir(src)
+    else:
         weights_hash = weights_hash_of_model(model)
-
-    variant = fam.variant(variant or fam.variant_for(config)).name
-    axes_r = resolve_axes(fam, axes, config)
     export_key = sha256_json({
         "family": fam.name, "variant": variant, "config": config, "weights": weights_hash,
         "precision": precision, "axes": axes_r, "versions": versions(), "verify": verify,
@@ -201,27 +234,24 @@ def export_model(
         "format": FORMAT_VERSION,
     })
 
-    out.mkdir(parents=True, exist_ok=True)
-    previous = _reusable(out, export_key, force)
-    if previous is not None:
-        log(f"[export] {out} is up to date (same model, options and versions); --force rebuilds")
-        manifest = previous
-    else:
-        if model is None:
-            model = fam.load_model(src, precision)
-        if module_dtype(model) != dtype:
-            model = copy.deepcopy(model).to(dtype)  # never convert the caller's model in place
-        model = model.eval()
-        manifest = _export_staged(fam, model, config, src, variant, precision, dtype, axes_r,
-                                  weights_hash, export_key, out, verify, log, family_module or "")
-    if flavour != "none":
-        from ..engines.build import build_engines
+    with artifact.writing(out):
+        previous = artifact.current(out)
+        artifact.clean(out, previous)  # what a killed run left behind
+        if _reusable(out, previous, export_key, force, log):
+            log(f"[export] {out} is up to date (same model, options and versions); --force rebuilds")
+            manifest = previous
+            if flavour != "none":
+                from ..engines.build import build_in_place
 
-        manifest.engines[flavour] = build_engines(out, manifest, flavour, force=force, log=log)
-        save_manifest(out, manifest)
-    from ..engines.trtexec import write_trtexec_files
-
-    write_trtexec_files(out, manifest)
+                build_in_place(out, manifest, flavour, force=force, log=log)
+        else:
+            if model is None:
+                model = fam.load_model(src, precision)
+            if module_dtype(model) != dtype:
+                model = copy.deepcopy(model).to(dtype)  # never convert the caller's model in place
+            model = model.eval()
+            manifest = _export_staged(fam, model, config, src, variant, precision, dtype, axes_r,
+                                      weights_hash, export_key, out, verify, flavour, log, family_module or "")
     log(f"[done] {out} in {time.perf_counter() - t_start:.1f}s")
     return manifest
 
@@ -232,22 +262,17 @@ def _graph_code(fam) -> list[Path]:
             Path(inspect.getfile(propagate))]
 
 
-def _reusable(out: Path, export_key: str, force: bool) -> Manifest | None:
-    if force or not (out / MANIFEST_NAME).is_file():
-        return None
+def _reusable(out: Path, previous: Manifest | None, export_key: str, force: bool, log: Log) -> bool:
+    """The committed graphs are what this export would write, and intact (contents checked)."""
+    if force or previous is None or previous.export_key != export_key:
+        return False
     try:
-        manifest = load_manifest(out)
-    except TeaCacheError:
-        return None
-    if manifest.export_key != export_key:
-        return None
-    for graph in manifest.graphs.values():
-        try:
-            if _graph_hash(out / graph.file) != graph.sha256:
-                return None
-        except Exception:  # missing or unreadable graph: export it again
-            return None
-    return manifest
+        for graph in GRAPH_NAMES:
+            previous.graph_path(out, graph)
+    except TeaCacheError as exc:
+        log(f"[export] exporting again: {exc}")
+        return False
+    return True
 
 
 def _graph_hash(path: Path) -> str:
@@ -255,21 +280,29 @@ def _graph_hash(path: Path) -> str:
 
 
 def _export_staged(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, log, family_module) -> Manifest:
-    """Export and verify in a staging folder; only a verified set replaces what ``out`` had,
-    graph files first and the manifest last, so a failed export loses nothing."""
-    import os
+                   export_key, out, verify, flavour, log, family_module) -> Manifest:
+    """Export, verify and build in a staging folder; only the complete set becomes ``out``'s
+    artifact, in one step, so a failed or killed export loses nothing."""
     import shutil
-    import tempfile
 
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    from ..engines.trtexec import write_trtexec_files
+
+    staging = artifact.new_staging(out)
     try:
-        manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes,
-                                  weights_hash, export_key, staging, verify, log, family_module)
-        for produced in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
-            os.replace(produced, out / produced.name)
+        with os_errors(f"writing the export to {out}"):
+            manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes,
+                                      weights_hash, export_key, staging, verify, log, family_module)
+            if flavour != "none":
+                from ..engines.build import build_engines
+
+                build_engines(staging, manifest, flavour, {g: staging / manifest.graphs[g].file for g in GRAPH_NAMES},
+                              timing_dir=out, force=True, log=log)
+            write_trtexec_files(staging, manifest)
+            manifest.files.update({p.name: integrity.record(p) for p in sorted(staging.iterdir())
+                                   if p.name not in manifest.files})
+        artifact.commit_staging(out, staging, manifest)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once committed
     return manifest
 
 
@@ -314,7 +347,6 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
         for k, point in enumerate((point_a, second_point(fam, axes, point_a, config))):
             log(f"[verify {k + 1}/2] at {point}")
             _verify_at(fam, model, parts, manifest, out, config, point, dtype, precision, seed=k + 1)
-    save_manifest(out, manifest)
     return manifest
 
 

@@ -18,7 +18,7 @@ import torch
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..manifest import ForcedSteps
-from .model_io import find_model_dir, plain_config
+from .model_io import find_model_dir, plain_config, read_config
 
 AUTO = "auto"  # a dynamic dim whose name the exporter picks (it is derived from others)
 
@@ -165,9 +165,29 @@ class Family:
 
     @classmethod
     def load_model(cls, model_dir, precision: str) -> torch.nn.Module:
-        """The model in ``model_dir`` (see ``find_model_dir``) at ``precision``, in eval mode."""
+        """The model in ``model_dir`` (see ``find_model_dir``) at ``precision``, in eval mode.
+
+        Every parameter must come from the checkpoint: a config that does not match the weights
+        (one more layer, another width) would otherwise run with random weights.
+        """
         src = find_model_dir(model_dir)
-        model = cls.model_class().from_pretrained(str(src), torch_dtype=precision_dtype(precision))
+        read_config(src)  # a damaged config.json: one clear line, not diffusers' traceback
+        try:
+            model, info = cls.model_class().from_pretrained(
+                str(src), torch_dtype=precision_dtype(precision), output_loading_info=True)
+        except Exception as exc:  # missing / truncated safetensors, wrong shapes, bad config values
+            raise TeaCacheError(
+                f"cannot load {cls.class_name} from {src}: {type(exc).__name__}: {str(exc)[:500]}; "
+                f"check that the folder holds a complete diffusers checkpoint (config.json + weights)"
+            ) from exc
+        problems = {k: info.get(k) or [] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        if any(problems.values()):
+            found = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {v[0] if isinstance(v[0], str) else v[0][0]})"
+                              for k, v in problems.items() if v)
+            raise TeaCacheError(
+                f"the weights in {src} do not match its config.json ({cls.class_name}): {found}. "
+                f"The config and the checkpoint must come from the same model"
+            )
         return model.eval()
 
     @classmethod

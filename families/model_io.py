@@ -22,8 +22,24 @@ def find_model_dir(model_dir: str | Path) -> Path:
     )
 
 
+MAX_CONFIG_BYTES = 16 << 20
+
+
 def read_config(model_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(model_dir) / "config.json").read_text())
+    """``config.json`` as a dict: a damaged, huge or non-object file is a clear error."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:  # is_file: no device, no FIFO
+        raise TeaCacheError(f"{path} is not a regular file of at most {MAX_CONFIG_BYTES >> 20} MB: "
+                            f"pass a diffusers model folder")
+    try:
+        config = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise TeaCacheError(f"cannot read {path} ({exc}): it must be the JSON config a diffusers "
+                            f"model's save_pretrained writes") from exc
+    if not isinstance(config, dict):
+        raise TeaCacheError(f"{path} holds a JSON {type(config).__name__}, not an object of model "
+                            f"settings: pass the folder of a diffusers model (save_pretrained)")
+    return config
 
 
 def plain_config(model: torch.nn.Module) -> dict[str, Any]:

@@ -17,12 +17,14 @@ from .transformer import CompiledTransformer
 def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | None = None,
                      device: str | torch.device = "cpu", *, clamp: bool | None = None,
                      model: torch.nn.Module | None = None, decisions: str = "batch",
-                     family_module: str | None = None) -> CompiledTransformer:
+                     family_module: str | None = None, model_dir=None) -> CompiledTransformer:
     """A module usable as ``pipe.transformer``, running the exported graphs with TeaCache.
 
     ``threshold=None`` takes the manifest's default; 0 never skips.  ``backend="torch"`` runs
-    the same three parts in PyTorch (the reference path); it uses ``model`` or loads the
-    exported model from the manifest's source folder.  ``decisions="batch"`` takes one
+    the same three parts in PyTorch (the reference path); it uses ``model``, or loads the model
+    from ``model_dir`` (default: the folder the manifest says it was exported from).
+    Every file is checked against the manifest (inside the folder, size, sha256) before use.
+    ``decisions="batch"`` takes one
     decision per call (upstream); ``"sample"`` one per prompt (``sample_thresholds``), with
     the blocks graph run on the rows of the prompts that compute.
     ``family_module`` names the family of an artifact exported with ``--family-module`` (the
@@ -34,7 +36,7 @@ def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | N
     manifest = load_manifest(art_dir)
     family = _family_of(manifest, art_dir, family_module)
     if backend == "torch" and model is None:
-        model = _load_source_model(family, manifest)
+        model = _load_source_model(family, manifest, model_dir)
     if model is not None:
         _check_same_model(family, model, manifest)
     return CompiledTransformer(art_dir, manifest, backend, device, threshold, clamp, model, decisions)
@@ -62,12 +64,14 @@ def _family_of(manifest, art_dir: Path, family_module: str | None):
         ) from None
 
 
-def _load_source_model(family, manifest):
-    src = Path(manifest.source)
-    if not (src / "config.json").is_file():
+def _load_source_model(family, manifest, model_dir=None):
+    src = Path(model_dir if model_dir is not None else manifest.source)
+    if not ((src / "config.json").is_file() or (src / "transformer" / "config.json").is_file()):
+        where = "the model_dir given" if model_dir is not None else "the manifest's source"
         raise TeaCacheError(
-            f"backend='torch' needs the PyTorch model; the manifest's source {src} is not a model "
-            f"folder here: pass model=<the exported model>"
+            f"backend='torch' needs the PyTorch model; {where} {src} is not a model folder here: "
+            f"pass the exported model's folder (--model-dir DIR on the command line, model_dir= in "
+            f"load_transformer) or the model itself (model=)"
         )
     return family.load_model(src, manifest.precision)
 

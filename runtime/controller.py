@@ -71,6 +71,8 @@ class TeaCache:
         check_threshold(self.threshold)
         if not self.coefficients:
             raise TeaCacheError("coefficients are empty: the manifest's criterion needs a polynomial")
+        if not isinstance(self.clamp, bool):  # clamp="no" is truthy: it would turn clamping on
+            raise TeaCacheError(f"clamp {self.clamp!r} must be True or False (None: the manifest's setting)")
         # The criterion's array arguments, built once (frozen: they cannot go stale).
         object.__setattr__(self, "_coefficients", np.array(self.coefficients, dtype=np.float64))
         object.__setattr__(self, "_thresholds", {})  # n_groups -> this threshold for each

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 from pathlib import Path
 
@@ -33,6 +34,10 @@ class Exported:
         shutil.copytree(self.art_dir, dest)
         return dest
 
+    def graph(self, name: str) -> Path:
+        """The checked path of one exported graph (they live in the manifest's content folder)."""
+        return self.manifest.graph_path(self.art_dir, name)
+
 
 def family_of(module):
     """The family of a tiny-model module: built in (FAMILY), or its own (FAMILY_MODULE)."""
@@ -43,6 +48,18 @@ def family_of(module):
 
 
 _CACHE: dict[str, Exported] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hash_cache(tmp_path_factory):
+    """The per-user sha256 cache of artifact files, private to this session (subprocesses too)."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"]) / "teacache-trt" / "sha256"
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -37,6 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from .. import options
 from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
 from ..families import get_family
@@ -44,6 +46,8 @@ from ..manifest import GRAPH_NAMES, load_manifest
 from ..runtime.api import load_transformer
 from . import latency
 from .sampling import LATENT_INPUT, TIMESTEP_INPUT, check_sampling_inputs
+
+MAX_STEPS = 10_000  # loops and steps: far beyond any sampler, short of a typo's hour-long run
 
 
 # --- timing -----------------------------------------------------------------------------
@@ -152,14 +156,16 @@ def check_thresholds(thresholds: Sequence[float]) -> list[float]:
 
 def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps: int = 20,
               thresholds: Sequence[float] | None = None, axes: Mapping[str, int] | None = None,
-              warmup: int = 1, repeat: int = 1, threads: int = 0, seed: int = 0) -> BenchResult:
+              warmup: int = 1, repeat: int = 1, threads: int = 0, seed: int = 0,
+              model_dir=None) -> BenchResult:
     """Run the sampling loop at threshold 0 and at each threshold; see the module doc."""
-    if steps < 1:
-        raise TeaCacheError(f"--steps {steps}: the loop needs at least 1 step")
-    if warmup < 0 or repeat < 1:
+    if not 1 <= steps <= MAX_STEPS:
+        raise TeaCacheError(f"--steps {steps}: the loop needs 1 to {MAX_STEPS} steps")
+    if not (0 <= warmup <= MAX_STEPS and 1 <= repeat <= MAX_STEPS):
         raise TeaCacheError(f"--warmup {warmup} / --repeat {repeat}: need warmup >= 0 and repeat >= 1")
-    if threads < 0:
-        raise TeaCacheError(f"--threads {threads} must be >= 0 (0 = the backend's default)")
+    cpus = os.cpu_count() or 1
+    if not 0 <= threads <= cpus:
+        raise TeaCacheError(f"--threads {threads}: need 0 (the backend's default) to {cpus} (this machine's CPUs)")
     manifest = load_manifest(art_dir)
     thresholds = check_thresholds(
         [manifest.criterion.default_threshold] if thresholds is None else thresholds)
@@ -171,7 +177,7 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     inputs = family.example_inputs(manifest.config, sizes, dtype, seed=seed)
     if threads and backend == "torch":
         torch.set_num_threads(threads)
-    transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device)
+    transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device, model_dir=model_dir)
     if threads:
         _set_ort_threads(transformer, threads)
     clock = Clock(transformer.device)
@@ -353,44 +359,40 @@ def format_table(result: BenchResult) -> str:
 
 
 # --- CLI --------------------------------------------------------------------------------
-def parse_thresholds(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.25,0.4,0.6") from None
-
-
 def _parse_axis(text: str) -> tuple[str, int]:
     name, sep, size = text.partition("=")
     try:
-        if not sep:
+        if not sep or int(size) < 1:
             raise ValueError
         return name, int(size)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--axis {text!r} is not NAME=SIZE (an integer size), e.g. img_seq=1024") from None
+        raise argparse.ArgumentTypeError(f"--axis {text!r} is not NAME=SIZE (a positive integer size), e.g. img_seq=1024") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ..runtime.backends import BACKENDS
 
-    p = argparse.ArgumentParser(
+    p = options.Parser(
         prog="teacache-bench",
         description="Time an N-step sampling loop over exported graphs with and without TeaCache "
                     "(threshold 0 = baseline), in one process, on the same inputs.",
     )
     p.add_argument("art_dir", help="artifact folder written by teacache-export")
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    p.add_argument("--thresholds", type=parse_thresholds,
+    p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N")
+    p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
+    p.add_argument("--steps", type=options.integer(1, MAX_STEPS), default=20, help="sampling steps (default 20)")
+    p.add_argument("--thresholds", type=options.thresholds,
                    help="comma-separated thresholds to compare with the baseline (default: the manifest's default)")
     p.add_argument("--axis", type=_parse_axis, action="append", default=[],
                    help="input size of an axis, NAME=SIZE (repeatable; default: the profile's opt sizes)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed baseline loops first (default 1)")
-    p.add_argument("--repeat", type=int, default=1, help="timed loops per threshold; walls are medians (default 1)")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--warmup", type=options.integer(0, MAX_STEPS), default=1,
+                   help="untimed baseline loops first (default 1)")
+    p.add_argument("--repeat", type=options.integer(1, MAX_STEPS), default=1,
+                   help="timed loops per threshold; walls are medians (default 1)")
+    p.add_argument("--threads", type=options.threads, default=0,
                    help="intra-op threads of ONNX Runtime (torch backend: torch threads); 0 = default")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("--seed", type=options.integer(0, 2**63 - 1), default=0, help="seed of the random inputs")
     p.add_argument("--json", action="store_true", help="print a JSON dict instead of the table")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--trtexec", action="store_true",
@@ -398,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "its output is kept as <graph>.trtexec.log); without trtexec, the bench's own timing")
     source.add_argument("--from-trtexec", metavar="DIR",
                         help="per-graph latencies from saved trtexec output, DIR/<graph>.trtexec.log")
-    p.add_argument("--report", metavar="DIR",
+    p.add_argument("--report", metavar="DIR", type=options.output_folder,
                    help="write latency.md, latency.json and latency.png (predicted vs measured latency and "
                         "speedup against threshold) to DIR")
     return p
@@ -406,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         manifest = load_manifest(args.art_dir)
         graph_latency = None
         if args.from_trtexec:  # read before the bench runs: a missing log fails in seconds, not minutes
@@ -419,21 +422,20 @@ def main(argv=None) -> int:
                       "timing", file=sys.stderr)
         result = run_bench(args.art_dir, backend=args.backend, device=args.device, steps=args.steps,
                            thresholds=args.thresholds, axes=dict(args.axis), warmup=args.warmup,
-                           repeat=args.repeat, threads=args.threads, seed=args.seed)
+                           repeat=args.repeat, threads=args.threads, seed=args.seed, model_dir=args.model_dir)
         opt = {name: opt for name, (lo, opt, hi) in manifest.axes.items()}
         report = latency.predict(result, graph_latency or latency.bench_latencies(result), opt)
         table = format_table(result)
         if args.report:
             for path in latency.write_report(args.report, report, table):
                 print(f"wrote {path}", file=sys.stderr)
-    except TeaCacheError as exc:
-        print(f"teacache-bench: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({**result.to_dict(), "latency": report}, indent=2))
-    else:
-        print(f"{table}\n\n{latency.format_markdown(report)}")
-    return 0
+        if args.json:
+            print(json.dumps({**result.to_dict(), "latency": report}, indent=2))
+        else:
+            print(f"{table}\n\n{latency.format_markdown(report)}")
+        return 0
+
+    return options.run("teacache-bench", body)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .. import artifact, options
 from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
 from ..families import get_family
-from ..manifest import atomic_write_bytes, load_manifest, save_manifest
+from ..manifest import MANIFEST_NAME, atomic_write_bytes, load_manifest, save_manifest
 from ..runtime.api import load_transformer
 from .drivers import Generate, driver_for
 from .sampling import check_sampling_inputs, sample
 
 TARGETS = ("output", "residual")
+MAX_ORDER = 10  # beyond this polyfit is ill-conditioned; the paper saturates at 4
 
 
 @dataclass
@@ -76,8 +78,8 @@ class PairRecorder:
 
 
 def fit(x: np.ndarray, y: np.ndarray, order: int = 4) -> np.ndarray:
-    if order < 1:
-        raise TeaCacheError(f"order {order} must be >= 1 (the paper: 1 already helps, 4 saturates)")
+    if not 1 <= order <= MAX_ORDER:
+        raise TeaCacheError(f"order {order} must be 1 to {MAX_ORDER} (the paper: 1 already helps, 4 saturates)")
     if len(x) <= order:
         raise TeaCacheError(
             f"{len(x)} calibration pairs cannot fit an order-{order} polynomial: use more seeds or steps"
@@ -146,6 +148,11 @@ def calibrate(pairs: Pairs, seeds: Sequence[int], holdout_seeds: Sequence[int], 
 
 def write_to_manifest(art_dir, calibration: Calibration) -> None:
     """New coefficients into the manifest; the replaced set is kept in previous_coefficients."""
+    with artifact.writing(Path(art_dir)):
+        _write_to_manifest(art_dir, calibration)
+
+
+def _write_to_manifest(art_dir, calibration: Calibration) -> None:
     manifest = load_manifest(art_dir)
     crit = manifest.criterion
     crit.previous_coefficients.append({"coefficients": list(crit.coefficients), "variant": manifest.variant,
@@ -159,6 +166,11 @@ def write_to_manifest(art_dir, calibration: Calibration) -> None:
 
 def restore_previous(art_dir) -> list[float]:
     """Undo the last calibration written to the manifest."""
+    with artifact.writing(Path(art_dir)):
+        return _restore_previous(art_dir)
+
+
+def _restore_previous(art_dir) -> list[float]:
     manifest = load_manifest(art_dir)
     crit = manifest.criterion
     if not crit.previous_coefficients:
@@ -209,10 +221,18 @@ def collect(transformer, generate: Generate, seeds: Sequence[int], target: str =
 
 def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8, holdout: int = 2,
                     steps: int = 20, order: int = 4, target: str = "output", backend: str = "onnxruntime",
-                    device: str = "cpu", log: Callable[[str], None] = print) -> Calibration:
+                    device: str = "cpu", model_dir=None, log: Callable[[str], None] = print) -> Calibration:
+    # Everything the fit needs, checked before the generations (minutes at real sizes).
     if seeds < 1 or holdout < 0:
         raise TeaCacheError(f"--seeds {seeds} / --holdout {holdout}: need seeds >= 1 and holdout >= 0")
-    transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device)
+    if not 1 <= order <= MAX_ORDER:
+        raise TeaCacheError(f"--order {order} must be 1 to {MAX_ORDER} (the paper: 1 already helps, 4 saturates)")
+    if steps < 2 or seeds * (steps - 1) <= order:
+        raise TeaCacheError(f"--seeds {seeds} x --steps {steps} give {seeds * max(steps - 1, 0)} pairs of consecutive "
+                            f"steps, too few for an order-{order} fit: use more seeds or steps")
+    if target not in TARGETS:
+        raise TeaCacheError(f"target {target!r} is not one of {TARGETS}")
+    transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device, model_dir=model_dir)
     generate = generate or synthetic_driver(transformer.manifest, steps)
     t0 = time.perf_counter()
     fit_seeds = list(range(seeds))
@@ -235,41 +255,50 @@ def format_report(c: Calibration) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="teacache-calibrate",
-                                description="Fit TeaCache coefficients for an exported model.")
+    from ..runtime.backends import BACKENDS
+
+    p = options.Parser(prog="teacache-calibrate", description="Fit TeaCache coefficients for an exported model.")
     p.add_argument("art_dir", help="artifact folder written by teacache-export")
-    p.add_argument("--seeds", type=int, default=8, help="generations to fit on")
-    p.add_argument("--holdout", type=int, default=2, help="further generations to score the fit on")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps per generation")
-    p.add_argument("--order", type=int, default=4, help="polynomial order (default 4)")
+    p.add_argument("--seeds", type=options.integer(1, 10_000), default=8, help="generations to fit on")
+    p.add_argument("--holdout", type=options.integer(0, 10_000), default=2,
+                   help="further generations to score the fit on")
+    p.add_argument("--steps", type=options.integer(2, 10_000), default=20,
+                   help="sampling steps per generation (at least 2: pairs of consecutive steps)")
+    p.add_argument("--order", type=options.integer(1, MAX_ORDER), default=4,
+                   help="polynomial order (default 4; 1 already helps, 4 saturates)")
     p.add_argument("--target", choices=TARGETS, default="output",
                    help="y = rel-L1 of the model output (default) or of the cached residual")
     p.add_argument("--driver", default=None,
                    help="where generations come from: 'synthetic' (random inputs, Euler steps) or an "
                         "installed driver such as 'digits' (default: the installed driver that applies "
                         "to this artifact, else synthetic)")
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N")
+    p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--write-manifest", action="store_true",
                        help="store the coefficients in the manifest (the old ones stay in previous_coefficients)")
-    where.add_argument("--json", metavar="FILE", help="write the calibration to this JSON file")
+    where.add_argument("--json", metavar="FILE", type=options.output_file,
+                       help="write the calibration to this JSON file")
     where.add_argument("--restore", action="store_true", help="undo the last --write-manifest and exit")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.restore:
             print(f"restored coefficients: {restore_previous(args.art_dir)}")
             return 0
         manifest = load_manifest(args.art_dir)
+        if args.write_manifest:  # before minutes of generations, not after
+            options.check_writable(Path(args.art_dir) / MANIFEST_NAME, options.output_file)
         driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
         generate = driver.calibration(args.steps) if driver is not None else None
         result = run_calibration(args.art_dir, generate, seeds=args.seeds, holdout=args.holdout,
                                  steps=args.steps, order=args.order, target=args.target,
-                                 backend=args.backend, device=args.device)
+                                 backend=args.backend, device=args.device, model_dir=args.model_dir)
         print(format_report(result))
         if args.write_manifest:
             write_to_manifest(args.art_dir, result)
@@ -277,10 +306,9 @@ def main(argv=None) -> int:
         elif args.json:
             write_json(args.json, result)
             print(f"written to {args.json}")
-    except TeaCacheError as exc:
-        print(f"teacache-calibrate: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return options.run("teacache-calibrate", body)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TeaCacheError
-from ..manifest import GRAPH_NAMES, atomic_write_bytes
+from ..manifest import GRAPH_NAMES, atomic_write_bytes, load_manifest
 
 LOG_SUFFIX = ".trtexec.log"
 # trtexec's performance summary line; "Total GPU Compute Time: 2.9 s" (no "min =") is not it.
@@ -85,11 +85,9 @@ def trtexec_available() -> bool:
 def run_trtexec(art_dir: str | Path, log=print) -> dict[str, GraphLatency]:
     """Run each ``<graph>.trtexec.sh`` of the artifact; keep and parse its output."""
     art_dir = Path(art_dir)
-    scripts = {g: art_dir / f"{g}.trtexec.sh" for g in GRAPH_NAMES}
-    missing = [p.name for p in scripts.values() if not p.is_file()]
-    if missing:
-        raise TeaCacheError(f"{art_dir} has no {missing}: re-run teacache-export, which writes one trtexec "
-                            f"command file per graph")
+    manifest = load_manifest(art_dir)
+    # Beside the graphs in the content folder, checked like every file the manifest names.
+    scripts = {g: manifest.verified(art_dir, f"{g}.trtexec.sh") for g in GRAPH_NAMES}
     out = {}
     for graph, script in scripts.items():
         log(f"trtexec: {script.name} (build at the manifest's profile, then time at opt shapes)")

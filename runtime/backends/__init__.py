@@ -18,7 +18,7 @@ def make_runner(backend: str, art_dir: Path, manifest: Manifest, graph: str, dev
     if backend == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(graph, spec, device, Path(art_dir) / spec.file)
+        return OnnxRuntimeRunner(graph, spec, device, manifest.graph_path(art_dir, graph))
     if backend in ("tensorrt", "tensorrt-rtx"):
         from .tensorrt_runner import TensorRTRunner
 
@@ -28,7 +28,7 @@ def make_runner(backend: str, art_dir: Path, manifest: Manifest, graph: str, dev
                 f"{art_dir} has no {backend} engine for the {graph} graph (built: "
                 f"{sorted(manifest.engines) or 'none'}): run `teacache-export ... --build {backend}`"
             )
-        return TensorRTRunner(graph, spec, device, Path(art_dir) / entry["file"], backend, entry.get("size"))
+        return TensorRTRunner(graph, spec, device, manifest.engine_path(art_dir, backend, graph), backend)
     if backend == "torch":
         from .torch_runner import TorchRunner
 

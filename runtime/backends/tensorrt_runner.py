@@ -12,32 +12,12 @@ from ...dtypes import TORCH_DTYPES
 from .base import Runner
 
 
-def check_engine_file(path: Path, expected_size: int | None, flavour: str) -> None:
-    """Missing or truncated engine files fail here, before any GPU work.
-
-    The size, not the content hash, is checked at load: hashing a multi-GB engine would add
-    a minute to every service start (teacache-export checks hashes before reusing one).
-    """
-    if not path.is_file():
-        raise TeaCacheError(
-            f"engine file {path} is missing: run `teacache-export ... --build {flavour}` for this folder"
-        )
-    size = path.stat().st_size
-    if expected_size is not None and size != expected_size:
-        raise TeaCacheError(
-            f"engine file {path} does not match the manifest (size {size} bytes, built as "
-            f"{expected_size}; truncated or overwritten): rebuild it with `teacache-export ... --build {flavour} --force`"
-        )
-
-
 class TensorRTRunner(Runner):
-    def __init__(self, name, spec, device, path: Path, flavour: str, size: int | None = None):
+    def __init__(self, name, spec, device, path: Path, flavour: str):
         super().__init__(name, spec, device)
-        self.path = Path(path)
+        self.path = Path(path)  # checked (inside the folder, size, sha256) by Manifest.engine_path
         self.flavour = flavour
         self.engine = self.context = None
-        # File checks at construction: every graph's engine is checked before any GPU work.
-        check_engine_file(self.path, size, self.flavour)
 
     def _activate(self) -> None:
         if self.device.type != "cuda" or not torch.cuda.is_available():

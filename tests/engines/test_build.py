@@ -1,28 +1,27 @@
-"""Engines with TensorRT-RTX (ahead of time, no GPU needed), keys, reuse, trtexec files."""
+"""Engines with TensorRT-RTX (ahead of time, no GPU needed), keys, reuse, trtexec files.
+Crash safety and cleanup of engine builds: tests/faults/."""
 from __future__ import annotations
 
 import pytest
 
 import teacache_trt
 from teacache_trt import TeaCacheError
-from teacache_trt.manifest import load_manifest, save_manifest
+from teacache_trt.manifest import load_manifest
 
 pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[test]')")
 pytest.importorskip("polygraphy", reason="polygraphy is not installed")
 
 from models import FAMILIES  # noqa: E402
-from teacache_trt.engines.build import build_engines  # noqa: E402
+from teacache_trt.engines.build import build_in_place  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def flux_engines(exported, tmp_path_factory):
     """The tiny FLUX export with TensorRT-RTX engines, in a private folder."""
     art = exported("flux").copy(tmp_path_factory.mktemp("rtx") / "art")
-    manifest = load_manifest(art)
     logs = []
-    manifest.engines["tensorrt-rtx"] = build_engines(art, manifest, "tensorrt-rtx", log=logs.append)
-    save_manifest(art, manifest)
-    return art, manifest, logs
+    build_in_place(art, load_manifest(art), "tensorrt-rtx", log=logs.append)
+    return art, load_manifest(art), logs
 
 
 def test_every_graph_builds(flux_engines):
@@ -30,8 +29,8 @@ def test_every_graph_builds(flux_engines):
     table = manifest.engines["tensorrt-rtx"]
     assert set(table) == {"embed", "blocks", "head"}
     for graph, entry in table.items():
-        path = art / entry["file"]
-        assert path.stat().st_size > 1000
+        path = manifest.engine_path(art, "tensorrt-rtx", graph)  # listed, inside, hash checked
+        assert path.parent.name == manifest.content and path.stat().st_size > 1000
         assert entry["key"] in entry["file"] and graph in entry["file"]
         assert entry["build_s"] > 0
         assert entry["device"]["sm"]  # built ahead of time for a list of SM targets
@@ -41,17 +40,19 @@ def test_every_graph_builds(flux_engines):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_graph_of_every_family_builds(exported, tmp_path, name):
     art = exported(name).copy(tmp_path / "art")
-    table = build_engines(art, load_manifest(art), "tensorrt-rtx", log=lambda msg: None)
-    assert set(table) == {"embed", "blocks", "head"}
-    for graph, entry in table.items():
-        assert (art / entry["file"]).stat().st_size > 1000, graph
+    build_in_place(art, load_manifest(art), "tensorrt-rtx", log=lambda msg: None)
+    manifest = load_manifest(art)
+    assert set(manifest.engines["tensorrt-rtx"]) == {"embed", "blocks", "head"}
+    for graph in manifest.engines["tensorrt-rtx"]:
+        assert manifest.engine_path(art, "tensorrt-rtx", graph).stat().st_size > 1000, graph
 
 
 def test_rebuild_reuses_unchanged_engines(flux_engines):
     art, manifest, _ = flux_engines
     logs = []
-    table = build_engines(art, manifest, "tensorrt-rtx", log=logs.append)
-    assert table == manifest.engines["tensorrt-rtx"]
+    before = (art / "manifest.json").read_bytes()
+    build_in_place(art, manifest, "tensorrt-rtx", log=logs.append)
+    assert (art / "manifest.json").read_bytes() == before  # nothing to commit
     assert sum("is up to date" in line for line in logs) == 3
 
 
@@ -75,9 +76,9 @@ def test_truncated_engine_is_a_clear_error(flux_engines, tmp_path):
 
     art, manifest, _ = flux_engines
     copy = shutil.copytree(art, tmp_path / "art")
-    engine = copy / manifest.engines["tensorrt-rtx"]["blocks"]["file"]
+    engine = copy / manifest.content / manifest.engines["tensorrt-rtx"]["blocks"]["file"]
     engine.write_bytes(engine.read_bytes()[: engine.stat().st_size // 2])
-    with pytest.raises(TeaCacheError, match=r"does not match the manifest .*truncated or overwritten.*--force"):
+    with pytest.raises(TeaCacheError, match=r"blocks.tensorrt-rtx.*has \d+ bytes but the manifest recorded \d+ \(truncated"):
         teacache_trt.load_transformer(copy, backend="tensorrt-rtx", device="cuda")
 
 
@@ -92,9 +93,12 @@ def test_running_rtx_engines_needs_a_gpu(flux_engines):
 
 
 def test_trtexec_files(exported):
-    art = exported("flux").art_dir
+    ex = exported("flux")
+    content = ex.art_dir / ex.manifest.content  # beside the graphs they build
     for graph in ("embed", "blocks", "head"):
-        text = (art / f"{graph}.trtexec.sh").read_text()
+        path = content / f"{graph}.trtexec.sh"
+        text = path.read_text()
         assert f"--onnx={graph}.onnx" in text and "--stronglyTyped" in text
         assert "--minShapes=" in text and "--maxShapes=" in text and "--shapes=" in text
-    assert "hidden:4x64x32" in (art / "blocks.trtexec.sh").read_text()  # max batch x max img_seq
+        assert path.name in ex.manifest.files and path.stat().st_mode & 0o100  # listed, executable
+    assert "hidden:4x64x32" in (content / "blocks.trtexec.sh").read_text()  # max batch x max img_seq

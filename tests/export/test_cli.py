@@ -16,10 +16,10 @@ AXES = ["--axis", "img_seq=4:16:64", "--axis", "txt_seq=2:8:16", "--batch", "1:2
 def test_rerun_reuses_finished_artifacts(exported, tmp_path, capsys):
     ex = exported("flux")
     art = ex.copy(tmp_path / "art")
-    before = {p.name: p.stat().st_mtime_ns for p in art.glob("*.onnx")}
+    before = {p.name: p.stat().st_mtime_ns for p in art.rglob("*.onnx")}
     assert cli.main([str(ex.model_dir), "--out", str(art), "--build", "none", *AXES]) == 0
     assert "is up to date" in capsys.readouterr().out
-    assert before == {p.name: p.stat().st_mtime_ns for p in art.glob("*.onnx")}
+    assert len(before) == 3 and before == {p.name: p.stat().st_mtime_ns for p in art.rglob("*.onnx")}
 
 
 def test_changed_graph_file_is_not_reused(exported, tmp_path):
@@ -27,13 +27,15 @@ def test_changed_graph_file_is_not_reused(exported, tmp_path):
     from teacache_trt.manifest import load_manifest
 
     art = exported("flux").copy(tmp_path / "art")
-    key = load_manifest(art).export_key
-    assert _reusable(art, key, force=False) is not None
-    assert _reusable(art, key, force=True) is None
-    assert _reusable(art, "another-key", force=False) is None
-    with open(art / "head.onnx", "ab") as f:
+    manifest = load_manifest(art)
+    key, logs = manifest.export_key, []
+    assert _reusable(art, manifest, key, False, logs.append)
+    assert not _reusable(art, manifest, key, True, logs.append)
+    assert not _reusable(art, manifest, "another-key", False, logs.append)
+    with open(manifest.graph_path(art, "head"), "ab") as f:
         f.write(b"\0")
-    assert _reusable(art, key, force=False) is None
+    assert not _reusable(art, manifest, key, False, logs.append)
+    assert "head.onnx" in logs[-1] and "exporting again" in logs[-1]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -75,14 +77,14 @@ def test_failed_verification_keeps_the_previous_artifacts(exported, tmp_path, mo
     ex = exported("flux")
     art = ex.copy(tmp_path / "art")
     manifest_before = (art / "manifest.json").read_text()
-    graphs_before = {p.name: p.read_bytes() for p in art.glob("*.onnx")}
+    graphs_before = {p.name: p.read_bytes() for p in art.rglob("*.onnx")}
     monkeypatch.setitem(verify.TOLERANCES, "fp32", (0.0, 0.0))
     with pytest.raises(TeaCacheError, match=r"differs from PyTorch by .* tolerance for fp32"):
         from teacache_trt.export.exporter import export_model
 
         export_model(ex.model_dir, art, axes=ex.spec.AXES, build="none", force=True, log=lambda m: None)
     assert (art / "manifest.json").read_text() == manifest_before
-    assert graphs_before == {p.name: p.read_bytes() for p in art.glob("*.onnx")}
+    assert len(graphs_before) == 3 and graphs_before == {p.name: p.read_bytes() for p in art.rglob("*.onnx")}
     assert not list(art.glob(".staging-*"))
 
 
@@ -93,4 +95,4 @@ def test_manifest_records_verification(exported):
         assert len(checks) == 2 and checks[0]["axes"] != checks[1]["axes"]
         assert all(0 <= c["max_rel"] <= 1e-5 for c in checks)
     assert manifest["criterion"]["coefficients"][0] == pytest.approx(498.651651)
-    assert manifest["versions"]["torch"] and manifest["format_version"] == 1
+    assert manifest["versions"]["torch"] and manifest["format_version"] == 2

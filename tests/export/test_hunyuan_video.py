@@ -80,7 +80,7 @@ def test_embed_runs_in_onnxruntime_with_the_models_attention_mask(exported):
     # Where(bool, bool, bool); the adapter's mask must not, and must equal the model's.
     ex = exported(NAME)
     for graph in GRAPH_NAMES:
-        assert _bool_wheres(ex.art_dir / f"{graph}.onnx") == [], graph
+        assert _bool_wheres(ex.graph(graph)) == [], graph
     feed = feed_at(ex, ex.spec.POINT, seed=5)
     assert not feed["encoder_attention_mask"].bool().all()  # padded text: the mask has work to do
     seen = {}
@@ -94,7 +94,7 @@ def test_embed_runs_in_onnxruntime_with_the_models_attention_mask(exported):
     finally:
         hook.remove()
     shapes = propagate([ex.manifest.graphs["embed"]], {n: t.shape for n, t in feed.items()})
-    got = run_ort(ort_session(ex.art_dir / "embed.onnx"),
+    got = run_ort(ort_session(ex.graph("embed")),
                   {**feed, "prev_signal": torch.zeros(shapes["prev_signal"])})
     assert torch.equal(got["attention_mask"].bool(), seen["mask"])
 
@@ -111,4 +111,4 @@ def test_token_replace_variant_is_rejected(tmp_path):
     )
     with pytest.raises(TeaCacheError, match="image_condition_type='token_replace'.*latent_concat"):
         export_model(None, tmp_path / "art", model=model, build="none", log=lambda msg: None)
-    assert not (tmp_path / "art" / "embed.onnx").exists()
+    assert not (tmp_path / "art").exists()  # refused before anything is written

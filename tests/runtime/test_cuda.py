@@ -13,7 +13,7 @@ import torch
 
 import teacache_trt
 from teacache_trt.families import get_family
-from teacache_trt.manifest import load_manifest, save_manifest
+from teacache_trt.manifest import load_manifest
 
 pytestmark = pytest.mark.gpu
 STEPS = 8
@@ -52,12 +52,10 @@ def trt_art(exported, tmp_path_factory):
     flavour = resolve_flavour("auto")
     if flavour == "none":
         pytest.skip("neither tensorrt nor tensorrt-rtx is installed")
-    from teacache_trt.engines.build import build_engines
+    from teacache_trt.engines.build import build_in_place
 
     art = exported("flux").copy(tmp_path_factory.mktemp("cuda_trt") / "art")
-    manifest = load_manifest(art)
-    manifest.engines[flavour] = build_engines(art, manifest, flavour, log=lambda m: None)
-    save_manifest(art, manifest)
+    build_in_place(art, load_manifest(art), flavour, log=lambda m: None)
     return flavour, art
 
 

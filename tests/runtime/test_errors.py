@@ -70,7 +70,7 @@ def test_missing_input(flux, counted):
 
 def test_missing_graph_file(flux, tmp_path):
     art = flux.copy(tmp_path / "art")
-    (art / "blocks.onnx").unlink()
+    (art / flux.manifest.content / "blocks.onnx").unlink()
     with pytest.raises(TeaCacheError, match=r"blocks.onnx named by the manifest is missing.*teacache-export"):
         teacache_trt.load_transformer(art)
 
@@ -80,7 +80,7 @@ def test_other_format_version(flux, tmp_path):
     data = json.loads((art / "manifest.json").read_text())
     data["format_version"] = 999
     (art / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(TeaCacheError, match=r"format_version 999; this teacache-trt reads format_version 1.*--force"):
+    with pytest.raises(TeaCacheError, match=r"format_version 999; this teacache-trt reads format_version 2.*--force"):
         teacache_trt.load_transformer(art)
 
 

@@ -1,0 +1,168 @@
+"""How an artifact folder changes: one writer at a time, a new set written beside the old one,
+the manifest's atomic rename as the single commit point, and the old set removed after it.
+
+    ART/manifest.json      names the content folder and every file in it (the commit point)
+    ART/v-<12 hex>/        graphs, external data, engines, trtexec command files
+    ART/.staging-XXXXXX/   a set being written; a run that died leaves one, the next removes it
+    ART/.lock              held (flock) by the one process writing to ART
+
+A kill -9 at any moment leaves ``manifest.json`` naming either the old complete set or the new
+one: the new set is complete before the manifest names it, and the old set is removed only
+after.  A reader never sees a mixed set.  Cleanup removes only names this module creates (and,
+once, the files an artifact of format 1 named): user files in a ``--force`` folder are kept.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from . import faults
+from .errors import TeaCacheError
+from .files import check_name, fsync_dir, inside, os_errors, regular_file, remove, share
+from .manifest import (
+    CONTENT_PATTERN, GRAPH_NAMES, MANIFEST_NAME, Manifest, load_manifest, onnx_external_data,
+    read_manifest_json, save_manifest,
+)
+
+STAGING_PREFIX = ".staging-"
+LOCK_NAME = ".lock"
+_OURS = (STAGING_PREFIX, f".{MANIFEST_NAME}.", ".timing.")  # temporary names at the top level
+
+
+def is_artifact(folder: Path) -> bool:
+    """``folder`` holds a manifest written by teacache-trt (any format version)."""
+    try:
+        data = read_manifest_json(folder)
+    except (TeaCacheError, OSError):
+        return False
+    return isinstance(data, dict) and "format_version" in data and "export_key" in data
+
+
+def _only_ours(folder: Path) -> bool:
+    return all(n == LOCK_NAME or n.startswith(_OURS) or CONTENT_PATTERN.fullmatch(n) for n in os.listdir(folder))
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """``--out``: a new or empty folder, an artifact folder of this project, or ``--force``;
+    in every case a folder this process can write to.  Checked before any heavy work."""
+    out = Path(out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise TeaCacheError(f"--out {out} is a file, not a folder: give a folder path (it is created if missing)")
+    with os_errors(f"using --out {out}"):
+        if out.is_dir() and not force and not is_artifact(out) and not _only_ours(out):
+            found = sorted(os.listdir(out))
+            raise TeaCacheError(
+                f"--out {out} is not empty and is not a teacache-trt artifact folder (it holds "
+                f"{', '.join(found[:3])}{', ...' if len(found) > 3 else ''}): choose a new or empty folder, "
+                f"or pass --force to write into it (other files are kept; manifest.json is replaced)"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=out)  # the real test, EROFS included
+        os.close(fd)
+        os.unlink(probe)
+
+
+@contextlib.contextmanager
+def writing(art: Path) -> Iterator[None]:
+    """Hold the folder's writer lock: a second export or calibration into it fails at once."""
+    with os_errors(f"locking {art}"):
+        fd = os.open(Path(art) / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TeaCacheError(
+                f"another process is writing to {art} (teacache-export or teacache-calibrate): "
+                f"wait for it to finish, or use another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def current(art: Path) -> Manifest | None:
+    """The folder's committed manifest, or None where there is none this version can read."""
+    try:
+        return load_manifest(art)
+    except TeaCacheError:
+        return None
+
+
+def new_staging(art: Path) -> Path:
+    with os_errors(f"writing to {art}"):
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=art))
+        share(staging, folder=True)
+    return staging
+
+
+def commit_staging(art: Path, staging: Path, manifest: Manifest) -> None:
+    """Make the complete set in ``staging`` the artifact of ``art`` (``manifest.files`` filled)."""
+    art = Path(art)
+    legacy = _legacy_files(art)
+    faults.point("export:staged")
+    with os_errors(f"committing the export to {art}"):
+        manifest.content = f"v-{secrets.token_hex(6)}"
+        os.rename(staging, art / manifest.content)
+        fsync_dir(art)
+        faults.point("export:renamed")
+        save_manifest(art, manifest)
+        fsync_dir(art)
+    faults.point("export:committed")
+    for name in legacy:
+        remove(art, name)
+    clean(art, manifest)
+
+
+def commit_manifest(art: Path, manifest: Manifest, stage: str) -> None:
+    """Switch to ``manifest`` (new files already in its content folder), then clean up."""
+    faults.point(f"{stage}:written")
+    save_manifest(art, manifest)
+    with os_errors(f"committing to {art}"):
+        fsync_dir(art)
+    faults.point(f"{stage}:committed")
+    clean(art, manifest)
+
+
+def clean(art: Path, manifest: Manifest | None) -> None:
+    """Remove what the committed manifest does not name: staging folders and temporary files
+    of runs that died, earlier content folders, superseded engines.  Without a readable
+    manifest of this version only the temporary names go (a newer version's set is kept)."""
+    art = Path(art)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(art):
+            if name.startswith(_OURS) or (manifest is not None and CONTENT_PATTERN.fullmatch(name)
+                                          and name != manifest.content):
+                remove(art, name)
+        if manifest is not None:
+            content = inside(art, manifest.content, "content folder")
+            for name in os.listdir(content):
+                if name not in manifest.files:
+                    remove(content, name)
+
+
+def _legacy_files(art: Path) -> list[str]:
+    """Files an artifact of format 1 named at the top level: removed once format 2 commits."""
+    try:
+        data = read_manifest_json(art)
+    except (TeaCacheError, OSError):
+        return []
+    if not isinstance(data, dict) or data.get("format_version") != 1:
+        return []
+    names = [f"{g}.trtexec.sh" for g in GRAPH_NAMES]
+    for spec in (data.get("graphs") or {}).values():
+        names.append(spec.get("file") if isinstance(spec, dict) else None)
+        with contextlib.suppress(TeaCacheError, OSError):
+            names += onnx_external_data(regular_file(art, names[-1], "graph"))
+    for table in (data.get("engines") or {}).values():
+        names += [e.get("file") for e in (table or {}).values() if isinstance(e, dict)]
+    out = []
+    for name in names:
+        with contextlib.suppress(TeaCacheError):
+            if "/" not in check_name(name, "file") and name != MANIFEST_NAME:
+                out.append(name)
+    return out
