@@ -43,6 +43,8 @@ class ContextState:
     # one entry per call: the group's ratio (None: nothing to compare), a list of them per
     # group when there are several
     rel_l1: list = field(default_factory=list)
+    # the step plan (input shape) prev_signal and residual were last checked against
+    plan_key: tuple | None = None
 
     def __post_init__(self):
         if self.n_groups < 1:

@@ -13,12 +13,13 @@ BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx", "torch")
 
 
 def make_runner(backend: str, art_dir: Path, manifest: Manifest, graph: str, device: torch.device,
-                parts=None) -> Runner:
+                parts=None, stream=None) -> Runner:
+    """The runner of ``graph``; ``stream``: the CUDA stream its ``infer_into`` runs on."""
     spec = manifest.graphs[graph]
     if backend == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
 
-        return OnnxRuntimeRunner(graph, spec, device, Path(art_dir) / spec.file)
+        return OnnxRuntimeRunner(graph, spec, device, Path(art_dir) / spec.file, stream=stream)
     if backend in ("tensorrt", "tensorrt-rtx"):
         from .tensorrt_runner import TensorRTRunner
 
@@ -28,9 +29,9 @@ def make_runner(backend: str, art_dir: Path, manifest: Manifest, graph: str, dev
                 f"{art_dir} has no {backend} engine for the {graph} graph (built: "
                 f"{sorted(manifest.engines) or 'none'}): run `teacache-export ... --build {backend}`"
             )
-        return TensorRTRunner(graph, spec, device, Path(art_dir) / entry["file"], backend, entry.get("size"))
+        return TensorRTRunner(graph, spec, device, Path(art_dir) / entry["file"], backend, entry.get("size"), stream)
     if backend == "torch":
         from .torch_runner import TorchRunner
 
-        return TorchRunner(graph, spec, device, parts[graph])
+        return TorchRunner(graph, spec, device, parts[graph], stream)
     raise TeaCacheError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")

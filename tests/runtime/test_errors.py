@@ -27,10 +27,11 @@ def flux(exported):
 def counted(flux):
     """A transformer whose graph launches are counted."""
     t = teacache_trt.load_transformer(flux.art_dir)
+    t.reset(4)
     calls = []
     for name, runner in t.runners.items():
-        original = runner.infer
-        runner.infer = lambda feed, _n=name, _o=original: (calls.append(_n), _o(feed))[1]
+        original = runner.infer_into
+        runner.infer_into = lambda feed, out, _n=name, _o=original: (calls.append(_n), _o(feed, out))[1]
     return t, calls
 
 
@@ -119,10 +120,11 @@ def test_exporter_named_dims_are_checked_against_the_profile(exported):
     ex = exported("cogvideox")
     fam = get_family("cogvideox")
     t = teacache_trt.load_transformer(ex.art_dir)
+    t.reset(4)
     kwargs = fam.kwargs_from_feed(fam.example_inputs(dict(ex.model.config), {**ex.spec.POINT, "frames": 5},
                                                      torch.float32))
     calls = []
-    t.runners["embed"].infer = lambda feed: calls.append(feed)
+    t.runners["embed"].infer_into = lambda feed, out: calls.append(feed)
     with pytest.raises(TeaCacheError, match=r"input 'hidden_states' has size 5 on dim 1 .*outside the built profile \[1, 3\]"):
         t(**kwargs)
     assert calls == []
