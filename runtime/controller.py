@@ -37,6 +37,7 @@ class ContextState:
     n_groups: int = 1
     step: int = 0
     prev_signal: torch.Tensor | None = None
+    next_signal: torch.Tensor | None = None  # the buffer the next call's signal is written to
     residual: dict[str, torch.Tensor] | None = None
     computed: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)

@@ -4,12 +4,13 @@ A generation calls the transformer tens of times at the same shapes, so the firs
 shape binds the dims, checks them against the profile, and allocates every graph's output
 buffers (on the device); later calls find the plan by a shape key and only run graphs.  The
 buffers keep their addresses for the plan's life: backends bind them once, and a captured
-CUDA graph can replay over them.  What a cache context must keep across calls (its previous
-signal, its residual) lives in its own buffers (:class:`.controller.ContextState`), copied or
-written there from the plan's.
+CUDA graph can replay over them.  What a cache context keeps across calls (its signals, its
+residual) lives in its own buffers (:class:`.controller.ContextState`), which the graphs write
+directly: nothing is copied on the way (on a CPU a large ``copy_`` runs as a parallel region
+that, on a loaded machine, waits milliseconds for a descheduled thread).  The output a call
+returns is a fresh tensor: callers keep outputs across calls (CFG).
 
-Tensors in a plan are valid until the next call at the same shape: whatever a caller keeps
-(the output it returns) is copied out.
+Tensors in a plan are valid until the next call at the same shape.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ class StepPlan:
         self.device = device
         self._runners = runners
         self._batched = batched_block_inputs
+        # every embed output but the signal, which goes to the context's own buffer
         self.embed_out = runners["embed"].allocate(self.shapes)
-        self.head_out = runners["head"].allocate(self.shapes)
+        self._signal = self.embed_out.pop("signal")
         # the embed's prev_signal when a context has nothing to compare against
         self.zeros_prev = torch.zeros(self.shapes["prev_signal"], dtype=TORCH_DTYPES[prev_dtype], device=device)
         self._sub: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
@@ -50,6 +52,14 @@ class StepPlan:
             self._ready = torch.cuda.Event()
         else:
             self._host = None
+
+    def new_signal(self) -> torch.Tensor:
+        """A signal buffer, for a cache context at this shape (it keeps two and alternates)."""
+        return torch.empty_like(self._signal)
+
+    def new_output(self) -> dict[str, torch.Tensor]:
+        """The head's outputs of one call (fresh: the caller keeps them)."""
+        return self._runners["head"].allocate(self.shapes)
 
     def new_residual(self) -> dict[str, torch.Tensor]:
         """Residual buffers of the whole batch, for a cache context that starts at this shape."""
@@ -69,8 +79,9 @@ class StepPlan:
             shapes = dict(self.shapes)
             for name in (*self._batched, *self._runners["blocks"].output_names):
                 shapes[name] = (rows, *self.shapes[name][1:])
-            inputs = {n: torch.empty(shapes[n], dtype=self.embed_out[n].dtype, device=self.device)
-                      for n in self._batched}
+            blocks = self._runners["blocks"].spec
+            inputs = {s.name: torch.empty(shapes[s.name], dtype=TORCH_DTYPES[s.dtype], device=self.device)
+                      for s in blocks.inputs if s.name in self._batched}
             sub = self._sub[rows] = (inputs, self._runners["blocks"].allocate(shapes))
         return sub
 

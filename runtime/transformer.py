@@ -4,11 +4,11 @@ An instance replaces ``pipe.transformer``.  All TeaCache state lives on the inst
 thread and ``cache_context`` name; nothing is patched on any class.
 
 A step, after the first at its input shape (which builds the :class:`.plan.StepPlan`):
-look the plan up by the inputs' shapes, run the embed graph into the plan's buffers, decide
-(per call, or per prompt in ``sample`` mode), run the blocks graph into the context's residual
-(all rows, the rows that compute, or nothing), run the head, copy its output out.  On a GPU
-all of it is queued on the transformer's own stream, ordered after the caller's work and
-before the caller's next.
+look the plan up by the inputs' shapes; run the embed graph into the plan's buffers; decide
+(per call, or per prompt in ``sample`` mode); run the blocks graph into the cache context's
+residual (all rows, the rows that compute, or nothing); run the head into a fresh output
+tensor, which the caller keeps.  On a GPU all of it is queued on the transformer's own
+stream, ordered after the caller's work and before the caller's next.
 
 Threads: a transformer may be called from several threads at once.  Each thread has its own
 generations (step count, cache contexts, ``stats``); graph runs are serialized by a lock, so
@@ -294,9 +294,15 @@ class CompiledTransformer(torch.nn.Module):
         if state.plan_key is not plan.key:
             self._fit_state(state, plan)
         has_prev = state.prev_signal is not None
+        if state.next_signal is None:
+            state.next_signal = plan.new_signal()
         feed["prev_signal"] = state.prev_signal if has_prev else plan.zeros_prev
         pool = feed
-        pool.update(self.runners["embed"].infer_into(feed, plan.embed_out))
+        embed_out = plan.embed_out
+        embed_out["signal"] = state.next_signal
+        pool.update(self.runners["embed"].infer_into(feed, embed_out))
+        # This call's signal is the next call's previous one; the old buffer takes the next.
+        state.prev_signal, state.next_signal = state.next_signal, state.prev_signal
         l1_diff, l1_prev = plan.read_sums() if has_prev else (None, None)
         groups = plan.group_of_row(state.n_groups)
         flags = self.policy.decide(state, thread.num_steps, l1_diff, l1_prev, groups, 1 - state.has_residual,
@@ -304,13 +310,8 @@ class CompiledTransformer(torch.nn.Module):
         compute = bool(flags.any())
         if compute:
             self._run_blocks(plan, state, pool, flags, groups)
-        if has_prev:
-            state.prev_signal.copy_(pool["signal"])  # the embed has read the old one
-        else:
-            state.prev_signal = pool["signal"].clone()
         pool.update(state.residual)
-        # A copy: the plan's buffer is rewritten by the next call, callers keep outputs (CFG).
-        out = self.runners["head"].infer_into(pool, plan.head_out)["output"].clone()
+        out = self.runners["head"].infer_into(pool, plan.new_output())["output"]
         if self.observers:
             pool["output"] = out
             for observe in self.observers:
@@ -319,8 +320,9 @@ class CompiledTransformer(torch.nn.Module):
 
     def _fit_state(self, state: ContextState, plan: StepPlan) -> None:
         """A context meets a plan (shape) it was not at last call: keep what still fits."""
-        if state.prev_signal is not None and state.prev_signal.shape != plan.signal_shape:
-            state.prev_signal = None  # the batch or resolution changed: nothing to compare against
+        if any(t is not None and t.shape != plan.signal_shape for t in (state.prev_signal, state.next_signal)):
+            # the batch or resolution changed: nothing to compare against
+            state.prev_signal = state.next_signal = None
         if state.residual is not None and any(
                 t.shape != plan.shapes[n] for n, t in state.residual.items()):
             state.forget_residual()
