@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import TeaCacheError
-from ..manifest import GRAPH_NAMES, Manifest, atomic_write_bytes, sha256_file, sha256_json
+from ..manifest import Manifest, atomic_write_bytes, graph_names, sha256_file, sha256_json
 from .flavours import polygraphy_trt, trt_module
 
 # TensorRT-RTX builds ahead of time without a GPU for these targets (RTX-class GPUs).
@@ -53,21 +53,22 @@ def build_engines(
     trt = trt_module(flavour)
     device = target_device(flavour, rtx_targets)
     table = {}
-    for i, graph in enumerate(GRAPH_NAMES, 1):
+    names = graph_names(manifest.graphs)
+    for i, graph in enumerate(names, 1):
         key = engine_key(manifest, graph, flavour, trt.__version__, device)
         path = art_dir / f"{graph}.{flavour}.{key}.engine"
         old = manifest.engines.get(flavour, {}).get(graph, {})
         if path.is_file() and old.get("sha256") == sha256_file(path) and not force:
-            log(f"[build {i}/3] {path.name} is up to date")
+            log(f"[build {i}/{len(names)}] {path.name} is up to date")
             table[graph] = {**old, "file": path.name, "key": key}
             continue
-        log(f"[build {i}/3] {graph} -> {flavour} engine ...")
+        log(f"[build {i}/{len(names)}] {graph} -> {flavour} engine ...")
         t0 = time.perf_counter()
         data = build_engine_bytes(art_dir / manifest.graphs[graph].file, manifest.graphs[graph].profile,
                                   flavour, art_dir / f"timing.{flavour}.cache", device)
         atomic_write_bytes(path, data)
         seconds = time.perf_counter() - t0
-        log(f"[build {i}/3] {path.name} in {seconds:.1f}s ({len(data) / 1e6:.1f} MB)")
+        log(f"[build {i}/{len(names)}] {path.name} in {seconds:.1f}s ({len(data) / 1e6:.1f} MB)")
         table[graph] = {"file": path.name, "key": key, "sha256": sha256_file(path), "size": len(data), "build_s": round(seconds, 3),
                         "trt_version": trt.__version__, "device": device}
         if old.get("file") and old["file"] != path.name:

@@ -44,6 +44,9 @@ class ContextState:
     # one entry per call: the group's ratio (None: nothing to compare), a list of them per
     # group when there are several
     rel_l1: list = field(default_factory=list)
+    # the context graph's outputs, and the inputs (tensor, _version) they were computed from
+    context_out: dict[str, torch.Tensor] | None = None
+    context_inputs: list | None = None
     # the step plan (input shape) prev_signal and residual were last checked against
     plan_key: tuple | None = None
 

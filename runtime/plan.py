@@ -53,6 +53,10 @@ class StepPlan:
         else:
             self._host = None
 
+    def new_context(self) -> dict[str, torch.Tensor]:
+        """Context-graph outputs, for a cache context at this shape (kept across its calls)."""
+        return self._runners["context"].allocate(self.shapes)
+
     def new_signal(self) -> torch.Tensor:
         """A signal buffer, for a cache context at this shape (it keeps two and alternates)."""
         return torch.empty_like(self._signal)

@@ -4,11 +4,12 @@ An instance replaces ``pipe.transformer``.  All TeaCache state lives on the inst
 thread and ``cache_context`` name; nothing is patched on any class.
 
 A step, after the first at its input shape (which builds the :class:`.plan.StepPlan`):
-look the plan up by the inputs' shapes; run the embed graph into the plan's buffers; decide
-(per call, or per prompt in ``sample`` mode); run the blocks graph into the cache context's
-residual (all rows, the rows that compute, or nothing); run the head into a fresh output
-tensor, which the caller keeps.  On a GPU all of it is queued on the transformer's own
-stream, ordered after the caller's work and before the caller's next.
+look the plan up by the inputs' shapes; run the context graph (where the artifact has one)
+only if its inputs changed since this cache context's last call; run the embed graph into the
+plan's buffers; decide (per call, or per prompt in ``sample`` mode); run the blocks graph into
+the cache context's residual (all rows, the rows that compute, or nothing); run the head into
+a fresh output tensor, which the caller keeps.  On a GPU all of it is queued on the
+transformer's own stream, ordered after the caller's work and before the caller's next.
 
 Threads: a transformer may be called from several threads at once.  Each thread has its own
 generations (step count, cache contexts, ``stats``); graph runs are serialized by a lock, so
@@ -17,6 +18,7 @@ one thread's step waits for another's to finish.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -29,7 +31,7 @@ from diffusers.configuration_utils import FrozenDict
 from ..dtypes import PRECISIONS, TORCH_DTYPES
 from ..errors import TeaCacheError
 from ..families import get_family
-from ..manifest import GRAPH_NAMES, Manifest
+from ..manifest import CONTEXT_GRAPH, Manifest, graph_names
 from ..shapes import bind, propagate
 from .backends import make_runner
 from .controller import ContextState, TeaCache, check_threshold, merge_stats
@@ -39,6 +41,15 @@ DEFAULT_CONTEXT = "default"
 DECISIONS = ("batch", "sample")
 BATCH_AXIS = "batch"  # the dim name the exporter gives every per-row dim 0
 MAX_PLANS = 8  # input shapes whose buffers are kept; the least recently used goes first
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """A tensor's write counter; None where it has none (inference-mode tensors): never equal
+    to the last one seen, so the context graph runs every call for them."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 class _Thread(threading.local):
@@ -81,11 +92,19 @@ class CompiledTransformer(torch.nn.Module):
         self._stream = torch.cuda.Stream(self._device) if cuda else None
         parts = (self.family.parts(model, self.family.variant(manifest.variant))
                  if model is not None else None)
+        self._graphs = graph_names(manifest.graphs)
         self.runners = {g: make_runner(backend, self.art_dir, manifest, g, self._device, parts, self._stream)
-                        for g in GRAPH_NAMES}
+                        for g in self._graphs}
         for runner in self.runners.values():
             runner.activate()  # load every graph now: a bad artifact fails here, not mid-render
-        self._embed_specs = {s.name: s for s in manifest.graphs["embed"].inputs if s.name != "prev_signal"}
+        # The model's inputs: what the context and embed graphs take that no graph produces.
+        context = manifest.graphs.get(CONTEXT_GRAPH)
+        produced = {"prev_signal", *(context.output_names if context else ())}
+        takers = self._graphs[:self._graphs.index("embed") + 1]
+        self._input_specs = {s.name: s for g in takers for s in manifest.graphs[g].inputs if s.name not in produced}
+        self._context_inputs = tuple(context.input_names) if context else ()
+        self._input_profiles = {n: p for g in takers for n, p in manifest.graphs[g].profile.items()
+                                if n in self._input_specs}
         self._prev_dtype = next(s.dtype for s in manifest.graphs["embed"].inputs if s.name == "prev_signal")
         self._accepted = self.family.accepted_kwargs()
         # Blocks inputs with a per-row dim 0: what a sub-batch gathers (rotary tables have none).
@@ -171,10 +190,11 @@ class CompiledTransformer(torch.nn.Module):
 
     def reset(self, num_inference_steps: int) -> None:
         """Start a new generation of ``num_inference_steps`` calls per cache context (this thread)."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 0:
-            raise TeaCacheError(f"num_inference_steps={num_inference_steps!r} must be an integer >= 0")
+        n = num_inference_steps
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise TeaCacheError(f"num_inference_steps={n!r} must be an integer >= 0")
         thread = self._thread
-        thread.num_steps = num_inference_steps
+        thread.num_steps = int(n)
         thread.states = {}
         thread.calls_this_step = {}
 
@@ -288,11 +308,14 @@ class CompiledTransformer(torch.nn.Module):
         return self.family.wrap_output(out, return_dict)
 
     def _step(self, thread: _Thread, feed: dict[str, torch.Tensor]) -> torch.Tensor:
+        given = [feed.get(n) for n in self._context_inputs]  # the caller's, before any conversion
         plan = self._plan(feed)
         context = self._route(thread)
         state = self._state(thread, context, plan.rows)
         if state.plan_key is not plan.key:
             self._fit_state(state, plan)
+        if given:
+            self._run_context(plan, state, feed, given)
         has_prev = state.prev_signal is not None
         if state.next_signal is None:
             state.next_signal = plan.new_signal()
@@ -318,6 +341,21 @@ class CompiledTransformer(torch.nn.Module):
                 observe(context, state.step - 1, compute, pool)
         return out
 
+    def _run_context(self, plan: StepPlan, state: ContextState, feed: dict, given: list) -> None:
+        """The context graph, when its inputs changed since this cache context's last call.
+
+        Unchanged = the same tensor objects, not written to since (``_version``): pipelines
+        pass the same prompt embeddings and ids at every step of a generation.
+        """
+        last = state.context_inputs
+        if last is not None and all(t is seen and _version(t) == v for t, (seen, v) in zip(given, last)):
+            feed.update(state.context_out)
+            return
+        if state.context_out is None:
+            state.context_out = plan.new_context()
+        feed.update(self.runners[CONTEXT_GRAPH].infer_into(feed, state.context_out))
+        state.context_inputs = [(t, _version(t)) for t in given]
+
     def _fit_state(self, state: ContextState, plan: StepPlan) -> None:
         """A context meets a plan (shape) it was not at last call: keep what still fits."""
         if any(t is not None and t.shape != plan.signal_shape for t in (state.prev_signal, state.next_signal)):
@@ -326,6 +364,10 @@ class CompiledTransformer(torch.nn.Module):
         if state.residual is not None and any(
                 t.shape != plan.shapes[n] for n, t in state.residual.items()):
             state.forget_residual()
+        state.context_inputs = None  # run the context graph again at the new shape
+        if state.context_out is not None and any(
+                t.shape != plan.shapes[n] for n, t in state.context_out.items()):
+            state.context_out = None
         state.plan_key = plan.key
 
     def _run_blocks(self, plan: StepPlan, state: ContextState, pool: dict, flags: np.ndarray,
@@ -353,10 +395,10 @@ class CompiledTransformer(torch.nn.Module):
         """The plan of these inputs' shapes (built and checked on the first call at them);
         converts inputs given with another dtype, device or layout, in place."""
         try:
-            key = tuple((t.shape, t.dtype, t.device, t.is_contiguous()) for t in map(feed.__getitem__, self._embed_specs))
+            key = tuple((t.shape, t.dtype, t.device, t.is_contiguous()) for t in map(feed.__getitem__, self._input_specs))
         except (KeyError, AttributeError):  # a missing input, or a number where a tensor goes
             self._check_present(feed)
-            for name in self._embed_specs:
+            for name in self._input_specs:
                 if not isinstance(feed[name], torch.Tensor):
                     feed[name] = torch.as_tensor(feed[name])
             return self._plan(feed)
@@ -370,18 +412,18 @@ class CompiledTransformer(torch.nn.Module):
         return plan
 
     def _check_present(self, feed) -> None:
-        for name in self._embed_specs:
+        for name in self._input_specs:
             if name not in feed:
                 raise TeaCacheError(
                     f"input {name!r} is missing; the {self.manifest.family} graphs were exported "
-                    f"with inputs {list(self._embed_specs)}"
+                    f"with inputs {list(self._input_specs)}"
                 )
 
     def _new_plan(self, feed: dict[str, torch.Tensor], key: tuple) -> StepPlan:
         """Check the inputs against the manifest before any launch, and build their plan."""
         env: dict[str, int] = {}
         convert = []
-        for name, spec in self._embed_specs.items():
+        for name, spec in self._input_specs.items():
             t = feed[name]
             want = TORCH_DTYPES[spec.dtype]
             if t.dtype != want and not (t.dtype.is_floating_point and want.is_floating_point):
@@ -394,7 +436,7 @@ class CompiledTransformer(torch.nn.Module):
             if t.dtype != want or t.device != self._device or not t.is_contiguous():
                 convert.append((name, want))
         self._check_profile(env, feed)
-        shapes = propagate([self.manifest.graphs[g] for g in GRAPH_NAMES], {n: feed[n].shape for n in self._embed_specs})
+        shapes = propagate([self.manifest.graphs[g] for g in self._graphs], {n: feed[n].shape for n in self._input_specs})
         if len(self._plans) >= MAX_PLANS:
             self._plans.popitem(last=False)
         plan = self._plans[key] = StepPlan(key, shapes, self.runners, tuple(convert), self._batched_block_inputs,
@@ -437,9 +479,7 @@ class CompiledTransformer(torch.nn.Module):
                     f"re-export with --axis {axis}={min(lo, value)}:{opt}:{max(hi, value)}"
                 )
         # Dims the exporter named itself (derived from several axes) are checked per input.
-        for name, prof in self.manifest.graphs["embed"].profile.items():
-            if name not in feed:
-                continue
+        for name, prof in self._input_profiles.items():
             shape = tuple(feed[name].shape)
             for i, (d, lo, hi) in enumerate(zip(shape, prof["min"], prof["max"])):
                 if not lo <= d <= hi:

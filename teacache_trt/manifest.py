@@ -19,7 +19,15 @@ from .shapes import Dim
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-GRAPH_NAMES = ("embed", "blocks", "head")
+GRAPH_NAMES = ("embed", "blocks", "head")  # every artifact has these three
+# Optional, first: what depends only on inputs that stay fixed within a generation (prompt
+# embeddings, position ids); the runtime runs it only when those inputs change.
+CONTEXT_GRAPH = "context"
+
+
+def graph_names(graphs) -> tuple[str, ...]:
+    """The graphs of an artifact (a manifest's ``graphs``, a family's parts) in run order."""
+    return ((CONTEXT_GRAPH,) if CONTEXT_GRAPH in graphs else ()) + GRAPH_NAMES
 
 
 @dataclass
@@ -160,7 +168,7 @@ def load_manifest(art_dir: str | os.PathLike, check_files: bool = True) -> Manif
     except (TypeError, KeyError) as exc:
         raise TeaCacheError(f"{path} is missing or has unknown fields ({exc}); re-export with --force") from exc
     if check_files:
-        for name in GRAPH_NAMES:
+        for name in graph_names(manifest.graphs):
             if name not in manifest.graphs:
                 raise TeaCacheError(f"{path} lists no {name!r} graph; re-export with --force")
             graph_path = art_dir / manifest.graphs[name].file

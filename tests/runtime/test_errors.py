@@ -111,7 +111,7 @@ def test_bad_threshold(flux, threshold):
 
 
 def test_tensorrt_without_engines(flux):
-    with pytest.raises(TeaCacheError, match=r"no tensorrt-rtx engine for the embed graph.*--build tensorrt-rtx"):
+    with pytest.raises(TeaCacheError, match=r"no tensorrt-rtx engine for the context graph.*--build tensorrt-rtx"):
         teacache_trt.load_transformer(flux.art_dir, backend="tensorrt-rtx", device="cpu")
 
 
@@ -140,4 +140,4 @@ def test_inputs_the_graphs_cannot_take_are_refused(flux, counted):
     with pytest.raises(TeaCacheError, match="LoRA scales cannot change a compiled graph"):
         t(**kwargs, joint_attention_kwargs={"scale": 0.5})
     t(**kwargs, joint_attention_kwargs={"scale": 1.0}, controlnet_blocks_repeat=None)  # harmless
-    assert calls == ["embed", "blocks", "head"]
+    assert calls == ["context", "embed", "blocks", "head"]

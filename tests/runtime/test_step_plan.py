@@ -55,18 +55,42 @@ def test_shapes_are_bound_and_buffers_allocated_once_per_shape(flux, monkeypatch
         runner.allocate = counting(name, runner.allocate)
     t.reset(STEPS)
     loop(t, inputs(flux))
-    # embed outputs with the plan; the residual with the cache context; the head's output at
-    # every call, since the caller keeps it
-    assert counts == {"propagate": 1, "plans": 1, "embed": 1, "blocks": 1, "head": STEPS}
+    # embed outputs with the plan; the context's outputs and residual with the cache context;
+    # the head's output at every call, since the caller keeps it
+    assert counts == {"propagate": 1, "plans": 1, "context": 1, "embed": 1, "blocks": 1, "head": STEPS}
     (plan,) = t._plans.values()
     addresses = {n: b.data_ptr() for n, b in plan.embed_out.items() if n != "signal"}  # signal: the context's
     t.reset(STEPS)
     loop(t, inputs(flux, seed=1))  # a new generation at the same shape: no new plan
-    assert counts == {"propagate": 1, "plans": 1, "embed": 1, "blocks": 2, "head": 2 * STEPS}
+    assert counts == {"propagate": 1, "plans": 1, "context": 2, "embed": 1, "blocks": 2, "head": 2 * STEPS}
     assert {n: b.data_ptr() for n, b in plan.embed_out.items() if n != "signal"} == addresses
     t.reset(STEPS)
     loop(t, inputs(flux, img_seq=32))  # another shape: its own plan
     assert counts["plans"] == 2 and len(t._plans) == 2
+
+
+def test_the_context_graph_runs_when_its_inputs_change(flux):
+    """Prompt embeddings and ids stay the same objects within a generation: one context run
+    per generation and cache context; a new tensor, or one written in place, runs it again."""
+    t = teacache_trt.load_transformer(flux.art_dir, threshold=0)
+    runs = []
+    infer_into = t.runners["context"].infer_into
+    t.runners["context"].infer_into = lambda feed, out: (runs.append(1), infer_into(feed, out))[1]
+    kwargs = inputs(flux)
+    t.reset(STEPS)
+    want = loop(t, kwargs)
+    assert len(runs) == 1
+    with t.cache_context("uncond"):
+        loop(t, inputs(flux, seed=3), steps=2)
+    assert len(runs) == 2  # another cache context, its own prompt
+    t.reset(STEPS)
+    kwargs["encoder_hidden_states"].mul_(1.0)  # written in place: _version moved
+    assert all(torch.equal(a, b) for a, b in zip(loop(t, kwargs), want))
+    assert len(runs) == 3
+    fresh = dict(kwargs, encoder_hidden_states=kwargs["encoder_hidden_states"] * 2)  # another tensor
+    t.reset(STEPS)
+    got = loop(t, fresh)
+    assert len(runs) == 4 and not torch.equal(got[0], want[0])
 
 
 def test_a_shape_change_within_a_generation_computes_and_the_plan_cache_is_bounded(flux, monkeypatch):
