@@ -1,7 +1,8 @@
 """The transformer on a CUDA device: its own stream, handed over from and back to the caller's,
 no synchronize on the per-step path, and sample mode deciding as on the CPU.
 
-Marked ``gpu`` and skipped with a reason without CUDA; scripts/gpu_check.sh runs them.
+Marked ``gpu``: skipped with a reason without CUDA (scripts/gpu_check.sh runs them with
+``--require-gpu``, where a skip fails).
 """
 from __future__ import annotations
 
@@ -13,10 +14,7 @@ import torch
 import teacache_trt
 from teacache_trt.families import get_family
 
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (torch.cuda.is_available() is False)"),
-]
+pytestmark = pytest.mark.gpu
 STEPS = 8
 THRESHOLDS = [0.05, 0.6, 2.0]
 
@@ -40,32 +38,32 @@ def loop(t, kwargs, before_call=None):
     return outs
 
 
-def cuda_torch_transformer(ex, **kwargs):
-    model = copy.deepcopy(ex.model).cuda()
-    return teacache_trt.load_transformer(ex.art_dir, backend="torch", device="cuda", model=model, **kwargs)
+def cuda_torch_transformer(ex, cuda, **kwargs):
+    model = copy.deepcopy(ex.model).to(cuda)  # the session's model stays on the CPU
+    return teacache_trt.load_transformer(ex.art_dir, backend="torch", device=cuda, model=model, **kwargs)
 
 
-def test_sample_mode_on_cuda_decides_as_on_the_cpu(exported):
+def test_sample_mode_on_cuda_decides_as_on_the_cpu(cuda, exported):
     ex = exported("flux")
     cpu = teacache_trt.load_transformer(ex.art_dir, decisions="sample")
-    gpu = cuda_torch_transformer(ex, decisions="sample")
+    gpu = cuda_torch_transformer(ex, cuda, decisions="sample")
     for t in (cpu, gpu):
         t.sample_thresholds = THRESHOLDS
     want = loop(cpu, prompts(ex, "cpu"))
-    got = loop(gpu, prompts(ex, "cuda"))
+    got = loop(gpu, prompts(ex, cuda))
     assert gpu.stats["samples"] == cpu.stats["samples"]
     for g, w in zip(got, want):  # TF32 and kernel choice: close, not equal
         assert (g.cpu() - w).abs().max().item() <= 2e-2 * max(1.0, w.abs().max().item())
 
 
-def test_work_queued_on_the_callers_stream_is_waited_for(exported):
+def test_work_queued_on_the_callers_stream_is_waited_for(cuda, exported):
     """Inputs produced by slow kernels on a side stream, then the call from that stream."""
     ex = exported("flux")
-    t = cuda_torch_transformer(ex, threshold=0.6)
-    kwargs = prompts(ex, "cuda", 1)
+    t = cuda_torch_transformer(ex, cuda, threshold=0.6)
+    kwargs = prompts(ex, cuda, 1)
     want = [o.clone() for o in loop(t, kwargs)]
     side = torch.cuda.Stream()
-    big = torch.randn(4096, 4096, device="cuda")
+    big = torch.randn(4096, 4096, device=cuda)
 
     def slow_copy(latents):
         # Queue seconds-scale work before the latents exist on the side stream: a transformer
@@ -85,12 +83,12 @@ def test_work_queued_on_the_callers_stream_is_waited_for(exported):
         assert torch.allclose(g, w, atol=1e-5)
 
 
-def test_no_synchronize_and_one_event_wait_per_step(exported, monkeypatch):
+def test_no_synchronize_and_one_event_wait_per_step(cuda, exported, monkeypatch):
     """The host decision reads two sums per step through one event wait; nothing else waits for
     the device (torch's sync debug mode raises on any implicit sync, e.g. .item() or .cpu())."""
     ex = exported("flux")
-    t = cuda_torch_transformer(ex, threshold=0.6, decisions="sample")
-    kwargs = prompts(ex, "cuda")
+    t = cuda_torch_transformer(ex, cuda, threshold=0.6, decisions="sample")
+    kwargs = prompts(ex, cuda)
     t.sample_thresholds = THRESHOLDS
     loop(t, kwargs)  # builds the plan and the residual buffers
     counts = {"synchronize": 0, "event_waits": 0}
