@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 from .. import artifact, integrity
 from ..errors import TeaCacheError
 from ..files import atomic_write_bytes, os_errors, regular_file
-from ..manifest import GRAPH_NAMES, Manifest, sha256_json
+from ..manifest import Manifest, graph_names, sha256_json
 from .flavours import polygraphy_trt, trt_module
 
 # TensorRT-RTX builds ahead of time without a GPU for these targets (RTX-class GPUs).
@@ -57,7 +57,7 @@ def build_engines(
     content: Path, manifest: Manifest, flavour: str, graphs: Mapping[str, Path], *, timing_dir: Path,
     force: bool = False, rtx_targets=None, log: Callable[[str], None] = print,
 ) -> bool:
-    """Build (or reuse) the engines of the three ``graphs`` (checked paths) into ``content``.
+    """Build (or reuse) the engines of the ``graphs`` (checked paths) into ``content``.
 
     Records them in ``manifest`` (``engines[flavour]`` and ``files``) and returns whether
     anything changed; deletes nothing: the caller commits the manifest, then cleans up.
@@ -67,14 +67,15 @@ def build_engines(
     device = target_device(flavour, rtx_targets)
     old_table = manifest.engines.get(flavour, {})
     table = {}
-    for i, graph in enumerate(GRAPH_NAMES, 1):
+    names = graph_names(manifest.graphs)
+    for i, graph in enumerate(names, 1):
         key = engine_key(manifest, graph, flavour, trt.__version__, device)
         old = old_table.get(graph, {})
         if not force and old.get("key") == key and _intact(content, manifest, old["file"]):
-            log(f"[build {i}/3] {old['file']} is up to date")
+            log(f"[build {i}/{len(names)}] {old['file']} is up to date")
             table[graph] = old
             continue
-        log(f"[build {i}/3] {graph} -> {flavour} engine ...")
+        log(f"[build {i}/{len(names)}] {graph} -> {flavour} engine ...")
         t0 = time.perf_counter()
         with _timing_cache(timing_dir, flavour, device) as cache:
             data = build_engine_bytes(graphs[graph], manifest.graphs[graph].profile, flavour, cache, device)
@@ -82,7 +83,7 @@ def build_engines(
         name = f"{graph}.{flavour}.{key}.{sha[:12]}.engine"
         atomic_write_bytes(content / name, data)
         seconds = time.perf_counter() - t0
-        log(f"[build {i}/3] {name} in {seconds:.1f}s ({len(data) / 1e6:.1f} MB)")
+        log(f"[build {i}/{len(names)}] {name} in {seconds:.1f}s ({len(data) / 1e6:.1f} MB)")
         manifest.files[name] = {"size": len(data), "sha256": sha}
         table[graph] = {"file": name, "key": key, "build_s": round(seconds, 3),
                         "trt_version": trt.__version__, "device": device}
@@ -100,7 +101,7 @@ def build_in_place(art: Path, manifest: Manifest, flavour: str, *, force: bool =
     """Engines for the committed graphs of ``art``: written beside them under new names, then
     committed by the manifest, then the superseded ones removed.  The caller holds the
     folder's writer lock (:func:`teacache_trt.artifact.writing`)."""
-    graphs = {g: manifest.graph_path(art, g) for g in GRAPH_NAMES}  # inside, intact, external data too
+    graphs = {g: manifest.graph_path(art, g) for g in graph_names(manifest.graphs)}  # inside, intact, external data too
     content = graphs["embed"].parent
     if build_engines(content, manifest, flavour, graphs, timing_dir=art, force=force,
                      rtx_targets=rtx_targets, log=log):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ..manifest import GRAPH_NAMES, Manifest, atomic_write_bytes
+from ..manifest import Manifest, atomic_write_bytes, graph_names
 
 
 def _shapes(profile: dict, key: str) -> str:
@@ -33,7 +33,7 @@ def trtexec_command(manifest: Manifest, graph: str) -> str:
 
 def write_trtexec_files(art_dir: Path, manifest: Manifest) -> list[Path]:
     paths = []
-    for graph in GRAPH_NAMES:
+    for graph in graph_names(manifest.graphs):
         path = Path(art_dir) / f"{graph}.trtexec.sh"
         atomic_write_bytes(path, trtexec_command(manifest, graph).encode(), mode=0o777)  # executable
         paths.append(path)

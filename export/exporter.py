@@ -20,8 +20,8 @@ from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..files import os_errors
 from ..manifest import (
-    FORMAT_VERSION, GRAPH_NAMES, Criterion, GraphSpec, Manifest, config_fingerprint, sha256_file,
-    sha256_json,
+    CONTEXT_GRAPH, FORMAT_VERSION, Criterion, GraphSpec, Manifest, config_fingerprint,
+    graph_names, sha256_file, sha256_json,
 )
 from ..families import Family, find_model_dir, get_family, load_family_module, plain_config, read_config
 from ..families import base as family_base
@@ -148,7 +148,7 @@ def profiles(graphs: Mapping[str, GraphSpec], fam, config, axes, dtype) -> None:
     for k in range(3):
         point = {name: rng[k] for name, rng in axes.items()}
         feed = fam.example_inputs(config, point, dtype)
-        shapes_at.append(propagate([graphs[g] for g in GRAPH_NAMES], {n: t.shape for n, t in feed.items()}))
+        shapes_at.append(propagate([graphs[g] for g in graph_names(graphs)], {n: t.shape for n, t in feed.items()}))
     for graph in graphs.values():
         graph.profile = {
             spec.name: {key: list(s[spec.name]) for key, s in zip(("min", "opt", "max"), shapes_at)}
@@ -267,7 +267,7 @@ def _reusable(out: Path, previous: Manifest | None, export_key: str, force: bool
     if force or previous is None or previous.export_key != export_key:
         return False
     try:
-        for graph in GRAPH_NAMES:
+        for graph in graph_names(previous.graphs):
             previous.graph_path(out, graph)
     except TeaCacheError as exc:
         log(f"[export] exporting again: {exc}")
@@ -295,7 +295,7 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
             if flavour != "none":
                 from ..engines.build import build_engines
 
-                build_engines(staging, manifest, flavour, {g: staging / manifest.graphs[g].file for g in GRAPH_NAMES},
+                build_engines(staging, manifest, flavour, {g: staging / manifest.graphs[g].file for g in graph_names(manifest.graphs)},
                               timing_dir=out, force=True, log=log)
             write_trtexec_files(staging, manifest)
             manifest.files.update({p.name: integrity.record(p) for p in sorted(staging.iterdir())
@@ -314,22 +314,25 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
     dims = fam.input_dims(config)
     graphs: dict[str, GraphSpec] = {}
     pool = dict(feed)
+    names = graph_names(parts)
     with torch.no_grad():
-        for i, name in enumerate(GRAPH_NAMES, 1):
+        for i, name in enumerate(names, 1):
             part = parts[name]
             if name == "embed":
                 signal_shape = _signal_shape(part, pool)
                 pool["prev_signal"] = torch.randn(signal_shape, dtype=dtype)
                 part_dims = {**dims, "prev_signal": dict(fam.signal_dims)}
+            elif name == CONTEXT_GRAPH:  # model inputs only, like the embed
+                part_dims = dims
             else:
                 part_dims = part.dynamic
             t0 = time.perf_counter()
             path = out / f"{name}.onnx"
-            log(f"[export {i}/3] {name}.onnx ...")
+            log(f"[export {i}/{len(names)}] {name}.onnx ...")
             export_part(part, pool, part_dims, path)
             inputs, outputs = io_specs(path)
             graphs[name] = GraphSpec(file=path.name, sha256=_graph_hash(path), inputs=inputs, outputs=outputs)
-            log(f"[export {i}/3] {name}.onnx in {time.perf_counter() - t0:.1f}s "
+            log(f"[export {i}/{len(names)}] {name}.onnx in {time.perf_counter() - t0:.1f}s "
                 f"({path.stat().st_size / 1e6:.1f} MB)")
             pool.update(part.run(pool))
     profiles(graphs, fam, config, axes, dtype)
@@ -360,12 +363,13 @@ def _signal_shape(embed, pool) -> tuple[int, ...]:
 
 def _verify_at(fam, model, parts, manifest, out, config, point, dtype, precision, seed) -> None:
     feed = fam.example_inputs(config, point, dtype, seed=seed)
-    shapes = propagate([manifest.graphs[g] for g in GRAPH_NAMES], {n: t.shape for n, t in feed.items()})
+    names = graph_names(manifest.graphs)
+    shapes = propagate([manifest.graphs[g] for g in names], {n: t.shape for n, t in feed.items()})
     pool = dict(feed)
     g = torch.Generator().manual_seed(seed)
     pool["prev_signal"] = torch.randn(shapes["prev_signal"], generator=g).to(dtype)
     with torch.no_grad():
-        for name in GRAPH_NAMES:
+        for name in names:
             graph = manifest.graphs[name]
             ref = parts[name].run(pool)
             for o in graph.output_names:

@@ -138,7 +138,7 @@ class Family:
 
     name: ClassVar[str]
     class_name: ClassVar[str]  # diffusers class, as in config.json's _class_name
-    model_inputs: ClassVar[tuple[str, ...]]  # graph-input names of the embed graph (not prev_signal)
+    model_inputs: ClassVar[tuple[str, ...]]  # graph-input names of the context and embed graphs (not prev_signal)
     # diffusers forward keywords the adapter maps to graph inputs (default: model_inputs);
     # any other non-None keyword changes the model's output and is refused at run time
     forward_kwargs: ClassVar[tuple[str, ...]] = ()
@@ -245,13 +245,16 @@ class Family:
 
     @classmethod
     def inputs_for(cls, config: Mapping[str, Any]) -> tuple[str, ...]:
-        """The embed graph's model inputs for this config (in graph order)."""
+        """The model inputs of this config's graphs (in graph order)."""
         return tuple(n for n in cls.model_inputs
                      if n not in cls.optional_inputs or config.get(cls.optional_inputs[n]))
 
     @classmethod
     def parts(cls, model: torch.nn.Module, variant: Variant | None = None) -> dict[str, Part]:
-        """The embed / blocks / head modules over ``model`` (``variant`` may pick the signal)."""
+        """The embed / blocks / head modules over ``model`` (``variant`` may pick the signal),
+        and optionally a ``context`` module: what depends only on inputs a generation keeps
+        fixed (prompt embeddings, position ids), exported as its own graph and run only when
+        those inputs change; its outputs feed the other parts like the embed's."""
         raise NotImplementedError
 
     @classmethod

@@ -12,19 +12,29 @@ from .base import AUTO, Axis, Family, Part, Variant, criterion_sums
 from .registry import register
 
 
+class FluxContext(Part):
+    """What a generation keeps fixed: the text stream's embedding and the rotary tables (from
+    the prompt embeddings and the position ids).  Run when those inputs change, not per step."""
+
+    input_names = ("encoder_hidden_states", "img_ids", "txt_ids")
+    output_names = ("encoder_hidden", "rotary_cos", "rotary_sin")
+
+    def forward(self, encoder_hidden_states, img_ids, txt_ids):
+        m = self.model
+        cos, sin = m.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
+        return m.context_embedder(encoder_hidden_states), cos, sin
+
+
 class FluxEmbed(Part):
-    output_names = ("hidden", "encoder_hidden", "temb", "rotary_cos", "rotary_sin",
-                    "signal", "l1_diff", "l1_prev")
+    output_names = ("hidden", "temb", "signal", "l1_diff", "l1_prev")
 
     def __init__(self, model, guidance: bool):
         super().__init__(model)
         self.guidance = guidance
-        names = ["hidden_states", "encoder_hidden_states", "pooled_projections", "timestep",
-                 "img_ids", "txt_ids"]
+        names = ["hidden_states", "pooled_projections", "timestep"]
         self.input_names = tuple(names + ["prev_signal"] + (["guidance"] if guidance else []))
 
-    def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep,
-                img_ids, txt_ids, prev_signal, guidance=None):
+    def forward(self, hidden_states, pooled_projections, timestep, prev_signal, guidance=None):
         m = self.model
         hidden = m.x_embedder(hidden_states)
         # The model scales timestep and guidance by 1000 in its forward; same here.
@@ -33,11 +43,9 @@ class FluxEmbed(Part):
             temb = m.time_text_embed(t, guidance.to(hidden.dtype) * 1000, pooled_projections)
         else:
             temb = m.time_text_embed(t, pooled_projections)
-        encoder_hidden = m.context_embedder(encoder_hidden_states)
-        cos, sin = m.pos_embed(torch.cat((txt_ids, img_ids), dim=0))
         signal = m.transformer_blocks[0].norm1(hidden, emb=temb)[0]
         l1_diff, l1_prev = criterion_sums(signal, prev_signal)
-        return hidden, encoder_hidden, temb, cos, sin, signal, l1_diff, l1_prev
+        return hidden, temb, signal, l1_diff, l1_prev
 
 
 class FluxBlocks(Part):
@@ -97,7 +105,8 @@ class Flux(Family):
     @classmethod
     def parts(cls, model, variant=None):
         guidance = bool(model.config.guidance_embeds)
-        return {"embed": FluxEmbed(model, guidance), "blocks": FluxBlocks(model), "head": FluxHead(model)}
+        return {"context": FluxContext(model), "embed": FluxEmbed(model, guidance), "blocks": FluxBlocks(model),
+                "head": FluxHead(model)}
 
     @classmethod
     def input_dims(cls, config):

@@ -37,12 +37,18 @@ class ContextState:
     n_groups: int = 1
     step: int = 0
     prev_signal: torch.Tensor | None = None
+    next_signal: torch.Tensor | None = None  # the buffer the next call's signal is written to
     residual: dict[str, torch.Tensor] | None = None
     computed: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     # one entry per call: the group's ratio (None: nothing to compare), a list of them per
     # group when there are several
     rel_l1: list = field(default_factory=list)
+    # the context graph's outputs, and the inputs (tensor, _version) they were computed from
+    context_out: dict[str, torch.Tensor] | None = None
+    context_inputs: list | None = None
+    # the step plan (input shape) prev_signal and residual were last checked against
+    plan_key: tuple | None = None
 
     def __post_init__(self):
         if self.n_groups < 1:

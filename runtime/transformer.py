@@ -1,28 +1,65 @@
 """The drop-in transformer: embed graph -> criterion -> blocks graph or cached residual -> head.
 
 An instance replaces ``pipe.transformer``.  All TeaCache state lives on the instance, per
-``cache_context`` name; nothing is patched on any class.
+thread and ``cache_context`` name; nothing is patched on any class.
+
+A step, after the first at its input shape (which builds the :class:`.plan.StepPlan`):
+look the plan up by the inputs' shapes; run the context graph (where the artifact has one)
+only if its inputs changed since this cache context's last call; run the embed graph into the
+plan's buffers; decide (per call, or per prompt in ``sample`` mode); run the blocks graph into
+the cache context's residual (all rows, the rows that compute, or nothing); run the head into
+a fresh output tensor, which the caller keeps.  On a GPU all of it is queued on the
+transformer's own stream, ordered after the caller's work and before the caller's next.
+
+Threads: a transformer may be called from several threads at once.  Each thread has its own
+generations (step count, cache contexts, ``stats``); graph runs are serialized by a lock, so
+one thread's step waits for another's to finish.
 """
 from __future__ import annotations
 
 import contextlib
+import numbers
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers.configuration_utils import FrozenDict
 
 from ..dtypes import PRECISIONS, TORCH_DTYPES
 from ..errors import TeaCacheError
 from ..families import get_family
-from ..manifest import GRAPH_NAMES, Manifest
+from ..manifest import CONTEXT_GRAPH, Manifest, graph_names
 from ..shapes import bind, propagate
 from .backends import make_runner
 from .controller import ContextState, TeaCache, check_threshold, merge_stats
+from .plan import StepPlan
 
 DEFAULT_CONTEXT = "default"
 DECISIONS = ("batch", "sample")
 BATCH_AXIS = "batch"  # the dim name the exporter gives every per-row dim 0
+MAX_PLANS = 8  # input shapes whose buffers are kept; the least recently used goes first
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """A tensor's write counter; None where it has none (inference-mode tensors): never equal
+    to the last one seen, so the context graph runs every call for them."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+class _Thread(threading.local):
+    """One thread's view: its cache context, its generation and the states of its contexts."""
+
+    def __init__(self):
+        self.context = DEFAULT_CONTEXT
+        self.num_steps = 0
+        self.states: dict[str, ContextState] = {}
+        self.calls_this_step: dict[str, int] = {}
 
 
 class CompiledTransformer(torch.nn.Module):
@@ -37,8 +74,6 @@ class CompiledTransformer(torch.nn.Module):
                 f"decisions={decisions!r} is not one of {DECISIONS}: 'batch' takes one decision per call "
                 f"(upstream), 'sample' one per prompt with the blocks run on the rows that compute"
             )
-        from diffusers.configuration_utils import FrozenDict
-
         self.art_dir = Path(art_dir)
         self.manifest = manifest
         self.family = get_family(manifest.family)
@@ -51,32 +86,45 @@ class CompiledTransformer(torch.nn.Module):
         # The decision rule: TeaCache from the manifest, or any object with the same decide()
         # (e.g. controller.FixedSchedule for equal-compute baselines).
         self.policy = TeaCache.from_criterion(manifest.criterion, threshold, clamp)
-        parts = (self.family.parts(model, self.family.variant(manifest.variant))
-                 if model is not None else None)
-        self.runners = {g: make_runner(backend, self.art_dir, manifest, g, self._device, parts)
-                        for g in GRAPH_NAMES}
-        for runner in self.runners.values():
-            runner.activate()  # load every graph now: a bad artifact fails here, not mid-render
-        self._embed_specs = {s.name: s for s in manifest.graphs["embed"].inputs}
         self.decisions = decisions
         self._sample_thresholds: tuple[float | None, ...] | None = None
         self._sample_threshold_array: np.ndarray | None = None
+        # Every graph runs on this stream; callers' streams hand over to it (forward).  Without
+        # CUDA there is none, and the runners' activation says what is missing.
+        cuda = self._device.type == "cuda" and torch.cuda.is_available()
+        self._stream = torch.cuda.Stream(self._device) if cuda else None
+        parts = (self.family.parts(model, self.family.variant(manifest.variant))
+                 if model is not None else None)
+        self._graphs = graph_names(manifest.graphs)
+        self.runners = {g: make_runner(backend, self.art_dir, manifest, g, self._device, parts, self._stream)
+                        for g in self._graphs}
+        for runner in self.runners.values():
+            runner.activate()  # load every graph now: a bad artifact fails here, not mid-render
+        # The model's inputs: what the context and embed graphs take that no graph produces.
+        context = manifest.graphs.get(CONTEXT_GRAPH)
+        produced = {"prev_signal", *(context.output_names if context else ())}
+        takers = self._graphs[:self._graphs.index("embed") + 1]
+        self._input_specs = {s.name: s for g in takers for s in manifest.graphs[g].inputs if s.name not in produced}
+        self._context_inputs = tuple(context.input_names) if context else ()
+        self._input_profiles = {n: p for g in takers for n, p in manifest.graphs[g].profile.items()
+                                if n in self._input_specs}
+        self._prev_dtype = next(s.dtype for s in manifest.graphs["embed"].inputs if s.name == "prev_signal")
+        self._accepted = self.family.accepted_kwargs()
         # Blocks inputs with a per-row dim 0: what a sub-batch gathers (rotary tables have none).
         self._batched_block_inputs = tuple(
             s.name for s in manifest.graphs["blocks"].inputs if s.shape and s.shape[0] == BATCH_AXIS)
         blocks_profile = manifest.graphs["blocks"].profile
         self._blocks_min_batch = max((blocks_profile[n]["min"][0] for n in self._batched_block_inputs
                                       if n in blocks_profile), default=1)
-        self._context = DEFAULT_CONTEXT
-        self.num_steps = 0
-        self._states: dict[str, ContextState] = {}
+        self._plans: OrderedDict[tuple, StepPlan] = OrderedDict()
+        self._lock = threading.Lock()
+        self._thread = _Thread()
         # Set by enable(): the scheduler's step() marks step ends, so a context called twice
         # within one step (CFG branches without cache_context) gets a state per call.
         self.track_steps = False
-        self._calls_this_step: dict[str, int] = {}
-        self._row_groups: dict[tuple[int, int], np.ndarray] = {}
         # Callables observe(context, step, computed, pool) after each call: calibration and
-        # quality tools read signals and residuals here; empty for normal use.
+        # quality tools read signals and residuals here; empty for normal use.  The pool's
+        # tensors are the plan's buffers, valid during the call only: copy what you keep.
         self.observers: list = []
 
     # --- what pipelines read off a transformer ------------------------------------------
@@ -137,18 +185,25 @@ class CompiledTransformer(torch.nn.Module):
         self._sample_thresholds = tuple(None if v is None else float(v) for v in values)
         self._sample_threshold_array = None
 
-    # --- generation bookkeeping ----------------------------------------------------------
-    def reset(self, num_inference_steps: int = 0) -> None:
-        """Start a new generation of ``num_inference_steps`` calls per cache context."""
-        if num_inference_steps < 0:
-            raise TeaCacheError(f"num_inference_steps={num_inference_steps} must be >= 0")
-        self.num_steps = int(num_inference_steps)
-        self._states = {}
-        self._calls_this_step = {}
+    # --- generation bookkeeping (per thread) ---------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        """Calls per cache context in this thread's generation (0: unknown, calls refused)."""
+        return self._thread.num_steps
+
+    def reset(self, num_inference_steps: int) -> None:
+        """Start a new generation of ``num_inference_steps`` calls per cache context (this thread)."""
+        n = num_inference_steps
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise TeaCacheError(f"num_inference_steps={n!r} must be an integer >= 0")
+        thread = self._thread
+        thread.num_steps = int(n)
+        thread.states = {}
+        thread.calls_this_step = {}
 
     def end_step(self) -> None:
         """The pipeline finished a denoising step (called by the scheduler hook)."""
-        self._calls_this_step = {}
+        self._thread.calls_this_step = {}
 
     @contextlib.contextmanager
     def cache_context(self, name: str, **_pipeline_info):
@@ -157,32 +212,35 @@ class CompiledTransformer(torch.nn.Module):
         Pipelines may add keywords (WanPipeline: ``step_index``, ``sigma``,
         ``num_inference_steps``); the state follows the scheduler instead, so they are ignored.
         """
-        previous, self._context = self._context, name
+        thread = self._thread
+        previous, thread.context = thread.context, name
         try:
             yield
         finally:
-            self._context = previous
+            thread.context = previous
 
     @property
     def stats(self) -> dict[str, Any]:
-        return merge_stats(self._states, samples=self.decisions == "sample")
+        """This thread's current generation: computed / skipped steps, per context (and per
+        prompt under ``"samples"`` in sample mode)."""
+        return merge_stats(self._thread.states, samples=self.decisions == "sample")
 
-    def _route(self) -> str:
+    def _route(self, thread: _Thread) -> str:
         """The state this call belongs to: its cache context, split per call within a step."""
-        name = self._context
+        name = thread.context
         if self.track_steps:
-            k = self._calls_this_step.get(name, 0)
-            self._calls_this_step[name] = k + 1
+            k = thread.calls_this_step.get(name, 0)
+            thread.calls_this_step[name] = k + 1
             if k:
                 name = f"{name}#{k}"
         return name
 
-    def _state(self, name: str, rows: int) -> ContextState:
-        state = self._states.get(name)
-        if state is None or (self.num_steps and state.step >= self.num_steps):
+    def _state(self, thread: _Thread, name: str, rows: int) -> ContextState:
+        state = thread.states.get(name)
+        if state is None or state.step >= thread.num_steps:
             # A context that ran all its steps starts a new generation (the reference does
             # the same by wrapping its step counter), so repeated calls need no reset().
-            state = self._states[name] = ContextState(n_groups=self._prompts(rows))
+            state = thread.states[name] = ContextState(n_groups=self._prompts(rows))
         elif self.decisions == "sample":
             self._check_rows(rows, state.n_groups)
         return state
@@ -216,7 +274,7 @@ class CompiledTransformer(torch.nn.Module):
                 f"P={prompts} prompts: set it before the generation starts (reset() or a new pipeline call)"
             )
 
-    def _group_thresholds(self, n_groups: int) -> np.ndarray | None:
+    def _group_thresholds(self) -> np.ndarray | None:
         """Per-prompt thresholds (sample mode with sample_thresholds), else None: the rule's own."""
         if self._sample_thresholds is None:
             return None
@@ -227,70 +285,174 @@ class CompiledTransformer(torch.nn.Module):
                 [default if v is None else v for v in self._sample_thresholds], dtype=np.float64)
         return array
 
-    def _rows_of(self, rows: int, n_groups: int) -> np.ndarray:
-        """group_of_row: row r belongs to group r % n_groups (all rows in group 0 when 1)."""
-        key = (rows, n_groups)
-        groups = self._row_groups.get(key)
-        if groups is None:
-            groups = self._row_groups[key] = np.arange(rows, dtype=np.int32) % n_groups
-        return groups
-
     # --- the step --------------------------------------------------------------------------
     @torch.no_grad()
     def forward(self, return_dict: bool = True, **kwargs):
-        feed = self._prepare(kwargs)
-        context = self._route()
-        shapes = propagate([self.manifest.graphs[g] for g in GRAPH_NAMES], {n: t.shape for n, t in feed.items()})
-        rows = shapes["l1_diff"][0]
-        state = self._state(context, rows)
-        prev = state.prev_signal
-        if prev is not None and tuple(prev.shape) != shapes["prev_signal"]:
-            prev = None  # the batch or resolution changed: nothing to compare against
-        feed["prev_signal"] = prev if prev is not None else torch.zeros(
-            shapes["prev_signal"], dtype=TORCH_DTYPES[self._embed_specs["prev_signal"].dtype], device=self._device)
-        pool = dict(feed)
-        pool.update(self.runners["embed"].infer(pool))
-        if state.residual is not None and not all(
-                tuple(t.shape) == shapes[n] for n, t in state.residual.items()):
-            state.forget_residual()
-        l1_diff = l1_prev = None
-        if prev is not None:
-            # One host sync per step, as in the reference (.item()): the per-row sums.
-            sums = torch.stack([pool["l1_diff"], pool["l1_prev"]]).double().cpu().numpy()
-            l1_diff, l1_prev = sums[0], sums[1]
-        groups = self._rows_of(rows, state.n_groups)
-        flags = self.policy.decide(state, self.num_steps, l1_diff, l1_prev, groups, 1 - state.has_residual,
-                                   self._group_thresholds(state.n_groups))
+        thread = self._thread
+        if not thread.num_steps:
+            raise TeaCacheError(
+                "the number of steps of this generation is unknown, so TeaCache cannot force the last "
+                "step nor tell generations apart: call transformer.reset(num_inference_steps) before "
+                "each generation (in the thread that runs it), or use teacache_trt.enable(pipe, ART_DIR, "
+                "...), which follows the pipeline's scheduler"
+            )
+        self._check_kwargs(kwargs)
+        feed = self.family.feed_from_kwargs(kwargs)
+        with self._lock:
+            if self._stream is None:
+                out = self._step(thread, feed)
+            else:
+                caller = torch.cuda.current_stream(self._device)
+                self._stream.wait_stream(caller)  # the inputs the caller queued are ready first
+                with torch.cuda.stream(self._stream):
+                    out = self._step(thread, feed)
+                caller.wait_stream(self._stream)  # the caller's next work sees the output
+                out.record_stream(caller)  # allocated here, used and freed there
+        return self.family.wrap_output(out, return_dict)
+
+    def _step(self, thread: _Thread, pool: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One call; ``pool`` holds the model inputs, then every graph's outputs by name."""
+        given = [pool.get(n) for n in self._context_inputs]  # the caller's, before any conversion
+        plan = self._plan(pool)
+        context = self._route(thread)
+        state = self._state(thread, context, plan.rows)
+        if state.plan_key is not plan.key:
+            self._fit_state(state, plan)
+        if given:
+            self._run_context(plan, state, pool, given)
+        has_prev = state.prev_signal is not None
+        if state.next_signal is None:
+            state.next_signal = plan.new_signal()
+        pool["prev_signal"] = state.prev_signal if has_prev else plan.zeros_prev
+        embed_out = plan.embed_out
+        embed_out["signal"] = state.next_signal
+        pool.update(self.runners["embed"].infer_into(pool, embed_out))
+        # This call's signal is the next call's previous one; the old buffer takes the next.
+        state.prev_signal, state.next_signal = state.next_signal, state.prev_signal
+        l1_diff, l1_prev = plan.read_sums() if has_prev else (None, None)
+        groups = plan.group_of_row(state.n_groups)
+        flags = self.policy.decide(state, thread.num_steps, l1_diff, l1_prev, groups, 1 - state.has_residual,
+                                   self._group_thresholds())
         compute = bool(flags.any())
         if compute:
-            self._run_blocks(state, pool, flags, groups, rows)
+            self._run_blocks(plan, state, pool, flags, groups)
         pool.update(state.residual)
-        state.prev_signal = pool["signal"]
-        out = self.runners["head"].infer(pool)["output"]
+        out = self.runners["head"].infer_into(pool, plan.new_output())["output"]
         if self.observers:
             pool["output"] = out
             for observe in self.observers:
                 observe(context, state.step - 1, compute, pool)
-        return self.family.wrap_output(out, return_dict)
+        return out
 
-    def _run_blocks(self, state: ContextState, pool: dict, flags: np.ndarray, groups: np.ndarray, rows: int) -> None:
-        """The blocks graph on the rows whose group computes; their residual rows are replaced."""
+    def _run_context(self, plan: StepPlan, state: ContextState, feed: dict, given: list) -> None:
+        """The context graph, when its inputs changed since this cache context's last call.
+
+        Unchanged = the same tensor objects, not written to since (``_version``): pipelines
+        pass the same prompt embeddings and ids at every step of a generation.
+        """
+        last = state.context_inputs
+        if last is not None and all(t is seen and _version(t) == v for t, (seen, v) in zip(given, last)):
+            feed.update(state.context_out)
+            return
+        if state.context_out is None:
+            state.context_out = plan.new_context()
+        feed.update(self.runners[CONTEXT_GRAPH].infer_into(feed, state.context_out))
+        state.context_inputs = [(t, _version(t)) for t in given]
+
+    def _fit_state(self, state: ContextState, plan: StepPlan) -> None:
+        """A context meets a plan (shape) it was not at last call: keep what still fits."""
+        if any(t is not None and t.shape != plan.signal_shape for t in (state.prev_signal, state.next_signal)):
+            # the batch or resolution changed: nothing to compare against
+            state.prev_signal = state.next_signal = None
+        if state.residual is not None and any(
+                t.shape != plan.shapes[n] for n, t in state.residual.items()):
+            state.forget_residual()
+        state.context_inputs = None  # run the context graph again at the new shape
+        if state.context_out is not None and any(
+                t.shape != plan.shapes[n] for n, t in state.context_out.items()):
+            state.context_out = None
+        state.plan_key = plan.key
+
+    def _run_blocks(self, plan: StepPlan, state: ContextState, pool: dict, flags: np.ndarray,
+                    groups: np.ndarray) -> None:
+        """The blocks graph on the rows whose group computes, into the context's residual."""
+        blocks = self.runners["blocks"]
         if flags.all():
-            state.residual = self.runners["blocks"].infer(pool)
+            if state.residual is None:
+                state.residual = plan.new_residual()
+            blocks.infer_into(pool, state.residual)
         else:
             # Sample mode, some prompts skip: run the gathered sub-batch, scatter it back.
-            index = torch.from_numpy(np.flatnonzero(flags[groups])).to(self._device)
-            sub = dict(pool)
-            for name in self._batched_block_inputs:
-                sub[name] = pool[name].index_select(0, index)
-            for name, part in self.runners["blocks"].infer(sub).items():
+            rows = np.flatnonzero(flags[groups])
+            inputs, outputs = plan.sub_batch(len(rows))
+            index = plan.row_index(rows)
+            for name, buffer in inputs.items():
+                torch.index_select(pool[name], 0, index, out=buffer)
+            blocks.infer_into({**pool, **inputs}, outputs)
+            for name, part in outputs.items():
                 state.residual[name].index_copy_(0, index, part)
-        state.has_residual[flags.astype(bool)] = 1
+        np.maximum(state.has_residual, flags, out=state.has_residual)
 
-    def _prepare(self, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Forward kwargs -> embed inputs, checked against the manifest before any launch."""
+    # --- inputs and plans ----------------------------------------------------------------
+    def _plan(self, feed: dict[str, Any]) -> StepPlan:
+        """The plan of these inputs' shapes (built and checked on the first call at them);
+        converts inputs given with another dtype, device or layout, in place."""
+        try:
+            key = tuple((t.shape, t.dtype, t.device, t.is_contiguous()) for t in map(feed.__getitem__, self._input_specs))
+        except (KeyError, AttributeError):  # a missing input, or a number where a tensor goes
+            self._check_present(feed)
+            for name in self._input_specs:
+                if not isinstance(feed[name], torch.Tensor):
+                    feed[name] = torch.as_tensor(feed[name])
+            return self._plan(feed)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._new_plan(feed, key)
+        elif len(self._plans) > 1:
+            self._plans.move_to_end(key)
+        for name, dtype in plan.convert:
+            feed[name] = feed[name].to(device=self._device, dtype=dtype).contiguous()
+        return plan
+
+    def _check_present(self, feed) -> None:
+        for name in self._input_specs:
+            if name not in feed:
+                raise TeaCacheError(
+                    f"input {name!r} is missing; the {self.manifest.family} graphs were exported "
+                    f"with inputs {list(self._input_specs)}"
+                )
+
+    def _new_plan(self, feed: dict[str, torch.Tensor], key: tuple) -> StepPlan:
+        """Check the inputs against the manifest before any launch, and build their plan."""
+        env: dict[str, int] = {}
+        convert = []
+        for name, spec in self._input_specs.items():
+            t = feed[name]
+            want = TORCH_DTYPES[spec.dtype]
+            if t.dtype != want and not (t.dtype.is_floating_point and want.is_floating_point):
+                raise TeaCacheError(
+                    f"input {name!r} has dtype {t.dtype}; the graph expects {want} "
+                    f"(pass {name}.to({want}))"
+                )
+            bind(spec.shape, tuple(t.shape), env, f"input {name!r}")
+            # fp32 latents into an fp16 graph: diffusers casts too
+            if t.dtype != want or t.device != self._device or not t.is_contiguous():
+                convert.append((name, want))
+        self._check_profile(env, feed)
+        shapes = propagate([self.manifest.graphs[g] for g in self._graphs], {n: feed[n].shape for n in self._input_specs})
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.popitem(last=False)
+        plan = self._plans[key] = StepPlan(key, shapes, self.runners, tuple(convert), self._batched_block_inputs,
+                                           self._prev_dtype, self._device)
+        return plan
+
+    def _check_kwargs(self, kwargs: dict[str, Any]) -> None:
+        """Keywords the graphs cannot take are refused, never silently ignored."""
         for key in ("joint_attention_kwargs", "attention_kwargs"):
-            extra = dict(kwargs.pop(key, None) or {})
+            extra = kwargs.pop(key, None)
+            if not extra:
+                continue
+            extra = dict(extra)
             if extra.pop("scale", 1.0) != 1.0:
                 raise TeaCacheError(
                     f"{key}['scale'] is not 1: LoRA scales cannot change a compiled graph; "
@@ -301,39 +463,14 @@ class CompiledTransformer(torch.nn.Module):
                     f"{key} has {sorted(extra)}: the compiled graphs take no such inputs (IP-Adapter "
                     f"and similar change the model); export a model that includes them, or drop them"
                 )
-        unknown = sorted(k for k, v in kwargs.items() if v is not None and k not in self.family.accepted_kwargs())
+        accepted = self._accepted
+        unknown = [k for k, v in kwargs.items() if v is not None and k not in accepted]
         if unknown:
             raise TeaCacheError(
-                f"keyword arguments {unknown} are not inputs of the exported {self.manifest.class_name} "
+                f"keyword arguments {sorted(unknown)} are not inputs of the exported {self.manifest.class_name} "
                 f"graphs (ControlNet residuals and similar change the output): they cannot be ignored; "
-                f"accepted: {sorted(self.family.accepted_kwargs())}"
+                f"accepted: {sorted(accepted)}"
             )
-        feed = self.family.feed_from_kwargs(kwargs)
-        env: dict[str, int] = {}
-        for name, spec in self._embed_specs.items():
-            if name == "prev_signal":
-                continue
-            if name not in feed:
-                raise TeaCacheError(
-                    f"input {name!r} is missing; the {self.manifest.family} graphs were exported "
-                    f"with inputs {[n for n in self._embed_specs if n != 'prev_signal']}"
-                )
-            t = feed[name]
-            if not isinstance(t, torch.Tensor):
-                t = torch.as_tensor(t)
-            want = TORCH_DTYPES[spec.dtype]
-            if t.dtype != want:
-                if t.dtype.is_floating_point and want.is_floating_point:
-                    t = t.to(want)  # fp32 latents into an fp16 graph: diffusers casts too
-                else:
-                    raise TeaCacheError(
-                        f"input {name!r} has dtype {t.dtype}; the graph expects {want} "
-                        f"(pass {name}.to({want}))"
-                    )
-            bind(spec.shape, tuple(t.shape), env, f"input {name!r}")
-            feed[name] = t.to(self._device)
-        self._check_profile(env, feed)
-        return feed
 
     def _check_profile(self, env: dict[str, int], feed: dict[str, torch.Tensor]) -> None:
         """Axis values, then every input dim, against the profile the graphs were built for."""
@@ -345,9 +482,7 @@ class CompiledTransformer(torch.nn.Module):
                     f"re-export with --axis {axis}={min(lo, value)}:{opt}:{max(hi, value)}"
                 )
         # Dims the exporter named itself (derived from several axes) are checked per input.
-        for name, prof in self.manifest.graphs["embed"].profile.items():
-            if name not in feed:
-                continue
+        for name, prof in self._input_profiles.items():
             shape = tuple(feed[name].shape)
             for i, (d, lo, hi) in enumerate(zip(shape, prof["min"], prof["max"])):
                 if not lo <= d <= hi:

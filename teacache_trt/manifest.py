@@ -31,16 +31,24 @@ from .shapes import Dim
 
 FORMAT_VERSION = 2  # 2: content folder, per-file size and sha256
 MANIFEST_NAME = "manifest.json"
-GRAPH_NAMES = ("embed", "blocks", "head")
+GRAPH_NAMES = ("embed", "blocks", "head")  # every artifact has these three
+# Optional, first: what depends only on inputs that stay fixed within a generation (prompt
+# embeddings, position ids); the runtime runs it only when those inputs change.
+CONTEXT_GRAPH = "context"
 CONTENT_PATTERN = re.compile(r"v-[0-9a-f]{12}")
 MAX_MANIFEST_BYTES = 64 << 20
 REEXPORT = "re-run teacache-export for this folder with --force"
 
 __all__ = [  # atomic_write_bytes is the project's one way to write a file
-    "FORMAT_VERSION", "MANIFEST_NAME", "GRAPH_NAMES", "TensorSpec", "GraphSpec", "ForcedSteps",
+    "FORMAT_VERSION", "MANIFEST_NAME", "GRAPH_NAMES", "CONTEXT_GRAPH", "graph_names", "TensorSpec", "GraphSpec", "ForcedSteps",
     "Criterion", "Manifest", "atomic_write_bytes", "save_manifest", "load_manifest",
     "read_manifest_json", "check_coefficients", "sha256_file", "sha256_json", "config_fingerprint",
 ]
+
+
+def graph_names(graphs) -> tuple[str, ...]:
+    """The graphs of an artifact (a manifest's ``graphs``, a family's parts) in run order."""
+    return ((CONTEXT_GRAPH,) if CONTEXT_GRAPH in graphs else ()) + GRAPH_NAMES
 
 
 @dataclass

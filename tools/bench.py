@@ -5,11 +5,11 @@ that computes every step).  Per threshold it reports what DESIGN §6 asks for:
 
 - computed / skipped steps, wall time, wall ratio (baseline wall / cached wall), ideal ratio
   (steps / computed steps) and efficiency (wall ratio / ideal ratio);
-- per-graph median latency (embed, blocks, head), timed around each runner's ``infer``;
+- per-graph median latency (embed, blocks, head), timed around each runner's ``infer_into``;
 - the cost of a skipped step as a fraction of a computed step, from per-step wall times;
 - max |final latents - baseline final latents|.
 
-Timing never touches the runtime's hot path: the bench wraps ``infer`` on its *own* runner
+Timing never touches the runtime's hot path: the bench wraps ``infer_into`` on its *own* runner
 instances (instance attributes, not the class), and synchronises CUDA around every timed
 region when the device is a GPU (device work is queued asynchronously; an unsynced timer
 measures the launch, not the work).  Those syncs also serialise host and device between
@@ -67,23 +67,23 @@ class Clock:
 
 
 class TimedRunner:
-    """Records the wall time of every ``infer`` of one runner (instance-level wrap)."""
+    """Records the wall time of every ``infer_into`` of one runner (instance-level wrap)."""
 
     def __init__(self, runner, clock: Clock):
         self.runner = runner
         self.clock = clock
         self.times: list[float] = []
-        self._infer = runner.infer
-        runner.infer = self  # the instance attribute shadows the class method for this runner only
+        self._infer_into = runner.infer_into
+        runner.infer_into = self  # the instance attribute shadows the class method for this runner only
 
-    def __call__(self, feed):
+    def __call__(self, feed, outputs):
         t0 = self.clock.now()
-        out = self._infer(feed)
+        out = self._infer_into(feed, outputs)
         self.times.append(self.clock.now() - t0)
         return out
 
     def unwrap(self) -> None:
-        del self.runner.infer
+        del self.runner.infer_into
 
 
 # --- results ----------------------------------------------------------------------------

@@ -7,13 +7,16 @@ from .base import Runner
 
 
 class TorchRunner(Runner):
-    def __init__(self, name, spec, device, part: torch.nn.Module):
-        super().__init__(name, spec, device)
+    def __init__(self, name, spec, device, part: torch.nn.Module, stream=None):
+        super().__init__(name, spec, device, stream)
         self.part = part
 
     def _activate(self) -> None:
         self.part.to(self.device).eval()
 
     @torch.no_grad()
-    def _infer(self, feed):
-        return self.part.run(feed)
+    def _infer_into(self, feed, outputs) -> None:
+        # The part allocates its own results; they are copied into the plan's buffers (one
+        # memcpy per output) so every backend hands back the same stable buffers.
+        for name, t in self.part.run(feed).items():
+            outputs[name].copy_(t)

@@ -113,7 +113,9 @@ def test_runtime_matches_the_model_at_an_unverified_shape(exported):
     assert shapes["hidden"] == shapes["residual"] == (3, 3, 4, 2, 32)  # (B, F', H', W', D)
     assert shapes["output"] == (3, 3, 4, 8, 4)  # (B, F, C, H, W), as the model returns
     kwargs = FAM.kwargs_from_feed(feed)
-    got = teacache_trt.load_transformer(ex.art_dir, threshold=0)(**kwargs).sample
+    t = teacache_trt.load_transformer(ex.art_dir, threshold=0)
+    t.reset(1)
+    got = t(**kwargs).sample
     assert (got - ex.model(**kwargs).sample).abs().max().item() <= 1e-4
 
 
@@ -121,6 +123,7 @@ def test_float_timesteps_are_refused_with_the_fix(exported):
     ex = exported(NAME)
     kwargs = FAM.kwargs_from_feed(FAM.example_inputs(ex.manifest.config, ex.spec.POINT, torch.float32))
     t = teacache_trt.load_transformer(ex.art_dir, threshold=0)
+    t.reset(1)
     with pytest.raises(TeaCacheError, match=r"timestep.*int64"):
         t(**{**kwargs, "timestep": kwargs["timestep"].float()})
 
@@ -240,6 +243,7 @@ def test_2b_exports_at_its_fixed_size(ex2b):
     for graph in GRAPH_NAMES:
         assert all(r["max_abs"] <= 1e-5 for r in manifest.graphs[graph].verification), graph
     t = teacache_trt.load_transformer(art, threshold=0)
+    t.reset(2)
     at_sample = {"batch": 2, "frames": 3, "height": 4, "width": 6, "txt_seq": 5}
     kwargs = FAM.kwargs_from_feed(FAM.example_inputs(manifest.config, at_sample, torch.float32))
     assert (t(**kwargs).sample - model(**kwargs).sample).abs().max().item() <= 1e-4

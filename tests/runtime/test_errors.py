@@ -27,10 +27,11 @@ def flux(exported):
 def counted(flux):
     """A transformer whose graph launches are counted."""
     t = teacache_trt.load_transformer(flux.art_dir)
+    t.reset(4)
     calls = []
     for name, runner in t.runners.items():
-        original = runner.infer
-        runner.infer = lambda feed, _n=name, _o=original: (calls.append(_n), _o(feed))[1]
+        original = runner.infer_into
+        runner.infer_into = lambda feed, out, _n=name, _o=original: (calls.append(_n), _o(feed, out))[1]
     return t, calls
 
 
@@ -110,7 +111,7 @@ def test_bad_threshold(flux, threshold):
 
 
 def test_tensorrt_without_engines(flux):
-    with pytest.raises(TeaCacheError, match=r"no tensorrt-rtx engine for the embed graph.*--build tensorrt-rtx"):
+    with pytest.raises(TeaCacheError, match=r"no tensorrt-rtx engine for the context graph.*--build tensorrt-rtx"):
         teacache_trt.load_transformer(flux.art_dir, backend="tensorrt-rtx", device="cpu")
 
 
@@ -119,10 +120,11 @@ def test_exporter_named_dims_are_checked_against_the_profile(exported):
     ex = exported("cogvideox")
     fam = get_family("cogvideox")
     t = teacache_trt.load_transformer(ex.art_dir)
+    t.reset(4)
     kwargs = fam.kwargs_from_feed(fam.example_inputs(dict(ex.model.config), {**ex.spec.POINT, "frames": 5},
                                                      torch.float32))
     calls = []
-    t.runners["embed"].infer = lambda feed: calls.append(feed)
+    t.runners["embed"].infer_into = lambda feed, out: calls.append(feed)
     with pytest.raises(TeaCacheError, match=r"input 'hidden_states' has size 5 on dim 1 .*outside the built profile \[1, 3\]"):
         t(**kwargs)
     assert calls == []
@@ -138,4 +140,4 @@ def test_inputs_the_graphs_cannot_take_are_refused(flux, counted):
     with pytest.raises(TeaCacheError, match="LoRA scales cannot change a compiled graph"):
         t(**kwargs, joint_attention_kwargs={"scale": 0.5})
     t(**kwargs, joint_attention_kwargs={"scale": 1.0}, controlnet_blocks_repeat=None)  # harmless
-    assert calls == ["embed", "blocks", "head"]
+    assert calls == ["context", "embed", "blocks", "head"]

@@ -78,8 +78,8 @@ def test_a_prompt_decides_and_renders_as_alone_whatever_its_neighbours(flux, alo
 def test_blocks_run_on_the_rows_that_compute(flux):
     t = teacache_trt.load_transformer(flux.art_dir, decisions="sample")
     rows = []
-    infer = t.runners["blocks"].infer
-    t.runners["blocks"].infer = lambda feed: (rows.append(feed["hidden"].shape[0]), infer(feed))[1]
+    infer_into = t.runners["blocks"].infer_into
+    t.runners["blocks"].infer_into = lambda feed, out: (rows.append(feed["hidden"].shape[0]), infer_into(feed, out))[1]
     t.sample_thresholds = [0.0, 2.0]  # prompt 0 computes every step, prompt 1 only when forced
     render(t, stack([prompt_inputs(flux, 0), prompt_inputs(flux, 1)]))
     samples = t.stats["samples"]
@@ -125,7 +125,7 @@ def test_rows_that_are_no_multiple_of_the_prompts_are_refused(flux):
     t = teacache_trt.load_transformer(flux.art_dir, decisions="sample")
     t.sample_thresholds = [0.1, 0.2]
     calls = []
-    t.runners["embed"].infer = lambda feed: calls.append(feed)
+    t.runners["embed"].infer_into = lambda feed, out: calls.append(feed)
     with pytest.raises(TeaCacheError, match=r"batch N=3 rows cannot be split over P=2 prompts"):
         t.reset(STEPS)
         t(**stack([prompt_inputs(flux, s) for s in range(3)]))

@@ -117,8 +117,8 @@ def test_timing_wrap_is_per_instance_and_undone(exported):
     t = teacache_trt.load_transformer(ex.art_dir, threshold=0)
     head = t.runners["head"]
     timed = bench.TimedRunner(head, bench.Clock("cpu"))
-    assert "infer" in vars(head) and "infer" not in vars(t.runners["embed"])
-    assert type(head).infer is Runner.infer  # the class is never patched
+    assert "infer_into" in vars(head) and "infer_into" not in vars(t.runners["embed"])
+    assert type(head).infer_into is Runner.infer_into  # the class is never patched
     feed = get_family("flux").example_inputs(ex.manifest.config, bench.resolve_axes(ex.manifest, None),
                                              torch.float32)
     t.reset(2)
@@ -126,4 +126,4 @@ def test_timing_wrap_is_per_instance_and_undone(exported):
     t(**feed)
     assert len(timed.times) == 2 and all(x > 0 for x in timed.times)
     timed.unwrap()
-    assert "infer" not in vars(head)
+    assert "infer_into" not in vars(head)
