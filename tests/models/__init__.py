@@ -6,6 +6,14 @@
     make_model()                      seeded, eval-mode diffusers model, fp32
     timestep(step, num_steps, batch)  the ``timestep`` input a pipeline would pass at ``step``
     reference_hooks(model)            where tests/reference.py hooks the original model
+    REAL_CONFIG                       keyword arguments of the diffusers model class with a real
+                                      checkpoint's dimensions (hidden size, heads, channels, text
+                                      width, patch sizes, positional settings) but 1-2 layers of
+                                      each kind (a few hundred M parameters): a default export
+                                      of it meets the real profiles, weights and activations
+                                      (tests/export/test_real_size.py, scripts/real_size_export.py)
+    REAL_CONFIG_<SUFFIX>              (optional) further layouts of the family worth exporting
+                                      at real size, e.g. REAL_CONFIG_15 for CogVideoX1.5-5B
 
 and, for a family whose diffusers pipeline runs from tiny components (no download; prompts
 passed as embeddings, so no tokenizer or text encoder):
