@@ -110,7 +110,8 @@ def trace_point(fam: type[Family], axes: Mapping[str, list[int]],
 def verify_points(fam: type[Family], axes: Mapping[str, list[int]], traced: Mapping[str, int],
                   config: Mapping[str, Any] | None = None) -> list[dict[str, int]]:
     """The traced point, then the profile's minimum (the next size up where the minimum is
-    the traced size), so that every dynamic axis is checked at two sizes inside the profile."""
+    the traced size), so that every dynamic axis is checked at two sizes inside the profile;
+    the traced point alone when the profile allows no other."""
     second = {}
     for a in _axes(fam, config):
         lo, _, hi = axes[a.name]
@@ -120,7 +121,7 @@ def verify_points(fam: type[Family], axes: Mapping[str, list[int]], traced: Mapp
             second[a.name] = traced[a.name] + a.multiple_of
         else:
             second[a.name] = traced[a.name]
-    return [dict(traced), second]
+    return [dict(traced)] if second == traced else [dict(traced), second]
 
 
 def profiles(graphs: Mapping[str, GraphSpec], fam, config, axes, dtype) -> None:

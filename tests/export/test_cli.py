@@ -125,6 +125,14 @@ def test_batch_of_one_is_static_verified_at_one_and_auto_builds_nothing_without_
     embed_inputs = {s["name"]: s["shape"] for s in manifest["graphs"]["embed"]["inputs"]}
     assert embed_inputs["hidden_states"][0] == 1 and embed_inputs["timestep"] == [1]
     assert not list(art.glob("*.engine"))
+    # The runtime refuses another batch size, naming the fixed size.
+    import teacache_trt
+    from teacache_trt.families import get_family
+
+    feed = get_family("flux").example_inputs(manifest["config"], {"batch": 2, "img_seq": 16, "txt_seq": 8},
+                                             torch.float32)
+    with pytest.raises(TeaCacheError, match="fixed in the graph, by the model config or by an axis range of 1:1:1"):
+        teacache_trt.load_transformer(art, threshold=0)(**feed)
     (line,) = [l for l in out.splitlines() if l.startswith("[build]")]
     assert "no CUDA GPU" in line and "--build tensorrt-rtx" in line and "--axis batch=1:1:1" in line
     # The printed command builds the engines from the same graphs.
