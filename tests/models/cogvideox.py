@@ -129,6 +129,8 @@ def run_pipeline(pipe, steps, seed=0, height=HEIGHT, width=WIDTH, frames=FRAMES,
 
 PIPELINE_CONTEXTS = {"cond_uncond"}  # CFG batched into one call per step, named by the pipeline
 PIPELINE_THRESHOLD = 0.3
+
+
 # CogVideoX-5b's transformer config with 1 block.
 REAL_CONFIG = dict(
     num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16,
