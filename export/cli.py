@@ -50,13 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="profile range of a dynamic axis, NAME=MIN:OPT:MAX (repeatable); "
                         "see --list-axes for the family's axes")
     p.add_argument("--build", default="auto", choices=["auto", "none", "tensorrt", "tensorrt-rtx"],
-                   help="engines to build (default: the first TensorRT flavour installed, else none)")
+                   help="engines to build (default auto: with a CUDA GPU present, the first TensorRT "
+                        "flavour installed; without one, none, and the command that builds them "
+                        "ahead of time is printed)")
     p.add_argument("--no-verify", action="store_true", help="skip the numerical checks against PyTorch")
     p.add_argument("--force", action="store_true",
                    help="redo every stage even if its inputs did not change; write into a folder that holds other files")
     p.add_argument("--check", metavar="ART_DIR",
                    help="verify every file of an exported artifact against its manifest (full sha256), then exit")
-    p.add_argument("--list-axes", action="store_true", help="print the family's axes and defaults, then exit")
+    p.add_argument("--list-axes", action="store_true",
+                   help="print the family's axes with their ranges (defaults, or as --axis/--batch set them), then exit")
     return p
 
 
@@ -69,25 +72,36 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    from ..families import find_model_dir, read_config
-    from .exporter import config_values, export_model, resolve_family
+    from .exporter import export_model
 
     if args.check is not None:
         return check(args.check)
-    if args.list_axes:
-        src = find_model_dir(args.model_dir)
-        config = read_config(src)
-        with config_values(src):
-            fam = resolve_family(config, args.family, args.family_module)
-            for a in fam.axes_for(config):
-                print(f"{a.name}={a.min}:{a.opt}:{a.max}  {a.help}")
-        return 0
     axes = dict(args.axis)
     if args.batch:
         axes["batch"] = args.batch
+    if args.list_axes:
+        return list_axes(args.model_dir, args.family, args.family_module, axes)
     export_model(args.model_dir, args.out, family=args.family, family_module=args.family_module,
                  variant=args.variant, precision=args.precision, axes=axes, build=args.build,
                  force=args.force, verify=not args.no_verify)
+    return 0
+
+
+def list_axes(model_dir, family, family_module, overrides) -> int:
+    """The axes of the model's family for its config, as an export would take them."""
+    from ..families import find_model_dir, read_config
+    from .exporter import config_values, resolve_axes, resolve_family, static_axes
+
+    src = find_model_dir(model_dir)
+    config = read_config(src)
+    with config_values(src):
+        fam = resolve_family(config, family, family_module)
+        axes = resolve_axes(fam, overrides, config)
+        fixed = static_axes(axes)
+        for a in fam.axes_for(config):
+            lo, opt, hi = axes[a.name]
+            note = "  (fixed in the graphs)" if a.name in fixed else ""
+            print(f"{a.name}={lo}:{opt}:{hi}  {a.help}{note}")
     return 0
 
 

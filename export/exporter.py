@@ -27,8 +27,9 @@ from ..families import Family, find_model_dir, get_family, load_family_module, p
 from ..families import base as family_base
 from ..families.model_io import module_dtype
 from ..shapes import propagate
+from ..engines.flavours import installed, no_gpu_reason, resolve_flavour
 from . import verify as V
-from .onnx_export import OPSET, export_part, graph_files, io_specs
+from .onnx_export import OPSET, export_part, graph_files
 
 Log = Callable[[str], None]
 
@@ -93,7 +94,7 @@ def weights_hash_of_model(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-# --- axes and profiles ----------------------------------------------------------------------
+# --- axes, trace and verification points, profiles ----------------------------------------------------------------------
 def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]] | None,
                  config: Mapping[str, Any] | None = None) -> dict[str, list[int]]:
     axes = {a.name: [a.min, a.opt, a.max] for a in _axes(fam, config)}
@@ -117,29 +118,48 @@ def _axes(fam: type[Family], config: Mapping[str, Any] | None):
     return fam.axes if config is None else fam.axes_for(config)
 
 
-def export_point(fam: type[Family], axes: Mapping[str, list[int]],
-                 config: Mapping[str, Any] | None = None) -> dict[str, int]:
-    """Axis sizes of the example inputs: opt, but at least 2 (torch.export specialises 0/1)."""
-    point = {}
-    for a in _axes(fam, config):
-        v = max(axes[a.name][1], 2)
-        point[a.name] = -(-v // a.multiple_of) * a.multiple_of
-    return point
+def static_axes(axes: Mapping[str, list[int]]) -> list[str]:
+    """Axes the graphs fix at 1: their profile allows no other size, and torch.export
+    specialises a traced size of 1 (it cannot be traced as a dynamic dim)."""
+    return [name for name, (_, _, hi) in axes.items() if hi < 2]
 
 
-def second_point(fam: type[Family], axes: Mapping[str, list[int]], first: Mapping[str, int],
-                 config: Mapping[str, Any] | None = None) -> dict[str, int]:
-    """Another point inside the profile for the second verification (min where it differs)."""
-    point = {}
+def trace_point(fam: type[Family], axes: Mapping[str, list[int]],
+                config: Mapping[str, Any] | None = None) -> dict[str, int]:
+    """Axis sizes the graphs are traced at: small, inside the profile, never its opt.
+
+    Per axis the smallest size >= 2 in its range (1 for a static axis), distinct from the
+    sizes already chosen where the range allows: torch.export may tie two dims that trace
+    at the same size.  Tracing and the first verification then cost what the weights cost,
+    whatever the profile's opt (a real-size opt does not fit in RAM: DESIGN §7).
+    """
+    point: dict[str, int] = {}
     for a in _axes(fam, config):
         lo, _, hi = axes[a.name]
-        if lo != first[a.name]:
-            point[a.name] = lo
-        elif first[a.name] + a.multiple_of <= hi:
-            point[a.name] = first[a.name] + a.multiple_of
-        else:
-            point[a.name] = first[a.name]
+        if hi < 2:
+            point[a.name] = hi
+            continue
+        first = -(-max(lo, 2) // a.multiple_of) * a.multiple_of
+        sizes = range(first, hi + 1, a.multiple_of)
+        point[a.name] = next((v for v in sizes if v not in point.values()), first)
     return point
+
+
+def verify_points(fam: type[Family], axes: Mapping[str, list[int]], traced: Mapping[str, int],
+                  config: Mapping[str, Any] | None = None) -> list[dict[str, int]]:
+    """The traced point, then the profile's minimum (the next size up where the minimum is
+    the traced size), so that every dynamic axis is checked at two sizes inside the profile;
+    the traced point alone when the profile allows no other."""
+    second = {}
+    for a in _axes(fam, config):
+        lo, _, hi = axes[a.name]
+        if lo != traced[a.name]:
+            second[a.name] = lo
+        elif traced[a.name] + a.multiple_of <= hi:
+            second[a.name] = traced[a.name] + a.multiple_of
+        else:
+            second[a.name] = traced[a.name]
+    return [dict(traced)] if second == traced else [dict(traced), second]
 
 
 def profiles(graphs: Mapping[str, GraphSpec], fam, config, axes, dtype) -> None:
@@ -190,10 +210,9 @@ def export_model(
     dtype = precision_dtype(precision)
     out = Path(out)
     t_start = time.perf_counter()
+    asked_variant = variant
 
     # Validate everything cheap before the (slow) model load: engine flavour first.
-    from ..engines.flavours import resolve_flavour
-
     flavour = resolve_flavour(build)
     if flavour != "none":
         from ..engines.build import target_device
@@ -252,8 +271,32 @@ def export_model(
             model = model.eval()
             manifest = _export_staged(fam, model, config, src, variant, precision, dtype, axes_r,
                                       weights_hash, export_key, out, verify, flavour, log, family_module or "")
+    if flavour == "none" and build == "auto":
+        log(f"[build] no engines: {no_gpu_reason() or 'neither tensorrt nor tensorrt-rtx is installed'}; "
+            f"{_build_later(model_dir, out, model is None, family, family_module, asked_variant, precision, axes)}")
     log(f"[done] {out} in {time.perf_counter() - t_start:.1f}s")
     return manifest
+
+
+def _build_later(model_dir, out, from_dir: bool, family, family_module, variant, precision, axes) -> str:
+    """How to build the engines that ``--build auto`` skipped: the same export with
+    ``--build tensorrt-rtx`` (it reuses the graphs and builds ahead of time, no GPU needed)."""
+    import shlex
+
+    if not from_dir:
+        return "to build engines ahead of time, call export_model again with build='tensorrt-rtx'"
+    args = [str(model_dir), "--out", str(out)]
+    for flag, value in (("--family", family), ("--family-module", family_module), ("--variant", variant)):
+        if value:
+            args += [flag, value]
+    if precision != "fp32":
+        args += ["--precision", precision]
+    for name, rng in (axes or {}).items():
+        args += ["--axis", f"{name}={':'.join(str(int(v)) for v in rng)}"]
+    command = "teacache-export " + " ".join(shlex.quote(a) for a in args + ["--build", "tensorrt-rtx"])
+    if not installed("tensorrt-rtx"):
+        command = f"pip install 'teacache-trt[tensorrt-rtx]', then {command}"
+    return f"to build TensorRT-RTX engines ahead of time without a GPU: {command}"
 
 
 def _graph_code(fam) -> list[Path]:
@@ -276,7 +319,11 @@ def _reusable(out: Path, previous: Manifest | None, export_key: str, force: bool
 
 
 def _graph_hash(path: Path) -> str:
-    return sha256_json({p.name: sha256_file(p) for p in graph_files(path)})
+    return _files_hash(graph_files(path))
+
+
+def _files_hash(files) -> str:
+    return sha256_json({p.name: sha256_file(p) for p in files})
 
 
 def _export_staged(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
@@ -309,32 +356,39 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
 def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
                    export_key, out, verify, log, family_module) -> Manifest:
     parts = fam.parts(model, fam.variant(variant))
-    point_a = export_point(fam, axes, config)
-    feed = fam.example_inputs(config, point_a, dtype)
+    traced = trace_point(fam, axes, config)
+    static = static_axes(axes)
+    if static:
+        log(f"[export] {', '.join(f'{a}=1' for a in static)} is fixed in the graphs: the profile "
+            f"allows no other size, and torch.export cannot trace a dynamic dim at size 1")
+    feed = fam.example_inputs(config, traced, dtype)
     dims = fam.input_dims(config)
     graphs: dict[str, GraphSpec] = {}
     pool = dict(feed)
     names = graph_names(parts)
-    with torch.no_grad():
-        for i, name in enumerate(names, 1):
-            part = parts[name]
-            if name == "embed":
-                signal_shape = _signal_shape(part, pool)
-                pool["prev_signal"] = torch.randn(signal_shape, dtype=dtype)
-                part_dims = {**dims, "prev_signal": dict(fam.signal_dims)}
-            elif name == CONTEXT_GRAPH:  # model inputs only, like the embed
-                part_dims = dims
-            else:
-                part_dims = part.dynamic
-            t0 = time.perf_counter()
-            path = out / f"{name}.onnx"
-            log(f"[export {i}/{len(names)}] {name}.onnx ...")
-            export_part(part, pool, part_dims, path)
-            inputs, outputs = io_specs(path)
-            graphs[name] = GraphSpec(file=path.name, sha256=_graph_hash(path), inputs=inputs, outputs=outputs)
-            log(f"[export {i}/{len(names)}] {name}.onnx in {time.perf_counter() - t0:.1f}s "
-                f"({path.stat().st_size / 1e6:.1f} MB)")
-            pool.update(part.run(pool))
+    for i, name in enumerate(names, 1):
+        part = parts[name]
+        if name == "embed":
+            signal_shape = _signal_shape(part, pool, traced)
+            pool["prev_signal"] = torch.randn(signal_shape, dtype=dtype)
+            part_dims = {**dims, "prev_signal": dict(fam.signal_dims)}
+        elif name == CONTEXT_GRAPH:  # model inputs only, like the embed
+            part_dims = dims
+        else:
+            part_dims = part.dynamic
+        path = out / f"{name}.onnx"
+        log(f"[export {i}/{len(names)}] {name}.onnx at {traced} ...")
+        t0 = time.perf_counter()
+        written = export_part(part, pool, part_dims, path, static)
+        t_hash = time.perf_counter()
+        graphs[name] = GraphSpec(file=path.name, sha256=_files_hash(written.files),
+                                 inputs=written.inputs, outputs=written.outputs)
+        stages = {**written.seconds, "hash": time.perf_counter() - t_hash}
+        size = sum(f.stat().st_size for f in written.files)
+        log(f"[export {i}/{len(names)}] {name}.onnx in {time.perf_counter() - t0:.1f}s ("
+            + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + f"; {size / 1e6:.1f} MB)")
+        if name != names[-1]:
+            pool.update(_run_part(name, part, pool, traced))  # the next part's example inputs
     profiles(graphs, fam, config, axes, dtype)
     v = fam.variants[variant]
     manifest = Manifest(
@@ -347,48 +401,97 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
         versions=versions(), export_key=export_key, family_module=family_module,
     )
     if verify:
-        for k, point in enumerate((point_a, second_point(fam, axes, point_a, config))):
-            log(f"[verify {k + 1}/2] at {point}")
-            _verify_at(fam, model, parts, manifest, out, config, point, dtype, precision, seed=k + 1)
+        _verify(fam, model, parts, manifest, out, config, verify_points(fam, axes, traced, config),
+                dtype, precision, log)
     return manifest
 
 
-def _signal_shape(embed, pool) -> tuple[int, ...]:
-    """Shape of the signal at the export point, from one PyTorch run of the embed part."""
+def _run_part(name: str, part, pool, point) -> dict[str, torch.Tensor]:
+    """One eager PyTorch run of a part; a failure names the graph and the sizes."""
+    try:
+        with torch.no_grad():
+            return part.run(pool)
+    except Exception as exc:
+        raise TeaCacheError(
+            f"the PyTorch {name} part failed at {point}: {type(exc).__name__}: {str(exc)[:1000]}. "
+            f"The export runs each part at the smallest sizes of the profile: if this is an "
+            f"allocation failure, lower the axis minimums (--axis NAME=MIN:OPT:MAX)"
+        ) from exc
+
+
+def _signal_shape(embed, pool, point) -> tuple[int, ...]:
+    """Shape of the signal at the trace point, from one PyTorch run of the embed part."""
     probe = dict(pool)
     # prev_signal only feeds the sums; any broadcastable tensor gives the signal's shape.
     probe["prev_signal"] = torch.zeros(())
-    return tuple(embed.run(probe)["signal"].shape)
+    return tuple(_run_part("embed", embed, probe, point)["signal"].shape)
 
 
-def _verify_at(fam, model, parts, manifest, out, config, point, dtype, precision, seed) -> None:
+def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, log) -> None:
+    """Each graph against its PyTorch part at every point, and the composed parts against
+    the model's own forward.  One ONNX Runtime session per graph, dropped before the next
+    graph's (the block graph holds the weights)."""
+    runs = []
+    for k, point in enumerate(points):
+        runs.append(_reference(fam, model, parts, manifest, config, point, dtype, precision, seed=k + 1))
+        log(f"[verify {k + 1}/{len(points)}] PyTorch parts composed vs {fam.class_name}.forward at "
+            f"{point}: max abs {runs[-1][2]:.3g}")
+    on_cpu = precision in V.ORT_CPU_PRECISIONS
+    if not on_cpu:
+        log(f"[verify] the {precision} graphs were not run: ONNX Runtime's CPU provider has no "
+            f"{precision} kernels (verified: the PyTorch split against the model, above); "
+            f"TensorRT or ONNX Runtime on CUDA runs them")
+    for name in graph_names(manifest.graphs):
+        graph = manifest.graphs[name]
+        rows = [{"axes": dict(point)} for point in points]
+        if on_cpu:
+            t0 = time.perf_counter()
+            session = V.ort_session(out / graph.file, name)
+            for row, point, (feeds, refs, _) in zip(rows, points, runs):
+                got = V.run_ort(session, feeds, name, point)
+                row.update(graph_verified=True, method="ONNX Runtime CPU vs the PyTorch part",
+                           **V.check(f"{name} graph at {point}", got, refs[name], precision))
+            del session
+            log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
+                f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
+        else:
+            for row in rows:
+                row.update(graph_verified=False,
+                           method=f"not run: ONNX Runtime's CPU provider has no {precision} kernels")
+        if name == "head":
+            for row, (_, _, split) in zip(rows, runs):
+                row["split_vs_model_max_abs"] = split
+        graph.verification = rows
+
+
+def _reference(fam, model, parts, manifest, config, point, dtype, precision, seed):
+    """The PyTorch side at ``point``: every part's inputs (one pool), each part's outputs, and
+    the max abs error of the composed parts against the model's own forward.  Output shapes
+    are checked against the manifest's shape expressions on the way."""
     feed = fam.example_inputs(config, point, dtype, seed=seed)
     names = graph_names(manifest.graphs)
     shapes = propagate([manifest.graphs[g] for g in names], {n: t.shape for n, t in feed.items()})
     pool = dict(feed)
     g = torch.Generator().manual_seed(seed)
     pool["prev_signal"] = torch.randn(shapes["prev_signal"], generator=g).to(dtype)
-    with torch.no_grad():
-        for name in names:
-            graph = manifest.graphs[name]
-            ref = parts[name].run(pool)
-            for o in graph.output_names:
-                if tuple(ref[o].shape) != shapes[o]:
-                    raise TeaCacheError(
-                        f"{name}: output {o!r} has shape {tuple(ref[o].shape)} but the manifest's "
-                        f"shape expressions give {shapes[o]}: the export's dynamic dims are wrong"
-                    )
-            if precision in V.ORT_CPU_PRECISIONS:
-                got = V.run_ort(V.ort_session(out / graph.file), pool)
-                result = V.check(f"{name} graph at {point}", got, ref, precision)
-            else:
-                # ONNX Runtime's CPU provider has no bf16 kernels (MatMul, ...): the graphs are
-                # checked at build time by TensorRT only; the split check below still runs.
-                result = {"graph_verified": False, "reason": f"no {precision} kernels in ONNX Runtime CPU"}
-            graph.verification.append({"axes": dict(point), **result})
-            pool.update(ref)
-        # The split must reproduce the model: composed PyTorch parts against model.forward.
-        full = fam.call_model(model, fam.kwargs_from_feed(feed))
-        split = V.check(f"split vs {fam.class_name}.forward at {point}", {"output": pool["output"]},
-                        {"output": full}, precision)
-        manifest.graphs["head"].verification[-1]["split_vs_model_max_abs"] = split["max_abs"]
+    refs = {}
+    for name in names:
+        refs[name] = _run_part(name, parts[name], pool, point)
+        for o in manifest.graphs[name].output_names:
+            if tuple(refs[name][o].shape) != shapes[o]:
+                raise TeaCacheError(
+                    f"{name}: output {o!r} has shape {tuple(refs[name][o].shape)} but the manifest's "
+                    f"shape expressions give {shapes[o]}: the export's dynamic dims are wrong"
+                )
+        pool.update(refs[name])
+    # The split must reproduce the model: composed PyTorch parts against model.forward.
+    try:
+        with torch.no_grad():
+            full = fam.call_model(model, fam.kwargs_from_feed(feed))
+    except Exception as exc:
+        raise TeaCacheError(
+            f"{fam.class_name}.forward failed at {point}: {type(exc).__name__}: {str(exc)[:1000]}"
+        ) from exc
+    split = V.check(f"split vs {fam.class_name}.forward at {point}", {"output": pool["output"]},
+                    {"output": full}, precision)
+    return pool, refs, split["max_abs"]

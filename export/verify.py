@@ -46,18 +46,36 @@ def check(name: str, got: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Te
     return worst
 
 
-def ort_session(path: Path):
+def ort_session(path: Path, graph: str | None = None):
+    """A CPU session over ``path``; a failure (an allocation included) is a TeaCacheError."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise TeaCacheError(
+            f"ONNX Runtime could not load the {graph or Path(path).stem} graph for verification "
+            f"({type(exc).__name__}: {str(exc)[:1000]}); if it ran out of memory, export on a "
+            f"machine with more RAM or pass --no-verify (the graphs are then unchecked)"
+        ) from exc
 
 
-def run_ort(session, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def run_ort(session, feed: Mapping[str, torch.Tensor], graph: str | None = None,
+            point: Mapping[str, int] | None = None) -> dict[str, torch.Tensor]:
     names = [i.name for i in session.get_inputs()]
     arrays = {n: _to_numpy(feed[n]) for n in names}
-    outs = session.run(None, arrays)
+    try:
+        outs = session.run(None, arrays)
+    except Exception as exc:
+        shapes = {n: tuple(a.shape) for n, a in arrays.items()}
+        raise TeaCacheError(
+            f"ONNX Runtime failed running the {graph or 'exported'} graph at {point or shapes} "
+            f"({type(exc).__name__}: {str(exc)[:1000]}). Verification runs at the smallest sizes "
+            f"of the profile: if this is an allocation failure, lower the axis minimums "
+            f"(--axis NAME=MIN:OPT:MAX) or pass --no-verify (the graphs are then unchecked)"
+        ) from exc
     return {o.name: torch.from_numpy(np.asarray(v)) for o, v in zip(session.get_outputs(), outs)}
 
 

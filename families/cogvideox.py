@@ -155,12 +155,13 @@ class CogVideoX(Family):
     )}
     # CogVideoX-5b (RoPE, 480x720, 49 frames); axes_for gives CogVideoX 1.5 and the
     # fixed-size models their own.
+    # From one frame of one patch and one text token up; opt at the checkpoint's own size.
     axes = (
         Axis("batch", 1, 2, 4, help="batch size; CFG doubles it (the pipelines batch cond and uncond)"),
         Axis("frames", 1, 13, 13, help="latent frames: (video frames - 1)/4 + 1; 49 frames -> 13"),
-        Axis("height", 16, 60, 96, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
-        Axis("width", 16, 90, 160, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
-        Axis("txt_seq", 16, 226, 226, help="text tokens (T5, padded to max_sequence_length=226)"),
+        Axis("height", 2, 60, 96, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
+        Axis("width", 2, 90, 160, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
+        Axis("txt_seq", 1, 226, 226, help="text tokens (T5, padded to max_sequence_length=226)"),
     )
     signal = "time_embedding(time_proj(timestep)) [+ ofs_embedding(ofs_proj(ofs))], the blocks' temb"
     signal_dims = {0: "batch"}
@@ -210,11 +211,11 @@ class CogVideoX(Family):
                 batch,
                 Axis("frames", p_t, 22, 42, multiple_of=p_t,
                      help="latent frames, padded to a multiple of patch_size_t (81 frames -> 22)"),
-                Axis("height", 32, 96, 170, multiple_of=p, help="latent height: pixels/8"),
-                Axis("width", 32, 170, 170, multiple_of=p, help="latent width: pixels/8"),
+                Axis("height", p, 96, 170, multiple_of=p, help="latent height: pixels/8"),
+                Axis("width", p, 170, 170, multiple_of=p, help="latent width: pixels/8"),
                 cls.axes[4],
             )
-        return tuple(a if a.multiple_of == 1 else Axis(a.name, a.min, a.opt, a.max, p, a.help)
+        return tuple(a if a.multiple_of == 1 else Axis(a.name, p, a.opt, a.max, p, a.help)
                      for a in cls.axes)
 
     @classmethod

@@ -91,10 +91,12 @@ class Flux(Family):
             default_threshold=0.4,  # 0.25 -> 1.5x, 0.4 -> 1.8x, 0.6 -> 2.0x, 0.8 -> 2.25x
         ),
     }
+    # From one token to FLUX.1's ~2 MP ceiling (1920x1080 -> 8160 image tokens); opt at its
+    # 1024x1024 default and FLUX.1-dev's 512 T5 tokens.
     axes = (
         Axis("batch", 1, 1, 4, help="batch size (CFG rows included)"),
-        Axis("img_seq", 256, 1024, 4096, help="image tokens: (height/16)*(width/16) for FLUX.1"),
-        Axis("txt_seq", 128, 512, 512, help="text tokens (T5 sequence length)"),
+        Axis("img_seq", 1, 4096, 8192, help="image tokens: (height/16)*(width/16) for FLUX.1"),
+        Axis("txt_seq", 1, 512, 512, help="text tokens (T5 sequence length: 512 for dev, 256 for schnell)"),
     )
     signal = "transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0], image tokens"
     signal_dims = {0: "batch", 1: "img_seq"}

@@ -126,12 +126,14 @@ class HunyuanVideo(Family):
             default_threshold=0.1,
         ),
     }
+    # From one frame of one patch and one text token to 129 frames at 720p (either
+    # orientation); opt at 720x1280, 129 frames.
     axes = (
         Axis("batch", 1, 1, 2, help="batch size (CFG rows included; HunyuanVideo embeds guidance)"),
         Axis("frames", 1, 33, 33, help="latent frames: (video frames - 1)/4 + 1; 129 frames -> 33"),
-        Axis("height", 32, 90, 160, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
-        Axis("width", 32, 160, 160, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
-        Axis("txt_seq", 16, 256, 256, help="text tokens (LLaMA sequence length after the template crop)"),
+        Axis("height", 2, 90, 160, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
+        Axis("width", 2, 160, 160, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
+        Axis("txt_seq", 1, 256, 256, help="text tokens (LLaMA sequence length after the template crop)"),
     )
     signal = "transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0], image tokens"
     signal_dims = {0: "batch", 1: AUTO}

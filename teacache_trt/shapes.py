@@ -75,8 +75,8 @@ def bind(declared: Sequence[Dim], actual: Sequence[int], env: dict[str, int], wh
             if d != a:
                 raise TeaCacheError(
                     f"{where} has size {a} on dim {i} (shape {tuple(actual)}); the graph was "
-                    f"exported with {d} there (shape {tuple(declared)}): this size comes from "
-                    f"the model config and cannot change at run time"
+                    f"exported with {d} there (shape {tuple(declared)}): this size is fixed in "
+                    f"the graph, by the model config or by an axis range of 1:1:1 at export"
                 )
         elif not is_symbol(d):
             _solve_linear(d, a, env, where, i)

@@ -154,6 +154,17 @@ def check_thresholds(thresholds: Sequence[float]) -> list[float]:
     return out
 
 
+def check_backend_runs(manifest, backend: str, device: str) -> None:
+    """Refuse, with the ways that do run them, graphs the chosen backend cannot run here."""
+    if manifest.precision == "bf16" and backend == "onnxruntime" and device == "cpu":
+        raise TeaCacheError(
+            "this artifact's graphs are bf16, which ONNX Runtime's CPU provider cannot run: use "
+            "--backend torch (the same three parts in PyTorch; runs bf16 on the CPU), "
+            "--backend tensorrt or tensorrt-rtx --device cuda, --backend onnxruntime --device cuda "
+            "(onnxruntime-gpu), or re-export with --precision fp32"
+        )
+
+
 def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps: int = 20,
               thresholds: Sequence[float] | None = None, axes: Mapping[str, int] | None = None,
               warmup: int = 1, repeat: int = 1, threads: int = 0, seed: int = 0,
@@ -174,6 +185,7 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     family = get_family(manifest.family)
     dtype = PRECISIONS[manifest.precision]
     check_sampling_inputs(manifest)
+    check_backend_runs(manifest, backend, device)
     inputs = family.example_inputs(manifest.config, sizes, dtype, seed=seed)
     if threads and backend == "torch":
         torch.set_num_threads(threads)

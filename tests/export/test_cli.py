@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import pytest
@@ -64,10 +65,85 @@ def test_pipeline_folder_is_found(exported, tmp_path):
     assert find_model_dir(tmp_path / "pipe") == tmp_path / "pipe" / "transformer"
 
 
-def test_list_axes(exported, capsys):
-    assert cli.main([str(exported("flux").model_dir), "--out", "unused", "--list-axes"]) == 0
+def test_list_axes_needs_no_out(exported, capsys):
+    model_dir = str(exported("flux").model_dir)
+    assert cli.main([model_dir, "--list-axes"]) == 0
     out = capsys.readouterr().out
-    assert "img_seq=256:1024:4096" in out and "txt_seq=" in out
+    # Defaults: from one token to the family's maximum, opt at the usual size.
+    assert "img_seq=1:4096:8192" in out and "txt_seq=1:512:512" in out
+    assert cli.main([model_dir, "--list-axes", "--axis", "img_seq=16:64:256", "--batch", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "img_seq=16:64:256" in out and "batch=1:1:1" in out and "(fixed in the graphs)" in out
+
+
+def test_out_is_required_for_an_export(exported, capsys):
+    assert cli.main([str(exported("flux").model_dir)]) == 2
+    assert "--out ART_DIR is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--axis", "imgseq=4:16:64"], "family 'flux' has no axis 'imgseq'"),
+    (["--axis", "img_seq=4:16"], "--axis img_seq= '4:16' is not MIN:OPT:MAX"),
+    (["--axis", "img_seq"], "--axis 'img_seq' is not NAME=MIN:OPT:MAX"),
+    (["--batch", "1:x:2"], "--batch '1:x:2' is not MIN:OPT:MAX"),
+    (["--axis", "txt_seq=0:8:16"], "need 1 <= min <= opt <= max"),
+])
+def test_axis_typos_fail_before_the_model_is_read(exported, tmp_path, capsys, monkeypatch, args, message):
+    """One line, exit 2, before the weights are hashed or loaded (the config alone is read)."""
+    from teacache_trt.export import exporter
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the weights were read before the axes were checked")
+
+    monkeypatch.setattr(exporter, "weights_hash_of_dir", must_not_run)
+    monkeypatch.setattr(exporter, "load_model", must_not_run)
+    rc = cli.main([str(exported("flux").model_dir), "--out", str(tmp_path / "art"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_batch_of_one_is_static_verified_at_one_and_auto_builds_nothing_without_a_gpu(
+        exported, tmp_path, capsys):
+    """--batch 1:1:1: the graphs fix batch at 1 and every verified shape lies in the profile;
+    --build auto on a machine without a GPU builds nothing and prints how to build."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: --build auto builds engines there")
+    ex = exported("flux")
+    art = tmp_path / "art"
+    rc = cli.main([str(ex.model_dir), "--out", str(art), "--batch", "1:1:1",
+                   "--axis", "img_seq=4:16:64", "--axis", "txt_seq=2:8:16"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "batch=1 is fixed in the graphs" in out
+    manifest = json.loads((art / "manifest.json").read_text())
+    for name, graph in manifest["graphs"].items():
+        for row in graph["verification"]:
+            assert row["graph_verified"] and row["max_rel"] <= 1e-5, (name, row)
+            for axis, size in row["axes"].items():
+                lo, _, hi = manifest["axes"][axis]
+                assert lo <= size <= hi, (name, axis, size)
+    embed_inputs = {s["name"]: s["shape"] for s in manifest["graphs"]["embed"]["inputs"]}
+    assert embed_inputs["hidden_states"][0] == 1 and embed_inputs["timestep"] == [1]
+    assert not list(art.glob("*.engine"))
+    # The runtime refuses another batch size, naming the fixed size.
+    import teacache_trt
+    from teacache_trt.families import get_family
+
+    feed = get_family("flux").example_inputs(manifest["config"], {"batch": 2, "img_seq": 16, "txt_seq": 8},
+                                             torch.float32)
+    with pytest.raises(TeaCacheError, match="fixed in the graph, by the model config or by an axis range of 1:1:1"):
+        teacache_trt.load_transformer(art, threshold=0)(**feed)
+    (line,) = [l for l in out.splitlines() if l.startswith("[build]")]
+    assert "no CUDA GPU" in line and "--build tensorrt-rtx" in line and "--axis batch=1:1:1" in line
+    # The printed command builds the engines from the same graphs.
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed")
+    command = shlex.split(line.split(": ", 2)[-1])
+    assert command[0] == "teacache-export"
+    assert cli.main(command[1:]) == 0
+    assert "is up to date" in capsys.readouterr().out
+    assert len(list(art.glob("*.tensorrt-rtx.*.engine"))) == 3
 
 
 def test_failed_verification_keeps_the_previous_artifacts(exported, tmp_path, monkeypatch):

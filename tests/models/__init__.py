@@ -13,6 +13,14 @@
     update(latents, output, steps)    (optional) the sampling loop's latent update, where the
                                       output is not shaped like the latents (learned sigma);
                                       default ``latents - output / steps``
+    REAL_CONFIG                       keyword arguments of the diffusers model class with a real
+                                      checkpoint's dimensions (hidden size, heads, channels, text
+                                      width, patch sizes, positional settings) but 1-2 layers of
+                                      each kind (a few hundred M parameters): a default export
+                                      of it meets the real profiles, weights and activations
+                                      (tests/export/test_real_size.py, scripts/real_size_export.py)
+    REAL_CONFIG_<SUFFIX>              (optional) further layouts of the family worth exporting
+                                      at real size, e.g. REAL_CONFIG_15 for CogVideoX1.5-5B
 
 and, for a family whose diffusers pipeline runs from tiny components (no download; prompts
 passed as embeddings, so no tokenizer or text encoder):

@@ -130,3 +130,18 @@ def run_pipeline(pipe, steps, seed=0, height=HEIGHT, width=WIDTH, frames=FRAMES,
 
 PIPELINE_CONTEXTS = {"cond_uncond"}  # CFG batched into one call per step, named by the pipeline
 PIPELINE_THRESHOLD = 0.3
+
+
+# CogVideoX-5b's transformer config with 1 block.
+REAL_CONFIG = dict(
+    num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16,
+    flip_sin_to_cos=True, freq_shift=0, time_embed_dim=512, text_embed_dim=4096, num_layers=1,
+    attention_bias=True, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
+    temporal_compression_ratio=4, max_text_seq_length=226, activation_fn="gelu-approximate",
+    timestep_activation_fn="silu", norm_elementwise_affine=True, norm_eps=1e-5,
+    spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0,
+    use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+)
+# CogVideoX1.5-5B (text to video): temporal patches, no patch bias, 300x300 sample grid.
+REAL_CONFIG_15 = dict(REAL_CONFIG, patch_size_t=2, patch_bias=False, sample_height=300,
+                      sample_width=300, sample_frames=81)

@@ -54,3 +54,11 @@ def run_pipeline(pipe, steps, seed=0, **kwargs):
 
 PIPELINE_CONTEXTS = {"cond"}  # one call per step, named "cond" by the pipeline (no true CFG)
 PIPELINE_THRESHOLD = 0.8
+
+
+# FLUX.1-dev's transformer config with 1 double + 1 single block (0.5 B parameters).
+REAL_CONFIG = dict(
+    patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+    guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)

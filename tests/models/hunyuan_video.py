@@ -70,3 +70,11 @@ def run_pipeline(pipe, steps, seed=0, **kwargs):
 
 PIPELINE_CONTEXTS = {"cond"}  # embedded guidance: one call per step, named "cond" by the pipeline
 PIPELINE_THRESHOLD = 0.3  # computes steps 0, 5, 7 of 8
+
+# HunyuanVideo's transformer config with 1 double + 1 single block and 1 token-refiner layer.
+REAL_CONFIG = dict(
+    in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128,
+    num_layers=1, num_single_layers=1, num_refiner_layers=1, mlp_ratio=4.0, patch_size=2,
+    patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096,
+    pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56),
+)
