@@ -240,7 +240,8 @@ def export_model(
         variant = fam.variant(variant or fam.variant_for(config)).name
         axes_r = resolve_axes(fam, axes, config)
     artifact.check_out_dir(out, force)
-    if model is None:
+    from_dir = model is None  # the model is loaded below; the build hint needs to know where it came from
+    if from_dir:
         log(f"[load] {fam.class_name} from {src} ({precision})")
         weights_hash = weights_hash_of_dir(src)
     else:
@@ -273,7 +274,7 @@ def export_model(
                                       weights_hash, export_key, out, verify, flavour, log, family_module or "")
     if flavour == "none" and build == "auto":
         log(f"[build] no engines: {no_gpu_reason() or 'neither tensorrt nor tensorrt-rtx is installed'}; "
-            f"{_build_later(model_dir, out, model is None, family, family_module, asked_variant, precision, axes)}")
+            f"{_build_later(model_dir, out, from_dir, family, family_module, asked_variant, precision, axes)}")
     log(f"[done] {out} in {time.perf_counter() - t_start:.1f}s")
     return manifest
 

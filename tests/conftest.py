@@ -34,6 +34,13 @@ class Exported:
         shutil.copytree(self.art_dir, dest)
         return dest
 
+    @property
+    def graph_names(self) -> tuple[str, ...]:
+        """The exported graphs in run order (the optional context graph first)."""
+        from teacache_trt.manifest import graph_names
+
+        return graph_names(self.manifest.graphs)
+
     def graph(self, name: str) -> Path:
         """The checked path of one exported graph (they live in the manifest's content folder)."""
         return self.manifest.graph_path(self.art_dir, name)

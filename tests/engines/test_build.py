@@ -27,7 +27,7 @@ def flux_engines(exported, tmp_path_factory):
 def test_every_graph_builds(flux_engines):
     art, manifest, logs = flux_engines
     table = manifest.engines["tensorrt-rtx"]
-    assert set(table) == {"embed", "blocks", "head"}
+    assert set(table) == set(manifest.graphs)
     for graph, entry in table.items():
         path = manifest.engine_path(art, "tensorrt-rtx", graph)  # listed, inside, hash checked
         assert path.parent.name == manifest.content and path.stat().st_size > 1000
@@ -42,7 +42,7 @@ def test_every_graph_of_every_family_builds(exported, tmp_path, name):
     art = exported(name).copy(tmp_path / "art")
     build_in_place(art, load_manifest(art), "tensorrt-rtx", log=lambda msg: None)
     manifest = load_manifest(art)
-    assert set(manifest.engines["tensorrt-rtx"]) == {"embed", "blocks", "head"}
+    assert set(manifest.engines["tensorrt-rtx"]) == set(manifest.graphs)
     for graph in manifest.engines["tensorrt-rtx"]:
         assert manifest.engine_path(art, "tensorrt-rtx", graph).stat().st_size > 1000, graph
 
@@ -53,7 +53,7 @@ def test_rebuild_reuses_unchanged_engines(flux_engines):
     before = (art / "manifest.json").read_bytes()
     build_in_place(art, manifest, "tensorrt-rtx", log=logs.append)
     assert (art / "manifest.json").read_bytes() == before  # nothing to commit
-    assert sum("is up to date" in line for line in logs) == 3
+    assert sum("is up to date" in line for line in logs) == len(manifest.graphs)
 
 
 def test_key_changes_with_profile(flux_engines):
@@ -95,7 +95,7 @@ def test_running_rtx_engines_needs_a_gpu(flux_engines):
 def test_trtexec_files(exported):
     ex = exported("flux")
     content = ex.art_dir / ex.manifest.content  # beside the graphs they build
-    for graph in ("embed", "blocks", "head"):
+    for graph in ex.graph_names:
         path = content / f"{graph}.trtexec.sh"
         text = path.read_text()
         assert f"--onnx={graph}.onnx" in text and "--stronglyTyped" in text

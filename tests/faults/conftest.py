@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from teacache_trt.manifest import GRAPH_NAMES, load_manifest
+from teacache_trt.manifest import load_manifest
 
 from faults.helpers import Mount, Outside, copying_export
 
@@ -34,7 +34,7 @@ def fast_export(monkeypatch, flux):
     from teacache_trt.export import exporter
 
     def run(out: Path, graphs_from: dict[str, Path] | None = None, **kwargs):
-        graphs = {g: flux.graph(g) for g in GRAPH_NAMES}
+        graphs = {g: flux.graph(g) for g in flux.graph_names}
         graphs.update(graphs_from or {})
         monkeypatch.setattr(exporter, "_export_graphs", copying_export(load_manifest(flux.art_dir), graphs))
         return exporter.export_model(flux.model_dir, out, axes=flux.spec.AXES, log=lambda m: None,

@@ -56,14 +56,14 @@ def copying_export(template, graphs: dict):
     import copy
 
     from teacache_trt.export import exporter
-    from teacache_trt.manifest import GRAPH_NAMES
+    from teacache_trt.manifest import graph_names
 
     def export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash, export_key,
                       out, verify, log, *rest):
         manifest = copy.deepcopy(template)
         manifest.engines, manifest.files, manifest.content = {}, {}, ""
         manifest.export_key, manifest.weights_hash, manifest.source = export_key, weights_hash, str(src)
-        for g in GRAPH_NAMES:
+        for g in graph_names(manifest.graphs):
             (out / manifest.graphs[g].file).write_bytes(Path(graphs[g]).read_bytes())
             manifest.graphs[g].sha256 = exporter._graph_hash(out / manifest.graphs[g].file)
         return manifest

@@ -38,7 +38,7 @@ def engine_name(kind):
     def tamper(art, outside):
         name = _name(outside, kind)
         entry = {"file": name, "key": "0" * 16, "build_s": 1.0, "trt_version": "1", "device": {"gpu": None}}
-        edit_manifest(art, lambda d: (d["engines"].update({"tensorrt-rtx": {g: entry for g in ("embed", "blocks", "head")}}),
+        edit_manifest(art, lambda d: (d["engines"].update({"tensorrt-rtx": {g: entry for g in d["graphs"]}}),
                                       d["files"].update({name: {"size": 20, "sha256": "0" * 64}})))
     return tamper
 

@@ -19,7 +19,7 @@ import pytest
 
 from teacache_trt import artifact
 from teacache_trt.faults import VARIABLE
-from teacache_trt.manifest import GRAPH_NAMES, load_manifest
+from teacache_trt.manifest import graph_names, load_manifest
 
 from faults.helpers import edit_manifest, fake_engine_bytes, other_checkpoint
 
@@ -30,7 +30,7 @@ TESTS = Path(__file__).resolve().parents[1]
 
 def graph_shas(art: Path) -> dict[str, str]:
     m = load_manifest(art)
-    return {g: m.files[m.graphs[g].file]["sha256"] for g in GRAPH_NAMES}
+    return {g: m.files[m.graphs[g].file]["sha256"] for g in graph_names(m.graphs)}
 
 
 def engine_files(art: Path) -> set[str]:
@@ -62,7 +62,7 @@ def assert_clean(art: Path) -> None:
 def graphs_b(flux, tmp_path):
     """The graphs of another checkpoint: what the re-export writes."""
     (tmp_path / "b").mkdir()
-    return {g: other_checkpoint(flux.graph(g), tmp_path / "b" / f"{g}.onnx") for g in GRAPH_NAMES}
+    return {g: other_checkpoint(flux.graph(g), tmp_path / "b" / f"{g}.onnx") for g in flux.graph_names}
 
 
 # stage -> which artifact the folder holds after the kill, and what the dead run left behind
@@ -82,7 +82,7 @@ def test_kill_during_reexport(flux, art, tmp_path, graphs_b, fast_export, stage,
     assert leftover(art)  # the kill hit where it was meant to
     assert_one_complete_artifact(art)
     now = graph_shas(art)
-    assert now == old if holds == "old" else all(now[g] != old[g] for g in GRAPH_NAMES)
+    assert now == old if holds == "old" else all(now[g] != old[g] for g in old)
     fast_export(art, graphs_from=graphs_b if holds == "new" else None)  # the next run
     assert graph_shas(art) == now  # an up-to-date artifact is kept, not rebuilt
     assert_clean(art)
@@ -92,7 +92,7 @@ def test_completed_reexport_switches_and_cleans(flux, art, tmp_path, graphs_b):
     old = graph_shas(art)
     result = run_child(flux, art, tmp_path, None, graphs_b, force=True)
     assert result.returncode == 0, result.stderr
-    assert all(graph_shas(art)[g] != old[g] for g in GRAPH_NAMES)
+    assert all(graph_shas(art)[g] != old[g] for g in old)
     assert_clean(art)
 
 
@@ -115,7 +115,7 @@ BUILD_STAGES = [("build:written", "old"), ("write:manifest.json", "old"), ("buil
 def test_kill_during_engine_build(flux, art_with_engines, tmp_path, fast_export, stage, holds):
     art = art_with_engines
     old_engines, graphs = engine_files(art), graph_shas(art)
-    result = run_child(flux, art, tmp_path, stage, {g: flux.graph(g) for g in GRAPH_NAMES}, build="tensorrt-rtx")
+    result = run_child(flux, art, tmp_path, stage, {g: flux.graph(g) for g in flux.graph_names}, build="tensorrt-rtx")
     assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
     content = art / load_manifest(art).content
     assert len([n for n in os.listdir(content) if n.endswith(".engine")]) == 6  # both sets on disk

@@ -216,13 +216,13 @@ def test_read_only_out(art, mounts, capsys, nothing_heavy, flux):
 def test_full_disk_keeps_the_previous_artifact(art, mounts, fast_export, tmp_path, flux):
     """A real full disk (a small tmpfs): the export stops with one line, the old artifact stays."""
     from faults.helpers import other_checkpoint
-    from teacache_trt.manifest import GRAPH_NAMES, load_manifest
+    from teacache_trt.manifest import load_manifest
 
     disk = mounts.small_disk("1600k")  # the artifact (1.1 MB) fits once, not twice
     shutil.copytree(art, disk / "art")
     before = load_manifest(disk / "art")
     (tmp_path / "b").mkdir()
-    other = {g: other_checkpoint(flux.graph(g), tmp_path / "b" / f"{g}.onnx") for g in GRAPH_NAMES}
+    other = {g: other_checkpoint(flux.graph(g), tmp_path / "b" / f"{g}.onnx") for g in flux.graph_names}
     with pytest.raises(TeaCacheError, match=r"No space left on device.*free some space"):
         fast_export(disk / "art", graphs_from=other, force=True)
     assert load_manifest(disk / "art").content == before.content and before.verify_all(disk / "art") > 0

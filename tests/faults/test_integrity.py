@@ -112,7 +112,7 @@ def test_engine_swapped_for_another_is_refused(art):
     engine.write_bytes(b"engine A" * 100)
     entry = {"file": engine.name, "key": "0123456789abcdef", "build_s": 1.0, "trt_version": "1",
              "device": {"gpu": None, "sm": ["8.6"]}}
-    edit_manifest(art, lambda d: (d["engines"].update({"tensorrt-rtx": {g: entry for g in ("embed", "blocks", "head")}}),
+    edit_manifest(art, lambda d: (d["engines"].update({"tensorrt-rtx": {g: entry for g in d["graphs"]}}),
                                   d["files"].update({engine.name: record(engine)})))
     manifest = load_manifest(art)
     assert manifest.engine_path(art, "tensorrt-rtx", "blocks") == engine.resolve()

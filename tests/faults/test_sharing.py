@@ -53,7 +53,7 @@ def test_source_is_absolute_and_found_from_elsewhere(flux, tmp_path, monkeypatch
     from teacache_trt.export import exporter
 
     monkeypatch.setattr(exporter, "_export_graphs", copying_export(load_manifest(flux.art_dir),
-                                                                   {g: flux.graph(g) for g in ("embed", "blocks", "head")}))
+                                                                   {g: flux.graph(g) for g in flux.graph_names}))
     monkeypatch.chdir(flux.model_dir.parent)
     exporter.export_model(flux.model_dir.name, tmp_path / "art", axes=flux.spec.AXES, build="none", log=lambda m: None)
     source = load_manifest(tmp_path / "art").source

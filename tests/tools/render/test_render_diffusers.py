@@ -53,7 +53,7 @@ def render(flux_folder, out, *options):
 def test_flux_pipeline_folder_end_to_end(flux_folder, tmp_path, capsys):
     assert render(flux_folder, tmp_path / "a", "--batch-size", "4") == 1  # the bad jobs failed
     err = capsys.readouterr().err
-    assert "[export 1/3]" in err  # exported on first use ...
+    assert "[export 1/" in err  # exported on first use ...
     by_id = latest(tmp_path / "a")
     for i in range(4):
         r = by_id[f"f{i}"]
@@ -66,7 +66,7 @@ def test_flux_pipeline_folder_end_to_end(flux_folder, tmp_path, capsys):
 
     # ... and reused: one job at a time gives the same steps, and images up to rounding
     assert render(flux_folder, tmp_path / "b", "--batch-size", "1") == 1
-    assert "[export 1/3]" not in capsys.readouterr().err
+    assert "[export 1/" not in capsys.readouterr().err
     alone = latest(tmp_path / "b")
     for i in range(4):
         assert alone[f"f{i}"]["computed_steps"] == by_id[f"f{i}"]["computed_steps"]
