@@ -36,7 +36,7 @@ def flux_folder(tmp_path_factory):
         lines.append({"id": f"f{i}", "prompt_embeds": f"p{i}.safetensors", "seed": i, "steps": 8,
                       "threshold": [0.0, 0.8][i % 2], "height": SIZE, "width": SIZE})
     lines += [
-        {"id": "small", "prompt_embeds": "p0.safetensors", "steps": 8, "height": 16, "width": 16},  # outside the profile
+        {"id": "small", "prompt_embeds": "p0.safetensors", "steps": 8, "height": 512, "width": 512},  # above the profile
         {"id": "text", "prompt": "a cat", "steps": 8},  # no text encoder in the folder
         {"id": "frames", "prompt_embeds": "p0.safetensors", "frames": 9},  # FluxPipeline takes no frames
     ]
@@ -60,7 +60,7 @@ def test_flux_pipeline_folder_end_to_end(flux_folder, tmp_path, capsys):
         assert r["status"] == "ok" and sha256_of(tmp_path / "a" / r["output"]) == r["sha256"]
         assert pixels(tmp_path / "a", f"f{i}").shape == (SIZE, SIZE, 3)
     assert by_id["f0"]["skipped_steps"] == [] and by_id["f1"]["skipped_steps"]
-    assert "img_seq=16 is outside the built profile" in by_id["small"]["error"]
+    assert "img_seq=16384 is outside the built profile" in by_id["small"]["error"]
     assert "has no text encoder" in by_id["text"]["error"] and "prompt_embeds" in by_id["text"]["error"]
     assert "unknown field(s) ['frames']" in by_id["frames"]["error"]
 
