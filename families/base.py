@@ -94,6 +94,12 @@ class Axis:
     help: str = ""
 
 
+def patched_axes(axes: tuple[Axis, ...], patch: int) -> tuple[Axis, ...]:
+    """``axes`` with every latent-size axis (``multiple_of`` > 1) starting at and stepping by the
+    config's ``patch`` size: the smallest input is one patch."""
+    return tuple(a if a.multiple_of == 1 else Axis(a.name, patch, a.opt, a.max, patch, a.help) for a in axes)
+
+
 class Part(torch.nn.Module):
     """One of the three graphs: named tensors in, named tensors out.
 

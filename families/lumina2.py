@@ -30,7 +30,7 @@ from typing import ClassVar
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums, patched_axes
 from .registry import register
 
 
@@ -205,8 +205,7 @@ class Lumina2(Family):
 
     @classmethod
     def axes_for(cls, config):
-        p = config.get("patch_size") or 2
-        return tuple(a if a.multiple_of == 1 else Axis(a.name, p, a.opt, a.max, p, a.help) for a in cls.axes)
+        return patched_axes(cls.axes, config.get("patch_size") or 2)
 
     @classmethod
     def parts(cls, model, variant=None):

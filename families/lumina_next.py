@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums, patched_axes
 from .registry import register
 
 ROPE_TABLE = 384  # LuminaPipeline's RoPE table covers 384 x 384 token positions
@@ -221,8 +221,7 @@ class LuminaNext(Family):
 
     @classmethod
     def axes_for(cls, config):
-        p = config.get("patch_size") or 2
-        return tuple(a if a.multiple_of == 1 else Axis(a.name, p, a.opt, a.max, p, a.help) for a in cls.axes)
+        return patched_axes(cls.axes, config.get("patch_size") or 2)
 
     @classmethod
     def pipeline_attributes(cls, config):

@@ -21,7 +21,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums, patched_axes
 from .registry import register
 
 
@@ -229,8 +229,7 @@ class Mochi(Family):
 
     @classmethod
     def axes_for(cls, config):
-        p = config.get("patch_size", 2)
-        return tuple(a if a.multiple_of == 1 else Axis(a.name, p, a.opt, a.max, p, a.help) for a in cls.axes)
+        return patched_axes(cls.axes, config.get("patch_size", 2))
 
     @classmethod
     def parts(cls, model, variant=None):
