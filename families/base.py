@@ -35,6 +35,11 @@ class Variant:
     # ret-steps mode compares timestep_proj, the plain mode temb); None: the family's default.
     # The family's ``parts`` reads it; ``Family.signal_for`` describes it for the manifest.
     signal: str | None = None
+    # How the rescaled distance accumulates: "raw" (acc += poly(d), upstream TeaCache) or "abs"
+    # (acc += |poly(d)|, vLLM-Omni); and the epsilon in d's denominator,
+    # d = mean|s - s_prev| / (mean|s_prev| + eps).
+    accumulate: str = "raw"
+    eps: float = 0.0
 
 
 @dataclass(frozen=True)
