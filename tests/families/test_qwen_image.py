@@ -57,6 +57,53 @@ def test_cfg_prompts_of_different_lengths_decide_as_the_reference(exported):
     assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
 
 
+@pytest.fixture(scope="module")
+def edit_art(tmp_path_factory):
+    """The tiny model exported for QwenImageEditPipeline: the reference image, resized by the
+    pipeline to about 1 MP, adds ~4100 tokens to the 16 of the 64x64 target."""
+    from teacache_trt.export.exporter import export_model
+
+    model = M.make_model()
+    art = tmp_path_factory.mktemp("qwen_edit") / "art"
+    export_model(None, art, model=model, axes={**M.AXES, "batch": (1, 1, 2), "img_seq": (4, 16, 4224)},
+                 build="none", verify=False, log=lambda msg: None)  # the generic tests verify this model
+    return model, art
+
+
+def test_edit_pipeline_with_a_reference_image_decides_as_the_reference(edit_art):
+    """Qwen-Image-Edit: the same class, two images in img_shapes (the target and the reference),
+    the reference image's tokens appended to the latents and sliced off the output."""
+    import numpy as np
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline
+    from PIL import Image
+
+    model, art = edit_art
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    emb, negative = M.prompts()
+
+    def run(transformer):
+        pipe = QwenImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None,
+                                     tokenizer=None, processor=None, transformer=transformer)
+        t = teacache_trt.enable(pipe, art, threshold=0.2) if transformer is None else transformer
+        out = pipe(image=image, prompt_embeds=emb, negative_prompt_embeds=negative, true_cfg_scale=4.0,
+                   height=M.HEIGHT, width=M.WIDTH, num_inference_steps=STEPS, output_type="latent",
+                   generator=torch.Generator().manual_seed(0)).images
+        return out, t
+
+    ref = ReferenceTransformer(model, M.reference_hooks(model), QwenImage.variants["Qwen-Image"].coefficients, 0.2,
+                               STEPS, **RULE)
+    want, _ = run(ref)
+    got, t = run(None)
+    assert computed(t) == ref.computed() and len(computed(t)["cond"]) < STEPS, (computed(t), ref.computed())
+    assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
+    at = list(t._input_specs).index("hidden_states")
+    (tokens,) = {key[at][0][1] for key in t._plans}
+    assert tokens > 4000 and got.shape[1] == 16  # reference tokens in, the target's 16 out
+
+
 def test_refused_keywords_are_named(exported):
     ex = exported("qwen_image")
     t = teacache_trt.load_transformer(ex.art_dir, threshold=0)
