@@ -222,7 +222,9 @@ class Flux2(Family):
         hidden = kwargs["hidden_states"]
         feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
         for ids in ("img_ids", "txt_ids"):
-            t = feed[ids]
+            t = feed.get(ids)
+            if t is None:
+                continue  # reported as a missing input by the runtime
             if t.ndim == 2:  # one (tokens, 4) table for the batch: the model accepts it too
                 t = t.expand(hidden.shape[0], -1, -1)
             feed[ids] = t if t.dtype == torch.long else t.long()
