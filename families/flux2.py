@@ -30,8 +30,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import ForcedSteps
-from .base import AUTO, Axis, Family, Part, Variant, criterion_sums
+from .base import AUTO, Axis, Family, ForcedSteps, Part, Variant, criterion_sums
 from .registry import register
 
 

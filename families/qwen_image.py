@@ -30,8 +30,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import ForcedSteps
-from .base import Axis, Family, Part, Variant, criterion_sums
+from .base import Axis, Family, ForcedSteps, Part, Variant, criterion_sums
 from .lumina2 import complex_unsqueeze_as_real
 from .registry import register
 

@@ -31,9 +31,9 @@ def example_kwargs(model, **sizes):
 def test_the_variant_follows_guidance_embeds(exported, name, variant, constant):
     ex = exported(name)
     assert ex.manifest.variant == variant == Flux2.variant_for(dict(ex.model.config))
-    criterion = ex.manifest.criterion
-    assert criterion.coefficients[-1] == constant  # Qwen-Image's set for dev, FLUX.1's for klein
-    assert criterion.forced == ForcedSteps(first=1, last=False)
+    chosen = Flux2.variants[variant]
+    assert chosen.coefficients[-1] == constant  # Qwen-Image's set for dev, FLUX.1's for klein
+    assert chosen.forced == ForcedSteps(first=1, last=False) and (chosen.accumulate, chosen.eps) == ("abs", 1e-8)
     assert ("guidance" in ex.manifest.graphs["embed"].input_names) == (name == "flux2")
 
 
@@ -67,7 +67,7 @@ def test_pipeline_decides_as_the_reference(exported, spec, contexts):
     pipe = spec.make_pipeline(ex.model)
     t = teacache_trt.enable(pipe, ex.art_dir, threshold=0.2)
     got = spec.run_pipeline(pipe, STEPS)
-    want, ref_computed = reference_run(spec, ex.model, ex.manifest.criterion.coefficients, 0.2)
+    want, ref_computed = reference_run(spec, ex.model, Flux2.variants[ex.manifest.variant].coefficients, 0.2)
     names = {"default" if name is None else name: steps for name, steps in ref_computed.items()}
     assert set(computed(t)) == contexts and computed(t) == names, (computed(t), names)
     assert any(len(steps) < STEPS for steps in computed(t).values())  # something was skipped
@@ -108,7 +108,7 @@ def near_converged_loop(model, forward, steps=12, dt=2e-4):
 
 def test_abs_accumulation_computes_where_raw_would_never(exported):
     ex = exported("flux2")
-    coefficients, hooks = ex.manifest.criterion.coefficients, DEV.reference_hooks(ex.model)
+    coefficients, hooks = Flux2.variants[ex.manifest.variant].coefficients, DEV.reference_hooks(ex.model)
     raw = TeaCacheReference(ex.model, hooks, coefficients, 0.05, 12, **{**RULE, "accumulate": "raw"})
     near_converged_loop(ex.model, raw)
     assert raw.computed == [0]  # poly(d) < 0: a raw sum only falls

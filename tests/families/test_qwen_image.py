@@ -48,7 +48,7 @@ def test_cfg_prompts_of_different_lengths_decide_as_the_reference(exported):
     assert len(t._plans) == 2  # one step plan per text length (6 and 3 tokens)
 
     ref_pipe = M.make_pipeline(ex.model)
-    ref = ReferenceTransformer(ex.model, M.reference_hooks(ex.model), ex.manifest.criterion.coefficients, 0.2,
+    ref = ReferenceTransformer(ex.model, M.reference_hooks(ex.model), QwenImage.variants["Qwen-Image"].coefficients, 0.2,
                                STEPS, **RULE)
     ref_pipe.register_modules(transformer=ref)
     want = M.run_pipeline(ref_pipe, STEPS)
@@ -156,7 +156,7 @@ def near_converged_loop(model, forward, steps=12, dt=2e-4):
 
 def test_abs_accumulation_computes_where_raw_would_never(exported):
     ex = exported("qwen_image")
-    coefficients, hooks = ex.manifest.criterion.coefficients, M.reference_hooks(ex.model)
+    coefficients, hooks = QwenImage.variants["Qwen-Image"].coefficients, M.reference_hooks(ex.model)
     raw = TeaCacheReference(ex.model, hooks, coefficients, 0.05, 12, **{**RULE, "accumulate": "raw"})
     near_converged_loop(ex.model, raw)
     assert raw.computed == [0]  # poly(d) < 0: a raw sum only falls
