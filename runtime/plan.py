@@ -33,6 +33,7 @@ class StepPlan:
         self.shapes = dict(shapes)
         self.rows = self.shapes["l1_diff"][0]
         self.signal_shape = torch.Size(self.shapes["signal"])
+        self.elements_per_row = self.signal_shape[1:].numel()  # a policy's means over a group's elements
         # inputs a caller passes with another dtype / device / layout than the graph takes
         self.convert = convert
         self.device = device

@@ -86,7 +86,7 @@ def test_cli_table_uses_manifest_default_threshold(exported, capsys):
     assert bench.main([str(ex.art_dir), "--steps", "3", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0][0].isdigit()]
-    assert [float(r[0]) for r in rows] == [0.0, ex.manifest.criterion.default_threshold]
+    assert [float(r[0]) for r in rows] == [0.0, ex.manifest.policy.params["threshold"]]
     assert "skip cost" in out
 
 
