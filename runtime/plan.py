@@ -100,7 +100,8 @@ class StepPlan:
         return index.pin_memory().to(self.device, non_blocking=True)
 
     def read_sums(self) -> tuple[np.ndarray, np.ndarray]:
-        """The embed's per-row ``l1_diff`` / ``l1_prev`` on the host.
+        """The embed's per-row ``l1_diff`` / ``l1_prev`` on the host, for a policy that reads
+        the signal sums (a static policy never calls it).
 
         On a GPU this is the one point per step where the host waits for the device: the
         decision chooses which graph to launch next, so the host needs these 2·B floats.  One

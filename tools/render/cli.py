@@ -204,8 +204,8 @@ def render(args, log=None) -> Summary:
                     for o in outcomes:
                         if not o.ok:
                             progress.note(f"[render] {o.id} failed: {o.error}")
-                        elif o.never_skipped and o.never_skipped not in idle:  # once per cause
-                            idle.add(o.never_skipped)
+                        elif o.never_skipped and o.never_skipped.split(":")[0] not in idle:
+                            idle.add(o.never_skipped.split(":")[0])  # once per policy setting, not per job
                             progress.note(f"[render] {o.id}: {o.never_skipped}")
                 summary.left = todo - summary.rendered - (summary.failed - len(bad))
                 summary.interrupted = stopping() and summary.left > 0

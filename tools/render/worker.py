@@ -86,16 +86,17 @@ class Worker:
     def _run(self, batch: Sequence[Job]) -> tuple[list, list[tuple[list[int], list[int]]], list]:
         """(one output per job, (computed steps, skipped steps) per job, never-skipped cause per job)."""
         transformer = self.pipe.transformer
-        # A batch shares its policy (batching.batch_key); in sample decisions each job keeps its
-        # own threshold.
-        policy = policies.from_spec(batch[0].policy)
+        # A batch shares its policy (batching.batch_key; a job made without one: TeaCache);
+        # the threshold is each job's own in sample decisions, the batch's in batch decisions.
+        first = batch[0]
+        policy = policies.from_spec(first.policy) if first.policy else policies.TeaCache()
         if self.spec.decisions == "sample":
             transformer.sample_thresholds = None
             transformer.policy = policy
             if policy.has_threshold:
                 transformer.sample_thresholds = [job.threshold for job in batch]
         else:
-            transformer.policy = policy
+            transformer.policy = policy.replace(threshold=first.threshold) if policy.has_threshold else policy
         outputs = self.driver.render_batch(self.pipe, batch)
         if len(outputs) != len(batch):
             raise TeaCacheError(f"driver {self.driver.name!r} returned {len(outputs)} outputs for "
