@@ -1,4 +1,4 @@
-"""A plain-PyTorch TeaCache reference (DESIGN §4), independent of the runtime's code.
+"""A plain-PyTorch TeaCache reference, independent of the runtime's code.
 
 It runs the *original* diffusers model through its own ``forward`` and uses hooks only:
 one captures the signal, one the hidden state entering the first block, one the hidden
@@ -18,15 +18,14 @@ import torch
 class TeaCacheReference:
     """One decision state: one per CFG branch where a pipeline calls the branches separately.
 
-    ``forced_first`` calls always compute, the first ``forced_fraction * num_steps`` (a float
-    compare: HiDream's ``step < 0.1 * N``), and the last one when ``forced_last`` (upstream's
-    rule for most models is 1 and True; Wan's ret-steps mode is 5 and False; vLLM-Omni's 1 and
-    False).  ``accumulate``: "raw" adds poly(d), "abs" adds |poly(d)| (vLLM-Omni); ``eps`` is
-    added to d's denominator.
+    Call k of N always computes when ``k < forced_first``, ``k < forced_fraction * N`` (a float
+    compare: the first ceil(fraction * N)), or ``forced_last and k == N - 1`` (upstream's rule
+    for most models is 1 and True; Wan's ret-steps mode is 5 and False; HiDream's 0, False, 0.1).
+    ``d = mean|s - s_prev| / (mean|s_prev| + eps)``; ``accumulate="abs"`` adds ``|poly(d)|``.
     """
 
     def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int,
-                 forced_first: int = 1, forced_last: bool = True, forced_fraction: float = 0.0,
+                 forced_first: int = 1, forced_last: bool = True, *, forced_fraction: float = 0.0,
                  accumulate: str = "raw", eps: float = 0.0):
         self.model, self.h = model, hooks
         self.rescale = np.poly1d(coefficients)
@@ -73,8 +72,8 @@ class TeaCacheReference:
                 calc = True
             else:
                 d = ((s - self.prev).abs().mean() / (self.prev.abs().mean() + self.eps)).item()
-                rescaled = self.rescale(d)
-                self.acc += abs(rescaled) if self.accumulate == "abs" else rescaled
+                y = self.rescale(d)
+                self.acc += abs(y) if self.accumulate == "abs" else y
                 calc = self.acc >= self.threshold
             if calc:
                 self.acc = 0.0
@@ -104,11 +103,12 @@ class ReferenceTransformer(torch.nn.Module):
     """The original model under the reference, in a pipeline's place of its transformer: one
     reference state per ``cache_context`` name (one unnamed state for pipelines without)."""
 
-    def __init__(self, model, hooks, coefficients, threshold, num_steps, **rule):
+    def __init__(self, model, hooks, coefficients, threshold, num_steps, forced_first=1, forced_last=True,
+                 **knobs):
         super().__init__()
         self.model = model
-        self.args = (hooks, coefficients, threshold, num_steps)
-        self.rule = rule  # TeaCacheReference's keyword knobs (forced steps, accumulation, eps)
+        self.args = (hooks, coefficients, threshold, num_steps, forced_first, forced_last)
+        self.knobs = knobs  # forced_fraction, accumulate, eps
         self.refs: dict[str | None, TeaCacheReference] = {}
         self._name = None
 
@@ -127,7 +127,7 @@ class ReferenceTransformer(torch.nn.Module):
     def forward(self, return_dict=False, **kwargs):
         ref = self.refs.get(self._name)
         if ref is None:
-            ref = self.refs[self._name] = TeaCacheReference(self.model, *self.args, **self.rule)
+            ref = self.refs[self._name] = TeaCacheReference(self.model, *self.args, **self.knobs)
         return (ref(**kwargs),)
 
     def computed(self) -> dict:
