@@ -19,15 +19,21 @@ class TeaCacheReference:
     """One decision state: one per CFG branch where a pipeline calls the branches separately.
 
     ``forced_first`` calls always compute, and the last one when ``forced_last`` (upstream's
-    rule for most models is 1 and True; Wan's ret-steps mode is 5 and False).
+    rule for most models is 1 and True; Wan's ret-steps mode is 5 and False), and call k
+    where ``k < forced_fraction * num_steps`` in floating point (HiDream: 0.1, so the first
+    ceil(0.1 N) calls).  ``accumulate``: "raw" adds poly(d), "abs" adds |poly(d)|; ``eps`` is
+    added to d's denominator.
     """
 
     def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int,
-                 forced_first: int = 1, forced_last: bool = True):
+                 forced_first: int = 1, forced_last: bool = True, forced_fraction: float = 0.0,
+                 accumulate: str = "raw", eps: float = 0.0):
+        assert accumulate in ("raw", "abs"), accumulate
         self.model, self.h = model, hooks
         self.rescale = np.poly1d(coefficients)
         self.threshold, self.num_steps = threshold, num_steps
         self.forced_first, self.forced_last = forced_first, forced_last
+        self.forced_fraction, self.accumulate, self.eps = forced_fraction, accumulate, eps
         self.cnt, self.acc, self.prev, self.residual = 0, 0.0, None, None
         self.computed: list[int] = []
 
@@ -62,13 +68,14 @@ class TeaCacheReference:
                 return
             seen["decided"] = True
             s = seen["signal"].float()
-            forced = (self.cnt < self.forced_first or self.threshold <= 0
-                      or (self.forced_last and self.cnt == self.num_steps - 1))
+            forced = (self.cnt < self.forced_first or self.cnt < self.forced_fraction * self.num_steps
+                      or self.threshold <= 0 or (self.forced_last and self.cnt == self.num_steps - 1))
             if forced:
                 calc = True
             else:
-                d = ((s - self.prev).abs().mean() / self.prev.abs().mean()).item()
-                self.acc += self.rescale(d)
+                d = ((s - self.prev).abs().mean() / (self.prev.abs().mean() + self.eps)).item()
+                step = self.rescale(d)
+                self.acc += abs(step) if self.accumulate == "abs" else step
                 calc = self.acc >= self.threshold
             if calc:
                 self.acc = 0.0
@@ -98,10 +105,12 @@ class ReferenceTransformer(torch.nn.Module):
     """The original model under the reference, in a pipeline's place of its transformer: one
     reference state per ``cache_context`` name (one unnamed state for pipelines without)."""
 
-    def __init__(self, model, hooks, coefficients, threshold, num_steps, forced_first=1, forced_last=True):
+    def __init__(self, model, hooks, coefficients, threshold, num_steps, forced_first=1, forced_last=True,
+                 **knobs):
         super().__init__()
         self.model = model
         self.args = (hooks, coefficients, threshold, num_steps, forced_first, forced_last)
+        self.knobs = knobs  # forced_fraction, accumulate, eps (TeaCacheReference)
         self.refs: dict[str | None, TeaCacheReference] = {}
         self._name = None
 
@@ -118,7 +127,9 @@ class ReferenceTransformer(torch.nn.Module):
             self._name = None
 
     def forward(self, return_dict=False, **kwargs):
-        ref = self.refs.setdefault(self._name, TeaCacheReference(self.model, *self.args))
+        ref = self.refs.get(self._name)
+        if ref is None:
+            ref = self.refs[self._name] = TeaCacheReference(self.model, *self.args, **self.knobs)
         return (ref(**kwargs),)
 
     def computed(self) -> dict:

@@ -18,9 +18,10 @@ def sampling_loop(spec, model, forward, steps=STEPS, seed=0):
     fam = family_of(spec)
     kwargs = fam.kwargs_from_feed(fam.example_inputs(fam.config_of(model), spec.POINT, torch.float32, seed=seed))
     batch = spec.POINT["batch"]
+    key = getattr(spec, "TIMESTEP_KWARG", "timestep")  # HiDream's forward takes ``timesteps``
     outs = []
     for i in range(steps):
-        kwargs["timestep"] = spec.timestep(i, steps, batch)
+        kwargs[key] = spec.timestep(i, steps, batch)
         out = forward(**kwargs)
         outs.append(out)
         update = getattr(spec, "update", None)
@@ -30,9 +31,12 @@ def sampling_loop(spec, model, forward, steps=STEPS, seed=0):
 
 
 def reference_forced(spec) -> dict:
-    """Upstream's forced-step rule for the model, as its tiny-model module states it
-    (``FORCED_FIRST``, ``FORCED_LAST``; default: the first and the last step)."""
-    return {"forced_first": getattr(spec, "FORCED_FIRST", 1), "forced_last": getattr(spec, "FORCED_LAST", True)}
+    """Upstream's rule knobs for the model, as its tiny-model module states them
+    (``FORCED_FIRST``, ``FORCED_LAST``, ``FORCED_FRACTION``, ``ACCUMULATE``, ``EPS``; default:
+    the first and the last step forced, raw accumulation, no eps)."""
+    return {"forced_first": getattr(spec, "FORCED_FIRST", 1), "forced_last": getattr(spec, "FORCED_LAST", True),
+            "forced_fraction": getattr(spec, "FORCED_FRACTION", 0.0), "accumulate": getattr(spec, "ACCUMULATE", "raw"),
+            "eps": getattr(spec, "EPS", 0.0)}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
