@@ -179,8 +179,9 @@ class Cosmos(Family):
     class_name = "CosmosTransformer3DModel"
     model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "fps", "padding_mask",
                     "condition_mask")
+    # block_controlnet_hidden_states is taken only to be refused with its own message.
     forward_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "fps", "padding_mask",
-                      "condition_mask")
+                      "condition_mask", "block_controlnet_hidden_states")
     variants: ClassVar = {
         "Cosmos-1.0": Variant(
             "Cosmos-1.0",

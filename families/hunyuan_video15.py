@@ -225,6 +225,8 @@ class HunyuanVideo15(Family):
     class_name = "HunyuanVideo15Transformer3DModel"
     model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask",
                     "encoder_hidden_states_2", "encoder_attention_mask_2", "image_embeds")
+    # timestep_r is taken only to be refused with its own message.
+    forward_kwargs = (*model_inputs, "timestep_r")
     variants: ClassVar = {v.name: v for v in (
         _variant("HunyuanVideo-1.5-480p-T2V", (-2.97190924e4, 2.22834983e4, -4.37418360e3, 3.39340251e2,
                                                -1.01365855e1, 1.29101768e-1)),
