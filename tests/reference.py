@@ -1,4 +1,4 @@
-"""A plain-PyTorch TeaCache reference (DESIGN §4), independent of the runtime's code.
+"""A plain-PyTorch TeaCache reference, independent of the runtime's code.
 
 It runs the *original* diffusers model through its own ``forward`` and uses hooks only:
 one captures the signal, one the hidden state entering the first block, one the hidden
@@ -18,17 +18,15 @@ import torch
 class TeaCacheReference:
     """One decision state: one per CFG branch where a pipeline calls the branches separately.
 
-    ``forced_first`` calls always compute, and the last one when ``forced_last`` (upstream's
-    rule for most models is 1 and True; Wan's ret-steps mode is 5 and False), and call k
-    where ``k < forced_fraction * num_steps`` in floating point (HiDream: 0.1, so the first
-    ceil(0.1 N) calls).  ``accumulate``: "raw" adds poly(d), "abs" adds |poly(d)|; ``eps`` is
-    added to d's denominator.
+    Call k of N always computes when ``k < forced_first``, ``k < forced_fraction * N`` (a float
+    compare: the first ceil(fraction * N)), or ``forced_last and k == N - 1`` (upstream's rule
+    for most models is 1 and True; Wan's ret-steps mode is 5 and False; HiDream's 0, False, 0.1).
+    ``d = mean|s - s_prev| / (mean|s_prev| + eps)``; ``accumulate="abs"`` adds ``|poly(d)|``.
     """
 
     def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int,
-                 forced_first: int = 1, forced_last: bool = True, forced_fraction: float = 0.0,
+                 forced_first: int = 1, forced_last: bool = True, *, forced_fraction: float = 0.0,
                  accumulate: str = "raw", eps: float = 0.0):
-        assert accumulate in ("raw", "abs"), accumulate
         self.model, self.h = model, hooks
         self.rescale = np.poly1d(coefficients)
         self.threshold, self.num_steps = threshold, num_steps
@@ -74,8 +72,8 @@ class TeaCacheReference:
                 calc = True
             else:
                 d = ((s - self.prev).abs().mean() / (self.prev.abs().mean() + self.eps)).item()
-                step = self.rescale(d)
-                self.acc += abs(step) if self.accumulate == "abs" else step
+                y = self.rescale(d)
+                self.acc += abs(y) if self.accumulate == "abs" else y
                 calc = self.acc >= self.threshold
             if calc:
                 self.acc = 0.0
@@ -110,7 +108,7 @@ class ReferenceTransformer(torch.nn.Module):
         super().__init__()
         self.model = model
         self.args = (hooks, coefficients, threshold, num_steps, forced_first, forced_last)
-        self.knobs = knobs  # forced_fraction, accumulate, eps (TeaCacheReference)
+        self.knobs = knobs  # forced_fraction, accumulate, eps
         self.refs: dict[str | None, TeaCacheReference] = {}
         self._name = None
 

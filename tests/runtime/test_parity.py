@@ -31,12 +31,12 @@ def sampling_loop(spec, model, forward, steps=STEPS, seed=0):
 
 
 def reference_forced(spec) -> dict:
-    """Upstream's rule knobs for the model, as its tiny-model module states them
-    (``FORCED_FIRST``, ``FORCED_LAST``, ``FORCED_FRACTION``, ``ACCUMULATE``, ``EPS``; default:
-    the first and the last step forced, raw accumulation, no eps)."""
+    """Upstream's rule for the model, as its tiny-model module states it (``FORCED_FIRST``,
+    ``FORCED_LAST``, ``FORCED_FRACTION``, ``ACCUMULATE``, ``EPS``; default: the first and the
+    last step, raw accumulation, no eps)."""
     return {"forced_first": getattr(spec, "FORCED_FIRST", 1), "forced_last": getattr(spec, "FORCED_LAST", True),
-            "forced_fraction": getattr(spec, "FORCED_FRACTION", 0.0), "accumulate": getattr(spec, "ACCUMULATE", "raw"),
-            "eps": getattr(spec, "EPS", 0.0)}
+            "forced_fraction": getattr(spec, "FORCED_FRACTION", 0.0),
+            "accumulate": getattr(spec, "ACCUMULATE", "raw"), "eps": getattr(spec, "EPS", 0.0)}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
