@@ -205,6 +205,9 @@ class Cosmos(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    # The pipelines pass EDM's 0.25 * ln(sigma) (about -1.55 .. 1.1 for sigma 0.002 .. 80); the
+    # tools' sampler moves a flow timestep 1 -> 0 through the same range.
+    timestep_scale = TimestepScale("flow", 1.0)
     note = ("All video tokens' residual through all blocks is cached. Two unnamed calls per step "
             "(cond, uncond) get a state each; calls 0 and N-1 of each are forced (upstream forces "
             "0 and N of Cosmos-1.0's own sampler, which calls each branch N+1 times).")
