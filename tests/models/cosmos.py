@@ -7,6 +7,7 @@ FAMILY = "cosmos"
 # Latent sizes; height/width are multiples of the patch (2), all within max_size (4, 8, 8).
 AXES = {"batch": (1, 2, 2), "frames": (1, 2, 3), "height": (2, 4, 6), "width": (2, 6, 8), "txt_seq": (2, 5, 8)}
 POINT = {"batch": 2, "frames": 2, "height": 4, "width": 6, "txt_seq": 5}
+LONG_STEPS = (30,)  # further parity loops (tests/runtime/test_parity.py)
 
 # The diffusers model resizes the padding mask with torchvision, which this machine may lack
 # (its CPU build of torch has no matching torchvision wheel): the family's stand-in does the

@@ -5,6 +5,7 @@ FAMILY = "hidream"
 # Square latents (size = height = width), multiples of patch_size (2), up to max_resolution 8.
 AXES = {"batch": (1, 2, 4), "size": (2, 4, 8), "t5_seq": (2, 5, 8), "llama_seq": (2, 4, 8)}
 POINT = {"batch": 2, "size": 6, "t5_seq": 5, "llama_seq": 4}
+LONG_STEPS = (25, 30)  # further parity loops; at 25 upstream forces 3 calls (ceil), not 2
 # The model's forward keyword for the timestep (the graph input is "timestep").
 TIMESTEP_KWARG = "timesteps"
 # Upstream: the first ceil(0.1 N) calls compute, the last one is not forced.

@@ -6,6 +6,7 @@ FAMILY = "hunyuan_video15"
 AXES = {"batch": (1, 2, 2), "frames": (1, 2, 3), "height": (1, 2, 4), "width": (1, 3, 4), "txt_seq": (2, 6, 8),
         "txt_seq_2": (2, 3, 5)}
 POINT = {"batch": 2, "frames": 2, "height": 2, "width": 3, "txt_seq": 6, "txt_seq_2": 3}
+LONG_STEPS = (30,)  # further parity loops (tests/runtime/test_parity.py)
 
 # Two refiner layers (as the checkpoints): padding text rows that attend nothing in the first
 # would spread NaN through the second in an exported softmax.
