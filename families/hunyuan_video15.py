@@ -87,7 +87,10 @@ class KeyMaskAttnProcessor:
         text_q = heads(attn.add_q_proj(encoder_hidden_states))
         text_k = heads(attn.add_k_proj(encoder_hidden_states))
         text_v = heads(attn.add_v_proj(encoder_hidden_states))
-        text_q, text_k = attn.norm_added_q(text_q), attn.norm_added_k(text_k)
+        if attn.norm_added_q is not None:
+            text_q = attn.norm_added_q(text_q)
+        if attn.norm_added_k is not None:
+            text_k = attn.norm_added_k(text_k)
         query = torch.cat([query, text_q], dim=1)
         key = torch.cat([key, text_k], dim=1)
         value = torch.cat([value, text_v], dim=1)
