@@ -63,22 +63,53 @@ def make_pipeline(transformer):
                                   tokenizer_2=None, guider=ClassifierFreeGuidance(guidance_scale=6.0))
 
 
-def run_pipeline(pipe, steps, seed=0):
+def prompts(seed):
+    """Prompt embeddings and masks of both guider branches (they differ in their padding)."""
     g = torch.Generator().manual_seed(seed)
 
     def prompt(valid, valid_2):
-        return dict(embeds=torch.randn(1, TEXT, 16, generator=g),
-                    mask=(torch.arange(TEXT)[None, :] < valid).long(),
-                    embeds_2=torch.randn(1, TEXT_2, 12, generator=g),
-                    mask_2=(torch.arange(TEXT_2)[None, :] < valid_2).long())
+        return (torch.randn(1, TEXT, 16, generator=g), (torch.arange(TEXT)[None, :] < valid).long(),
+                torch.randn(1, TEXT_2, 12, generator=g), (torch.arange(TEXT_2)[None, :] < valid_2).long())
 
-    pos, neg = prompt(4, 2), prompt(2, 1)  # cond and uncond differ in their padding
-    return pipe(prompt_embeds=pos["embeds"], prompt_embeds_mask=pos["mask"], prompt_embeds_2=pos["embeds_2"],
-                prompt_embeds_mask_2=pos["mask_2"], negative_prompt_embeds=neg["embeds"],
-                negative_prompt_embeds_mask=neg["mask"], negative_prompt_embeds_2=neg["embeds_2"],
-                negative_prompt_embeds_mask_2=neg["mask_2"], height=HEIGHT, width=WIDTH, num_frames=FRAMES,
-                num_inference_steps=steps, output_type="latent",
-                generator=torch.Generator().manual_seed(seed)).frames
+    (e, m, e2, m2), (ne, nm, ne2, nm2) = prompt(4, 2), prompt(2, 1)
+    return dict(prompt_embeds=e, prompt_embeds_mask=m, prompt_embeds_2=e2, prompt_embeds_mask_2=m2,
+                negative_prompt_embeds=ne, negative_prompt_embeds_mask=nm, negative_prompt_embeds_2=ne2,
+                negative_prompt_embeds_mask_2=nm2)
+
+
+def run_pipeline(pipe, steps, seed=0):
+    return pipe(height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=steps, output_type="latent",
+                generator=torch.Generator().manual_seed(seed), **prompts(seed)).frames
+
+
+def make_i2v_pipeline(transformer):
+    """HunyuanVideo15ImageToVideoPipeline: a tiny SigLIP (27x27 patches: the 729 image tokens
+    the transformer takes) and the tiny VAE, which encodes the first frame here."""
+    from diffusers import (AutoencoderKLHunyuanVideo15, ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler,
+                           HunyuanVideo15ImageToVideoPipeline)
+    from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(0)
+    encoder = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=TINY["image_embed_dim"], intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        image_size=27, patch_size=1)).eval()
+    vae = AutoencoderKLHunyuanVideo15(latent_channels=4, block_out_channels=(32, 32, 32, 32, 32), layers_per_block=1)
+    pipe = HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=None, tokenizer=None, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=None, tokenizer_2=None,
+        guider=ClassifierFreeGuidance(guidance_scale=6.0), image_encoder=encoder,
+        feature_extractor=SiglipImageProcessorPil(size={"height": 27, "width": 27}))
+    pipe.target_size = WIDTH  # the size follows the image: 32x48 pixels here (2x3 latents)
+    return pipe
+
+
+def run_i2v_pipeline(pipe, steps, seed=0):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.RandomState(seed).randint(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    return pipe(image=Image.fromarray(pixels), num_frames=FRAMES, num_inference_steps=steps, output_type="latent",
+                generator=torch.Generator().manual_seed(seed), **prompts(seed)).frames
 
 
 PIPELINE_CONTEXTS = {"pred_cond", "pred_uncond"}  # the guider's batches, named by the pipeline
