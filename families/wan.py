@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import ForcedSteps
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AUTO, Axis, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
 from .registry import register
 
 VIDEO_DIMS = {0: "batch", 2: AUTO, 3: AUTO, 4: AUTO}  # (B, C, F, H, W), see cogvideox.VIDEO_DIMS

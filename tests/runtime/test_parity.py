@@ -62,7 +62,7 @@ def test_decisions_equal_reference(exported, name, threshold):
     ex = exported(name)
     t = teacache_trt.load_transformer(ex.art_dir, threshold=threshold, family_module=ex.family_module)
     t.reset(STEPS)
-    coeffs = ex.manifest.criterion.coefficients
+    coeffs = ex.manifest.policy_data["teacache"]["coefficients"]
     ref = TeaCacheReference(ex.model, ex.spec.reference_hooks(ex.model), coeffs, threshold, STEPS,
                             **reference_forced(ex.spec))
     got = sampling_loop(ex.spec, ex.model, lambda **kw: ex.family.call_model(t, kw))
