@@ -37,8 +37,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import ForcedSteps
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AUTO, Axis, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
 from .registry import register
 
 # Inputs a caller may pass that this export does not take (the model's pre-patchified path).

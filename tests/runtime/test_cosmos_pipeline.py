@@ -28,7 +28,7 @@ def test_each_call_of_a_step_decides_as_upstreams_even_and_odd_states(exported):
     pipe = M.make_pipeline(ex.model)
     t = teacache_trt.enable(pipe, ex.art_dir, threshold=0.3)
     video = M.run_pipeline(pipe, STEPS)
-    ref = EvenOddReference(ex.model, M.reference_hooks(ex.model), ex.manifest.criterion.coefficients, 0.3, STEPS)
+    ref = EvenOddReference(ex.model, M.reference_hooks(ex.model), ex.manifest.policy_data["teacache"]["coefficients"], 0.3, STEPS)
     pipe = M.make_pipeline(ex.model)
     pipe.register_modules(transformer=ref)
     want = M.run_pipeline(pipe, STEPS)

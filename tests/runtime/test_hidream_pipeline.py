@@ -16,7 +16,7 @@ def test_the_batched_call_decides_as_the_reference(exported):
     pipe = M.make_pipeline(ex.model)
     t = teacache_trt.enable(pipe, ex.art_dir, threshold=0.4)
     image = M.run_pipeline(pipe, STEPS)
-    ref = ReferenceTransformer(ex.model, M.reference_hooks(ex.model), ex.manifest.criterion.coefficients, 0.4, STEPS,
+    ref = ReferenceTransformer(ex.model, M.reference_hooks(ex.model), ex.manifest.policy_data["teacache"]["coefficients"], 0.4, STEPS,
                                forced_first=M.FORCED_FIRST, forced_last=M.FORCED_LAST,
                                forced_fraction=M.FORCED_FRACTION)
     ref.max_seq = ex.model.max_seq  # the pipeline reads it off the transformer

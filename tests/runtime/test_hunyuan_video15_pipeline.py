@@ -31,7 +31,7 @@ def test_text_to_video_branches_decide_as_the_reference(exported):
     t = teacache_trt.enable(pipe, ex.art_dir, threshold=0.15)
     video = M.run_pipeline(pipe, STEPS)
     want, ref_computed = reference_run(M.make_pipeline, M.run_pipeline, ex.model, 0.15,
-                                       ex.manifest.criterion.coefficients)
+                                       ex.manifest.policy_data["teacache"]["coefficients"])
     assert computed(t) == ref_computed and set(ref_computed) == {"pred_cond", "pred_uncond"}, computed(t)
     assert len(computed(t)["pred_cond"]) < STEPS  # something skipped
     assert (video - want).abs().max().item() <= 1e-4
@@ -47,6 +47,6 @@ def test_image_to_video_runs_through_the_same_graphs(exported):
     t.threshold = 0.15
     video = M.run_i2v_pipeline(pipe, STEPS)
     want, ref_computed = reference_run(M.make_i2v_pipeline, M.run_i2v_pipeline, ex.model, 0.15,
-                                       ex.manifest.criterion.coefficients)
+                                       ex.manifest.policy_data["teacache"]["coefficients"])
     assert computed(t) == ref_computed and len(computed(t)["pred_cond"]) < STEPS, computed(t)
     assert (video - want).abs().max().item() <= 1e-4

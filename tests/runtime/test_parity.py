@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import math
 
 import pytest
 import torch
@@ -78,30 +77,15 @@ def test_decisions_equal_reference(exported, name, threshold):
 LONG = [(n, s) for n in FAMILIES for s in getattr(importlib.import_module(f"models.{n}"), "LONG_STEPS", ())]
 
 
-def _runtime_rounds_fraction_down() -> bool:
-    """True while the runtime forces the first floor(fraction * N) calls (before the criterion
-    knobs of the policies change): HiDream's ceil then differs at 25 steps."""
-    try:
-        from teacache_trt.manifest import ForcedSteps
-    except ImportError:
-        return False
-    return not ForcedSteps(0, False, 0.1).is_forced(2, 25)
-
-
 @pytest.mark.parametrize("name,steps", LONG)
 @pytest.mark.parametrize("threshold", [0.3, 1.0])
-def test_long_loops_equal_reference(exported, request, name, steps, threshold):
+def test_long_loops_equal_reference(exported, name, steps, threshold):
     ex = exported(name)
-    forced = reference_forced(ex.spec)
-    fraction = forced["forced_fraction"] * steps
-    if fraction and math.ceil(fraction) != math.floor(fraction) and _runtime_rounds_fraction_down():
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="the runtime rounds first_fraction * N down until the policies branch's "
-                                "criterion knobs land (ceil, as upstream's float compare)"))
     t = teacache_trt.load_transformer(ex.art_dir, threshold=threshold, family_module=ex.family_module)
     t.reset(steps)
-    ref = TeaCacheReference(ex.model, ex.spec.reference_hooks(ex.model), ex.manifest.criterion.coefficients,
-                            threshold, steps, **forced)
+    coeffs = ex.manifest.policy_data["teacache"]["coefficients"]
+    ref = TeaCacheReference(ex.model, ex.spec.reference_hooks(ex.model), coeffs, threshold, steps,
+                            **reference_forced(ex.spec))
     got = sampling_loop(ex.spec, ex.model, lambda **kw: ex.family.call_model(t, kw), steps=steps)
     want = sampling_loop(ex.spec, ex.model, ref, steps=steps)
     assert t.stats["computed_steps"] == ref.computed
