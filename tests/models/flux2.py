@@ -11,6 +11,7 @@ POINT = {"batch": 2, "img_seq": 16, "txt_seq": 8}
 # vLLM-Omni's rule: only the first call of each state forced, |poly(d)| accumulated, eps 1e-8.
 FORCED_FIRST, FORCED_LAST = 1, False
 ACCUMULATE, EPS = "abs", 1e-8
+LONG_STEPS = (30,)  # further parity loops (tests/runtime/test_parity.py)
 
 # black-forest-labs/FLUX.2-dev's transformer config (width 6144, 48 heads, Mistral-3's
 # 15360-wide prompt embeddings) with 1 double and 1 single block of its 8 + 48 (2.2 B

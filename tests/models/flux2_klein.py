@@ -3,7 +3,7 @@ model, with CFG as the "cond" and "uncond" cache contexts."""
 import torch
 
 from models.flux2 import (  # noqa: F401  (the shared parts of the protocol)
-    AXES, EPS, ACCUMULATE, FORCED_FIRST, FORCED_LAST, HEIGHT, POINT, WIDTH, make_model as _make_model,
+    ACCUMULATE, AXES, EPS, FORCED_FIRST, FORCED_LAST, HEIGHT, LONG_STEPS, POINT, WIDTH, make_model as _make_model,
     reference_hooks, timestep, tiny_vae,
 )
 

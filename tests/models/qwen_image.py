@@ -8,6 +8,7 @@ POINT = {"batch": 2, "img_seq": 16, "txt_seq": 8}
 # vLLM-Omni's rule: only the first call of each state forced, |poly(d)| accumulated, eps 1e-8.
 FORCED_FIRST, FORCED_LAST = 1, False
 ACCUMULATE, EPS = "abs", 1e-8
+LONG_STEPS = (30,)  # further parity loops (tests/runtime/test_parity.py)
 
 # Qwen/Qwen-Image's transformer dimensions (width 3072, 24 heads, Qwen2.5-VL's 3584-wide
 # prompt embeddings) with 2 of its 60 blocks.
