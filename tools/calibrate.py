@@ -27,7 +27,7 @@ import torch
 from .. import artifact, options
 from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
-from ..families import check_coefficients, get_family
+from ..families import ForcedSteps, check_coefficients, get_family
 from ..files import atomic_write_bytes
 from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
 from ..policies import TeaCache, artifact_policies
@@ -175,7 +175,7 @@ def never_skips_note(pairs: Pairs, policy, steps: int) -> str | None:
     """One line when ``policy`` (TeaCache, bound: the new coefficients, the artifact's default
     threshold and rule) would compute every step of every calibration generation, replayed
     from the recorded signal changes; None when it would skip somewhere."""
-    f, coefficients = policy.forced, policy.coefficients
+    f, coefficients = policy.forced or ForcedSteps(), policy.coefficients  # unset knobs: the rule's defaults
     runs: dict[tuple, dict[int, float]] = {}
     for x, seed, context, step in zip(pairs.x, pairs.seed, pairs.context, pairs.step):
         runs.setdefault((seed, context), {})[step] = x
