@@ -238,13 +238,15 @@ class MagCacheState(StaticState):
             return f"{what}: max_skips 0 allows no skipped step; use max_skips 1 or more"
         retained = max(int(n * p.retention_ratio), 1)
         if retained >= n:
-            return f"{what}: retention_ratio {p.retention_ratio:g} computes every step; lower it (MagCache uses 0.1-0.2)"
+            return (f"{what}: retention_ratio {p.retention_ratio:g} computes every step; lower it "
+                    f"(MagCache uses 0.1-0.2)")
         # Every step computed, so each step after the retained ones was judged on its own ratio.
         errors = [abs(1.0 - r) for r in self.ratios[retained:]]
         low, high = min(errors), max(errors)
-        return (f"{what}: the predicted error |1 - ratio| was {low:.3g} to {high:.3g} at its {len(errors)} steps after "
-                f"the first {retained}, never below the threshold; try threshold {_above(sorted(errors)[len(errors) // 2], low):g} "
-                f"or calibrate ({CALIBRATE})")
+        suggestion = _above(sorted(errors)[len(errors) // 2], low)
+        return (f"{what}: the predicted error |1 - ratio| was {low:.3g} to {high:.3g} at its {len(errors)} steps "
+                f"after the first {retained}, never below the threshold; try threshold {suggestion:g} or calibrate "
+                f"({CALIBRATE})")
 
 
 def _above(value: float, low: float) -> float:
