@@ -232,6 +232,23 @@ def test_where_the_flux_script_differs_threshold_0_and_its_defaults():
     assert ours == [0, 1, 3, 6, 10, 16, 22, 26]  # 2 kept, step 2 judged like any other
 
 
+@pytest.mark.parametrize("name, contexts", [("wan", ["cond", "uncond"]), ("hunyuan_video", ["cond"])])
+def test_published_ratios_drive_the_families_pipelines(exported, name, contexts):
+    """WanPipeline (cond and uncond with their own published lists) and HunyuanVideoPipeline (one
+    list, its one named context) decide each context's steps as the family's ratios say."""
+    ex = exported(name)
+    pipe = ex.spec.make_pipeline(ex.model)
+    t = teacache_trt.enable(pipe, ex.art_dir, policy=MagCache(threshold=0.05, max_skips=2))
+    ex.spec.run_pipeline(pipe, 12, seed=0)
+    bound = t._settings().bound
+    assert bound.mag_ratios == MagCache(ex.manifest.policy_data["magcache"]["mag_ratios"]).mag_ratios
+    assert isinstance(bound.mag_ratios, dict) == (len(contexts) == 2)  # Wan's lists per branch
+    assert sorted(t.stats["contexts"]) == contexts
+    for c in contexts:
+        want = bound.schedule(12, c)
+        assert t.stats["contexts"][c]["computed_steps"] == want and len(want) < 12
+
+
 # --- interpolation ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("length, n", [
     (50, 25), (50, 43), (50, 71), (50, 83), (50, 85), (50, 99), (50, 3), (28, 14), (28, 39), (28, 77),
