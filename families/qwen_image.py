@@ -32,6 +32,7 @@ import torch
 from ..errors import TeaCacheError
 from .base import Axis, Family, ForcedSteps, Part, Variant, criterion_sums
 from .lumina2 import complex_unsqueeze_as_real
+from . import magcache_ratios
 from .registry import register
 
 TABLE_POSITIONS = 4096  # QwenEmbedRope's tables: positions 0..4095 and -4096..-1
@@ -196,7 +197,8 @@ class QwenImage(Family):
         # vLLM-Omni's coefficients (its config.py, "from ComfyUI-TeaCache") and its default
         # threshold (0.2 ~ 1.5x in its docs); accumulation, eps and forced calls as its hook.
         "Qwen-Image": Variant("Qwen-Image", (-4.5e2, 2.8e2, -4.5e1, 3.2, -2e-2), default_threshold=0.2,
-                              forced=ForcedSteps(first=1, last=False), accumulate="abs", eps=1e-8),
+                              forced=ForcedSteps(first=1, last=False), accumulate="abs", eps=1e-8,
+                              magcache=magcache_ratios.QWEN_IMAGE),
     }
     # Qwen-Image's 1328x1328 default is 6889 image tokens; Edit appends the reference image's
     # tokens (two 1 MP images: 8192).  Prompts are not padded (each prompt's own length, up to
