@@ -27,7 +27,7 @@ from .. import artifact, options
 from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
 from ..families import check_coefficients, get_family
-from ..files import atomic_write_bytes
+from ..files import write_output
 from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
 from ..policies import artifact_policies
 from ..runtime.api import load_transformer
@@ -187,7 +187,7 @@ def _restore_previous(art_dir) -> list[float]:
 
 
 def write_json(path, calibration: Calibration) -> None:
-    atomic_write_bytes(Path(path), json.dumps(asdict(calibration), indent=2).encode())
+    write_output(Path(path), json.dumps(asdict(calibration), indent=2).encode())
 
 
 # --- where the calibration generations come from ---------------------------------------------

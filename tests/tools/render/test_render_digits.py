@@ -84,19 +84,30 @@ def test_a_second_render_into_the_same_folder_refuses(tmp_path, render_cli, caps
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
+    (["--batch-size", "0"], "--batch-size: 0 is out of range: need an integer in [1, 1024]"),
+    (["--batch-size", "99999999999999999999"], "--batch-size: 99999999999999999999 is out of range"),
     (["--workers", "2"], "--workers 2 runs Ray actors: add --ray local"),
-    (["--threshold", "-1"], "--threshold -1.0 must be a number >= 0"),
-    # the export on first use follows --batch-size; a given artifact folder is checked
-    (["--batch-size", "500", "--artifacts", "{art}"], "--batch-size 500 exceeds the batch profile [1, 200]"),
+    (["--threshold", "-1"], "--threshold: '-1' must be a finite number >= 0"),
+    (["--threshold", "inf"], "--threshold: 'inf' must be a finite number >= 0"),
+    (["--device", "meta"], "--device: 'meta' is not a device: use cpu, cuda or cuda:N"),
+    (["--fps", "12"], "--fps 12: the model at"),  # the digits model draws images
+    (["--coefficients", "upstream", "--policy", "schedule", "--policy-param", "steps=[0]"], "takes no coefficients"),
     (["--model", "/nonexistent"], "is not a folder"),
 ])
-def test_bad_invocations_exit_2_with_one_line(tmp_path, render_cli, digits_art, capsys, options, message):
+def test_bad_invocations_exit_2_with_one_line(tmp_path, render_cli, capsys, options, message):
     jobs = write_jobs(tmp_path / "jobs.jsonl", 1)
-    assert render_cli(jobs, tmp_path / "out", *(o.format(art=digits_art) for o in options)) == 2
+    assert render_cli(jobs, tmp_path / "out", *options) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("teacache-render: error: ") and message in err[-1], err
+    assert len(err) == 1 and err[0].startswith("teacache-render: error: ") and message in err[0], err
     assert not (tmp_path / "out" / "j000.png").exists()
+
+
+def test_a_batch_size_above_the_profile_is_capped_with_a_note(tmp_path, render_cli, digits_art, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 3)
+    assert render_cli(jobs, tmp_path / "out", "--batch-size", "500", "--artifacts", str(digits_art)) == 0
+    err = capsys.readouterr().err
+    assert "--batch-size 500 is above the batch profile [1, 200]" in err and "batches of 200" in err
+    assert len(results(tmp_path / "out")) == 3
 
 
 def test_missing_job_file_and_missing_ray(tmp_path, render_cli, capsys, monkeypatch):
