@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TeaCacheError
+from ..errors import TeaCacheError, shown
 from ..tools.drivers import ExportPlan
 from .calibration import CALIBRATION_FILE, digits_driver
 from .data import NUM_CLASSES, NUM_TEXT_TOKENS
@@ -57,7 +57,7 @@ class DigitsDriver:
     def check_job(self, model_dir: Path, job) -> None:
         if job.prompt not in PROMPTS:
             raise TeaCacheError(
-                f"prompt {job.prompt!r} is not a digit: the digits model draws \"0\" .. \"9\" "
+                f"prompt {shown(job.prompt)} is not a digit: the digits model draws \"0\" .. \"9\" "
                 f"(write the prompt as a one-character string)"
             )
 

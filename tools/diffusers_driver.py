@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TeaCacheError
+from ..errors import TeaCacheError, shown
 from .drivers import ExportPlan
 from .render.encode import Failed, Video, check_fps
 
@@ -140,7 +140,7 @@ class DiffusersDriver:
             if not has_component(model_dir, "text_encoder"):
                 raise TeaCacheError(
                     f"no prompt_embeds, and the pipeline at {model_dir} has no text encoder to encode "
-                    f"prompt {job.prompt!r}: give prompt_embeds (a safetensors file of the pipeline's "
+                    f"prompt {shown(job.prompt)}: give prompt_embeds (a safetensors file of the pipeline's "
                     f"*_embeds keywords, e.g. prompt_embeds and pooled_prompt_embeds for FLUX)"
                 )
             return

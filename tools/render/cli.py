@@ -193,10 +193,14 @@ def result_line(job, outcome, out) -> dict:
                     "seconds": round(outcome.seconds, 4)}
     return {**record, "status": "failed", "output": None, "sha256": None, "computed_steps": [],
             "skipped_steps": [], "seconds": round(outcome.seconds, 4) if outcome else 0.0,
-            "error": error if len(error) <= MAX_ERROR else f"{error[:MAX_ERROR]}... ({len(error)} characters)"}
+            "error": cut(error)}
 
 
-MAX_ERROR = 2000  # characters of an error kept in results.jsonl
+MAX_ERROR = 2000  # characters of an error kept in results.jsonl and printed
+
+
+def cut(text: str) -> str:
+    return text if len(text) <= MAX_ERROR else f"{text[:MAX_ERROR]}... ({len(text)} characters)"
 
 
 def make_pool(args, spec):
@@ -267,7 +271,7 @@ def render(args, log=None):
         out.append(result_line(j, None, out) for j in bad)
         summary.failed += len(bad)
         for j in bad:
-            log(f"[render] failed: {j.error}")
+            log(f"[render] failed: {cut(j.error)}")
         todo = sum(len(b) for b in batches)
         log(f"[render] {len(parsed)} jobs: {len(done)} already done, {len(bad)} bad, {todo} to render "
             f"in {len(batches)} batches ({args.decisions} decisions, {driver.name} model, {art})")
@@ -281,12 +285,16 @@ def render(args, log=None):
         try:
             with stop_on_signals(progress.note) as stopping:
                 for batch, outcomes in (pool.run(batches, stopping) if pool else ()):
-                    out.append(result_line(job, o, out) for job, o in zip(batch, outcomes))
+                    for job, o in zip(batch, outcomes):
+                        record = result_line(job, o, out)
+                        out.append([record])
+                        if o.ok and record["status"] != "ok":  # its output could not be written
+                            o.error = record["error"]
                     summary.add(outcomes)
                     progress.update(outcomes)
                     for o in outcomes:
                         if not o.ok:
-                            progress.note(f"[render] {o.id} failed: {o.error}")
+                            progress.note(f"[render] {o.id} failed: {cut(o.error)}")
                         elif o.never_skipped and o.never_skipped.split(":")[0] not in idle:
                             idle.add(o.never_skipped.split(":")[0])  # once per policy setting, not per job
                             progress.note(f"[render] {o.id}: {o.never_skipped}")
