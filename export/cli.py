@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from ..dtypes import PRECISIONS
-from ..options import Parser, run
+from .. import quiet
+from ..options import PRECISION_NAMES, Parser, run
 
 
 def parse_range(text: str) -> tuple[int, int, int]:
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TeaCache coefficients replacing the variant's (comma-separated, numpy.poly1d order: "
                         "highest degree first, any degree); the variant keeps its signal, forced steps and "
                         "accumulation; recorded in the manifest")
-    p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
+                   help="precision of the weights and floating-point graph inputs (default fp32)")
     p.add_argument("--batch", type=parse_range, help="batch size range MIN:OPT:MAX (CFG rows included)")
     p.add_argument("--axis", type=parse_axis, action="append", default=[],
                    help="profile range of a dynamic axis, NAME=MIN:OPT:MAX (repeatable); "
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.check is None and (args.model_dir is None or (args.out is None and not args.list_axes)):
         parser.error("give MODEL_DIR and --out ART_DIR to export, or --check ART_DIR to verify an export")
+    quiet.install()
     return run("teacache-export", lambda: _main(args))
 
 

@@ -106,6 +106,8 @@ def thresholds(text: str) -> list[float]:
 
 def device(text: str) -> str:
     """``cpu``, ``cuda`` or ``cuda:N`` for a GPU this machine has."""
+    if text == "cpu":  # the default: answered without importing torch (argparse converts defaults too)
+        return text
     import torch
 
     try:

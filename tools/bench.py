@@ -39,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .. import options, strict_json
+from .. import options, quiet, strict_json
 from ..errors import TeaCacheError
 from ..manifest import GRAPH_NAMES, load_manifest
 from . import latency, policy_options
@@ -516,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet.install()
 
     def body() -> int:
         manifest = load_manifest(args.art_dir)

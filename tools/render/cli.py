@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from ... import options
+from ... import options, quiet
 from ...errors import TeaCacheError
 from .. import policy_options
 from .artifacts import default_cache_dir
@@ -319,6 +319,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a bad option (one line, already printed)
         return exc.code
+    quiet.install()
     try:
         summary = render(args)
         options.emit(json.dumps(summary.to_dict(), allow_nan=False) if args.json else summary.text(), "the summary")
