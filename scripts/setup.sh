@@ -23,7 +23,7 @@ pip_install() {  # pip install ARGS...: one line per package collected; the rest
   python -m pip install --progress-bar off "$@" 2>>"$LOG" | while IFS= read -r line; do
     echo "$line" >> "$LOG"
     case "$line" in
-      Collecting*) echo "setup [$(( SECONDS - START ))s]:     ${line#Collecting }" | cut -c1-100 ;;
+      Collecting*) line=${line#Collecting }; echo "setup [$(( SECONDS - START ))s]:     ${line%% (from*}" ;;
       "Installing collected packages"*) say "    installing the packages collected" ;;
     esac
   done

@@ -3,13 +3,12 @@ preview for videos; the same pixels give the same bytes."""
 from __future__ import annotations
 
 import io
-import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from render_helpers import probe
 
 from teacache_trt.errors import TeaCacheError
 from teacache_trt.tools.render.encode import Video, encode
@@ -57,34 +56,11 @@ def test_mp4_has_every_frame_and_is_deterministic():
     assert np.abs(decoded[0] @ luma - np.asarray(video.frames[0]) @ luma).mean() < 12
 
 
-def probe(data: bytes, tmp_path) -> dict:
-    """Pixel format, frame rate and size of an MP4, from ffprobe, or else from the ffmpeg that
-    imageio-ffmpeg ships (``ffmpeg -i`` prints the stream line)."""
-    path = tmp_path / "probe.mp4"
-    path.write_bytes(data)
-    if shutil.which("ffprobe"):
-        out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                              "stream=pix_fmt,r_frame_rate,width,height", "-of", "default=nw=1", str(path)],
-                             capture_output=True, text=True, check=True).stdout
-        fields = dict(line.split("=", 1) for line in out.split())
-        num, den = fields["r_frame_rate"].split("/")
-        return {"pix_fmt": fields["pix_fmt"], "fps": float(num) / float(den),
-                "size": (int(fields["width"]), int(fields["height"]))}
-    import imageio_ffmpeg
-
-    err = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
-                         capture_output=True, text=True).stderr
-    stream = next(line for line in err.splitlines() if "Video:" in line)
-    size = re.search(r", (\d+)x(\d+)", stream)
-    return {"pix_fmt": re.search(r"(yuv\w+|rgb\w+|gbr\w+)", stream).group(1),
-            "fps": float(re.search(r"([\d.]+) fps", stream).group(1)), "size": (int(size[1]), int(size[2]))}
-
-
 @pytest.mark.parametrize("size, fps", [((24, 16), 12.0), ((15, 9), 24.0)])
 def test_mp4_is_yuv420p_at_the_videos_frame_rate_even_sized(tmp_path, size, fps):
     pytest.importorskip("imageio_ffmpeg", reason="video output is an extra: pip install -e '.[video]'")
     encoded = encode(Video(frames(6, size), fps=fps))
-    info = probe(encoded.data, tmp_path)
+    info = probe(encoded.data, tmp_path / "probe.mp4")
     assert info["pix_fmt"] == "yuv420p" and info["fps"] == pytest.approx(fps)
     assert info["size"] == (size[0] + size[0] % 2, size[1] + size[1] % 2)  # odd sizes padded by one pixel
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -190,3 +191,34 @@ def test_bad_policy_options_exit_2_before_any_export(tmp_path, capsys, options, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("teacache-render: error: ") and message in err[-1], err
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_threshold_means_the_calibrated_set_by_default_and_every_output_says_which(tmp_path, render_cli,
+                                                                                     digits_art, capsys):
+    """The bundled model's artifact carries its calibration (what teacache-eval's calibrated rows
+    use), the upstream FLUX.1 set stays selectable, and results, summary and sheet name the set."""
+    from teacache_trt.digits.driver import shipped_calibration
+    from teacache_trt.digits.pipeline import DEFAULT_MODEL_DIR
+    from teacache_trt.manifest import load_manifest
+    from teacache_trt.tools.render.sheet import label_lines
+
+    teacache = load_manifest(digits_art).policy_data["teacache"]
+    assert teacache["coefficients"] == shipped_calibration(DEFAULT_MODEL_DIR)[0]
+    assert teacache["source"].startswith("teacache-calibrate --driver digits")
+    assert teacache["history"][-1]["source"] == "variant FLUX.1"  # the upstream set, restorable
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "d", "prompt": "3", "seed": 0, "steps": 20, "threshold": 0.1}) + "\n")
+    assert render_cli(jobs, tmp_path / "cal", "--json", "--contact-sheet") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert render_cli(jobs, tmp_path / "up", "--coefficients", "upstream") == 0
+    text = capsys.readouterr().out
+    cal, up = latest(tmp_path / "cal")["d"], latest(tmp_path / "up")["d"]
+    assert cal["coefficients"] == "calibrated" and len(cal["computed_steps"]) < 15  # the same meaning as eval's rows
+    assert up["coefficients"] == "upstream FLUX.1" and len(up["computed_steps"]) == 20  # 0.1 is tiny for FLUX.1's
+    assert summary["settings"] == [{"policy": "teacache", "params": {}, "coefficients": "calibrated",
+                                    "thresholds": [0.1], "jobs": 1}]
+    assert "[render] teacache, coefficients upstream FLUX.1, threshold 0.1: 1 job" in text
+    assert label_lines(SimpleNamespace(prompt="3", id="d", steps=20), cal) == [
+        "3", "teacache 0.1", "coef. calibrated", f"{len(cal['computed_steps'])}/20 computed"]
+    assert (tmp_path / "cal" / "contact_sheet.png").is_file()
