@@ -128,15 +128,20 @@ def _writable_folder(folder: Path, what: str) -> None:
     """The nearest existing ancestor of ``folder`` is a folder this process can write into, and
     the names still to be made fit the file system (a 300-character name fails when it is
     created: hours later, after the work it was meant to keep)."""
-    probe = folder
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
+    probe = _existing(folder)
     _name_lengths(folder, probe, what)
     if not probe.is_dir():
         raise argparse.ArgumentTypeError(f"{what}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{what}: cannot write into {probe} (permissions or a read-only "
                                          f"file system): choose another path")
+
+
+def _existing(path: Path) -> Path:
+    """The nearest ancestor of ``path`` (itself included) that exists."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _name_lengths(path: Path, existing: Path, what: str) -> None:
@@ -164,12 +169,13 @@ def output_file(text: str) -> Path:
     the file system takes.  An existing FIFO or device (``/dev/stdout``) is written through
     (``files.write_output``)."""
     path = Path(text)
+    parent = path.parent if str(path.parent) else Path(".")
+    _name_lengths(path, _existing(parent), text)  # first: a name too long fails every other check
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder: give a file name")
     if os.path.exists(path) and (not path.is_file() or str(path.absolute()).startswith(STREAMS)):
         return path  # a stream or device: written through, nothing to create
-    _writable_folder(path.parent if str(path.parent) else Path("."), text)
-    _name_lengths(path, path.parent if str(path.parent) else Path("."), text)
+    _writable_folder(parent, text)
     return path
 
 
