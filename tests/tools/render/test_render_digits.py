@@ -31,7 +31,9 @@ def test_render_writes_images_results_summary_and_sheet(tmp_path, render_cli, ca
     assert by_id["j000"]["skipped_steps"] == []  # threshold 0 never skips
     assert by_id["j003"]["skipped_steps"]  # threshold 0.8 skips
     assert summary["mean_computed_steps"] == pytest.approx(sum(len(r["computed_steps"]) for r in lines) / 6, abs=1e-3)
-    assert json.loads((out / "summary.json").read_text())["rendered"] == 6
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["rendered"] == 6 and "computed_steps" not in saved  # a count has a name of its own
+    assert saved["computed_step_count"] == sum(len(r["computed_steps"]) for r in lines) and saved["step_count"] == 6 * STEPS
     assert (out / "contact_sheet.png").is_file()
 
 
@@ -43,6 +45,10 @@ def test_rerun_skips_finished_jobs_and_redoes_changed_outputs(tmp_path, render_c
     assert render_cli(jobs, out, "--batch-size", "5", "--json") == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["already_done"] == 5 and summary["rendered"] == 0 and len(results(out)) == 5
+    assert summary["images_per_s"] is None and summary["mean_computed_steps"] is None  # no rate over nothing
+    assert render_cli(jobs, out, "--batch-size", "5") == 0
+    text = capsys.readouterr().out
+    assert "nothing rendered in this run (every job was done before, or failed)" in text and "images/s" not in text
     before = {job_id: pixels(out, job_id) for job_id in ("j001", "j002")}
     (out / "j001.png").write_bytes(b"not the image")
     (out / "j002.png").unlink()
