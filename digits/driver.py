@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..errors import TeaCacheError, shown
 from ..tools.drivers import ExportPlan
-from .calibration import CALIBRATION_FILE, digits_driver
-from .data import NUM_CLASSES, NUM_TEXT_TOKENS
-from .pipeline import DEFAULT_MODEL_DIR
+from .constants import CALIBRATION_FILE, DEFAULT_MODEL_DIR, DIGITS_AXES, NUM_CLASSES
 
-# The exported profile: CFG runs cond and uncond as separate calls of up to 100 digits each
-# (the quality harness renders 100 at once); a sub-batch of one prompt needs batch min 1.
-DIGITS_AXES = {"batch": (1, 100, 200), "img_seq": (64, 64, 64), "txt_seq": (NUM_TEXT_TOKENS,) * 3}
+# torch and the pipeline are imported where they are used: the tools load this driver (an
+# entry point) to find the one for a model, which must stay quick.
 PROMPTS = tuple(str(d) for d in range(NUM_CLASSES))
 
 
@@ -29,6 +24,8 @@ class DigitsDriver:
         return source in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR / "transformer")
 
     def calibration(self, steps: int):
+        from .calibration import digits_driver
+
         return digits_driver(steps)
 
     # --- rendering -----------------------------------------------------------------------
@@ -78,6 +75,8 @@ class DigitsDriver:
         same noise whatever its batch neighbours.  A job whose final latents are not finite
         (NaN or inf, e.g. from a guidance of 1e30) fails with that cause instead of drawing
         a blank image."""
+        import torch
+
         from ..tools.render.encode import Failed
         from .data import unpack_tokens
         from .pipeline import to_pil
