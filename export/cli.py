@@ -10,16 +10,24 @@ from .. import quiet
 from ..options import PRECISION_NAMES, Parser, run
 
 
+MAX_SIZE = 2**31 - 1  # TensorRT and ONNX Runtime dimensions are 32-bit integers
+
+
 def parse_range(text: str) -> tuple[int, int, int]:
-    """``MIN:OPT:MAX`` or a single ``N`` (fixed size)."""
+    """``MIN:OPT:MAX`` or a single ``N`` (fixed size), each a size a graph dimension can hold."""
     try:
         values = [int(v) for v in text.split(":")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MIN:OPT:MAX (integers)") from None
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not MIN:OPT:MAX (integers)") from None
     if len(values) == 1:
         values *= 3
     if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MIN:OPT:MAX")
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not MIN:OPT:MAX")
+    too_big = [v for v in values if v > MAX_SIZE]
+    if too_big:
+        raise argparse.ArgumentTypeError(
+            f"{str(too_big[0])[:24]}{'...' if len(str(too_big[0])) > 24 else ''} is larger than any input size: "
+            f"graph dimensions are 32-bit (at most {MAX_SIZE}); give the largest size you will run")
     return tuple(values)
 
 
