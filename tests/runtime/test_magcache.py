@@ -4,6 +4,7 @@ runtime's real decision path; interpolation, the published layouts, ratios per c
 decisions, and the family data the exporter writes."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -205,6 +206,46 @@ def test_true_cfg_decisions_and_latents_equal_the_qwen_image_script(flux, user_l
     assert [contexts["cond"]["computed_steps"], contexts["uncond"]["computed_steps"]] == rule.computed
     assert all(2 < len(c) < steps - 2 for c in rule.computed), rule.computed
     assert (got - want).abs().max().item() <= 1e-4
+
+
+class UpstreamTransformer(torch.nn.Module):
+    """The original model under :class:`UpstreamRule` in a pipeline's place: the script's call
+    counter decides, whatever cache context the pipeline names (the scripts have none)."""
+
+    def __init__(self, model, hooks, rule: UpstreamRule):
+        super().__init__()
+        self.model, self.hooks, self.rule, self.cache = model, hooks, rule, {}
+
+    config = property(lambda self: self.model.config)
+    dtype = property(lambda self: self.model.dtype)
+    device = property(lambda self: self.model.device)
+
+    @contextlib.contextmanager
+    def cache_context(self, name, **_):
+        yield
+
+    def forward(self, return_dict=False, **kwargs):
+        branch = self.rule.cnt % self.rule.branches
+        return (run_original(self.model, self.hooks, kwargs, self.rule.compute(), self.cache, branch),)
+
+
+@pytest.mark.parametrize("steps", [20, 50])
+def test_qwen_image_pipeline_equals_the_qwen_image_script(exported, steps):
+    """QwenImagePipeline (true CFG, cond then uncond in their cache contexts) with the Qwen-Image
+    family's published ratios and MagCache's Qwen-Image settings, against the script's rule on
+    the original model: the same steps per branch and the same latents."""
+    ex = exported("qwen_image")
+    assert ex.manifest.policy_data["magcache"]["source"] == "MagCache's published ratios for Qwen-Image (50 steps)"
+    pipe = ex.spec.make_pipeline(ex.model)
+    t = teacache_trt.enable(pipe, ex.art_dir, policy="magcache")  # the family's ratios, 0.06 / 2 / 0.2
+    got = ex.spec.run_pipeline(pipe, steps, seed=0)
+    rule = UpstreamRule(QWEN_LIST, steps, 0.06, 2, 0.2, "qwen")
+    want = ex.spec.run_pipeline(ex.spec.make_pipeline(UpstreamTransformer(ex.model, ex.spec.reference_hooks(ex.model),
+                                                                          rule)), steps, seed=0)
+    contexts = t.stats["contexts"]
+    assert [contexts["cond"]["computed_steps"], contexts["uncond"]["computed_steps"]] == rule.computed
+    assert all(len(c) < steps - 2 for c in rule.computed), rule.computed
+    assert (got - want).abs().max().item() <= 1e-4 * max(1.0, want.abs().max().item())
 
 
 def test_the_last_tuple_really_separates_the_branches():
