@@ -10,6 +10,7 @@ import copy
 import inspect
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -25,13 +26,36 @@ from ..manifest import (
 )
 from ..families import Family, find_model_dir, get_family, load_family_module, plain_config, read_config
 from ..families import base as family_base
+from ..families import inputs as family_inputs
 from ..families.model_io import module_dtype
 from ..shapes import propagate
 from ..engines.flavours import installed, no_gpu_reason, resolve_flavour
 from . import verify as V
-from .onnx_export import OPSET, export_part, graph_files
+from .onnx_export import OPSET, dynamic_dims, export_part, graph_files
 
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """One export, settled and checked before the model loads: what the staged export, the
+    graphs and the manifest are made from."""
+
+    family: type[Family]
+    config: dict[str, Any]
+    source: Path  # the model folder ("<in-memory>" for a model object)
+    variant: str
+    precision: str
+    axes: dict[str, list[int]]  # axis -> [min, opt, max]
+    weights_hash: str
+    export_key: str
+    verify: bool = True
+    flavour: str = "none"  # engines to build in the staging folder
+    family_module: str = ""  # the --family-module it came from, for the manifest
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return precision_dtype(self.precision)
 
 
 # --- locating and loading the model ---------------------------------------------------------
@@ -270,16 +294,18 @@ def export_model(
             if module_dtype(model) != dtype:
                 model = copy.deepcopy(model).to(dtype)  # never convert the caller's model in place
             model = model.eval()
-            manifest = _export_staged(fam, model, config, src, variant, precision, dtype, axes_r,
-                                      weights_hash, export_key, out, verify, flavour, log, family_module or "")
+            settings = ExportSettings(fam, config, src, variant, precision, axes_r, weights_hash, export_key,
+                                      verify=verify, flavour=flavour, family_module=family_module or "")
+            manifest = _export_staged(settings, model, out, log)
     if flavour == "none" and build == "auto":
-        log(f"[build] no engines: {no_gpu_reason() or 'neither tensorrt nor tensorrt-rtx is installed'}; "
-            f"{_build_later(model_dir, out, from_dir, family, family_module, asked_variant, precision, axes)}")
+        later = _build_later(model_dir, out, from_dir=from_dir, family=family, family_module=family_module,
+                             variant=asked_variant, precision=precision, axes=axes)
+        log(f"[build] no engines: {no_gpu_reason() or 'neither tensorrt nor tensorrt-rtx is installed'}; {later}")
     log(f"[done] {out} in {time.perf_counter() - t_start:.1f}s")
     return manifest
 
 
-def _build_later(model_dir, out, from_dir: bool, family, family_module, variant, precision, axes) -> str:
+def _build_later(model_dir, out, *, from_dir: bool, family, family_module, variant, precision, axes) -> str:
     """How to build the engines that ``--build auto`` skipped: the same export with
     ``--build tensorrt-rtx`` (it reuses the graphs and builds ahead of time, no GPU needed)."""
     import shlex
@@ -302,8 +328,8 @@ def _build_later(model_dir, out, from_dir: bool, family, family_module, variant,
 
 def _graph_code(fam) -> list[Path]:
     here = Path(__file__).resolve().parent
-    return [Path(inspect.getfile(fam)), Path(inspect.getfile(family_base)), here / "onnx_export.py",
-            Path(inspect.getfile(propagate))]
+    return [Path(inspect.getfile(fam)), Path(inspect.getfile(family_base)), Path(inspect.getfile(family_inputs)),
+            here / "onnx_export.py", Path(inspect.getfile(propagate))]
 
 
 def _reusable(out: Path, previous: Manifest | None, export_key: str, force: bool, log: Log) -> bool:
@@ -327,8 +353,7 @@ def _files_hash(files) -> str:
     return sha256_json({p.name: sha256_file(p) for p in files})
 
 
-def _export_staged(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, flavour, log, family_module) -> Manifest:
+def _export_staged(settings: ExportSettings, model, out: Path, log: Log) -> Manifest:
     """Export, verify and build in a staging folder; only the complete set becomes ``out``'s
     artifact, in one step, so a failed or killed export loses nothing."""
     import shutil
@@ -338,12 +363,12 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
     staging = artifact.new_staging(out)
     try:
         with os_errors(f"writing the export to {out}"):
-            manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes,
-                                      weights_hash, export_key, staging, verify, log, family_module)
-            if flavour != "none":
+            manifest = _export_graphs(settings, model, staging, log)
+            if settings.flavour != "none":
                 from ..engines.build import build_engines
 
-                build_engines(staging, manifest, flavour, {g: staging / manifest.graphs[g].file for g in graph_names(manifest.graphs)},
+                build_engines(staging, manifest, settings.flavour,
+                              {g: staging / manifest.graphs[g].file for g in graph_names(manifest.graphs)},
                               timing_dir=out, force=True, log=log)
             write_trtexec_files(staging, manifest)
             manifest.files.update({p.name: integrity.record(p) for p in sorted(staging.iterdir())
@@ -354,16 +379,18 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
     return manifest
 
 
-def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, log, family_module) -> Manifest:
-    parts = fam.parts(model, fam.variant(variant))
+def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Manifest:
+    fam, config, axes, dtype = settings.family, settings.config, settings.axes, settings.dtype
+    parts = fam.parts(model, fam.variant(settings.variant))
     traced = trace_point(fam, axes, config)
     static = static_axes(axes)
     if static:
         log(f"[export] {', '.join(f'{a}=1' for a in static)} is fixed in the graphs: the profile "
             f"allows no other size, and torch.export cannot trace a dynamic dim at size 1")
     feed = fam.example_inputs(config, traced, dtype)
-    dims = fam.input_dims(config)
+    # Dynamic dims of every tensor a part may take: the model inputs' from the family, the
+    # signal's, then each exported graph's outputs as the exporter named them.
+    pool_dims = {**fam.input_dims(config), "prev_signal": dict(fam.signal_dims)}
     graphs: dict[str, GraphSpec] = {}
     pool = dict(feed)
     names = graph_names(parts)
@@ -372,15 +399,12 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
         if name == "embed":
             signal_shape = _signal_shape(part, pool, traced)
             pool["prev_signal"] = torch.randn(signal_shape, dtype=dtype)
-            part_dims = {**dims, "prev_signal": dict(fam.signal_dims)}
-        elif name == CONTEXT_GRAPH:  # model inputs only, like the embed
-            part_dims = dims
-        else:
-            part_dims = part.dynamic
+        part_dims = {n: part.dynamic.get(n, pool_dims.get(n, {})) for n in part.input_names}
         path = out / f"{name}.onnx"
         log(f"[export {i}/{len(names)}] {name}.onnx at {traced} ...")
         t0 = time.perf_counter()
         written = export_part(part, pool, part_dims, path, static)
+        pool_dims.update({spec.name: dynamic_dims(spec, axes) for spec in written.outputs})
         t_hash = time.perf_counter()
         graphs[name] = GraphSpec(file=path.name, sha256=_files_hash(written.files),
                                  inputs=written.inputs, outputs=written.outputs)
@@ -389,35 +413,22 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
         log(f"[export {i}/{len(names)}] {name}.onnx in {time.perf_counter() - t0:.1f}s ("
             + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + f"; {size / 1e6:.1f} MB)")
         if name != names[-1]:
-            pool.update(_run_part(name, part, pool, traced))  # the next part's example inputs
+            pool.update(V.run_part(name, part, pool, traced))  # the next part's example inputs
     profiles(graphs, fam, config, axes, dtype)
-    v = fam.variants[variant]
+    v = fam.variants[settings.variant]
     manifest = Manifest(
-        family=fam.name, variant=variant, class_name=fam.class_name, precision=precision,
-        config=config, config_hash=config_fingerprint(fam.config_of(model)), weights_hash=weights_hash,
-        source=str(src), axes=axes, graphs=graphs,
+        family=fam.name, variant=settings.variant, class_name=fam.class_name, precision=settings.precision,
+        config=config, config_hash=config_fingerprint(fam.config_of(model)), weights_hash=settings.weights_hash,
+        source=str(settings.source), axes=axes, graphs=graphs,
         criterion=Criterion(signal=fam.signal_for(v), coefficients=list(v.coefficients),
                             default_threshold=v.default_threshold, forced=v.forced,
                             cached=list(fam.cached), note=fam.note),
-        versions=versions(), export_key=export_key, family_module=family_module,
+        versions=versions(), export_key=settings.export_key, family_module=settings.family_module,
     )
-    if verify:
-        _verify(fam, model, parts, manifest, out, config, verify_points(fam, axes, traced, config),
-                dtype, precision, log)
+    if settings.verify:
+        check = V.Verification(fam, model, parts, config, settings.precision)
+        check.run(manifest, out, verify_points(fam, axes, traced, config), log)
     return manifest
-
-
-def _run_part(name: str, part, pool, point) -> dict[str, torch.Tensor]:
-    """One eager PyTorch run of a part; a failure names the graph and the sizes."""
-    try:
-        with torch.no_grad():
-            return part.run(pool)
-    except Exception as exc:
-        raise TeaCacheError(
-            f"the PyTorch {name} part failed at {point}: {type(exc).__name__}: {str(exc)[:1000]}. "
-            f"The export runs each part at the smallest sizes of the profile: if this is an "
-            f"allocation failure, lower the axis minimums (--axis NAME=MIN:OPT:MAX)"
-        ) from exc
 
 
 def _signal_shape(embed, pool, point) -> tuple[int, ...]:
@@ -425,74 +436,4 @@ def _signal_shape(embed, pool, point) -> tuple[int, ...]:
     probe = dict(pool)
     # prev_signal only feeds the sums; any broadcastable tensor gives the signal's shape.
     probe["prev_signal"] = torch.zeros(())
-    return tuple(_run_part("embed", embed, probe, point)["signal"].shape)
-
-
-def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, log) -> None:
-    """Each graph against its PyTorch part at every point, and the composed parts against
-    the model's own forward.  One ONNX Runtime session per graph, dropped before the next
-    graph's (the block graph holds the weights)."""
-    runs = []
-    for k, point in enumerate(points):
-        runs.append(_reference(fam, model, parts, manifest, config, point, dtype, precision, seed=k + 1))
-        log(f"[verify {k + 1}/{len(points)}] PyTorch parts composed vs {fam.class_name}.forward at "
-            f"{point}: max abs {runs[-1][2]:.3g}")
-    on_cpu = precision in V.ORT_CPU_PRECISIONS
-    if not on_cpu:
-        log(f"[verify] the {precision} graphs were not run: ONNX Runtime's CPU provider has no "
-            f"{precision} kernels (verified: the PyTorch split against the model, above); "
-            f"TensorRT or ONNX Runtime on CUDA runs them")
-    for name in graph_names(manifest.graphs):
-        graph = manifest.graphs[name]
-        rows = [{"axes": dict(point)} for point in points]
-        if on_cpu:
-            t0 = time.perf_counter()
-            session = V.ort_session(out / graph.file, name)
-            for row, point, (feeds, refs, _) in zip(rows, points, runs):
-                got = V.run_ort(session, feeds, name, point)
-                row.update(graph_verified=True, method="ONNX Runtime CPU vs the PyTorch part",
-                           **V.check(f"{name} graph at {point}", got, refs[name], precision))
-            del session
-            log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
-                f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
-        else:
-            for row in rows:
-                row.update(graph_verified=False,
-                           method=f"not run: ONNX Runtime's CPU provider has no {precision} kernels")
-        if name == "head":
-            for row, (_, _, split) in zip(rows, runs):
-                row["split_vs_model_max_abs"] = split
-        graph.verification = rows
-
-
-def _reference(fam, model, parts, manifest, config, point, dtype, precision, seed):
-    """The PyTorch side at ``point``: every part's inputs (one pool), each part's outputs, and
-    the max abs error of the composed parts against the model's own forward.  Output shapes
-    are checked against the manifest's shape expressions on the way."""
-    feed = fam.example_inputs(config, point, dtype, seed=seed)
-    names = graph_names(manifest.graphs)
-    shapes = propagate([manifest.graphs[g] for g in names], {n: t.shape for n, t in feed.items()})
-    pool = dict(feed)
-    g = torch.Generator().manual_seed(seed)
-    pool["prev_signal"] = torch.randn(shapes["prev_signal"], generator=g).to(dtype)
-    refs = {}
-    for name in names:
-        refs[name] = _run_part(name, parts[name], pool, point)
-        for o in manifest.graphs[name].output_names:
-            if tuple(refs[name][o].shape) != shapes[o]:
-                raise TeaCacheError(
-                    f"{name}: output {o!r} has shape {tuple(refs[name][o].shape)} but the manifest's "
-                    f"shape expressions give {shapes[o]}: the export's dynamic dims are wrong"
-                )
-        pool.update(refs[name])
-    # The split must reproduce the model: composed PyTorch parts against model.forward.
-    try:
-        with torch.no_grad():
-            full = fam.call_model(model, fam.kwargs_from_feed(feed))
-    except Exception as exc:
-        raise TeaCacheError(
-            f"{fam.class_name}.forward failed at {point}: {type(exc).__name__}: {str(exc)[:1000]}"
-        ) from exc
-    split = V.check(f"split vs {fam.class_name}.forward at {point}", {"output": pool["output"]},
-                    {"output": full}, precision)
-    return pool, refs, split["max_abs"]
+    return tuple(V.run_part("embed", embed, probe, point)["signal"].shape)

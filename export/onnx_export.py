@@ -53,6 +53,13 @@ def _dims(part: Part, dims: Mapping[str, Mapping[int, str]], static: Collection[
     return tuple(shapes)
 
 
+def dynamic_dims(spec: TensorSpec, axes: Collection[str]) -> dict[int, str]:
+    """The dynamic dims of an exported tensor, as a later graph taking it is exported with
+    them: a dim named after an axis stays that axis; a derived one (an expression, a name
+    torch.export made up, or one left unnamed, which reads as 0) is AUTO."""
+    return {i: d if d in axes else AUTO for i, d in enumerate(spec.shape) if not (isinstance(d, int) and d > 0)}
+
+
 @contextlib.contextmanager
 def _quiet(logger_name: str):
     logger = logging.getLogger(logger_name)
