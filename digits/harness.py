@@ -32,7 +32,7 @@ import torch
 from ..errors import TeaCacheError
 from ..manifest import atomic_write_bytes, check_coefficients
 from .calibration import CALIBRATION_FILE
-from .data import NUM_CLASSES
+from .data import NUM_CLASSES, sklearn
 
 POLICIES = ("teacache-upstream", "teacache-calibrated", "uniform", "fewer-steps")
 # Sweeps chosen to land on 3+ distinct compute levels each within the main job's time budget.
@@ -285,6 +285,7 @@ def main(argv=None) -> int:
 
     def body() -> int:
         t0 = time.perf_counter()
+        sklearn("svm")  # the classifier scores the digits: a missing extra fails before any work
         coefficients = load_calibrated(args.coefficients) if args.coefficients else None  # before any export
         art = Path(args.art) if args.art else export_bundled(args.cache_dir)
         result = evaluate(art, steps=args.steps, guidance=args.guidance, per_class=args.per_class,

@@ -21,10 +21,10 @@ from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..files import os_errors
 from ..manifest import (
-    CONTEXT_GRAPH, FORMAT_VERSION, Criterion, GraphSpec, Manifest, config_fingerprint,
+    FORMAT_VERSION, Criterion, GraphSpec, Manifest, config_fingerprint,
     graph_names, sha256_file, sha256_json,
 )
-from ..families import Family, find_model_dir, get_family, load_family_module, plain_config, read_config
+from ..families import Family, Part, find_model_dir, get_family, load_family_module, plain_config, read_config
 from ..families import base as family_base
 from ..families import inputs as family_inputs
 from ..families.model_io import module_dtype
@@ -56,6 +56,18 @@ class ExportSettings:
     @property
     def dtype(self) -> torch.dtype:
         return precision_dtype(self.precision)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the export checks its graphs against: the model, the parts split from it, and the
+    config and precision they were exported at."""
+
+    family: type[Family]
+    model: torch.nn.Module
+    parts: Mapping[str, Part]
+    config: Mapping[str, Any]
+    precision: str
 
 
 # --- locating and loading the model ---------------------------------------------------------
@@ -155,7 +167,7 @@ def trace_point(fam: type[Family], axes: Mapping[str, list[int]],
     Per axis the smallest size >= 2 in its range (1 for a static axis), distinct from the
     sizes already chosen where the range allows: torch.export may tie two dims that trace
     at the same size.  Tracing and the first verification then cost what the weights cost,
-    whatever the profile's opt (a real-size opt does not fit in RAM: DESIGN §7).
+    whatever the profile's opt (a real-size opt does not fit in RAM: docs/traps.md).
     """
     point: dict[str, int] = {}
     for a in _axes(fam, config):
@@ -413,7 +425,7 @@ def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Mani
         log(f"[export {i}/{len(names)}] {name}.onnx in {time.perf_counter() - t0:.1f}s ("
             + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + f"; {size / 1e6:.1f} MB)")
         if name != names[-1]:
-            pool.update(V.run_part(name, part, pool, traced))  # the next part's example inputs
+            pool.update(_run_part(name, part, pool, traced))  # the next part's example inputs
     profiles(graphs, fam, config, axes, dtype)
     v = fam.variants[settings.variant]
     manifest = Manifest(
@@ -426,9 +438,22 @@ def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Mani
         versions=versions(), export_key=settings.export_key, family_module=settings.family_module,
     )
     if settings.verify:
-        check = V.Verification(fam, model, parts, config, settings.precision)
-        check.run(manifest, out, verify_points(fam, axes, traced, config), log)
+        _verify(Verification(fam, model, parts, config, settings.precision), manifest, out,
+                verify_points(fam, axes, traced, config), log)
     return manifest
+
+
+def _run_part(name: str, part, pool, point) -> dict[str, torch.Tensor]:
+    """One eager PyTorch run of a part; a failure names the graph and the sizes."""
+    try:
+        with torch.no_grad():
+            return part.run(pool)
+    except Exception as exc:
+        raise TeaCacheError(
+            f"the PyTorch {name} part failed at {point}: {type(exc).__name__}: {str(exc)[:1000]}. "
+            f"The export runs each part at the smallest sizes of the profile: if this is an "
+            f"allocation failure, lower the axis minimums (--axis NAME=MIN:OPT:MAX)"
+        ) from exc
 
 
 def _signal_shape(embed, pool, point) -> tuple[int, ...]:
@@ -436,4 +461,78 @@ def _signal_shape(embed, pool, point) -> tuple[int, ...]:
     probe = dict(pool)
     # prev_signal only feeds the sums; any broadcastable tensor gives the signal's shape.
     probe["prev_signal"] = torch.zeros(())
-    return tuple(V.run_part("embed", embed, probe, point)["signal"].shape)
+    return tuple(_run_part("embed", embed, probe, point)["signal"].shape)
+
+
+def _verify(subject: Verification, manifest: Manifest, out: Path, points, log: Log) -> None:
+    """Each graph against its PyTorch part at every point, and the composed parts against
+    the model's own forward.  One ONNX Runtime session per graph, dropped before the next
+    graph's (the block graph holds the weights)."""
+    fam, precision = subject.family, subject.precision
+    runs = []
+    for k, point in enumerate(points):
+        runs.append(_reference(subject, manifest, point, seed=k + 1))
+        log(f"[verify {k + 1}/{len(points)}] PyTorch parts composed vs {fam.class_name}.forward at "
+            f"{point}: max abs {runs[-1][2]:.3g}")
+    on_cpu = precision in V.ORT_CPU_PRECISIONS
+    if not on_cpu:
+        log(f"[verify] the {precision} graphs were not run: ONNX Runtime's CPU provider has no "
+            f"{precision} kernels (verified: the PyTorch split against the model, above); "
+            f"TensorRT or ONNX Runtime on CUDA runs them")
+    for name in graph_names(manifest.graphs):
+        graph = manifest.graphs[name]
+        rows = [{"axes": dict(point)} for point in points]
+        if on_cpu:
+            t0 = time.perf_counter()
+            session = V.ort_session(out / graph.file, name)
+            for row, point, (feeds, refs, _) in zip(rows, points, runs):
+                got = V.run_ort(session, feeds, name, point)
+                row.update(graph_verified=True, method="ONNX Runtime CPU vs the PyTorch part",
+                           **V.check(f"{name} graph at {point}", got, refs[name], precision))
+            del session
+            log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
+                f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
+        else:
+            for row in rows:
+                row.update(graph_verified=False,
+                           method=f"not run: ONNX Runtime's CPU provider has no {precision} kernels")
+        if name == "head":
+            for row, (_, _, split) in zip(rows, runs):
+                row["split_vs_model_max_abs"] = split
+        graph.verification = rows
+
+
+def _reference(subject: Verification, manifest: Manifest, point, seed: int):
+    """The PyTorch side at ``point``: every part's inputs (one pool), each part's outputs, and
+    the max abs error of the composed parts against the model's own forward.  Output shapes
+    are checked against the manifest's shape expressions on the way."""
+    fam, model, parts, config, precision = (subject.family, subject.model, subject.parts, subject.config,
+                                            subject.precision)
+    dtype = precision_dtype(precision)
+    feed = fam.example_inputs(config, point, dtype, seed=seed)
+    names = graph_names(manifest.graphs)
+    shapes = propagate([manifest.graphs[g] for g in names], {n: t.shape for n, t in feed.items()})
+    pool = dict(feed)
+    g = torch.Generator().manual_seed(seed)
+    pool["prev_signal"] = torch.randn(shapes["prev_signal"], generator=g).to(dtype)
+    refs = {}
+    for name in names:
+        refs[name] = _run_part(name, parts[name], pool, point)
+        for o in manifest.graphs[name].output_names:
+            if tuple(refs[name][o].shape) != shapes[o]:
+                raise TeaCacheError(
+                    f"{name}: output {o!r} has shape {tuple(refs[name][o].shape)} but the manifest's "
+                    f"shape expressions give {shapes[o]}: the export's dynamic dims are wrong"
+                )
+        pool.update(refs[name])
+    # The split must reproduce the model: composed PyTorch parts against model.forward.
+    try:
+        with torch.no_grad():
+            full = fam.call_model(model, fam.kwargs_from_feed(feed))
+    except Exception as exc:
+        raise TeaCacheError(
+            f"{fam.class_name}.forward failed at {point}: {type(exc).__name__}: {str(exc)[:1000]}"
+        ) from exc
+    split = V.check(f"split vs {fam.class_name}.forward at {point}", {"output": pool["output"]},
+                    {"output": full}, precision)
+    return pool, refs, split["max_abs"]

@@ -20,7 +20,7 @@ from ..errors import TeaCacheError
 from ..families import AUTO, Part
 from ..manifest import TensorSpec
 
-OPSET = 18  # dynamo exporter; TorchScript fails on aten::rms_norm (DESIGN §7)
+OPSET = 18  # dynamo exporter; TorchScript fails on aten::rms_norm (docs/traps.md)
 EXTERNAL_DATA_ABOVE = 2 * 1024**3  # protobuf's 2 GB limit
 
 

@@ -3,19 +3,13 @@ composed parts against the original diffusers model (so a wrong split fails here
 render)."""
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
 
-from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
-from ..families import Family, Part
-from ..manifest import Manifest, graph_names
-from ..shapes import propagate
 
 # (atol, rtol) per precision; rtol is relative to the largest reference magnitude of a tensor.
 # Precisions ONNX Runtime's CPU provider can run for the graph-vs-PyTorch check.
@@ -92,98 +86,3 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
-
-
-def run_part(name: str, part: Part, pool: Mapping[str, torch.Tensor], point) -> dict[str, torch.Tensor]:
-    """One eager PyTorch run of a part; a failure names the graph and the sizes."""
-    try:
-        with torch.no_grad():
-            return part.run(pool)
-    except Exception as exc:
-        raise TeaCacheError(
-            f"the PyTorch {name} part failed at {point}: {type(exc).__name__}: {str(exc)[:1000]}. "
-            f"The export runs each part at the smallest sizes of the profile: if this is an "
-            f"allocation failure, lower the axis minimums (--axis NAME=MIN:OPT:MAX)"
-        ) from exc
-
-
-@dataclass(frozen=True)
-class Verification:
-    """What an export checks its graphs against: the model, the parts split from it, and the
-    config and precision they were exported at."""
-
-    family: type[Family]
-    model: torch.nn.Module
-    parts: Mapping[str, Part]
-    config: Mapping[str, Any]
-    precision: str
-
-    def run(self, manifest: Manifest, folder: Path, points, log: Callable[[str], None]) -> None:
-        """Each graph (in ``folder``) against its PyTorch part at every point, and the composed
-        parts against the model's own forward; the rows go into ``manifest``.  One ONNX Runtime
-        session per graph, dropped before the next graph's (the block graph holds the weights)."""
-        precision, class_name = self.precision, self.family.class_name
-        runs = []
-        for k, point in enumerate(points):
-            runs.append(self.reference(manifest, point, seed=k + 1))
-            log(f"[verify {k + 1}/{len(points)}] PyTorch parts composed vs {class_name}.forward at "
-                f"{point}: max abs {runs[-1][2]:.3g}")
-        on_cpu = precision in ORT_CPU_PRECISIONS
-        if not on_cpu:
-            log(f"[verify] the {precision} graphs were not run: ONNX Runtime's CPU provider has no "
-                f"{precision} kernels (verified: the PyTorch split against the model, above); "
-                f"TensorRT or ONNX Runtime on CUDA runs them")
-        for name in graph_names(manifest.graphs):
-            graph = manifest.graphs[name]
-            rows = [{"axes": dict(point)} for point in points]
-            if on_cpu:
-                t0 = time.perf_counter()
-                session = ort_session(folder / graph.file, name)
-                for row, point, (feeds, refs, _) in zip(rows, points, runs):
-                    got = run_ort(session, feeds, name, point)
-                    row.update(graph_verified=True, method="ONNX Runtime CPU vs the PyTorch part",
-                               **check(f"{name} graph at {point}", got, refs[name], precision))
-                del session
-                log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
-                    f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
-            else:
-                for row in rows:
-                    row.update(graph_verified=False,
-                               method=f"not run: ONNX Runtime's CPU provider has no {precision} kernels")
-            if name == "head":
-                for row, (_, _, split) in zip(rows, runs):
-                    row["split_vs_model_max_abs"] = split
-            graph.verification = rows
-
-    def reference(self, manifest: Manifest, point: Mapping[str, int], seed: int):
-        """The PyTorch side at ``point``: every part's inputs (one pool), each part's outputs, and
-        the max abs error of the composed parts against the model's own forward.  Output shapes
-        are checked against the manifest's shape expressions on the way."""
-        fam, dtype = self.family, precision_dtype(self.precision)
-        feed = fam.example_inputs(self.config, point, dtype, seed=seed)
-        names = graph_names(manifest.graphs)
-        shapes = propagate([manifest.graphs[g] for g in names], {n: t.shape for n, t in feed.items()})
-        pool = dict(feed)
-        g = torch.Generator().manual_seed(seed)
-        pool["prev_signal"] = torch.randn(shapes["prev_signal"], generator=g).to(dtype)
-        refs = {}
-        for name in names:
-            refs[name] = run_part(name, self.parts[name], pool, point)
-            for o in manifest.graphs[name].output_names:
-                if tuple(refs[name][o].shape) != shapes[o]:
-                    raise TeaCacheError(
-                        f"{name}: output {o!r} has shape {tuple(refs[name][o].shape)} but the manifest's "
-                        f"shape expressions give {shapes[o]}: the export's dynamic dims are wrong"
-                    )
-            pool.update(refs[name])
-        # The split must reproduce the model: composed PyTorch parts against model.forward.
-        try:
-            with torch.no_grad():
-                full = fam.call_model(self.model, fam.kwargs_from_feed(feed))
-        except Exception as exc:
-            raise TeaCacheError(
-                f"{fam.class_name}.forward failed at {point}: {type(exc).__name__}: {str(exc)[:1000]}"
-            ) from exc
-        split = check(f"split vs {fam.class_name}.forward at {point}", {"output": pool["output"]},
-                      {"output": full}, self.precision)
-        return pool, refs, split["max_abs"]

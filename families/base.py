@@ -18,7 +18,8 @@ import torch
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..manifest import ForcedSteps
-from .inputs import AUTO, Axis, Input, check_fixed, sizes_of
+# AUTO, Axis and patched_axes live in .inputs; family files written before it import them from here.
+from .inputs import AUTO, Axis, Input, check_fixed, patched_axes, sizes_of  # noqa: F401
 from .model_io import find_model_dir, plain_config, read_config
 
 
@@ -108,7 +109,7 @@ class Part(torch.nn.Module):
 
 
 def criterion_sums(signal: torch.Tensor, prev_signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``Σ|s − s_prev|`` and ``Σ|s_prev|`` in fp32 (DESIGN §3).
+    """Per-sample ``Σ|s − s_prev|`` and ``Σ|s_prev|`` in fp32 (docs/graph-contract.md).
 
     Sums, not means, so that both the batch-wide ratio (Σ over the batch of each) and the
     per-sample ratios come out exactly from the same two vectors.
@@ -280,18 +281,19 @@ class Family:
         cls, config: Mapping[str, Any], dims: Mapping[str, int], dtype: torch.dtype, seed: int = 0
     ) -> dict[str, torch.Tensor]:
         """Random model inputs (graph names) at the given axis sizes, from ``inputs``."""
+        declared = cls._declared()
         check_fixed(cls.name, cls.axes_for(config), dims)
         g = torch.Generator().manual_seed(seed)
         sizes = sizes_of(config, dims)
-        return {i.name: i.example(sizes, config, dtype, g, cls.timestep_scale)
-                for i in cls._declared() if i.present(config)}
+        return {i.name: i.example(sizes, config, dtype, g, cls.timestep_scale) for i in declared if i.present(config)}
 
     @classmethod
     def input_dims(cls, config: Mapping[str, Any]) -> dict[str, dict[int, str]]:
         """Dynamic dims of the model inputs: name -> {dim index: axis name or AUTO} (inputs absent
         from this config may be listed; the exporter only reads the graphs' inputs)."""
+        declared = cls._declared()
         axes = {a.name: a for a in cls.axes_for(config)}
-        return {i.name: i.dynamic_dims(axes, cls.auto_axes) for i in cls._declared()}
+        return {i.name: i.dynamic_dims(axes, cls.auto_axes) for i in declared}
 
     @classmethod
     def _declared(cls) -> tuple[Input, ...]:

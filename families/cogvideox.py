@@ -128,7 +128,7 @@ def unpatchify(tokens, grid, p: int, p_t: int | None, channels: int) -> torch.Te
 
 
 def _variant(name, coefficients):
-    # 0.1 is upstream's "slow" setting for every CogVideoX (DESIGN §5: 1.3x for 1.5 T2V, 1.5x
+    # 0.1 is upstream's "slow" setting for every CogVideoX (docs/families.md: 1.3x for 1.5 T2V, 1.5x
     # for 1.5 I2V, 1.6x for the 5b-based ConsisID).  Its "fast" 0.2 (1.8-2.5x) costs far more
     # fidelity: a published CogVideoX1.5 comparison (PromptTea's README) has the slow setting
     # at 36 dB PSNR against the uncached video and the fast one at 15 dB.  A default should

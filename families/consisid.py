@@ -3,7 +3,7 @@
 Signal, cache and TeaCache rule as CogVideoX (upstream TeaCache4ConsisID): the timestep
 embedding ``time_embedding(time_proj(t))`` with the CogVideoX-5B coefficients; the first and
 the last step compute.  Upstream's step counter wraps one step early (its ``cnt == num_steps-1``
-test never fires and the state leaks into the next generation, DESIGN §7): the same schedule
+test never fires and the state leaks into the next generation, docs/families.md): the same schedule
 within one generation, not copied.  Upstream caches the text residual too; the model applies
 ``norm_final`` to [text, video] and keeps the video rows, and a LayerNorm works per token, so
 the text residual cannot change the output: only the video residual is cached.

@@ -21,7 +21,7 @@ def joint_attention_mask(num_image_tokens: int, encoder_attention_mask: torch.Te
     Image tokens and the first ``sum(mask)`` text tokens attend (the model assumes the text
     padding is at the end).  Written as one comparison rather than the model's
     ``ones().masked_fill(...)``: same values, and it exports as ``Less`` instead of a ``Where``
-    over bool tensors, which ONNX Runtime's CPU provider cannot run (DESIGN §7).  int32, not
+    over bool tensors, which ONNX Runtime's CPU provider cannot run (docs/traps.md).  int32, not
     bool, between the graphs: the export verification (abs/max) has no bool kernels, and int32
     is an I/O type every backend takes; the blocks turn it back into the model's bool mask.
     """

@@ -189,13 +189,9 @@ class LTXVideo(Family):
                 "spatial compression), e.g. (8 / 25, 32, 32)"
             )
         hidden = kwargs["hidden_states"]
-        feed = {k: kwargs[k] for k in ("hidden_states", "encoder_hidden_states", "timestep",
-                                       "encoder_attention_mask")}
-        timestep = torch.as_tensor(feed["timestep"], device=hidden.device)
+        feed = super().feed_from_kwargs(kwargs)  # a bool mask arrives as 0/1 in the latents' dtype
+        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
         feed["timestep"] = timestep.reshape(-1).expand(hidden.shape[0])  # the pipeline's t.expand(batch)
-        mask = feed["encoder_attention_mask"]
-        if not mask.dtype.is_floating_point:
-            feed["encoder_attention_mask"] = mask.to(hidden.dtype)  # a bool mask: 0/1 exactly
         grid = tuple(int(kwargs[k]) for k in ("num_frames", "height", "width"))
         feed["video_grid"] = torch.zeros(grid, dtype=torch.int32, device=hidden.device)
         scale = torch.as_tensor(kwargs["rope_interpolation_scale"], dtype=torch.float32)

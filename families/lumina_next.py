@@ -245,10 +245,7 @@ class LuminaNext(Family):
                 f"base_sequence_length (proportional attention); drop the others"
             )
         hidden = kwargs["hidden_states"]
-        feed = {k: kwargs[k] for k in ("hidden_states", "timestep", "encoder_hidden_states", "encoder_mask")}
-        mask = feed["encoder_mask"]
-        if not mask.dtype.is_floating_point:
-            feed["encoder_mask"] = mask.to(hidden.dtype)  # a tokenizer's int64 mask: 0/1 exactly
+        feed = super().feed_from_kwargs(kwargs)  # a tokenizer's int64 mask arrives as 0/1 in the latents' dtype
         table = kwargs["image_rotary_emb"]
         feed["image_rotary_emb"] = torch.view_as_real(table) if table.is_complex() else table
         feed["base_sequence_length"] = torch.tensor([float(base or 0)], device=hidden.device)

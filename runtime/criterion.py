@@ -1,4 +1,4 @@
-"""The TeaCache criterion (DESIGN §4) for decision groups: the one arithmetic every caller uses.
+"""The TeaCache criterion (docs/criterion.md) for decision groups: the one arithmetic every caller uses.
 
 A call of the transformer carries ``B`` rows; each row belongs to a decision group
 (``group_of_row``): batch mode puts every row in group 0 (upstream's one ratio over the whole
@@ -16,7 +16,7 @@ batched-CFG prompt decide together.  Per group ``g``::
   (``must_compute[g]``), or when ``d`` is not a finite number (a zero or non-finite previous sum,
   an fp16 overflow): a bad signal must not poison ``acc``, which stays a number;
 - threshold 0 never skips, even where the polynomial is negative (a deliberate difference from
-  upstream, see DESIGN §4).
+  upstream, see docs/criterion.md).
 
 Two implementations give bit-identical results: this module's pure-Python reference and the
 native one in ``cpp_ext`` (``teacache_trt._criterion``), whose arithmetic is the same

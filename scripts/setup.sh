@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set-up on a fresh machine: a virtual environment in .venv with teacache-trt and its test
-# extras (ONNX Runtime CPU, TensorRT-RTX for ahead-of-time engine builds), and cpp_ext built
-# where a C++ compiler (and nvcc, for the kernel) exists. Idempotent, and quick when nothing
-# changed: the install is skipped while the hash of what it depends on matches the stamp.
+# Set-up on a fresh machine: a virtual environment in .venv with teacache-trt, its test extras
+# (ONNX Runtime CPU, TensorRT-RTX for ahead-of-time engine builds) and the digits demo's
+# (scikit-learn, for scripts/run.sh's teacache-eval), and cpp_ext built where a C++ compiler
+# (and nvcc, for the kernel) exists. Idempotent, and quick when nothing changed: the install
+# is skipped while the hash of what it depends on matches the stamp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -26,5 +27,5 @@ if [ -f "$STAMP" ] && [ "$(head -n1 "$STAMP")" = "$HASH" ] && \
   exit 0
 fi
 python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[test,demo]"
 { echo "$HASH"; ls teacache_trt/_criterion*.so 2>/dev/null || true; } > "$STAMP"

@@ -80,7 +80,7 @@ class GraphSpec:
 
 @dataclass
 class ForcedSteps:
-    """Steps that always compute, whatever the criterion says (DESIGN §4)."""
+    """Steps that always compute, whatever the criterion says (docs/criterion.md)."""
 
     first: int = 1  # the first N calls of each context compute
     last: bool = True  # the last call of a generation computes

@@ -1,4 +1,4 @@
-"""A plain-PyTorch TeaCache reference (DESIGN §4), independent of the runtime's code.
+"""A plain-PyTorch TeaCache reference (docs/criterion.md), independent of the runtime's code.
 
 It runs the *original* diffusers model through its own ``forward`` and uses hooks only:
 one captures the signal, one the hidden state entering the first block, one the hidden

@@ -1,7 +1,7 @@
 """``teacache-bench ART_DIR``: wall time of the same sampling loop with and without TeaCache.
 
 One process, one loaded transformer, the same inputs for every threshold (0 = the baseline
-that computes every step).  Per threshold it reports what DESIGN §6 asks for:
+that computes every step).  Per threshold it reports:
 
 - computed / skipped steps, wall time, wall ratio (baseline wall / cached wall), ideal ratio
   (steps / computed steps) and efficiency (wall ratio / ideal ratio);

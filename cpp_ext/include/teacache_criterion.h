@@ -1,4 +1,4 @@
-// The TeaCache criterion (DESIGN §4) for decision groups, written once for the host build and
+// The TeaCache criterion (docs/criterion.md) for decision groups, written once for the host build and
 // the CUDA kernel. runtime/criterion.py holds the Python reference that must give bit-identical
 // results; tests/cpp_ext/ compares the two on random inputs.
 //

@@ -1,4 +1,4 @@
-"""The decision rule alone (DESIGN §4), on synthetic sums."""
+"""The decision rule alone (docs/criterion.md), on synthetic sums."""
 from __future__ import annotations
 
 import numpy as np
