@@ -93,8 +93,9 @@ class Input:
     - ``latents``, ``embedding``: standard normal values;
     - ``timestep``: one per sample across the family's ``timestep_scale`` (integers 0..999 for
       ``ddpm`` scales, int64 unless ``dtype`` says otherwise; else uniform in [0, scale));
-    - ``mask``: (batch, tokens) 0/1, right-padded, each sample one token shorter than the last;
-      the runtime casts an integer or bool mask a caller passes to the latents' dtype;
+    - ``mask``: (batch, tokens) 0/1, right-padded, sample ``i`` keeping ``max(1, tokens - 1 - i)``
+      tokens (lengths differ across the batch); an integer or bool mask a caller passes at run
+      time is cast to the latents' dtype (``Family.feed_from_kwargs``);
     - ``constant``: ``value`` everywhere (a number, or the tensor a tuple of numbers spells);
     - ``table``: what ``make(config, sizes)`` builds (rotary tables, position ids), where
       ``sizes`` holds the axis sizes and the config's integers.

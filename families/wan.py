@@ -29,7 +29,7 @@ import torch
 from ..errors import TeaCacheError
 from ..manifest import ForcedSteps
 from .base import Family, Part, TimestepScale, Variant, criterion_sums
-from .inputs import Axis, Input, latent_axes, text_axis
+from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 image embeddings the I2V pipeline passes
@@ -68,6 +68,10 @@ class WanEmbed(Part):
 class WanBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "timestep_proj", "rotary_cos", "rotary_sin")
     output_names = ("residual",)
+    # The embed graph writes the tables' last dim as an expression of the latent sizes (from how
+    # the model's RoPE slices its per-axis tables); it is the rotary width, one number at every
+    # size the RoPE covers, so the blocks take it as static.
+    dynamic = {"rotary_cos": {1: AUTO}, "rotary_sin": {1: AUTO}}
 
     def forward(self, hidden, encoder_hidden, timestep_proj, rotary_cos, rotary_sin):
         h = hidden.flatten(1, 3)
