@@ -62,17 +62,16 @@ def latent_axes(*, height: tuple[int, int], width: tuple[int, int], frames: tupl
     ``spatial`` / ``temporal``: the VAE's compression (pixels per latent pixel, video frames per
     latent frame), which the help texts state; ``patch`` / ``patch_t``: the sizes' multiple.
     """
-    def multiple(p: int, key: str) -> str:
-        return f", a multiple of {key}" if p > 1 else ""
-
     axes = []
     if frames is not None:
         opt, hi = frames
+        padded = ", padded to a multiple of patch_size_t" if patch_t > 1 else ""
         axes.append(Axis("frames", patch_t, opt, hi, patch_t,
-                         f"latent frames: (video frames - 1)/{temporal} + 1{multiple(patch_t, 'patch_size_t')}; "
+                         f"latent frames: (video frames - 1)/{temporal} + 1{padded}; "
                          f"{(opt - 1) * temporal + 1} frames -> {opt}"))
+    multiple = ", a multiple of patch_size" if patch > 1 else ""
     for name, (opt, hi) in (("height", height), ("width", width)):
-        axes.append(Axis(name, patch, opt, hi, patch, f"latent {name}: pixels/{spatial}{multiple(patch, 'patch_size')}"))
+        axes.append(Axis(name, patch, opt, hi, patch, f"latent {name}: pixels/{spatial}{multiple}"))
     return tuple(axes)
 
 
