@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import json
 import time
@@ -21,10 +22,13 @@ from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..files import os_errors
 from ..manifest import (
-    FORMAT_VERSION, Criterion, GraphSpec, Manifest, config_fingerprint,
+    FORMAT_VERSION, GraphSpec, Manifest, PolicySpec, SignalSpec, config_fingerprint,
     graph_names, sha256_file, sha256_json,
 )
-from ..families import Family, Part, find_model_dir, get_family, load_family_module, plain_config, read_config
+from ..families import (
+    Family, Part, Variant, check_coefficients, find_model_dir, get_family, load_family_module, plain_config,
+    read_config,
+)
 from ..families import base as family_base
 from ..families import inputs as family_inputs
 from ..families.model_io import module_dtype
@@ -52,6 +56,7 @@ class ExportSettings:
     verify: bool = True
     flavour: str = "none"  # engines to build in the staging folder
     family_module: str = ""  # the --family-module it came from, for the manifest
+    coefficients: list[float] | None = None  # TeaCache coefficients replacing the variant's
 
     @property
     def dtype(self) -> torch.dtype:
@@ -235,14 +240,22 @@ def export_model(
     build: str = "auto",
     force: bool = False,
     verify: bool = True,
+    coefficients: list[float] | None = None,
     log: Log = print,
 ) -> Manifest:
     """Export a transformer (from ``model_dir`` or the in-memory ``model``): a diffusers model,
     or any module whose family ``family_module`` names (``path/file.py:Class``, ``pkg.mod:Class``).
 
+    ``coefficients`` (numpy.poly1d order, any degree) replace the variant's TeaCache
+    coefficients in the manifest (the variant keeps its signal, forced steps, accumulation);
+    the variant's own stay in the coefficients' history.  They change no graph: re-running
+    with other coefficients only rewrites the manifest.
+
     ``out`` changes in one atomic step (see :mod:`teacache_trt.artifact`): a failed or killed
     export leaves the previous artifact as it was.
     """
+    if coefficients is not None:
+        coefficients = check_coefficients(coefficients, "--coefficients")
     dtype = precision_dtype(precision)
     out = Path(out)
     t_start = time.perf_counter()
@@ -296,6 +309,13 @@ def export_model(
         if _reusable(out, previous, export_key, force, log):
             log(f"[export] {out} is up to date (same model, options and versions); --force rebuilds")
             manifest = previous
+            if coefficients is not None and manifest.policy_data.get("teacache", {}).get("coefficients") != coefficients:
+                teacache = teacache_data(fam.variants[variant], coefficients)
+                teacache["history"] = [*manifest.policy_data.get("teacache", {}).get("history", []),
+                                       *teacache["history"]]
+                manifest.policy_data["teacache"] = teacache
+                artifact.commit_manifest(out, manifest, "export")
+                log(f"[export] TeaCache coefficients set to {coefficients} (no graph changes)")
             if flavour != "none":
                 from ..engines.build import build_in_place
 
@@ -307,7 +327,8 @@ def export_model(
                 model = copy.deepcopy(model).to(dtype)  # never convert the caller's model in place
             model = model.eval()
             settings = ExportSettings(fam, config, src, variant, precision, axes_r, weights_hash, export_key,
-                                      verify=verify, flavour=flavour, family_module=family_module or "")
+                                      verify=verify, flavour=flavour, family_module=family_module or "",
+                                      coefficients=coefficients)
             manifest = _export_staged(settings, model, out, log)
     if flavour == "none" and build == "auto":
         later = _build_later(model_dir, out, from_dir=from_dir, family=family, family_module=family_module,
@@ -363,6 +384,17 @@ def _graph_hash(path: Path) -> str:
 
 def _files_hash(files) -> str:
     return sha256_json({p.name: sha256_file(p) for p in files})
+
+
+def teacache_data(variant: Variant, coefficients: list[float] | None = None) -> dict:
+    """What the manifest records for TeaCache: the variant's rule and coefficients, or the
+    given ``coefficients`` with the variant's kept in the history (``--restore`` returns there)."""
+    own = [float(c) for c in variant.coefficients]
+    history = [] if coefficients is None else [{"coefficients": own, "source": f"variant {variant.name}"}]
+    return {"coefficients": own if coefficients is None else list(coefficients),
+            "source": f"variant {variant.name}" if coefficients is None else "teacache-export --coefficients",
+            "forced": dataclasses.asdict(variant.forced), "accumulate": variant.accumulate, "eps": variant.eps,
+            "clamp": False, "history": history}
 
 
 def _export_staged(settings: ExportSettings, model, out: Path, log: Log) -> Manifest:
@@ -432,9 +464,9 @@ def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Mani
         family=fam.name, variant=settings.variant, class_name=fam.class_name, precision=settings.precision,
         config=config, config_hash=config_fingerprint(fam.config_of(model)), weights_hash=settings.weights_hash,
         source=str(settings.source), axes=axes, graphs=graphs,
-        criterion=Criterion(signal=fam.signal_for(v), coefficients=list(v.coefficients),
-                            default_threshold=v.default_threshold, forced=v.forced,
-                            cached=list(fam.cached), note=fam.note),
+        signal=SignalSpec(fam.signal_for(v), list(fam.cached), fam.note),
+        policy=PolicySpec("teacache", {"threshold": v.default_threshold}),
+        policy_data={"teacache": teacache_data(v, settings.coefficients)},
         versions=versions(), export_key=settings.export_key, family_module=settings.family_module,
     )
     if settings.verify:

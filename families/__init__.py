@@ -7,14 +7,18 @@ submodules.  A model outside diffusers gets its family the same way, from the us
 (:mod:`.custom`: ``ModuleFamily``, ``--family-module``).
 Nothing in this layer imports export, runtime or tool code.
 """
-from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .base import (
+    ACCUMULATE, Family, ForcedSteps, Part, TimestepScale, Variant, check_accumulate, check_coefficients, check_eps,
+    criterion_sums,
+)
 from .inputs import AUTO, Axis, Input, latent_axes, patched_axes, text_axis
 from .custom import ModuleFamily, load_family_module
 from .model_io import find_model_dir, plain_config, read_config
 from .registry import all_families, get_family, register
 
 __all__ = [
-    "AUTO", "Axis", "Family", "Input", "ModuleFamily", "Part", "TimestepScale", "Variant", "criterion_sums",
+    "ACCUMULATE", "AUTO", "Axis", "Family", "ForcedSteps", "Input", "ModuleFamily", "Part", "TimestepScale",
+    "Variant", "check_accumulate", "check_coefficients", "check_eps", "criterion_sums",
     "latent_axes", "patched_axes", "text_axis",
     "load_family_module",
     "find_model_dir", "plain_config", "read_config",

@@ -27,8 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import ForcedSteps
-from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .base import Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
 from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 

@@ -26,8 +26,10 @@ import torch
 from .. import artifact, options
 from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
-from ..families import get_family
-from ..manifest import MANIFEST_NAME, atomic_write_bytes, load_manifest, save_manifest
+from ..families import check_coefficients, get_family
+from ..files import atomic_write_bytes
+from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
+from ..policies import artifact_policies
 from ..runtime.api import load_transformer
 from .drivers import Generate, driver_for
 from .sampling import check_sampling_inputs, sample
@@ -147,20 +149,22 @@ def calibrate(pairs: Pairs, seeds: Sequence[int], holdout_seeds: Sequence[int], 
 
 
 def write_to_manifest(art_dir, calibration: Calibration) -> None:
-    """New coefficients into the manifest; the replaced set is kept in previous_coefficients."""
+    """New TeaCache coefficients into the manifest; the replaced set is kept in its history."""
     with artifact.writing(Path(art_dir)):
         _write_to_manifest(art_dir, calibration)
 
 
 def _write_to_manifest(art_dir, calibration: Calibration) -> None:
     manifest = load_manifest(art_dir)
-    crit = manifest.criterion
-    crit.previous_coefficients.append({"coefficients": list(crit.coefficients), "variant": manifest.variant,
-                                       "replaced_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    crit.coefficients = list(calibration.coefficients)
-    crit.note = (crit.note + " " if crit.note else "") + (
-        f"Coefficients calibrated by teacache-calibrate (order {calibration.order}, target "
-        f"{calibration.target}, held-out R² {calibration.holdout.get('r2', float('nan')):.3f}).")
+    teacache = manifest.policy_data.setdefault("teacache", {})
+    if "coefficients" in teacache:
+        teacache.setdefault("history", []).append({
+            "coefficients": list(teacache["coefficients"]), "source": teacache.get("source", ""),
+            "variant": manifest.variant, "replaced_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    teacache["coefficients"] = check_coefficients(list(calibration.coefficients), "the calibration")
+    teacache["source"] = (f"teacache-calibrate (order {calibration.order}, target {calibration.target}, "
+                          f"held-out R² {calibration.holdout.get('r2', float('nan')):.3f})")
+    artifact_policies(manifest)  # what the runtime would refuse is never written
     save_manifest(art_dir, manifest)
 
 
@@ -172,12 +176,14 @@ def restore_previous(art_dir) -> list[float]:
 
 def _restore_previous(art_dir) -> list[float]:
     manifest = load_manifest(art_dir)
-    crit = manifest.criterion
-    if not crit.previous_coefficients:
-        raise TeaCacheError(f"{art_dir}: the manifest holds no earlier coefficients to restore")
-    crit.coefficients = list(crit.previous_coefficients.pop()["coefficients"])
+    teacache = manifest.policy_data.get("teacache", {})
+    if not teacache.get("history"):
+        raise TeaCacheError(f"{art_dir}: the manifest holds no earlier TeaCache coefficients to restore")
+    last = teacache["history"].pop()
+    teacache["coefficients"] = list(last["coefficients"])
+    teacache["source"] = last.get("source") or f"restored ({last.get('replaced_at', 'earlier')})"
     save_manifest(art_dir, manifest)
-    return crit.coefficients
+    return teacache["coefficients"]
 
 
 def write_json(path, calibration: Calibration) -> None:
@@ -277,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--write-manifest", action="store_true",
-                       help="store the coefficients in the manifest (the old ones stay in previous_coefficients)")
+                       help="store the coefficients in the manifest (the old ones stay in its TeaCache history)")
     where.add_argument("--json", metavar="FILE", type=options.output_file,
                        help="write the calibration to this JSON file")
     where.add_argument("--restore", action="store_true", help="undo the last --write-manifest and exit")

@@ -30,9 +30,12 @@ def sampling_loop(spec, model, forward, steps=STEPS, seed=0):
 
 
 def reference_forced(spec) -> dict:
-    """Upstream's forced-step rule for the model, as its tiny-model module states it
-    (``FORCED_FIRST``, ``FORCED_LAST``; default: the first and the last step)."""
-    return {"forced_first": getattr(spec, "FORCED_FIRST", 1), "forced_last": getattr(spec, "FORCED_LAST", True)}
+    """Upstream's rule for the model, as its tiny-model module states it (``FORCED_FIRST``,
+    ``FORCED_LAST``, ``FORCED_FRACTION``, ``ACCUMULATE``, ``EPS``; default: the first and the
+    last step, raw accumulation, no eps)."""
+    return {"forced_first": getattr(spec, "FORCED_FIRST", 1), "forced_last": getattr(spec, "FORCED_LAST", True),
+            "forced_fraction": getattr(spec, "FORCED_FRACTION", 0.0),
+            "accumulate": getattr(spec, "ACCUMULATE", "raw"), "eps": getattr(spec, "EPS", 0.0)}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -56,7 +59,7 @@ def test_decisions_equal_reference(exported, name, threshold):
     ex = exported(name)
     t = teacache_trt.load_transformer(ex.art_dir, threshold=threshold, family_module=ex.family_module)
     t.reset(STEPS)
-    coeffs = ex.manifest.criterion.coefficients
+    coeffs = ex.manifest.policy_data["teacache"]["coefficients"]
     ref = TeaCacheReference(ex.model, ex.spec.reference_hooks(ex.model), coeffs, threshold, STEPS,
                             **reference_forced(ex.spec))
     got = sampling_loop(ex.spec, ex.model, lambda **kw: ex.family.call_model(t, kw))

@@ -52,17 +52,17 @@ def test_too_few_pairs():
 
 def test_end_to_end_writes_manifest_and_restores(exported, tmp_path, capsys):
     art = exported("flux").copy(tmp_path / "art")
-    before = load_manifest(art).criterion.coefficients
+    before = load_manifest(art).policy_data["teacache"]["coefficients"]
     assert C.main([str(art), "--seeds", "3", "--holdout", "1", "--steps", "6", "--order", "2",
                    "--write-manifest"]) == 0
     out = capsys.readouterr().out
     assert "coefficients (numpy.poly1d order)" in out and "held out seeds [3]" in out
-    crit = load_manifest(art).criterion
-    assert len(crit.coefficients) == 3 and crit.coefficients != before
-    assert crit.previous_coefficients[-1]["coefficients"] == before
-    assert np.isfinite(crit.coefficients).all()
+    teacache = load_manifest(art).policy_data["teacache"]
+    assert len(teacache["coefficients"]) == 3 and teacache["coefficients"] != before
+    assert teacache["history"][-1]["coefficients"] == before and "teacache-calibrate" in teacache["source"]
+    assert np.isfinite(teacache["coefficients"]).all()
     assert C.main([str(art), "--restore"]) == 0
-    assert load_manifest(art).criterion.coefficients == before
+    assert load_manifest(art).policy_data["teacache"]["coefficients"] == before
 
 
 def test_residual_target_and_json(exported, tmp_path):
