@@ -397,6 +397,11 @@ def teacache_data(variant: Variant, coefficients: list[float] | None = None) -> 
             "clamp": False, "history": history}
 
 
+def published_data(variant: Variant) -> dict:
+    """Other policies' data the family ships for this variant (MagCache's published ratios)."""
+    return {"magcache": variant.magcache.policy_data()} if variant.magcache is not None else {}
+
+
 def _export_staged(settings: ExportSettings, model, out: Path, log: Log) -> Manifest:
     """Export, verify and build in a staging folder; only the complete set becomes ``out``'s
     artifact, in one step, so a failed or killed export loses nothing."""
@@ -466,7 +471,7 @@ def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Mani
         source=str(settings.source), axes=axes, graphs=graphs,
         signal=SignalSpec(fam.signal_for(v), list(fam.cached), fam.note),
         policy=PolicySpec("teacache", {"threshold": v.default_threshold}),
-        policy_data={"teacache": teacache_data(v, settings.coefficients)},
+        policy_data={"teacache": teacache_data(v, settings.coefficients), **published_data(v)},
         versions=versions(), export_key=settings.export_key, family_module=settings.family_module,
     )
     if settings.verify:

@@ -12,13 +12,14 @@ from .base import (
     criterion_sums,
 )
 from .inputs import AUTO, Axis, Input, latent_axes, patched_axes, text_axis
+from .magcache_ratios import PublishedRatios
 from .custom import ModuleFamily, load_family_module
 from .model_io import find_model_dir, plain_config, read_config
 from .registry import all_families, get_family, register
 
 __all__ = [
-    "ACCUMULATE", "AUTO", "Axis", "Family", "ForcedSteps", "Input", "ModuleFamily", "Part", "TimestepScale",
-    "Variant", "check_accumulate", "check_coefficients", "check_eps", "criterion_sums",
+    "ACCUMULATE", "AUTO", "Axis", "Family", "ForcedSteps", "Input", "ModuleFamily", "Part", "PublishedRatios",
+    "TimestepScale", "Variant", "check_accumulate", "check_coefficients", "check_eps", "criterion_sums",
     "latent_axes", "patched_axes", "text_axis",
     "load_family_module",
     "find_model_dir", "plain_config", "read_config",

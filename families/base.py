@@ -20,6 +20,7 @@ from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 # AUTO, Axis and patched_axes live in .inputs; family files written before it import them from here.
 from .inputs import AUTO, Axis, Input, check_fixed, patched_axes, sizes_of  # noqa: F401
+from .magcache_ratios import PublishedRatios
 from .model_io import find_model_dir, plain_config, read_config
 
 ACCUMULATE = ("raw", "abs")  # acc += poly(d) (upstream TeaCache), acc += |poly(d)| (vLLM-Omni)
@@ -92,6 +93,9 @@ class Variant:
     signal: str | None = None
     accumulate: str = "raw"
     eps: float = 0.0
+    # MagCache's published ratios and settings for this model (families/magcache_ratios.py),
+    # written into the manifest for ``policies.MagCache``; None where none are published.
+    magcache: PublishedRatios | None = None
 
     def __post_init__(self):
         check_coefficients(self.coefficients, f"variant {self.name}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import TeaCacheError
+from . import magcache_ratios
 from .base import Family, Part, TimestepScale, Variant, criterion_sums
 from .inputs import AUTO, Axis, Input, latent_axes
 from .registry import register
@@ -117,6 +118,7 @@ class HunyuanVideo(Family):
             # should cost little quality, and video shows cached steps as flicker; pass
             # threshold=0.15 for the 2.1x setting.
             default_threshold=0.1,
+            magcache=magcache_ratios.HUNYUAN_VIDEO_720P,
         ),
     }
     # From one frame of one patch and one text token to 129 frames at 720p (either
