@@ -516,8 +516,8 @@ def _verify(subject: Verification, manifest: Manifest, out: Path, points, log: L
     """Each graph against its PyTorch part at every point, and the composed parts against
     the model's own forward.  One ONNX Runtime session per graph, dropped before the next
     graph's (the block graph holds the weights)."""
-    fam, precision = subject.family, subject.precision
     runs = []
+    fam, precision = subject.family, subject.precision
     for k, point in enumerate(points):
         runs.append(_reference(subject, manifest, point, seed=k + 1))
         log(f"[verify {k + 1}/{len(points)}] PyTorch parts composed vs {fam.class_name}.forward at "

@@ -18,8 +18,7 @@ import torch
 
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
-# AUTO, Axis and patched_axes live in .inputs; family files written before it import them from here.
-from .inputs import AUTO, Axis, Input, check_fixed, patched_axes, sizes_of  # noqa: F401
+from .inputs import Axis, Input, check_fixed, config_sizes
 from .magcache_ratios import PublishedRatios
 from .model_io import find_model_dir, plain_config, read_config
 
@@ -333,6 +332,8 @@ class Family:
     @classmethod
     def inputs_for(cls, config: Mapping[str, Any]) -> tuple[str, ...]:
         """The model inputs of this config's graphs (in graph order)."""
+        if cls.inputs:
+            return tuple(i.name for i in cls.inputs if i.present(config))
         return tuple(n for n in cls.model_inputs
                      if n not in cls.optional_inputs or config.get(cls.optional_inputs[n]))
 
@@ -352,8 +353,14 @@ class Family:
         declared = cls._declared()
         check_fixed(cls.name, cls.axes_for(config), dims)
         g = torch.Generator().manual_seed(seed)
-        sizes = sizes_of(config, dims)
+        sizes = {**cls.config_sizes(config), **dims}  # an axis wins over a config key
         return {i.name: i.example(sizes, config, dtype, g, cls.timestep_scale) for i in declared if i.present(config)}
+
+    @classmethod
+    def config_sizes(cls, config: Mapping[str, Any]) -> dict[str, int]:
+        """The sizes besides the axes that ``inputs`` shapes may name: the config's integers; a
+        family adds those the config holds in another form (a list, a condition)."""
+        return config_sizes(config)
 
     @classmethod
     def input_dims(cls, config: Mapping[str, Any]) -> dict[str, dict[int, str]]:

@@ -91,7 +91,8 @@ class Input:
 
     - ``latents``, ``embedding``: standard normal values;
     - ``timestep``: one per sample across the family's ``timestep_scale`` (integers 0..999 for
-      ``ddpm`` scales, int64 unless ``dtype`` says otherwise; else uniform in [0, scale));
+      ``ddpm`` scales, int64 unless ``dtype`` says otherwise; else uniform in [0, scale), or in
+      ``span`` where the model reads another range);
     - ``mask``: (batch, tokens) 0/1, right-padded, sample ``i`` keeping ``max(1, tokens - 1 - i)``
       tokens (lengths differ across the batch); an integer or bool mask a caller passes at run
       time is cast to the latents' dtype (``Family.feed_from_kwargs``);
@@ -101,16 +102,17 @@ class Input:
 
     ``dtype``: None for the export precision's dtype; ``torch.float32`` etc. where the model
     keeps the input at that dtype whatever the precision.  ``when``: a config key that must be
-    truthy for the input to exist.  ``dims``: the dynamic dims stated outright, for inputs
-    whose ``shape`` is not declared (tables).
+    truthy for the input to exist, or a test of the config.  ``dims``: the dynamic dims stated
+    outright, for inputs whose ``shape`` is not declared (tables).
     """
 
     name: str
     shape: tuple[int | str, ...] = ()
     kind: str = "embedding"
     dtype: torch.dtype | None = None
-    when: str | None = None
+    when: str | Callable[[Mapping[str, Any]], bool] | None = None
     value: float | tuple[float, ...] = 0.0
+    span: tuple[float, float] | None = None
     make: Callable[[Mapping[str, Any], Mapping[str, int]], torch.Tensor] | None = None
     dims: Mapping[int, str] | None = None
 
@@ -123,6 +125,8 @@ class Input:
             raise TeaCacheError(f"input {self.name!r}: a {self.kind!r} input needs its shape")
 
     def present(self, config: Mapping[str, Any]) -> bool:
+        if callable(self.when):
+            return bool(self.when(config))
         return not self.when or bool(config.get(self.when))
 
     def dynamic_dims(self, axes: Mapping[str, Axis], auto: Collection[str] = ()) -> dict[int, str]:
@@ -151,7 +155,8 @@ class Input:
         if self.kind == "timestep":
             if timestep_scale.integer:
                 return torch.randint(0, 1000, shape, generator=generator).to(self.dtype or torch.int64)
-            return (torch.rand(shape, generator=generator) * timestep_scale.scale).to(dtype)
+            low, high = self.span or (0.0, timestep_scale.scale)
+            return (torch.rand(shape, generator=generator) * (high - low) + low).to(dtype)
         if self.kind == "mask":
             batch, tokens = shape
             valid = torch.tensor([max(1, tokens - 1 - i) for i in range(batch)])
@@ -172,9 +177,9 @@ def _names(entry: str) -> set[str]:
     return {n.id for n in ast.walk(ast.parse(entry, mode="eval")) if isinstance(n, ast.Name)}
 
 
-def sizes_of(config: Mapping[str, Any], dims: Mapping[str, int]) -> dict[str, int]:
-    """What a shape entry may name: the config's integers, then the axis sizes (an axis wins)."""
-    return {**{k: v for k, v in config.items() if type(v) is int}, **dims}
+def config_sizes(config: Mapping[str, Any]) -> dict[str, int]:
+    """The config's integers, which a shape entry may name."""
+    return {k: v for k, v in config.items() if type(v) is int}
 
 
 def check_fixed(family: str, axes: Collection[Axis], dims: Mapping[str, int]) -> None:

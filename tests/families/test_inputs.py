@@ -97,6 +97,26 @@ def test_integer_timesteps_for_ddpm_schedules():
     assert t.dtype == torch.int64 and ((t >= 0) & (t < 1000)).all()
 
 
+def test_conditions_spans_and_sizes_the_config_holds_otherwise():
+    class Conditioned(Video):
+        inputs = (
+            Input("x", ("batch", "latent_channels"), "latents"),
+            Input("t", ("batch",), "timestep", span=(-1.5, 1.0)),
+            Input("condition", ("batch", 1), "constant", value=1.0, when=lambda config: config["in_channels"] > 4),
+        )
+
+        @classmethod
+        def config_sizes(cls, config):  # a size the config does not hold as one integer
+            return {**super().config_sizes(config), "latent_channels": config["in_channels"] - 1}
+
+    assert Conditioned.inputs_for(CONFIG) == ("x", "t")
+    assert Conditioned.inputs_for({**CONFIG, "in_channels": 5}) == ("x", "t", "condition")
+    feed = Conditioned.example_inputs({**CONFIG, "in_channels": 5}, POINT, torch.float32)
+    assert feed["x"].shape == (3, 4) and feed["condition"].tolist() == [[1.0]] * 3
+    t = Conditioned.example_inputs(CONFIG, {**POINT, "batch": 64}, torch.float32)["t"]
+    assert ((t >= -1.5) & (t < 1.0)).all() and t.min() < 0 < t.max()
+
+
 def test_a_shape_entry_nothing_binds_is_a_clear_error():
     class Broken(Video):
         inputs = (Input("x", ("batch", "out_channels")),)  # None in the config: not a size
