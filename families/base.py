@@ -175,6 +175,17 @@ class Part(torch.nn.Module):
         return dict(zip(self.output_names, outs))
 
 
+class NormOutHead(Part):
+    """The head of models whose output layers are ``proj_out(norm_out(x, temb))`` over the
+    cached tokens, with nothing to unpatchify (FLUX, FLUX.2, Qwen-Image)."""
+
+    input_names = ("hidden", "residual", "temb")
+    output_names = ("output",)
+
+    def forward(self, hidden, residual, temb):
+        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
+
+
 def criterion_sums(signal: torch.Tensor, prev_signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample ``Σ|s − s_prev|`` and ``Σ|s_prev|`` in fp32 (docs/graph-contract.md).
 
@@ -206,7 +217,9 @@ class Family:
     and ``model_inputs``, ``optional_inputs``, ``input_dims`` and ``example_inputs`` follow; the
     parts' dynamic dims follow from those and the exported graphs.  A family overrides only
     what is special: ``example_inputs`` calling ``super()`` and adjusting one tensor, an axis
-    in ``auto_axes``, an ``Axis(fixed=True)`` from ``axes_for``.  A family written without
+    in ``auto_axes``, an ``Axis(fixed=True)`` from ``axes_for``, a size its config holds in
+    another form from ``config_sizes``, ``feed_from_kwargs`` calling ``super()`` for a keyword
+    the model names otherwise or refuses.  A family written without
     ``inputs`` states ``model_inputs`` (and ``optional_inputs``) and overrides ``input_dims``
     and ``example_inputs`` itself, and its parts may state ``dynamic``: both ways export alike.
     """
@@ -390,17 +403,32 @@ class Family:
     def feed_from_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The diffusers forward's keyword arguments -> graph inputs by name.
 
-        The declared inputs the caller passed; a mask given as integers or bools (a tokenizer's)
-        is cast to the latents' dtype, as the pipelines pass it (0/1 stay exact).
+        The declared inputs the caller passed, as the pipelines pass them:
+
+        - a per-sample input (shape ``("batch",)``: timesteps, guidance) given once for the
+          batch (a number, a 0-d or one-element tensor) becomes one value per sample on the
+          latents' device, as the model would broadcast it, at its declared dtype if it has one
+          (a scheduler's int64 timesteps for a model that takes fp32);
+        - a mask given as integers or bools (a tokenizer's) is cast to the latents' dtype
+          (0/1 stay exact).
+
+        What is not a tensor at all is left for the runtime to refuse by name.
         """
         if not cls.inputs:  # a family that states model_inputs only
             return {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
         feed = {i.name: kwargs[i.name] for i in cls.inputs if kwargs.get(i.name) is not None}
         latents = next((feed[i.name] for i in cls.inputs if i.kind == "latents" and i.name in feed), None)
+        if not isinstance(latents, torch.Tensor):
+            return feed
         for i in cls.inputs:
-            mask = feed.get(i.name) if i.kind == "mask" else None
-            if mask is not None and latents is not None and not mask.dtype.is_floating_point:
-                feed[i.name] = mask.to(latents.dtype)
+            value = feed.get(i.name)
+            if i.shape == ("batch",) and (isinstance(value, torch.Tensor) or _is_number(value)):
+                value = torch.as_tensor(value, device=latents.device)
+                if value.numel() == 1:
+                    value = value.reshape(1).expand(latents.shape[0])
+                feed[i.name] = value if i.dtype is None else value.to(i.dtype)
+            elif i.kind == "mask" and isinstance(value, torch.Tensor) and not value.dtype.is_floating_point:
+                feed[i.name] = value.to(latents.dtype)
         return feed
 
     @classmethod

@@ -230,14 +230,10 @@ class CogVideoX(Family):
                 "timestep_cond was given: CogVideoX's time embedding has no condition projection "
                 "(the diffusers model fails on it too); call without timestep_cond"
             )
-        hidden = kwargs["hidden_states"]
-        batch = hidden.shape[0]
-        feed = {"hidden_states": hidden, "encoder_hidden_states": kwargs["encoder_hidden_states"],
-                "timestep": _per_sample(kwargs["timestep"], batch, hidden.device)}
-        if kwargs.get("ofs") is not None:
-            # The I2V pipeline passes one value, shape (1,), for the whole batch.
-            ofs = _per_sample(kwargs["ofs"], batch, hidden.device)
-            feed["ofs"] = ofs if ofs.dtype.is_floating_point else ofs.to(hidden.dtype)
+        feed = super().feed_from_kwargs(kwargs)  # timestep and ofs one per sample
+        ofs = feed.get("ofs")  # the I2V pipeline passes one value for the batch, maybe an integer
+        if isinstance(ofs, torch.Tensor) and not ofs.dtype.is_floating_point:
+            feed["ofs"] = ofs.to(kwargs["hidden_states"].dtype)
         rope = kwargs.get("image_rotary_emb")
         if rope is not None:
             feed["rotary_cos"], feed["rotary_sin"] = rope
@@ -250,12 +246,6 @@ class CogVideoX(Family):
         if "rotary_cos" in feed:
             kwargs["image_rotary_emb"] = (feed["rotary_cos"], feed["rotary_sin"])
         return kwargs
-
-
-def _per_sample(value, batch: int, device) -> torch.Tensor:
-    """A number, a 0-d or a 1-element tensor -> (batch,), as the model would broadcast it."""
-    t = torch.as_tensor(value, device=device)
-    return t.reshape(-1).expand(batch) if t.numel() == 1 else t
 
 
 def rotary_tables(config, frames: int, height: int, width: int):

@@ -272,34 +272,28 @@ class Cosmos(Family):
                 "block_controlnet_hidden_states given: ControlNet residuals (Cosmos Transfer) change every "
                 "block's output and are not inputs of the exported graphs"
             )
-        hidden = kwargs["hidden_states"]
-        b, _, frames, height, width = hidden.shape
-        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
-        if timestep.ndim == 5:
-            raise TeaCacheError(
-                f"timestep has shape {tuple(timestep.shape)}: per-frame timesteps (Cosmos Predict2 Video2World) "
-                f"are not exported by this adapter; pass one timestep per sample"
-            )
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(b)
-        text = kwargs["encoder_hidden_states"]
-        if isinstance(text, (tuple, list)):
+        if isinstance(kwargs.get("encoder_hidden_states"), (tuple, list)):
             raise TeaCacheError(
                 "encoder_hidden_states is a tuple (text, image context: Cosmos Predict2.5): not exported; "
                 "pass the text embeddings as one tensor"
             )
-        feed = {"hidden_states": hidden, "timestep": timestep, "encoder_hidden_states": text}
+        feed = super().feed_from_kwargs(kwargs)  # the timestep one per sample
+        timestep = feed.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 5:
+            raise TeaCacheError(
+                f"timestep has shape {tuple(timestep.shape)}: per-frame timesteps (Cosmos Predict2 Video2World) "
+                f"are not exported by this adapter; pass one timestep per sample"
+            )
+        hidden = kwargs["hidden_states"]
         feed["fps"] = fps_tensor(kwargs.get("fps"), hidden.device)
-        mask = kwargs.get("padding_mask")
+        mask = feed.get("padding_mask")
         if mask is not None:
             if mask.ndim != 4 or mask.shape[0] != 1:
                 raise TeaCacheError(
                     f"padding_mask has shape {tuple(mask.shape)}: the model repeats it over the batch and takes "
                     f"one (1, 1, height, width) mask, as the Cosmos pipelines pass it"
                 )
-            feed["padding_mask"] = nearest_resize(mask, (height, width))
-        if kwargs.get("condition_mask") is not None:
-            feed["condition_mask"] = kwargs["condition_mask"]
+            feed["padding_mask"] = nearest_resize(mask, hidden.shape[-2:])
         return feed
 
     @classmethod

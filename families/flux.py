@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from . import magcache_ratios
-from .base import Family, Part, Variant, criterion_sums
+from .base import Family, NormOutHead, Part, Variant, criterion_sums
 from .inputs import Axis, Input
 from .registry import register
 
@@ -63,14 +63,6 @@ class FluxBlocks(Part):
         return h - hidden
 
 
-class FluxHead(Part):
-    input_names = ("hidden", "residual", "temb")
-    output_names = ("output",)
-
-    def forward(self, hidden, residual, temb):
-        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
-
-
 def image_ids(tokens: int) -> torch.Tensor:
     """FLUX position ids of the image tokens: channel 0 = 0, channels 1, 2 = row, column of a
     latent grid 16 tokens wide (any grid does for examples)."""
@@ -115,7 +107,7 @@ class Flux(Family):
     def parts(cls, model, variant=None):
         guidance = bool(model.config.guidance_embeds)
         return {"context": FluxContext(model), "embed": FluxEmbed(model, guidance), "blocks": FluxBlocks(model),
-                "head": FluxHead(model)}
+                "head": NormOutHead(model)}
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):

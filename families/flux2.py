@@ -30,7 +30,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from .base import Family, ForcedSteps, Part, Variant, criterion_sums
+from .base import Family, ForcedSteps, NormOutHead, Part, Variant, criterion_sums
 from .inputs import Axis, Input, text_axis
 from .registry import register
 
@@ -110,14 +110,6 @@ class Flux2Blocks(Part):
         return joint[:, encoder_hidden.shape[1]:] - hidden
 
 
-class Flux2Head(Part):
-    input_names = ("hidden", "residual", "temb")
-    output_names = ("output",)
-
-    def forward(self, hidden, residual, temb):
-        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
-
-
 def image_ids(sizes) -> torch.Tensor:
     """The pipelines' image-token ids (0, row, col, 0), per sample, for a grid as square as
     ``img_seq`` allows."""
@@ -189,7 +181,7 @@ class Flux2(Family):
     def parts(cls, model, variant=None):
         guidance = bool(model.config.guidance_embeds)
         return {"context": Flux2Context(model), "embed": Flux2Embed(model, guidance), "blocks": Flux2Blocks(model),
-                "head": Flux2Head(model)}
+                "head": NormOutHead(model)}
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
@@ -200,7 +192,7 @@ class Flux2(Family):
                     f"the exported graphs; use Flux2KleinPipeline, which passes the reference images as tokens"
                 )
         hidden = kwargs["hidden_states"]
-        feed = super().feed_from_kwargs(kwargs)
+        feed = super().feed_from_kwargs(kwargs)  # the timestep one per sample
         for ids in ("img_ids", "txt_ids"):
             t = feed.get(ids)
             if t is None:
@@ -208,6 +200,4 @@ class Flux2(Family):
             if t.ndim == 2:  # one (tokens, 4) table for the batch: the model accepts it too
                 t = t.expand(hidden.shape[0], -1, -1)
             feed[ids] = t if t.dtype == torch.long else t.long()
-        timestep = torch.as_tensor(feed["timestep"], device=hidden.device)
-        feed["timestep"] = timestep.reshape(1).expand(hidden.shape[0]) if timestep.numel() == 1 else timestep
         return feed

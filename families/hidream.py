@@ -213,7 +213,8 @@ class HiDream(Family):
     class_name = "HiDreamImageTransformer2DModel"
     inputs = (
         Input("hidden_states", ("batch", "in_channels", "size", "size"), "latents"),
-        # fp32 at every precision: the scheduler's timesteps (the model embeds them in fp32)
+        # fp32 at every precision: the scheduler's timesteps (UniPC int64, FlowMatchEuler fp32),
+        # which the model embeds in fp32
         Input("timestep", ("batch",), "timestep", dtype=torch.float32),
         Input("encoder_hidden_states_t5", ("batch", "t5_seq", "t5_dim")),
         # (Llama layers, B, L, D): the pipeline stacks the hidden states with batch on dim 1
@@ -319,18 +320,9 @@ class HiDream(Family):
                 f"max_resolution tokens with a mask, which is not exported; generate a square image "
                 f"(HiDreamImagePipeline height == width)"
             )
-        timestep = kwargs.get("timesteps")
-        if timestep is None:
-            timestep = kwargs.get("timestep")
-        timestep = torch.as_tensor(timestep, device=hidden.device)
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(hidden.shape[0])
-        # UniPC gives int64 timesteps, FlowMatchEuler float32: the model embeds either in fp32.
-        feed = {"hidden_states": hidden, "timestep": timestep.float()}
-        for name in ("encoder_hidden_states_t5", "encoder_hidden_states_llama3", "pooled_embeds"):
-            if kwargs.get(name) is not None:
-                feed[name] = kwargs[name]
-        return feed
+        if kwargs.get("timesteps") is not None:  # the model's keyword for the graph's timestep
+            kwargs = {**kwargs, "timestep": kwargs["timesteps"]}
+        return super().feed_from_kwargs(kwargs)
 
     @classmethod
     def kwargs_from_feed(cls, feed):

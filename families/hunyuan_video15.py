@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ..errors import TeaCacheError
 from .base import Family, Part, TimestepScale, Variant, criterion_sums
-from .hunyuan_video import unpatchify
+from .hunyuan_video import HunyuanVideoHead
 from .inputs import AUTO, Axis, Input, latent_axes, patched_axes
 from .registry import register
 
@@ -191,18 +191,6 @@ class HunyuanVideo15Blocks(Part):
         return h - hidden
 
 
-class HunyuanVideo15Head(Part):
-    # hidden_states (the model's latent input) only lends its frames/height/width to the unpatchify.
-    input_names = ("hidden_states", "hidden", "residual", "temb")
-    output_names = ("output",)
-
-    def forward(self, hidden_states, hidden, residual, temb):
-        m = self.model
-        out = m.proj_out(m.norm_out(hidden + residual, temb))
-        return unpatchify(out, hidden_states.shape, m.config.patch_size_t, m.config.patch_size,
-                          m.config.out_channels or m.config.in_channels)
-
-
 def _variant(name, coefficients):
     # LightX2V's configs run every set at 0.15 (50 steps, CFG 6): its one published setting.
     return Variant(name, coefficients, default_threshold=0.15)
@@ -279,7 +267,7 @@ class HunyuanVideo15(Family):
     @classmethod
     def parts(cls, model, variant=None):
         return {"embed": HunyuanVideo15Embed(model), "blocks": HunyuanVideo15Blocks(model),
-                "head": HunyuanVideo15Head(model)}
+                "head": HunyuanVideoHead(model)}
 
     @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):
@@ -295,10 +283,7 @@ class HunyuanVideo15(Family):
                 "timestep_r given: the MeanFlow (step-distilled) models' second timestep is not an input "
                 "of the exported graphs"
             )
-        hidden = kwargs["hidden_states"]
-        feed = super().feed_from_kwargs(kwargs)  # the masks in the latents' dtype
-        timestep = torch.as_tensor(feed["timestep"], device=hidden.device)
-        feed["timestep"] = timestep.reshape(1).expand(hidden.shape[0]) if timestep.numel() == 1 else timestep
+        feed = super().feed_from_kwargs(kwargs)  # the timestep one per sample, the masks in the latents' dtype
         if "image_embeds" not in feed:
             # The model cannot run without them; the T2V pipeline passes zeros, which is T2V.
             raise TeaCacheError(

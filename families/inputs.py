@@ -7,9 +7,11 @@ dim is which axis), its dtype rule and its kind.  Everything else follows from t
   ``Family.optional_inputs``);
 - the dynamic dims torch.export gets for the model inputs (``Family.input_dims``): a shape entry
   that names an axis is that axis, an expression over axes (``frames*height*width``) is derived
-  (AUTO), entries of config keys and numbers are fixed;
+  (AUTO), entries of config sizes (``Family.config_sizes``) and numbers are fixed;
 - the random example inputs that tracing, verification, the benchmark and the tests feed
-  (``Family.example_inputs``), drawn from one seeded generator in declaration order.
+  (``Family.example_inputs``), drawn from one seeded generator in declaration order;
+- how the forward's keywords become graph inputs (``Family.feed_from_kwargs``): one value per
+  sample for per-sample inputs given once, masks in the latents' dtype.
 
 The dims of the tensors *between* the graphs are not declared at all: the exporter reads them
 off the earlier graph's exported outputs (see ``export/exporter.py``).

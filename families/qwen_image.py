@@ -31,7 +31,7 @@ import torch
 
 from ..errors import TeaCacheError
 from . import magcache_ratios
-from .base import Family, ForcedSteps, Part, Variant, criterion_sums
+from .base import Family, ForcedSteps, NormOutHead, Part, Variant, criterion_sums
 from .inputs import Axis, Input
 from .lumina2 import complex_unsqueeze_as_real
 from .registry import register
@@ -166,14 +166,6 @@ class QwenImageBlocks(Part):
         return h - hidden
 
 
-class QwenImageHead(Part):
-    input_names = ("hidden", "residual", "temb")
-    output_names = ("output",)
-
-    def forward(self, hidden, residual, temb):
-        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
-
-
 # Config switches of later checkpoints whose inputs these graphs do not take.
 UNSUPPORTED = {
     "zero_cond_t": "Qwen-Image-Edit-2511's per-token modulation (zero_cond_t=True)",
@@ -235,7 +227,7 @@ class QwenImage(Family):
     @classmethod
     def parts(cls, model, variant=None):
         return {"context": QwenImageContext(model), "embed": QwenImageEmbed(model),
-                "blocks": QwenImageBlocks(model), "head": QwenImageHead(model)}
+                "blocks": QwenImageBlocks(model), "head": NormOutHead(model)}
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
@@ -255,11 +247,7 @@ class QwenImage(Family):
                 f"{hidden.shape[1]}: pass the shapes of the latents given"
             )
         img_ids, txt_ids = position_ids(shapes, text.shape[1], str(hidden.device))
-        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(hidden.shape[0])
-        return {"hidden_states": hidden, "timestep": timestep, "encoder_hidden_states": text,
-                "img_ids": img_ids, "txt_ids": txt_ids}
+        return {**super().feed_from_kwargs(kwargs), "img_ids": img_ids, "txt_ids": txt_ids}
 
     @classmethod
     def kwargs_from_feed(cls, feed):

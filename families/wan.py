@@ -133,8 +133,9 @@ class Wan(Family):
     class_name = "WanTransformer3DModel"
     inputs = (
         Input("hidden_states", ("batch", "in_channels", "frames", "height", "width"), "latents"),
-        # fp32 at every precision: the pipelines pass the scheduler's timesteps unconverted, and
-        # the model embeds them in fp32.
+        # fp32 at every precision: the pipelines pass the scheduler's timesteps unconverted (UniPC
+        # int64, FlowMatchEuler fp32), and the model embeds them in fp32, which holds every
+        # integer up to 1000 exactly.
         Input("timestep", ("batch",), "timestep", dtype=torch.float32),
         Input("encoder_hidden_states", ("batch", "txt_seq", "text_dim")),
         Input("encoder_hidden_states_image", ("batch", IMAGE_TOKENS, "image_dim"), when="image_dim"),
@@ -194,19 +195,11 @@ class Wan(Family):
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
-        hidden = kwargs["hidden_states"]
-        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
-        if timestep.ndim == 2:
+        feed = super().feed_from_kwargs(kwargs)
+        timestep = feed.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 2:
             raise TeaCacheError(
                 f"timestep has shape {tuple(timestep.shape)}: per-token timesteps (Wan2.2 TI2V, "
                 f"expand_timesteps=True) are not exported by this adapter; pass one timestep per sample"
             )
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(hidden.shape[0])
-        # UniPC gives int64 timesteps, FlowMatchEuler float32; the graph takes float32, which
-        # holds every integer up to 1000 exactly (the model converts to float itself).
-        feed = {"hidden_states": hidden, "timestep": timestep.float(),
-                "encoder_hidden_states": kwargs["encoder_hidden_states"]}
-        if kwargs.get("encoder_hidden_states_image") is not None:
-            feed["encoder_hidden_states_image"] = kwargs["encoder_hidden_states_image"]
         return feed

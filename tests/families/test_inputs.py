@@ -142,6 +142,22 @@ def test_integer_masks_arrive_in_the_latents_dtype():
     assert set(feed) == {"hidden_states", "mask"}
 
 
+def test_per_sample_inputs_given_once_are_one_per_sample_at_their_declared_dtype():
+    class Declared(Video):
+        inputs = (*Video.inputs[:4], Input("timestep", ("batch",), "timestep", dtype=torch.float32),
+                  *Video.inputs[5:])
+
+    latents = torch.zeros(3, 4, 2, 4, 6, dtype=torch.float16)
+    for given in (torch.tensor(7), torch.tensor([7]), 7):
+        feed = Declared.feed_from_kwargs({"hidden_states": latents, "timestep": given, "guidance": 3.5})
+        assert feed["timestep"].tolist() == [7.0] * 3 and feed["timestep"].dtype == torch.float32
+        assert feed["guidance"].tolist() == [3.5] * 3  # no dtype declared: as given
+    per_sample = torch.tensor([1, 2, 3])
+    assert Declared.feed_from_kwargs({"hidden_states": latents, "timestep": per_sample})["timestep"].tolist() == [1, 2, 3]
+    # Not a tensor nor a number: passed on for the runtime to refuse by name.
+    assert Declared.feed_from_kwargs({"hidden_states": latents, "timestep": "0.5"})["timestep"] == "0.5"
+
+
 def test_latent_axes_state_ranges_and_help_once():
     frames, height, width = latent_axes(frames=(21, 33), height=(16, 40), width=(24, 40), spatial=32, temporal=8)
     assert (frames.min, frames.opt, frames.max, frames.multiple_of) == (1, 21, 33, 1)
