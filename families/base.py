@@ -235,8 +235,9 @@ class Family:
     # diffusers forward keywords the adapter maps to graph inputs (default: model_inputs);
     # any other non-None keyword changes the model's output and is refused at run time
     forward_kwargs: ClassVar[tuple[str, ...]] = ()
-    # inputs present only when a config key is truthy, from ``inputs`` (``Input.when``)
-    optional_inputs: ClassVar[dict[str, str]] = {}
+    # inputs present only when a config key is truthy (or a test of the config holds), from
+    # ``inputs`` (``Input.when``)
+    optional_inputs: ClassVar[dict[str, Any]] = {}
     # config key counting the blocks whose first one gives the signal (None: not needed)
     signal_block_count: ClassVar[str | None] = None
     variants: ClassVar[dict[str, Variant]]
