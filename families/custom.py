@@ -36,6 +36,7 @@ the name for error messages but the runtime never imports it on its own.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -71,6 +72,12 @@ class ModuleFamily(Family):
 
     module_class: ClassVar[type[torch.nn.Module]]
     weights_name: ClassVar[str] = "model.safetensors"
+    # What the module's forward returns, so that the drop-in returns the same: torch.Tensor (the
+    # output itself), tuple (``(output,)``), or a dataclass whose first field is the output (built
+    # as ``output_type(output)``; its other fields need defaults).  The export checks it against
+    # what the module returned.  A caller's ``return_dict=False`` gets ``(output,)`` whatever
+    # this says, as from a diffusers model.
+    output_type: ClassVar[type] = torch.Tensor
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -132,12 +139,43 @@ class ModuleFamily(Family):
 
     @classmethod
     def call_model(cls, model: torch.nn.Module, kwargs: Mapping[str, Any]) -> torch.Tensor:
+        """The output tensor of the module's forward, whose result must be of ``output_type``."""
         out = model(**kwargs)
-        return out if isinstance(out, torch.Tensor) else out[0]
+        want = cls.output_type
+        if isinstance(out, torch.Tensor) != (want is torch.Tensor) or not (
+                isinstance(out, torch.Tensor) or isinstance(out, want)):
+            raise TeaCacheError(
+                f"{type(model).__name__}.forward returned a {type(out).__module__}.{type(out).__qualname__}, but the "
+                f"family {cls.__qualname__} declares output_type = {want.__qualname__}: set output_type = "
+                f"{_type_name(out)}, so that the drop-in transformer returns what the module returns")
+        return _output_tensor(out)
 
     @classmethod
     def wrap_output(cls, output: torch.Tensor, return_dict: bool):
-        return output  # the module's forward returns the tensor itself
+        """What the module's forward returns for ``output`` (``output_type``); ``(output,)`` for
+        a caller that passes ``return_dict=False``."""
+        want = cls.output_type
+        if not return_dict or want is tuple:
+            return (output,)
+        if want is torch.Tensor:
+            return output
+        return want(output)
+
+
+def _output_tensor(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if dataclasses.is_dataclass(out):
+        return getattr(out, dataclasses.fields(out)[0].name)
+    return out[0]
+
+
+def _type_name(out) -> str:
+    if isinstance(out, tuple) and type(out) is tuple:
+        return "tuple"
+    if dataclasses.is_dataclass(out):
+        return type(out).__qualname__
+    return f"{type(out).__qualname__} (a tensor, a tuple or a dataclass; or override call_model and wrap_output)"
 
 
 def load_family_module(spec: str) -> type[Family]:
@@ -200,6 +238,12 @@ def _import_file(path: Path):
         raise TeaCacheError(f"family module file {path} is not a Python file: give path/to/file.py:ClassName")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before exec: inspect.getfile and dataclasses look it up
+    # The file's folder goes first on sys.path, as for a script run with ``python file.py``:
+    # a family file imports its model from a sibling file (``from my_dit import MyDiT``).  It
+    # stays there, for imports the family makes later (inside parts(), build()).
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
