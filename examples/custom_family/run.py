@@ -17,7 +17,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 FAMILY_MODULE = f"{HERE / 'family.py'}:TinyDiTFamily"
-SIZE = dict(batch=1, frames=2, height=4, width=4, txt_seq=4)  # one prompt; CFG doubles the rows
+SIZE = dict(batch=1, frames=2, height=8, width=8, txt_seq=4)  # latent sizes of one prompt; CFG doubles the rows
 
 
 def family():
@@ -46,7 +46,7 @@ def prompt(seed: int = 0):
     """Latent noise, a caption and its mask (the last token padded), and the unconditional caption."""
     g = torch.Generator().manual_seed(seed)
     cfg = family().build({}).config
-    z = torch.randn(SIZE["batch"], cfg.in_channels, SIZE["frames"], 2 * SIZE["height"], 2 * SIZE["width"], generator=g)
+    z = torch.randn(SIZE["batch"], cfg.in_channels, SIZE["frames"], SIZE["height"], SIZE["width"], generator=g)
     y = torch.randn(SIZE["batch"], SIZE["txt_seq"], cfg.caption_channels, generator=g)
     mask = torch.ones(SIZE["batch"], SIZE["txt_seq"], dtype=torch.int64)
     mask[:, -1] = 0

@@ -123,7 +123,7 @@ class TinyDiT(nn.Module):
         h = self.x_embedder(x)  # (B, D, T, H', W')
         grid = (h.shape[0], *h.shape[2:])
         h = h.flatten(2).transpose(1, 2)
-        t = self.embed_timestep(timestep)
+        t = self.embed_timestep(torch.as_tensor(timestep, device=x.device).expand(x.shape[0]))  # one per sample
         t_mlp = self.t_block(t)
         text = self.y_embedder(y)
         mask = torch.ones(y.shape[:2], dtype=text.dtype, device=y.device) if mask is None else mask.to(text.dtype)
