@@ -290,8 +290,9 @@ class Family:
     # (ANY_VALUE: any value, e.g. a size the latents already carry).  The drop-in drops such a
     # keyword given with that value (or None) and refuses another value by name.
     ignored_kwargs: ClassVar[Mapping[str, Any]] = {}
-    # inputs present only when a config key is truthy, from ``inputs`` (``Input.when``)
-    optional_inputs: ClassVar[dict[str, str]] = {}
+    # inputs present only when a config key is truthy (or a test of the config holds), from
+    # ``inputs`` (``Input.when``)
+    optional_inputs: ClassVar[dict[str, Any]] = {}
     # config key counting the blocks whose first one gives the signal (None: not needed)
     signal_block_count: ClassVar[str | None] = None
     variants: ClassVar[dict[str, Variant]]
@@ -299,6 +300,9 @@ class Family:
     signal: ClassVar[str]  # the default signal, in words (a Variant may choose another)
     signal_dims: ClassVar[dict[int, str]]  # dynamic dims of the signal (and prev_signal)
     cached: ClassVar[tuple[str, ...]]
+    # the model input the sampler denoises: what a policy comparing the model's input and output
+    # (EasyCache) measures; its output is the head's.  From ``inputs``: the ``latents`` one
+    latent_input: ClassVar[str] = "hidden_states"
     note: ClassVar[str] = ""
     timestep_scale: ClassVar[TimestepScale] = TimestepScale()
 
@@ -307,6 +311,9 @@ class Family:
         if "inputs" in cls.__dict__:
             cls.model_inputs = tuple(i.name for i in cls.inputs)
             cls.optional_inputs = {i.name: i.when for i in cls.inputs if i.when}
+            latents = [i.name for i in cls.inputs if i.kind == "latents"]
+            if latents and "latent_input" not in cls.__dict__:
+                cls.latent_input = latents[0]
 
     # --- model side -----------------------------------------------------------------
     # How the model is built, saved, described and called: a diffusers model here;

@@ -110,6 +110,7 @@ def test_conditions_spans_and_sizes_the_config_holds_otherwise():
             return {**super().config_sizes(config), "latent_channels": config["in_channels"] - 1}
 
     assert Conditioned.inputs_for(CONFIG) == ("x", "t")
+    assert Conditioned.latent_input == "x" and Video.latent_input == "hidden_states"  # the first latents input
     assert Conditioned.inputs_for({**CONFIG, "in_channels": 5}) == ("x", "t", "condition")
     feed = Conditioned.example_inputs({**CONFIG, "in_channels": 5}, POINT, torch.float32)
     assert feed["x"].shape == (3, 4) and feed["condition"].tolist() == [[1.0]] * 3
