@@ -7,28 +7,11 @@ cached streams, the axes and the coefficients.  What diffusers gives for free, a
 :class:`ModuleFamily` supplies those from a folder of ``config.json`` (the constructor's
 keyword arguments) and ``model.safetensors`` (the state dict)::
 
-    # my_dit_family.py
-    from teacache_trt.families import AUTO, Axis, Input, ModuleFamily, Variant, latent_axes
-    from my_project import MyDiT
+    teacache-export MODEL_DIR --out ART --family-module examples/custom_family/family.py:TinyDiTFamily
+    teacache_trt.load_transformer(ART, family_module="examples/custom_family/family.py:TinyDiTFamily")
 
-    class MyDiTFamily(ModuleFamily):
-        name = "my_dit"
-        module_class = MyDiT                 # built as MyDiT(**config); it keeps config in .config
-        inputs = (                           # the forward's inputs: shape entries are axes or config keys
-            Input("x", ("batch", "in_channels", "frames", "height", "width"), "latents"),
-            Input("timestep", ("batch",), "timestep"),
-            Input("y", ("batch", "txt_seq", "caption_channels")),
-        )
-        variants = {"v1": Variant("v1", (217.5, -118.3, 26.9, -0.0459, 0.0484), default_threshold=0.1)}
-        axes = (Axis("batch", 1, 2, 2), *latent_axes(frames=(8, 16), height=(32, 64), width=(32, 64), patch=2),
-                Axis("txt_seq", 1, 120, 300))
-        signal = "blocks[0] modulated input"
-        signal_dims = {0: "batch", 1: AUTO}
-        cached = ("x",)
-        def parts(cls, model, variant=None): ...        # embed / blocks / head
-
-    teacache-export MODEL_DIR --out ART --family-module my_dit_family.py:MyDiTFamily
-    teacache_trt.load_transformer(ART, family_module="my_dit_family.py:MyDiTFamily")
+docs/custom-families.md says what a declaration needs; ``examples/custom_family/`` is a
+complete one (a model built from a config object, returning a dataclass).
 
 ``--family-module`` takes ``path/to/file.py:ClassName`` or ``package.module:ClassName``.  Loading
 the module runs its code, so it happens only where the user names it: the manifest records
@@ -67,7 +50,7 @@ class ModuleFamily(Family):
     ``_`` left out); the module keeps its config in a ``config`` attribute (a dict, or an object
     with ``to_dict()``) so that exports can record and compare it; override ``config_of`` where
     it keeps it elsewhere.  Its ``forward`` takes the graph inputs as keywords
-    (``kwargs_from_feed``) and returns the output tensor.
+    (``kwargs_from_feed``) and returns ``output_type``.
     """
 
     module_class: ClassVar[type[torch.nn.Module]]
