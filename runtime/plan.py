@@ -53,8 +53,7 @@ class StepPlan:
             self._ready = torch.cuda.Event()
         else:
             self._host = None
-            # numpy views of the sums, made once: Tensor.numpy() costs ~20 us a call
-            self._sums = (self.embed_out["l1_diff"].numpy(), self.embed_out["l1_prev"].numpy())
+        self._sums: tuple[np.ndarray, np.ndarray] | None = None  # CPU: numpy views, made on first read
 
     def new_context(self) -> dict[str, torch.Tensor]:
         """Context-graph outputs, for a cache context at this shape (kept across its calls)."""
@@ -112,6 +111,8 @@ class StepPlan:
         the device and removes this wait.
         """
         if self._host is None:
+            if self._sums is None:  # views of the plan's buffers: Tensor.numpy() costs ~20 us a call
+                self._sums = (self.embed_out["l1_diff"].numpy(), self.embed_out["l1_prev"].numpy())
             return self._sums
         diff, prev = self.embed_out["l1_diff"], self.embed_out["l1_prev"]
         self._host[0].copy_(diff, non_blocking=True)
