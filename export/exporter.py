@@ -431,7 +431,8 @@ def _signal_shape(embed, pool, point) -> tuple[int, ...]:
 def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, log) -> None:
     """Each graph against its PyTorch part at every point, and the composed parts against
     the model's own forward.  One ONNX Runtime session per graph, dropped before the next
-    graph's (the block graph holds the weights)."""
+    graph's (the block graph holds the weights); attention too large for RAM at a point runs
+    in query chunks (``V.run_graph``)."""
     runs = []
     for k, point in enumerate(points):
         runs.append(_reference(fam, model, parts, manifest, config, point, dtype, precision, seed=k + 1))
@@ -447,12 +448,11 @@ def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, 
         rows = [{"axes": dict(point)} for point in points]
         if on_cpu:
             t0 = time.perf_counter()
-            session = V.ort_session(out / graph.file, name)
-            for row, point, (feeds, refs, _) in zip(rows, points, runs):
-                got = V.run_ort(session, feeds, name, point)
-                row.update(graph_verified=True, method="ONNX Runtime CPU vs the PyTorch part",
+            outs, method = V.run_graph(out / graph.file, name, [feeds for feeds, _, _ in runs], points, log)
+            for row, point, got, (_, refs, _) in zip(rows, points, outs, runs):
+                row.update(graph_verified=True, method=method,
                            **V.check(f"{name} graph at {point}", got, refs[name], precision))
-            del session
+            del outs
             log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
                 f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
         else:

@@ -3,8 +3,10 @@ composed parts against the original diffusers model (so a wrong split fails here
 render)."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +17,12 @@ from ..errors import TeaCacheError
 # Precisions ONNX Runtime's CPU provider can run for the graph-vs-PyTorch check.
 ORT_CPU_PRECISIONS = ("fp32", "fp16")
 TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "bf16": (6e-2, 6e-2)}
+# An attention whose score tensor (batch x heads x queries x keys) would exceed this at a
+# verified shape runs in query chunks of at most this many bytes of scores (see
+# chunked_attention): ONNX Runtime's CPU provider holds the whole tensor, PyTorch's fused
+# attention none, and a fixed-size model is verified at its full size (ConsisID: 121 GB).
+CHUNK_SCORES_BYTES = 512 * 2**20
+PLAIN_METHOD = "ONNX Runtime CPU vs the PyTorch part"
 
 
 def compare(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -60,6 +68,53 @@ def ort_session(path: Path, graph: str | None = None):
             f"({type(exc).__name__}: {str(exc)[:1000]}); if it ran out of memory, export on a "
             f"machine with more RAM or pass --no-verify (the graphs are then unchecked)"
         ) from exc
+
+
+def run_graph(path: Path, graph: str, feeds: Sequence[Mapping[str, torch.Tensor]],
+              points: Sequence[Mapping[str, int]], log: Callable[[str], None] | None = None,
+              ) -> tuple[list[dict[str, torch.Tensor]], str]:
+    """The graph at ``path`` run by ONNX Runtime on each feed: (outputs per feed, method).
+
+    Where an attention's scores would exceed ``CHUNK_SCORES_BYTES`` at one of the feeds, a
+    copy of the graph computes it in query chunks (the same numbers, softmax being per query
+    row); the copy lives beside the graph only while ONNX Runtime loads it, and the graph
+    itself is only read.  ``method`` says which ran.  One session, dropped on return (the
+    block graph's holds the weights).
+    """
+    import onnx
+
+    from . import chunked_attention
+
+    path = Path(path)
+    # The graph's structure only: external data stays on disk, referenced by location.
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = [{n: tuple(t.shape) for n, t in feed.items()} for feed in feeds]
+    chunks = chunked_attention.plan(model, shapes, CHUNK_SCORES_BYTES)
+    if not chunks:
+        del model
+        session, method = ort_session(path, graph), PLAIN_METHOD
+    else:
+        rows = sorted({c.rows for c in chunks})
+        method = (f"{PLAIN_METHOD}, attention in query chunks of "
+                  f"{rows[0] if len(rows) == 1 else f'{rows[0]}-{rows[-1]}'} rows")
+        if log:
+            log(f"[verify] {graph} graph: {len(chunks)} attention(s) whose scores reach "
+                f"{max(c.largest_bytes for c in chunks) / 1e9:.3g} GB at the verified shapes run in "
+                f"query chunks of {', '.join(map(str, rows))} rows (a verification copy; "
+                f"{path.name} is unchanged)")
+        chunked_attention.rewrite(model, chunks)
+        # Beside the graph, so that its external data resolves; a hidden name, removed once
+        # loaded (a killed export's staging folder is cleaned by the next run).
+        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.chunked-", suffix=".onnx", dir=path.parent)
+        os.close(fd)
+        try:
+            onnx.save(model, name)
+            del model
+            session = ort_session(Path(name), graph)
+        finally:
+            os.unlink(name)
+    outs = [run_ort(session, feed, graph, point) for feed, point in zip(feeds, points)]
+    return outs, method
 
 
 def run_ort(session, feed: Mapping[str, torch.Tensor], graph: str | None = None,
