@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-import numpy as np
 
 from ..errors import TeaCacheError
 from ..shapes import bind, eval_dim
@@ -187,7 +187,7 @@ def rewrite(model: onnx.ModelProto, chunks: Sequence[Chunked]) -> None:
     graph = model.graph
     taken = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer} \
         | {v.name for v in graph.input}
-    elem_types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+    elem_types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
     replace: dict[int, list[onnx.NodeProto]] = {}
     removed: set[int] = set()
     dropped: set[str] = set()
@@ -197,7 +197,9 @@ def rewrite(model: onnx.ModelProto, chunks: Sequence[Chunked]) -> None:
         while any(name.startswith(prefix) for name in taken):
             prefix += "_"
         nodes = [graph.node[i] for i in att.nodes]
-        replace[att.nodes[-1]] = _loop_nodes(nodes, att, chunk.rows, elem_types.get(att.output, TensorProto.FLOAT), prefix)
+        # The chunks' dtype: the attention output's, else its queries' (a MatMul keeps the dtype).
+        elem = elem_types.get(att.output) or elem_types.get(att.queries) or TensorProto.FLOAT
+        replace[att.nodes[-1]] = _loop_nodes(nodes, att, chunk.rows, elem, prefix)
         removed.update(att.nodes)
         dropped.update(n.output[0] for n in nodes[:-1])
     new_nodes = []

@@ -77,9 +77,9 @@ def run_graph(path: Path, graph: str, feeds: Sequence[Mapping[str, torch.Tensor]
 
     Where an attention's scores would exceed ``CHUNK_SCORES_BYTES`` at one of the feeds, a
     copy of the graph computes it in query chunks (the same numbers, softmax being per query
-    row); the copy lives beside the graph only while ONNX Runtime loads it, and the graph
-    itself is only read.  ``method`` says which ran.  One session, dropped on return (the
-    block graph's holds the weights).
+    row); the copy lives beside the graph while it runs, and the graph itself is only read.
+    ``method`` says which ran.  Sessions are dropped on return (the block graph's holds the
+    weights).
     """
     import onnx
 
@@ -92,28 +92,34 @@ def run_graph(path: Path, graph: str, feeds: Sequence[Mapping[str, torch.Tensor]
     chunks = chunked_attention.plan(model, shapes, CHUNK_SCORES_BYTES)
     if not chunks:
         del model
-        session, method = ort_session(path, graph), PLAIN_METHOD
-    else:
-        rows = sorted({c.rows for c in chunks})
-        method = (f"{PLAIN_METHOD}, attention in query chunks of "
-                  f"{rows[0] if len(rows) == 1 else f'{rows[0]}-{rows[-1]}'} rows")
-        if log:
-            log(f"[verify] {graph} graph: {len(chunks)} attention(s) whose scores reach "
-                f"{max(c.largest_bytes for c in chunks) / 1e9:.3g} GB at the verified shapes run in "
-                f"query chunks of {', '.join(map(str, rows))} rows (a verification copy; "
-                f"{path.name} is unchanged)")
-        chunked_attention.rewrite(model, chunks)
-        # Beside the graph, so that its external data resolves; a hidden name, removed once
-        # loaded (a killed export's staging folder is cleaned by the next run).
-        fd, name = tempfile.mkstemp(prefix=f".{path.stem}.chunked-", suffix=".onnx", dir=path.parent)
-        os.close(fd)
-        try:
-            onnx.save(model, name)
-            del model
+        session = ort_session(path, graph)
+        return [run_ort(session, feed, graph, point) for feed, point in zip(feeds, points)], PLAIN_METHOD
+    rows = sorted({c.rows for c in chunks})
+    method = (f"{PLAIN_METHOD}, attention in query chunks of "
+              f"{rows[0] if len(rows) == 1 else f'{rows[0]}-{rows[-1]}'} rows")
+    if log:
+        log(f"[verify] {graph} graph: {len(chunks)} attention(s) whose scores reach "
+            f"{max(c.largest_bytes for c in chunks) / 1e9:.3g} GB at the verified shapes run in "
+            f"query chunks of {', '.join(map(str, rows))} rows (a verification copy; "
+            f"{path.name} is unchanged)")
+    chunked_attention.rewrite(model, chunks)
+    # Beside the graph, so that its external data resolves; a hidden name, removed on return
+    # (a killed export's staging folder is cleaned by the next run).
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.chunked-", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save(model, name)
+        del model
+        outs = []
+        for feed, point in zip(feeds, points):
+            # A session per shape: ONNX Runtime's memory arena keeps the largest run's
+            # buffers and grows anew at another shape (full-size ConsisID: 16.5 GB after its
+            # batch-2 run, 22.8 GB during the batch-1 one); a fresh session starts empty.
             session = ort_session(Path(name), graph)
-        finally:
-            os.unlink(name)
-    outs = [run_ort(session, feed, graph, point) for feed, point in zip(feeds, points)]
+            outs.append(run_ort(session, feed, graph, point))
+            del session
+    finally:
+        os.unlink(name)
     return outs, method
 
 
