@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import TeaCacheError
+from . import chunked_attention
 
 # (atol, rtol) per precision; rtol is relative to the largest reference magnitude of a tensor.
 # Precisions ONNX Runtime's CPU provider can run for the graph-vs-PyTorch check.
@@ -82,8 +83,6 @@ def run_graph(path: Path, graph: str, feeds: Sequence[Mapping[str, torch.Tensor]
     weights).
     """
     import onnx
-
-    from . import chunked_attention
 
     path = Path(path)
     # The graph's structure only: external data stays on disk, referenced by location.
