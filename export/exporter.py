@@ -432,7 +432,7 @@ def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, 
     """Each graph against its PyTorch part at every point, and the composed parts against
     the model's own forward.  One ONNX Runtime session per graph, dropped before the next
     graph's (the block graph holds the weights); attention too large for RAM at a point runs
-    in query chunks (``V.run_graph``)."""
+    in query chunks (``V.verify_graph``)."""
     runs = []
     for k, point in enumerate(points):
         runs.append(_reference(fam, model, parts, manifest, config, point, dtype, precision, seed=k + 1))
@@ -448,13 +448,13 @@ def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, 
         rows = [{"axes": dict(point)} for point in points]
         if on_cpu:
             t0 = time.perf_counter()
-            outs, method = V.run_graph(out / graph.file, name, [feeds for feeds, _, _ in runs], points, log)
-            for row, point, got, (_, refs, _) in zip(rows, points, outs, runs):
-                row.update(graph_verified=True, method=method,
-                           **V.check(f"{name} graph at {point}", got, refs[name], precision))
-            del outs
-            log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
-                f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
+            checked = V.verify_graph(out / graph.file, name, points, [feeds for feeds, _, _ in runs],
+                                     [refs[name] for _, refs, _ in runs], precision, log)
+            for row, fields in zip(rows, checked):
+                row.update(fields)
+            ran = [r for r in rows if r["graph_verified"]]
+            log(f"[verify] {name} graph vs PyTorch at {len(ran)} point{'s' * (len(ran) > 1)}: max abs "
+                f"{max(r['max_abs'] for r in ran):.3g} ({time.perf_counter() - t0:.1f}s)")
         else:
             for row in rows:
                 row.update(graph_verified=False,

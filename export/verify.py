@@ -71,55 +71,82 @@ def ort_session(path: Path, graph: str | None = None):
         ) from exc
 
 
-def run_graph(path: Path, graph: str, feeds: Sequence[Mapping[str, torch.Tensor]],
-              points: Sequence[Mapping[str, int]], log: Callable[[str], None] | None = None,
-              ) -> tuple[list[dict[str, torch.Tensor]], str]:
-    """The graph at ``path`` run by ONNX Runtime on each feed: (outputs per feed, method).
+def verify_graph(path: Path, graph: str, points: Sequence[Mapping[str, int]],
+                 feeds: Sequence[Mapping[str, torch.Tensor]], refs: Sequence[Mapping[str, torch.Tensor]],
+                 precision: str, log: Callable[[str], None] | None = None) -> list[dict]:
+    """The graph at ``path`` run by ONNX Runtime on the feed of each point and checked against
+    the PyTorch outputs ``refs``: one verification row's fields per point.
 
-    Where an attention's scores would exceed ``CHUNK_SCORES_BYTES`` at one of the feeds, a
-    copy of the graph computes it in query chunks (the same numbers, softmax being per query
-    row); the copy lives beside the graph while it runs, and the graph itself is only read.
-    ``method`` says which ran.  Sessions are dropped on return (the block graph's holds the
-    weights).
+    Where an attention's scores would exceed ``CHUNK_SCORES_BYTES`` at a point (a fixed-size
+    model verified at its full size), ONNX Runtime would hold them whole: a copy of the graph
+    computes that attention in query chunks instead (the same numbers, softmax being per
+    query row), and only the smallest point runs, since ONNX Runtime also holds every other
+    intermediate of such a run (ConsisID's two blocks at 17,776 tokens: 16 GB at batch 2).
+    The graph itself is only read.  The session is dropped on return (the block graph's
+    holds the weights).
     """
     import onnx
 
     path = Path(path)
     # The graph's structure only: external data stays on disk, referenced by location.
     model = onnx.load(str(path), load_external_data=False)
-    shapes = [{n: tuple(t.shape) for n, t in feed.items()} for feed in feeds]
-    chunks = chunked_attention.plan(model, shapes, CHUNK_SCORES_BYTES)
-    if not chunks:
+    inputs = {v.name for v in model.graph.input}
+    shapes = [{n: tuple(t.shape) for n, t in feed.items() if n in inputs} for feed in feeds]
+    anywhere = chunked_attention.plan(model, shapes, CHUNK_SCORES_BYTES)
+    if not anywhere:
         del model
         session = ort_session(path, graph)
-        return [run_ort(session, feed, graph, point) for feed, point in zip(feeds, points)], PLAIN_METHOD
+        return [{"graph_verified": True, "method": PLAIN_METHOD,
+                 **check(f"{graph} graph at {point}", run_ort(session, feed, graph, point), ref, precision)}
+                for point, feed, ref in zip(points, feeds, refs)]
+    sizes = [sum(int(np.prod(s)) for s in shape.values()) for shape in shapes]
+    k = sizes.index(min(sizes))
+    chunks = chunked_attention.plan(model, [shapes[k]], CHUNK_SCORES_BYTES)
     rows = sorted({c.rows for c in chunks})
-    method = (f"{PLAIN_METHOD}, attention in query chunks of "
-              f"{rows[0] if len(rows) == 1 else f'{rows[0]}-{rows[-1]}'} rows")
+    method = PLAIN_METHOD if not chunks else (
+        f"{PLAIN_METHOD}, attention in query chunks of {rows[0] if len(rows) == 1 else f'{rows[0]}-{rows[-1]}'} rows")
     if log:
-        log(f"[verify] {graph} graph: {len(chunks)} attention(s) whose scores reach "
-            f"{max(c.largest_bytes for c in chunks) / 1e9:.3g} GB at the verified shapes run in "
-            f"query chunks of {', '.join(map(str, rows))} rows (a verification copy; "
-            f"{path.name} is unchanged)")
+        others = [dict(p) for i, p in enumerate(points) if i != k]
+        log(f"[verify] {graph} graph: its attention scores reach "
+            f"{max(c.largest_bytes for c in anywhere) / 1e9:.3g} GB, so it runs at {dict(points[k])} only"
+            + (f" (not at {', '.join(map(str, others))})" if others else "")
+            + (f", in query chunks of {', '.join(map(str, rows))} rows (a verification copy; {path.name} "
+               f"is unchanged)" if chunks else ""))
+    if chunks:
+        copy = _chunked_copy(path, model, chunks)
+        del model  # before ONNX Runtime reads the copy: it may hold the weights
+        try:
+            session = ort_session(copy, graph)
+        finally:
+            copy.unlink()
+    else:
+        del model
+        session = ort_session(path, graph)
+    got = run_ort(session, feeds[k], graph, points[k])
+    del session
+    verified = {"graph_verified": True, "method": method,
+                **check(f"{graph} graph at {points[k]}", got, refs[k], precision)}
+    skipped = {"graph_verified": False,
+               "method": f"not run: its attention needs query chunks, so the graph runs at the smallest "
+                         f"verified shape only ({dict(points[k])})"}
+    return [verified if i == k else dict(skipped) for i in range(len(points))]
+
+
+def _chunked_copy(path: Path, model, chunks) -> Path:
+    """``model`` (``path``'s graph) with ``chunks`` rewritten, saved beside ``path`` (so that
+    its external data resolves) under a hidden name: the caller removes it once loaded, and
+    a killed export's staging folder is cleaned by the next run."""
+    import onnx
+
     chunked_attention.rewrite(model, chunks)
-    # Beside the graph, so that its external data resolves; a hidden name, removed on return
-    # (a killed export's staging folder is cleaned by the next run).
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.chunked-", suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
         onnx.save(model, name)
-        del model
-        outs = []
-        for feed, point in zip(feeds, points):
-            # A session per shape: ONNX Runtime's memory arena keeps the largest run's
-            # buffers and grows anew at another shape (full-size ConsisID: 16.5 GB after its
-            # batch-2 run, 22.8 GB during the batch-1 one); a fresh session starts empty.
-            session = ort_session(Path(name), graph)
-            outs.append(run_ort(session, feed, graph, point))
-            del session
-    finally:
+    except BaseException:
         os.unlink(name)
-    return outs, method
+        raise
+    return Path(name)
 
 
 def run_ort(session, feed: Mapping[str, torch.Tensor], graph: str | None = None,
