@@ -61,6 +61,8 @@ OPTION_CASES = [
     ("calibrate", ["--backend", "x"], r"--backend: invalid choice: 'x'"),
     ("calibrate", ["--json", "{file}/calib.json"], r"is a file, not a folder"),
     ("calibrate", ["--json", "{dir}"], r"is a folder: give a file name"),
+    ("calibrate", ["--json", "{dir}/" + "c" * 300 + ".json"], r"is 305 bytes long, over the file system's limit of 255"),
+    ("calibrate", ["--json", "{dir}/" + "d" * 300 + "/calib.json"], r"is 300 bytes long"),
     ("eval", ["--guidance", "nan"], r"--guidance: 'nan' must be a finite number >= 0"),
     ("eval", ["--guidance", "inf"], r"--guidance: 'inf' must be a finite number"),
     ("eval", ["--steps", "0"], r"--steps: 0 is out of range"),
@@ -69,9 +71,13 @@ OPTION_CASES = [
     ("eval", ["--upstream", "0.2,nan"], r"--upstream: threshold 'nan' must be a finite number"),
     ("eval", ["--grid-threshold", "-0.1"], r"--grid-threshold: '-0.1' must be a finite number >= 0"),
     ("eval", ["--out", "{file}"], r"is a file, not a folder"),
+    ("eval", ["--out", "{dir}/" + "e" * 300], r"is 300 bytes long, over the file system's limit of 255"),
     ("eval", ["--backend", "tf"], r"--backend: invalid choice"),
     ("export", ["{model}", "--out", "{art}", "--precision", "fp64"], r"--precision: invalid choice: 'fp64'"),
     ("export", [], r"give MODEL_DIR and --out ART_DIR to export, or --check ART_DIR"),
+    ("export", ["{model}", "--out", "{art}", "--axis", "img_seq=4:16:100000000000000000000"],
+     r"--axis: 100000000000000000000 is larger than any input size: graph dimensions are 32-bit"),
+    ("export", ["{model}", "--out", "{art}", "--batch", "1:2:100000000000000000000"], r"--batch: .* is larger than any"),
     ("export", ["{model}"], r"give MODEL_DIR and --out ART_DIR"),
 ]
 MAINS = {"bench": bench.main, "calibrate": calibrate.main, "eval": harness.main, "export": cli.main}
@@ -168,6 +174,29 @@ def test_bad_model_folder_fails_before_export(flux, tmp_path, capsys, monkeypatc
     assert not (tmp_path / "art" / "manifest.json").exists()
 
 
+def test_family_module_that_is_not_python_is_named_not_the_config(flux, tmp_path, capsys, nothing_heavy):
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert cli.main([str(flux.model_dir), "--out", str(tmp_path / "art"), "--family-module",
+                     f"{tmp_path / 'passwd'}:X"]) == 2
+    err = one_line(capsys, "teacache-export")
+    assert "passwd is not a Python file: give path/to/file.py:ClassName" in err and "config.json" not in err
+    assert not (tmp_path / "art").exists()
+
+
+def test_a_huge_profile_maximum_allocates_nothing(flux):
+    """The profile's min/opt/max shapes come from meta tensors: a batch axis up to 10^9 (the
+    example inputs at that size would take terabytes) is recorded, not allocated."""
+    import copy
+
+    import torch
+
+    graphs = copy.deepcopy(flux.manifest.graphs)
+    axes = {**{k: list(v) for k, v in flux.manifest.axes.items()}, "batch": [1, 2, 10**9]}
+    exporter.profiles(graphs, flux.family, flux.manifest.config, axes, torch.float32)
+    assert graphs["blocks"].profile["hidden"]["max"][0] == 10**9
+    assert graphs["blocks"].profile["hidden"]["min"][0] == 1
+
+
 def test_family_that_contradicts_the_config(flux, tmp_path, capsys, nothing_heavy):
     assert cli.main([str(flux.model_dir), "--out", str(tmp_path / "art"), "--family", "cogvideox"]) == 2
     err = one_line(capsys, "teacache-export")
@@ -230,24 +259,37 @@ def test_full_disk_keeps_the_previous_artifact(art, mounts, fast_export, tmp_pat
 
 
 # --- the manifest's values ----------------------------------------------------------------------
-def crit(**values):
-    return lambda d: d["criterion"].update(values)
+def teacache(**values):
+    """An edit of TeaCache's data (coefficients, forced steps, clamp, ...)."""
+    return lambda d: d["policy_data"]["teacache"].update(values)
+
+
+def default(**values):
+    """An edit of the default policy's params (the default threshold)."""
+    return lambda d: d["policy"]["params"].update(values)
 
 
 MANIFEST_CASES = [
-    ("coefficients-strings", crit(coefficients=["abc"]), r"coefficients \['abc'\] must be a non-empty list of finite numbers"),
-    ("coefficients-null", crit(coefficients=None), r"coefficients None must be"),
-    ("coefficients-nan", crit(coefficients=[1.0, math.nan]), r"coefficients \[1.0, nan\] must be"),
-    ("coefficients-inf", crit(coefficients=[math.inf]), r"coefficients \[inf\] must be"),
-    ("coefficients-empty", crit(coefficients=[]), r"coefficients \[\] must be"),
-    ("coefficients-bool", crit(coefficients=[True, 1.0]), r"must be a non-empty list of finite numbers"),
-    ("threshold-negative", crit(default_threshold=-0.1), r"default_threshold -0.1 must be a finite number >= 0"),
-    ("threshold-nan", crit(default_threshold=math.nan), r"default_threshold nan must be a finite number >= 0"),
-    ("threshold-string", crit(default_threshold="0.3"), r"default_threshold '0.3' must be"),
-    ("clamp-string", crit(clamp="no"), r"criterion clamp 'no' must be true or false"),
-    ("forced-negative", crit(forced={"first": -1, "last": True, "first_fraction": 0.0}), r"criterion forced .* first an integer >= 0"),
-    ("forced-fraction", crit(forced={"first": 1, "last": True, "first_fraction": 2.0}), r"first_fraction in \[0, 1\]"),
-    ("criterion-null", lambda d: d.update(criterion=None), r"criterion is NoneType None, not an object"),
+    ("coefficients-strings", teacache(coefficients=["abc"]), r"coefficients \['abc'\] must be a non-empty list of finite numbers"),
+    ("coefficients-null", teacache(coefficients=None), r"coefficients None must be"),
+    ("coefficients-nan", teacache(coefficients=[1.0, math.nan]), r"coefficients \[1.0, nan\] must be"),
+    ("coefficients-inf", teacache(coefficients=[math.inf]), r"coefficients \[inf\] must be"),
+    ("coefficients-empty", teacache(coefficients=[]), r"coefficients \[\] must be"),
+    ("coefficients-bool", teacache(coefficients=[True, 1.0]), r"must be a non-empty list of finite numbers"),
+    ("threshold-negative", default(threshold=-0.1), r"threshold -0.1 must be a number >= 0"),
+    ("threshold-nan", default(threshold=math.nan), r"threshold nan must be a number >= 0"),
+    ("threshold-string", default(threshold="0.3"), r"threshold '0.3' must be"),
+    ("clamp-string", teacache(clamp="no"), r"clamp 'no' must be True or False"),
+    ("forced-negative", teacache(forced={"first": -1, "last": True, "first_fraction": 0.0}), r"forced steps .* first an integer >= 0"),
+    ("forced-fraction", teacache(forced={"first": 1, "last": True, "first_fraction": 2.0}), r"first_fraction in \[0, 1\]"),
+    ("accumulate-unknown", teacache(accumulate="sum"), r"accumulate 'sum' must be one of"),
+    ("eps-negative", teacache(eps=-1.0), r"eps -1.0 must be a finite number >= 0"),
+    ("history-garbage", teacache(history=[{"coefficients": "x"}]), r"history\[0\]: coefficients 'x' must be"),
+    ("teacache-unknown-key", teacache(power=2), r"unknown teacache data \['power'\]"),
+    ("policy-unknown", lambda d: d["policy"].update(name="magic"), r"default policy 'magic' is unknown"),
+    ("policy-param-unknown", default(speed=2), r"takes no parameter\(s\) \['speed'\]"),
+    ("policy-null", lambda d: d.update(policy=None), r"policy is NoneType None, not an object"),
+    ("policy-data-null", lambda d: d.update(policy_data=None), r"policy_data is NoneType None, not an object"),
     ("profile-unordered", lambda d: d["graphs"]["blocks"]["profile"]["hidden"].update(min=[4, 64, 32]),
      r"blocks graph's profile of 'hidden' .* is not ordered min <= opt <= max"),
     ("profile-ragged", lambda d: d["graphs"]["blocks"]["profile"]["hidden"].update(max=[4, 64]), r"is not ordered"),
