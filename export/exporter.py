@@ -500,7 +500,8 @@ def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, 
                 row.update(fields)
             ran = [r for r in rows if r["graph_verified"]]
             log(f"[verify] {name} graph vs PyTorch at {len(ran)} point{'s' * (len(ran) > 1)}: max abs "
-                f"{max(r['max_abs'] for r in ran):.3g} ({time.perf_counter() - t0:.1f}s)")
+                f"{max(r['max_abs'] for r in ran):.3g}, max rel {max(r['max_rel'] for r in ran):.3g} "
+                f"({time.perf_counter() - t0:.1f}s)")
         else:
             for row in rows:
                 row.update(graph_verified=False,
