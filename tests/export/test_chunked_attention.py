@@ -16,6 +16,7 @@ from onnx import helper
 from models import cogvideox as M
 from teacache_trt.export import chunked_attention as C
 from teacache_trt.export import verify as V
+from teacache_trt.errors import TeaCacheError
 from teacache_trt.export.exporter import export_model
 from teacache_trt.export.onnx_export import graph_files
 from teacache_trt.manifest import sha256_file, sha256_json
@@ -86,6 +87,31 @@ def test_the_chunked_copy_gives_the_numbers_of_the_shipped_graph(chunked_export)
         want, got = plain.run(None, feed)[0], chunked.run(None, feed)[0]
         assert np.abs(want).max() > 0.1
         assert np.abs(got - want).max() <= 1e-6
+
+
+def test_scores_over_budget_at_batch_2_only_run_the_batch_1_point_as_shipped(chunked_export, monkeypatch):
+    import onnxruntime as ort
+    import torch
+
+    art, manifest, _ = chunked_export
+    path = manifest.graph_path(art, "blocks")
+    feeds = [{n: torch.from_numpy(a) for n, a in feed.items()} for feed in _feeds(manifest, "blocks", seed=1)]
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    refs = [{o.name: torch.from_numpy(v) for o, v in zip(plain.get_outputs(), plain.run(None, {
+        n: t.numpy() for n, t in feed.items()}))} for feed in feeds]
+    # Batch 1's whole scores (2 heads x 23 x 23 x 4 bytes) fit; batch 2's are twice that.
+    monkeypatch.setattr(V, "CHUNK_SCORES_BYTES", 2 * 23 * 23 * 4)
+    logs = []
+    rows = V.verify_graph(path, "blocks", [{"batch": 2}, {"batch": 1}], feeds, refs, "fp32", logs.append)
+    assert rows[0]["graph_verified"] is False and "smallest verified shape only ({'batch': 1})" in rows[0]["method"]
+    assert rows[1] == {"graph_verified": True, "method": V.PLAIN_METHOD, "max_abs": 0.0, "max_rel": 0.0,
+                       "worst_output": None}
+    assert logs and "runs at {'batch': 1} only (not at {'batch': 2})" in logs[0] and "chunks" not in logs[0]
+    # A wrong reference still fails the point that ran.
+    bad = [{n: t + 1 for n, t in ref.items()} for ref in refs]
+    with pytest.raises(TeaCacheError, match="blocks graph at {'batch': 1}"):
+        V.verify_graph(path, "blocks", [{"batch": 2}, {"batch": 1}], feeds, bad, "fp32")
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
 
 
 def _attention(mask_shape=None):
