@@ -584,7 +584,8 @@ def _signal_shape(embed, pool, point) -> tuple[int, ...]:
 def _verify(subject: Verification, manifest: Manifest, out: Path, points, log: Log) -> None:
     """Each graph against its PyTorch part at every point, and the composed parts against
     the model's own forward.  One ONNX Runtime session per graph, dropped before the next
-    graph's (the block graph holds the weights)."""
+    graph's (the block graph holds the weights); attention too large for RAM at a point runs
+    in query chunks (``V.verify_graph``)."""
     runs = []
     fam, precision = subject.family, subject.precision
     for k, point in enumerate(points):
@@ -601,14 +602,14 @@ def _verify(subject: Verification, manifest: Manifest, out: Path, points, log: L
         rows = [{"axes": dict(point)} for point in points]
         if on_cpu:
             t0 = time.perf_counter()
-            session = V.ort_session(out / graph.file, name)
-            for row, point, (feeds, refs, _) in zip(rows, points, runs):
-                got = V.run_ort(session, feeds, name, point)
-                row.update(graph_verified=True, method="ONNX Runtime CPU vs the PyTorch part",
-                           **V.check(f"{name} graph at {point}", got, refs[name], precision))
-            del session
-            log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
-                f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
+            checked = V.verify_graph(out / graph.file, name, points, [feeds for feeds, _, _ in runs],
+                                     [refs[name] for _, refs, _ in runs], precision, log)
+            for row, fields in zip(rows, checked):
+                row.update(fields)
+            ran = [r for r in rows if r["graph_verified"]]
+            log(f"[verify] {name} graph vs PyTorch at {len(ran)} point{'s' * (len(ran) > 1)}: max abs "
+                f"{max(r['max_abs'] for r in ran):.3g}, max rel {max(r['max_rel'] for r in ran):.3g} "
+                f"({time.perf_counter() - t0:.1f}s)")
         else:
             for row in rows:
                 row.update(graph_verified=False,
