@@ -113,12 +113,19 @@ def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]
                 raise TeaCacheError(
                     f"axis {name}={lo}:{opt}:{hi}: {v} is not a multiple of {axis.multiple_of} ({axis.help})"
                 )
+        limit = fam.axis_limits(config).get(name) if config is not None else None
+        if limit is not None and hi > limit.max:
+            top = limit.max - limit.max % axis.multiple_of
+            raise TeaCacheError(
+                f"axis {name}={lo}:{opt}:{hi} exceeds what this config supports: {name} at most {limit.max} "
+                f"({limit.why}; config key {limit.key}={limit.value!r}); use --axis "
+                f"{name}={min(lo, top)}:{min(opt, top)}:{top}, or export a model whose {limit.key} is larger")
         axes[name] = [lo, opt, hi]
     return axes
 
 
 def _axes(fam: type[Family], config: Mapping[str, Any] | None):
-    return fam.axes if config is None else fam.axes_for(config)
+    return fam.default_axes(config)
 
 
 def static_axes(axes: Mapping[str, list[int]]) -> list[str]:

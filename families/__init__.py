@@ -7,7 +7,7 @@ same way, from the user's own file (:mod:`.custom`: ``ModuleFamily``, ``--family
 Nothing in this layer imports export, runtime or tool code.
 """
 from .base import (
-    ACCUMULATE, AUTO, Axis, Family, ForcedSteps, Part, TimestepScale, Variant, check_accumulate,
+    ACCUMULATE, AUTO, Axis, AxisLimit, Family, ForcedSteps, Part, TimestepScale, Variant, check_accumulate,
     check_coefficients, check_eps, criterion_sums,
 )
 from .magcache_ratios import PublishedRatios
@@ -16,7 +16,7 @@ from .model_io import find_model_dir, plain_config, read_config
 from .registry import all_families, get_family, register
 
 __all__ = [
-    "ACCUMULATE", "AUTO", "Axis", "Family", "ForcedSteps", "ModuleFamily", "Part", "PublishedRatios", "TimestepScale",
+    "ACCUMULATE", "AUTO", "Axis", "AxisLimit", "Family", "ForcedSteps", "ModuleFamily", "Part", "PublishedRatios", "TimestepScale",
     "Variant",
     "check_accumulate", "check_coefficients", "check_eps", "criterion_sums",
     "load_family_module",
