@@ -258,6 +258,10 @@ def export_model(
         variant = fam.variant(variant or fam.variant_for(config)).name
         axes_r = resolve_axes(fam, axes, config)
     artifact.check_out_dir(out, force)
+    chosen = fam.variants[variant]
+    if chosen.stand_in and coefficients is None:
+        log(f"[export] note: variant {variant}: its TeaCache coefficients are a stand-in ({chosen.source}); "
+            f"pass --coefficients, or calibrate the artifact (teacache-calibrate) before trusting its speed/quality")
     from_dir = model is None  # the model is loaded below; the build hint needs to know where it came from
     if from_dir:
         log(f"[load] {fam.class_name} from {src} ({precision})")

@@ -170,6 +170,7 @@ class CogVideoX(Family):
     optional_inputs = {"ofs": "ofs_embed_dim", "rotary_cos": "use_rotary_positional_embeddings",
                        "rotary_sin": "use_rotary_positional_embeddings"}
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4CogVideoX1.5 (its 2b, 5b and 1.5 sets)"
     timestep_scale = TimestepScale("ddpm")  # int64 timesteps 999 -> 0
     note = ("Only the video-token residual is cached. Upstream TeaCache caches the text residual "
             "too (its diffusers applied norm_final to [text, video]); in this diffusers the blocks' "

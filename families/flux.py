@@ -105,6 +105,7 @@ class Flux(Family):
     signal_block_count = "num_layers"  # double-stream blocks
     optional_inputs = {"guidance": "guidance_embeds"}
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4FLUX (FLUX.1-dev)"
 
     @classmethod
     def parts(cls, model, variant=None):

@@ -142,6 +142,7 @@ class HunyuanVideo(Family):
     signal_block_count = "num_layers"  # double-stream blocks
     optional_inputs = {"guidance": "guidance_embeds"}
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4HunyuanVideo"
     timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes sigma * 1000
 
     @classmethod
