@@ -130,7 +130,7 @@ def enable(pipe, art_dir, threshold: float | None = None, backend: str = "onnxru
             pipe.register_modules(**{name: module})
         else:
             setattr(pipe, name, module)
-    _follow_scheduler(scheduler, pipe)
+    follow_scheduler(scheduler, pipe)
     return transformer
 
 
@@ -160,7 +160,7 @@ def expert_steps(pipe, timesteps, num_train_timesteps: int) -> dict[str, int]:
     return {"transformer": high, "transformer_2": len(timesteps) - high}
 
 
-def _follow_scheduler(scheduler, pipe) -> None:
+def follow_scheduler(scheduler, pipe) -> None:
     """Hook the scheduler *instance* (never its class) so generations need no bookkeeping.
 
     - ``set_timesteps`` opens every generation: afterwards ``len(timesteps)`` is the number of
