@@ -339,6 +339,12 @@ class Family:
         return next(iter(cls.variants))
 
     @classmethod
+    def expert_variant(cls, config: Mapping[str, Any], expert: str) -> str | None:
+        """The variant of a two-expert pipeline's ``expert`` (``transformer``: high noise,
+        ``transformer_2``: low noise) for this config; None: ``variant_for``'s."""
+        return None
+
+    @classmethod
     def variant(cls, name: str | None) -> Variant:
         """The named variant (None: the first one), or a TeaCacheError listing the choices."""
         if name is None:
@@ -412,6 +418,14 @@ class Family:
     def axis_limits(cls, config: Mapping[str, Any]) -> dict[str, AxisLimit]:
         """The largest size per axis this config supports, where a table in the model fixes one
         (a RoPE table of ``rope_max_seq_len`` positions); axes without a limit are absent."""
+        return {}
+
+    @classmethod
+    def job_axes(cls, config: Mapping[str, Any], size: Mapping[str, int]) -> dict[str, int]:
+        """The axis sizes of a generation of ``size`` (pixel ``height`` and ``width``, video
+        ``frames``; any may be absent) with this config, in the axes' units (latents): what
+        ``teacache-render`` widens its first-use profile to.  {}: the family does not say (its
+        default profile stays; ``--axis`` sets one)."""
         return {}
 
     @classmethod

@@ -311,6 +311,15 @@ class Wan(Family):
         return "Wan2.1-T2V-14B" if width > 3328 else "Wan2.1-T2V-1.3B"
 
     @classmethod
+    def expert_variant(cls, config, expert):
+        # Two-expert Wan pipelines are Wan2.2 A14B's: text-to-video with the latents' channels in
+        # and out, image-to-video with more in (latents, mask, image latents), no CLIP tokens.
+        if per_token(config) or config.get("image_dim"):
+            return None
+        task = "T2V" if config.get("in_channels") == (config.get("out_channels") or config.get("in_channels")) else "I2V"
+        return f"Wan2.2-{task}-A14B-{'high' if expert == 'transformer' else 'low'}"
+
+    @classmethod
     def signal_for(cls, variant):
         return SIGNALS[variant.signal or "temb"]
 
@@ -331,6 +340,16 @@ class Wan(Family):
             n = TEXT_TOKENS_I2V
             axes[4] = Axis("txt_seq", n, n, n, help="text tokens: the I2V attention assumes 512 (the pipeline pads to it)")
         return tuple(axes)
+
+    @classmethod
+    def job_axes(cls, config, size):
+        # The pipelines' VAEs: Wan2.1's (16 channels) and A14B's compress 8x in space, Wan2.2
+        # TI2V's (48 channels) 16x; both 4x in time, the first frame alone (81 frames -> 21).
+        scale = 16 if per_token(config) else 8
+        out = {k: size[k] // scale for k in ("height", "width") if k in size}
+        if "frames" in size:
+            out["frames"] = (size["frames"] - 1) // 4 + 1
+        return out
 
     @classmethod
     def axis_limits(cls, config):

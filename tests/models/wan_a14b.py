@@ -16,7 +16,9 @@ POINT = wan.POINT
 timestep = wan.timestep
 reference_hooks = wan.reference_hooks
 TINY = dict(wan.TINY, num_layers=1)
-# An expert's dimensions: Wan2.1-T2V-14B's (export-real covers them: wan.REAL_CONFIG_14B).
+# An expert's dimensions: T2V-A14B's are Wan2.1-T2V-14B's (export-real covers them: wan.REAL_CONFIG_14B);
+# I2V-A14B's take 36 channels in (latents, mask, image latents) and no CLIP image tokens.
+REAL_CONFIG_I2V = dict(wan.REAL_CONFIG_14B, in_channels=36, out_channels=16)
 BOUNDARY = {"T2V": 0.875, "I2V": 0.9}  # the A14B checkpoints' boundary_ratio
 # The scheduler's shift: 12 (T2V-A14B's sample_shift) gives 26 high-noise steps of 40 at boundary
 # 0.875, where MagCache measured its list; 5 (I2V-A14B's) gives 15 of 40 at 0.9.
