@@ -95,10 +95,6 @@ def check_args(args) -> None:
     if args.coefficients and policy is not None and "coefficients" not in policy.param_names():
         raise TeaCacheError(f"--coefficients {args.coefficients}: the policy {policy!r} takes no coefficients; "
                             f"leave it out")
-    if args.coefficients and args.artifacts_2 is not None:
-        raise TeaCacheError(f"--coefficients {args.coefficients}: each expert of a two-expert pipeline keeps its own "
-                            f"artifact's coefficients; set them at export (teacache-export --coefficients) or fit them "
-                            f"(teacache-calibrate --pipeline --expert)")
     if not args.jobs.is_file():
         raise TeaCacheError(f"job file {args.jobs} does not exist: give a JSONL file, one job per line")
     if args.jobs.resolve() == (args.out / RESULTS).resolve():
@@ -233,7 +229,7 @@ def make_pool(args, spec):
 def experts_artifacts(args, driver, model_dir: Path, first_use: dict) -> Path | None:
     """The second expert's artifacts of a two-expert pipeline: ``--artifacts-2``, else exported on
     first use (unless ``--artifacts`` names the first expert's only: the second then runs in PyTorch)."""
-    two = getattr(driver.export_plan(model_dir, args.batch_size), "transformer_2_dir", None) is not None
+    two = driver.export_plan(model_dir, args.batch_size).transformer_2_dir is not None
     if args.artifacts_2 is not None:
         if not two:
             raise TeaCacheError(f"--artifacts-2 {args.artifacts_2}: the pipeline at {model_dir} has no transformer_2 "
@@ -284,10 +280,16 @@ def render(args, log=None):
         if "fps" not in fields:
             raise TeaCacheError(f"--fps {args.fps:g}: the model at {model_dir} renders images, not videos; leave it out")
         defaults["fps"] = args.fps
+    two_experts = driver.export_plan(model_dir, args.batch_size).transformer_2_dir is not None
+    if args.coefficients and two_experts and not (args.artifacts and args.artifacts_2 is None):
+        raise TeaCacheError(f"--coefficients {args.coefficients}: each expert of a two-expert pipeline keeps its own "
+                            f"artifact's coefficients; set them at export (teacache-export --coefficients) or fit them "
+                            f"(teacache-calibrate --pipeline --expert)")
     with OutputDir(args.out) as out:
         # The first-use export's profile covers the job file's sizes (--axis over them).
+        sizes = job_sizes(args.jobs, driver, model_dir) if args.artifacts is None else []
         first_use = dict(batch_size=args.batch_size, backend=args.backend, log=log, axes=dict(args.axis),
-                         sizes=job_sizes(args.jobs, driver, model_dir), cache_dir=args.cache_dir or default_cache_dir())
+                         sizes=sizes, cache_dir=args.cache_dir or default_cache_dir())
         art = args.artifacts or ensure_artifacts(driver, model_dir, **first_use)
         art_2 = experts_artifacts(args, driver, model_dir, first_use)
         manifest = load_manifest(art)

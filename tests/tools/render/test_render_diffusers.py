@@ -184,3 +184,5 @@ def test_two_expert_pipeline_exports_and_renders_both_experts(exported, tmp_path
     assert cli.main([*args[:1], "--model", str(tmp_path / "model"), "--artifacts-2", str(arts[0]),
                      "--out", str(tmp_path / "o5")]) == 2
     assert "goes with --artifacts" in capsys.readouterr().err
+    assert cli.main([*args, "--coefficients", "upstream", "--out", str(tmp_path / "o6")]) == 2
+    assert "each expert of a two-expert pipeline keeps its own" in capsys.readouterr().err
