@@ -52,13 +52,13 @@ from __future__ import annotations
 import torch
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, AxisLimit, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
 from . import magcache_ratios
+from .base import AxisLimit, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 
-VIDEO_DIMS = {0: "batch", 2: AUTO, 3: AUTO, 4: AUTO}  # (B, C, F, H, W), see cogvideox.VIDEO_DIMS
 GRID_DIMS = {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO}  # (B, F', H', W', D)
-TOKEN_DIMS = {0: "batch", 1: AUTO}  # (B, tokens, ...): per-token timesteps, temb, signal
+TOKEN_DIMS = {0: "batch", 1: AUTO}  # (B, tokens, ...): per-token temb, signal
 TI2V_CHANNELS = 48  # Wan2.2's z_dim-48 VAE: the TI2V-5B layout, whose pipelines pass per-token timesteps
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 image embeddings the I2V pipeline passes
 TEXT_TOKENS_I2V = 512  # the model's attention splits image from text tokens assuming 512 text tokens
@@ -108,17 +108,10 @@ class WanEmbed(Part):
 class WanBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "timestep_proj", "rotary_cos", "rotary_sin")
     output_names = ("residual",)
-
-    def __init__(self, model, image: bool):
-        super().__init__(model)
-        self.dynamic = {
-            "hidden": GRID_DIMS,
-            # I2V: image + 512 text tokens, a fixed count (the attention splits at 512)
-            "encoder_hidden": {0: "batch"} if image else {0: "batch", 1: "txt_seq"},
-            "timestep_proj": {0: "batch"},
-            "rotary_cos": {1: AUTO},  # video tokens
-            "rotary_sin": {1: AUTO},
-        }
+    # The embed graph writes the tables' last dim as an expression of the latent sizes (from how
+    # the model's RoPE slices its per-axis tables); it is the rotary width, one number at every
+    # size the RoPE covers, so the blocks take it as static.
+    dynamic = {"rotary_cos": {1: AUTO}, "rotary_sin": {1: AUTO}}
 
     def forward(self, hidden, encoder_hidden, timestep_proj, rotary_cos, rotary_sin):
         h = hidden.flatten(1, 3)
@@ -130,7 +123,6 @@ class WanBlocks(Part):
 class WanHead(Part):
     input_names = ("hidden", "residual", "temb")
     output_names = ("output",)
-    dynamic = {"hidden": GRID_DIMS, "residual": GRID_DIMS, "temb": {0: "batch"}}
 
     def forward(self, hidden, residual, temb):
         m = self.model
@@ -264,15 +256,25 @@ def _variants():
 class Wan(Family):
     name = "wan"
     class_name = "WanTransformer3DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_hidden_states_image")
-    optional_inputs = {"encoder_hidden_states_image": "image_dim"}
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "frames", "height", "width"), "latents"),
+        # fp32 at every precision: the pipelines pass the scheduler's timesteps unconverted (UniPC
+        # int64, FlowMatchEuler fp32), and the model embeds them in fp32, which holds every
+        # integer up to 1000 exactly.
+        Input("timestep", ("batch",), "timestep", dtype=torch.float32),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "text_dim")),
+        Input("encoder_hidden_states_image", ("batch", IMAGE_TOKENS, "image_dim"), when="image_dim"),
+    )
+    # Wan2.2 TI2V-5B (48 latent channels): one timestep per video token (patch 1 x 2 x 2), in
+    # place of the per-sample one above (input_dims, example_inputs and feed_from_kwargs swap it in)
+    token_timestep = Input("timestep", ("batch", "frames*(height//2)*(width//2)"), "timestep", dtype=torch.float32)
+    auto_axes = ("frames", "height", "width")  # as CogVideoX's: the patch embedding's shape guards
     variants = _variants()
     axes = (
         Axis("batch", 1, 1, 2, help="batch size of one call (WanPipeline calls cond and uncond separately)"),
-        Axis("frames", 1, 21, 21, help="latent frames: (video frames - 1)/4 + 1; 81 frames -> 21, 1 = an image"),
-        Axis("height", 2, 60, 160, multiple_of=2, help="latent height: pixels/8 (480p -> 60, 720p -> 90)"),
-        Axis("width", 2, 104, 160, multiple_of=2, help="latent width: pixels/8 (832 -> 104, 1280 -> 160)"),
-        Axis("txt_seq", 1, 512, 512, help="text tokens (UMT5, padded to max_sequence_length=512)"),
+        # 480p (832x480) at opt; 1 frame is an image
+        *latent_axes(frames=(21, 21), height=(60, 160), width=(104, 160), patch=2),
+        text_axis("UMT5", 512),
     )
     signal = SIGNALS["temb"]
     # (B, D) temb or (B, 6, D) timestep_proj: the batch; per-token features (B, T, freq_dim):
@@ -330,15 +332,13 @@ class Wan(Family):
             # TI2V-5B: the z_dim-48 VAE compresses 16x in space, 4x in time; 121 frames at
             # 1280x704 (its public setting) -> 31 x 44 x 80 latents, 27,280 tokens.  Portrait
             # 704x1280: --axis height=2:80:80 --axis width=2:44:44.
-            axes[1] = Axis("frames", 1, 31, 31, help="latent frames: (video frames - 1)/4 + 1; 121 frames -> 31")
-            axes[2] = Axis("height", 2, 44, 44, 2, "latent height: pixels/16 (704 -> 44)")
-            axes[3] = Axis("width", 2, 80, 80, 2, "latent width: pixels/16 (1280 -> 80)")
+            axes[1:4] = latent_axes(frames=(31, 31), height=(44, 44), width=(80, 80), patch=2, spatial=16)
         elif cls.variant_for(config) == "Wan2.1-T2V-14B":  # 720p: 1280x720 -> 90 x 160 latents
-            axes[2] = Axis("height", 2, 90, 160, 2, axes[2].help)
-            axes[3] = Axis("width", 2, 160, 160, 2, axes[3].help)
+            axes[2:4] = latent_axes(height=(90, 160), width=(160, 160), patch=2)
         if config.get("image_dim"):
             n = TEXT_TOKENS_I2V
-            axes[4] = Axis("txt_seq", n, n, n, help="text tokens: the I2V attention assumes 512 (the pipeline pads to it)")
+            axes[4] = Axis("txt_seq", n, n, n, help="text tokens: the I2V attention assumes 512 (the pipeline pads to it)",
+                           fixed=True)
         return tuple(axes)
 
     @classmethod
@@ -376,33 +376,25 @@ class Wan(Family):
                 f"variant {variant.name} is for Wan2.2 TI2V-5B, whose latents have {TI2V_CHANNELS} channels (per-token "
                 f"timesteps); this model has in_channels={model.config.in_channels}: choose a Wan2.1 / A14B variant")
         image = bool(model.config.image_dim)
-        return {"embed": WanEmbed(model, signal, image), "blocks": WanBlocks(model, image), "head": WanHead(model)}
+        return {"embed": WanEmbed(model, signal, image), "blocks": WanBlocks(model), "head": WanHead(model)}
 
+    # TI2V-5B configs (48 latent channels) take ``token_timestep`` in place of ``inputs``'
+    # per-sample timestep: the dims and examples below swap it in.
     @classmethod
     def input_dims(cls, config):
-        return {
-            "hidden_states": VIDEO_DIMS,
-            "timestep": TOKEN_DIMS if per_token(config) else {0: "batch"},
-            "encoder_hidden_states": {0: "batch"} if config.get("image_dim") else {0: "batch", 1: "txt_seq"},
-            "encoder_hidden_states_image": {0: "batch"},
-        }
+        dims = super().input_dims(config)
+        if per_token(config):
+            axes = {a.name: a for a in cls.axes_for(config)}
+            dims["timestep"] = cls.token_timestep.dynamic_dims(axes, cls.auto_axes)
+        return dims
 
     @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        # fp32 at every precision: the pipelines pass the scheduler's timesteps unconverted,
-        # and the model embeds them in fp32.  TI2V: one per token (any values: the
-        # image-to-video pipeline's first-frame zeros are one case of them).
-        step_shape = (b, token_count(config, f, h, w)) if per_token(config) else (b,)
-        feed = {
-            "hidden_states": torch.randn(b, config["in_channels"], f, h, w, generator=g).to(dtype),
-            "timestep": torch.rand(step_shape, generator=g) * 1000,
-            "encoder_hidden_states": torch.randn(b, t, config["text_dim"], generator=g).to(dtype),
-        }
-        if config.get("image_dim"):
-            feed["encoder_hidden_states_image"] = torch.randn(
-                b, IMAGE_TOKENS, config["image_dim"], generator=g).to(dtype)
+        feed = super().example_inputs(config, dims, dtype, seed)
+        if per_token(config):  # any values: the image-to-video pipeline's first-frame zeros are one case
+            sizes = {**cls.config_sizes(config), **dims}
+            feed["timestep"] = cls.token_timestep.example(sizes, config, dtype, torch.Generator().manual_seed(seed + 1),
+                                                          cls.timestep_scale)
         return feed
 
     @classmethod
@@ -410,11 +402,11 @@ class Wan(Family):
         # One timestep per sample (B,), or for TI2V-5B (48 latent channels) one per token
         # (B, tokens): its graphs take the latter, so a per-sample timestep is given to every
         # token (the model's result is the same); the (1, 2, 2) patch, as its pipelines assume.
-        hidden = kwargs["hidden_states"]
-        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
+        feed = super().feed_from_kwargs(kwargs)
+        hidden, timestep = feed.get("hidden_states"), feed.get("timestep")
+        if not isinstance(hidden, torch.Tensor) or not isinstance(timestep, torch.Tensor):
+            return feed
         tokens = hidden.shape[1] == TI2V_CHANNELS
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(hidden.shape[0])
         if tokens and timestep.ndim == 1:
             f, h, w = hidden.shape[2:]
             timestep = timestep[:, None].expand(-1, f * (h // 2) * (w // 2))
@@ -423,10 +415,5 @@ class Wan(Family):
                 f"timestep has shape {tuple(timestep.shape)}: per-token timesteps (expand_timesteps=True) belong to "
                 f"Wan2.2 TI2V-5B, whose latents have {TI2V_CHANNELS} channels; these have {hidden.shape[1]}: pass "
                 f"one timestep per sample (expand_timesteps=False)")
-        # UniPC gives int64 timesteps, FlowMatchEuler float32; the graph takes float32, which
-        # holds every integer up to 1000 exactly (the model converts to float itself).
-        feed = {"hidden_states": hidden, "timestep": timestep.float(),
-                "encoder_hidden_states": kwargs["encoder_hidden_states"]}
-        if kwargs.get("encoder_hidden_states_image") is not None:
-            feed["encoder_hidden_states_image"] = kwargs["encoder_hidden_states_image"]
+        feed["timestep"] = timestep.float()
         return feed
