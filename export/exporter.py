@@ -151,12 +151,19 @@ def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]
                 raise TeaCacheError(
                     f"axis {name}={lo}:{opt}:{hi}: {v} is not a multiple of {axis.multiple_of} ({axis.help})"
                 )
+        limit = fam.axis_limits(config).get(name) if config is not None else None
+        if limit is not None and hi > limit.max:
+            top = limit.max - limit.max % axis.multiple_of
+            raise TeaCacheError(
+                f"axis {name}={lo}:{opt}:{hi} exceeds what this config supports: {name} at most {limit.max} "
+                f"({limit.why}; config key {limit.key}={limit.value!r}); use --axis "
+                f"{name}={min(lo, top)}:{min(opt, top)}:{top}, or export a model whose {limit.key} is larger")
         axes[name] = [lo, opt, hi]
     return axes
 
 
 def _axes(fam: type[Family], config: Mapping[str, Any] | None):
-    return fam.axes if config is None else fam.axes_for(config)
+    return fam.default_axes(config)
 
 
 def static_axes(axes: Mapping[str, list[int]]) -> list[str]:
@@ -300,6 +307,10 @@ def export_model(
         variant = fam.variant(variant or fam.variant_for(config)).name
         axes_r = resolve_axes(fam, axes, config)
     artifact.check_out_dir(out, force)
+    chosen = fam.variants[variant]
+    if chosen.stand_in and coefficients is None:
+        log(f"[export] note: variant {variant}: its TeaCache coefficients are a stand-in ({chosen.source}); "
+            f"pass --coefficients, or calibrate the artifact (teacache-calibrate) before trusting its speed/quality")
     from_dir = model is None  # the model is loaded below; the build hint needs to know where it came from
     if from_dir:
         log(f"[load] {fam.class_name} from {src} ({precision})")

@@ -358,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where generations come from: 'synthetic' (random inputs, Euler steps) or an "
                         "installed driver such as 'digits' (default: the installed driver that applies "
                         "to this artifact, else synthetic)")
+    p.add_argument("--pipeline", metavar="PIPELINE_DIR",
+                   help="run the generations through this diffusers pipeline folder, the artifact in place of "
+                        "one of its transformers (--expert): the prompts, guidance and timesteps of real use")
+    p.add_argument("--expert", choices=("transformer", "transformer_2"), default=None,
+                   help="with --pipeline: the component the artifact replaces (default: transformer_2 for a "
+                        "low-noise expert's variant such as Wan2.2-T2V-A14B-low, else transformer); an expert is "
+                        "calibrated on the steps it runs, the other one running in PyTorch")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="with --pipeline: a prompt the pipeline encodes (repeatable; seed k takes prompt k mod n)")
+    p.add_argument("--prompt-embeds", action="append", default=[], type=Path, metavar="FILE",
+                   help="with --pipeline: a safetensors file of the pipeline's *_embeds keywords for one prompt "
+                        "(repeatable), for pipelines without their text encoder")
+    p.add_argument("--pipeline-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --pipeline: a pipeline argument (VALUE as JSON), e.g. height=480 num_frames=81")
     p.add_argument("--backend", default="onnxruntime", choices=options.BACKEND_NAMES)
     p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N")
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
@@ -389,9 +403,20 @@ def main(argv=None) -> int:
         manifest = load_manifest(args.art_dir)
         if args.write_manifest:  # before minutes of generations, not after
             options.check_writable(Path(args.art_dir) / MANIFEST_NAME, options.output_file)
-        driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
-        generate = driver.calibration(args.steps) if driver is not None else None
-        run = dict(seeds=args.seeds, holdout=args.holdout, steps=args.steps, backend=args.backend,
+        steps = args.steps  # calls per cache context
+        if args.pipeline:
+            if args.driver:
+                raise TeaCacheError("--pipeline runs the generations through the pipeline; leave out --driver")
+            from .calibrate_pipeline import pipeline_driver
+
+            generate, steps = pipeline_driver(args, manifest)
+        else:
+            if args.expert or args.prompt or args.prompt_embeds or args.pipeline_arg:
+                raise TeaCacheError("--expert, --prompt, --prompt-embeds and --pipeline-arg go with --pipeline "
+                                    "PIPELINE_DIR")
+            driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
+            generate = driver.calibration(args.steps) if driver is not None else None
+        run = dict(seeds=args.seeds, holdout=args.holdout, steps=steps, backend=args.backend,
                    device=args.device, model_dir=args.model_dir)
         if magcache:
             result = calibrate_magcache.run_magcache_calibration(

@@ -45,6 +45,8 @@ class ExportPlan:
     # variant's, and where they come from (the manifest's source; "teacache-calibrate ..." for a fit)
     coefficients: Sequence[float] | None = None
     coefficients_source: str = ""
+    # a two-expert pipeline's second transformer (Wan2.2 A14B's low-noise expert), exported beside
+    transformer_2_dir: Path | None = None
 
 
 class RenderDriver(Protocol):
