@@ -42,6 +42,7 @@ from ..policies import SIGNAL_SUMS, Features, Policy, check_threshold
 from ..shapes import bind, propagate
 from .backends import make_runner
 from .controller import ContextState, merge_stats
+from .forecast import Forecast
 from .plan import StepPlan
 
 DEFAULT_CONTEXT = "default"
@@ -311,7 +312,8 @@ class CompiledTransformer(torch.nn.Module):
             state = thread.states[name] = ContextState(
                 n_groups=n, num_steps=thread.num_steps,
                 policy=policy.start(thread.num_steps, name, n, self._group_thresholds(settings)),
-                reads_sums=SIGNAL_SUMS in policy.needs)
+                reads_sums=SIGNAL_SUMS in policy.needs,
+                forecast=None if policy.reuse == "residual" else Forecast(policy.reuse, n))
         elif self.decisions == "sample":
             self._check_rows(rows, state.n_groups, (thread.settings or self._defaults).sample_thresholds)
         return state
@@ -403,12 +405,13 @@ class CompiledTransformer(torch.nn.Module):
         features.elements_per_row = plan.elements_per_row
         # A static policy reads nothing back: its decisions were fixed when the context started.
         features.l1_diff, features.l1_prev = plan.read_sums() if has_prev and state.reads_sums else (None, None)
-        flags = state.policy.decide(state.step, features, 1 - state.has_residual)
+        step = state.step
+        flags = state.policy.decide(step, features, 1 - state.has_residual)
         state.record(flags)
         compute = bool(flags.any())
         if compute:
             self._run_blocks(plan, state, pool, flags, groups)
-        pool.update(state.residual)
+        pool.update(state.residual if state.forecast is None else self._forecast(plan, state, flags, step))
         out = self.runners["head"].infer_into(pool, plan.new_output())["output"]
         if self.observers:
             pool["output"] = out
@@ -447,12 +450,19 @@ class CompiledTransformer(torch.nn.Module):
 
     def _run_blocks(self, plan: StepPlan, state: ContextState, pool: dict, flags: np.ndarray,
                     groups: np.ndarray) -> None:
-        """The blocks graph on the rows whose group computes, into the context's residual."""
+        """The blocks graph on the rows whose group computes, into the context's residual
+        (with a forecast, the residual it replaces becomes the context's previous one)."""
         blocks = self.runners["blocks"]
+        forecast = state.forecast
         if flags.all():
             if state.residual is None:
                 state.residual = plan.new_residual()
-            blocks.infer_into(pool, state.residual)
+            if forecast is None or not state.has_residual.any():
+                blocks.infer_into(pool, state.residual)
+            else:  # write over the older residual and swap: no copy
+                target = forecast.previous if forecast.previous is not None else plan.new_residual()
+                blocks.infer_into(pool, target)
+                forecast.previous, state.residual = state.residual, target
         else:
             # Sample mode, some prompts skip: run the gathered sub-batch, scatter it back.
             rows = np.flatnonzero(flags[groups])
@@ -460,10 +470,28 @@ class CompiledTransformer(torch.nn.Module):
             index = plan.row_index(rows)
             for name, buffer in inputs.items():
                 torch.index_select(pool[name], 0, index, out=buffer)
+            if forecast is not None:  # the rows' last residual becomes their previous one
+                if forecast.previous is None:
+                    forecast.previous = plan.new_residual()
+                for name, part in outputs.items():
+                    torch.index_select(state.residual[name], 0, index, out=part)
+                    forecast.previous[name].index_copy_(0, index, part)
             blocks.infer_into({**pool, **inputs}, outputs)
             for name, part in outputs.items():
                 state.residual[name].index_copy_(0, index, part)
         np.maximum(state.has_residual, flags, out=state.has_residual)
+
+    @staticmethod
+    def _forecast(plan: StepPlan, state: ContextState, flags: np.ndarray, step: int) -> dict[str, torch.Tensor]:
+        """The residual the head reads under a forecasting reuse: the computed one where every
+        group computed now or has one computed residual only, else the extrapolation."""
+        forecast = state.forecast
+        if flags.any():
+            forecast.computed(flags, step)
+        a = forecast.weights(flags, step)
+        if not a.any():
+            return state.residual
+        return forecast.predict(state.residual, plan.forecast_buffer(), a)
 
     # --- inputs and plans ----------------------------------------------------------------
     def _plan(self, feed: dict[str, Any]) -> StepPlan:
