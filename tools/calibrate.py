@@ -1,4 +1,6 @@
-"""Fit TeaCache coefficients for a model: ``teacache-calibrate ART_DIR``.
+"""Fit TeaCache coefficients for a model: ``teacache-calibrate ART_DIR``
+(``--policy budget``: search the computed steps of budgets instead, see :mod:`.budget_search`;
+``--target-steps``: each policy's setting for a number of computed steps, see :mod:`.suggest`).
 
 Run the uncached model (threshold 0) over a calibration set; for each pair of consecutive
 calls of one cache context record
@@ -31,10 +33,12 @@ from ..files import atomic_write_bytes
 from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
 from ..policies import artifact_policies
 from ..runtime.api import load_transformer
+from . import budget_search, suggest
 from .drivers import Generate, driver_for
 from .sampling import check_sampling_inputs, sample
 
 TARGETS = ("output", "residual")
+POLICIES = ("teacache", "budget")  # what teacache-calibrate calibrates
 MAX_ORDER = 10  # beyond this polyfit is ill-conditioned; the paper saturates at 4
 
 
@@ -201,33 +205,38 @@ def synthetic_driver(manifest, steps: int, sizes: dict[str, int] | None = None) 
     check_sampling_inputs(manifest)
     dtype = PRECISIONS[manifest.precision]
 
-    def generate(transformer, seed: int) -> None:
+    def generate(transformer, seed: int) -> torch.Tensor:
         inputs = family.example_inputs(manifest.config, sizes, dtype, seed=seed)
-        sample(transformer, inputs, family.timestep_scale, steps)
+        return sample(transformer, inputs, family.timestep_scale, steps)
 
     return generate
 
 
 def collect(transformer, generate: Generate, seeds: Sequence[int], target: str = "output",
-            log: Callable[[str], None] = print) -> Pairs:
-    """Run ``generate`` uncached for each seed and record the (x, y) pairs."""
+            log: Callable[[str], None] = print, signal=None) -> Pairs:
+    """Run ``generate`` uncached for each seed and record the (x, y) pairs (and, with
+    ``signal``, a :class:`.suggest.SignalRuns`, each call's signal sums)."""
     pairs = Pairs()
-    recorder = PairRecorder(pairs, target, transformer.manifest.graphs["blocks"].output_names)
+    recorders = [PairRecorder(pairs, target, transformer.manifest.graphs["blocks"].output_names)]
+    recorders += [signal] if signal is not None else []
     transformer.threshold = 0  # calibration needs every step computed
-    transformer.observers.append(recorder)
+    transformer.observers.extend(recorders)
     try:
         for k, seed in enumerate(seeds, 1):
-            recorder.new_generation(seed)
+            for recorder in recorders:
+                recorder.new_generation(seed)
             generate(transformer, seed)
             log(f"[calibrate] seed {seed} ({k}/{len(seeds)}): {len(pairs.x)} pairs")
     finally:
-        transformer.observers.remove(recorder)
+        for recorder in recorders:
+            transformer.observers.remove(recorder)
     return pairs
 
 
 def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8, holdout: int = 2,
                     steps: int = 20, order: int = 4, target: str = "output", backend: str = "onnxruntime",
-                    device: str = "cpu", model_dir=None, log: Callable[[str], None] = print) -> Calibration:
+                    device: str = "cpu", model_dir=None, log: Callable[[str], None] = print,
+                    signal=None, first_seed: int = 0) -> Calibration:
     # Everything the fit needs, checked before the generations (minutes at real sizes).
     if seeds < 1 or holdout < 0:
         raise TeaCacheError(f"--seeds {seeds} / --holdout {holdout}: need seeds >= 1 and holdout >= 0")
@@ -241,9 +250,9 @@ def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8
     transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device, model_dir=model_dir)
     generate = generate or synthetic_driver(transformer.manifest, steps)
     t0 = time.perf_counter()
-    fit_seeds = list(range(seeds))
-    held_out = list(range(seeds, seeds + holdout))
-    pairs = collect(transformer, generate, fit_seeds + held_out, target, log)
+    fit_seeds = list(range(first_seed, first_seed + seeds))
+    held_out = list(range(first_seed + seeds, first_seed + seeds + holdout))
+    pairs = collect(transformer, generate, fit_seeds + held_out, target, log, signal)
     return calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
 
 
@@ -263,9 +272,17 @@ def format_report(c: Calibration) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from ..runtime.backends import BACKENDS
 
-    p = options.Parser(prog="teacache-calibrate", description="Fit TeaCache coefficients for an exported model.")
+    p = options.Parser(prog="teacache-calibrate",
+                       description="Calibrate a caching policy for an exported model: TeaCache's coefficients "
+                                   "(default) or the computed steps of budgets (--policy budget).")
     p.add_argument("art_dir", help="artifact folder written by teacache-export")
-    p.add_argument("--seeds", type=options.integer(1, 10_000), default=8, help="generations to fit on")
+    p.add_argument("--policy", choices=POLICIES, default="teacache",
+                   help="teacache (default): fit the rescaling polynomial; budget: measure the error of reusing "
+                        "each step's residual at later steps and search the computed steps of each budget")
+    p.add_argument("--seeds", type=options.integer(1, 10_000), default=None,
+                   help="generations to fit on (default 8; --policy budget: 2, each measures every edge)")
+    p.add_argument("--first-seed", type=options.integer(0, 2**31 - 1), default=0,
+                   help="seed of the first generation (default 0); the others follow it")
     p.add_argument("--holdout", type=options.integer(0, 10_000), default=2,
                    help="further generations to score the fit on")
     p.add_argument("--steps", type=options.integer(2, 10_000), default=20,
@@ -281,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N")
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
+    p.add_argument("--budget", metavar="N", type=options.integer(1, 10_000), action="append", default=[],
+                   help="--policy budget: a number of computed steps per cache context to search (repeatable; "
+                        "default: every N from 2 to --steps - 1, all from the same measurements)")
+    p.add_argument("--objective", choices=("sum", "minimax"), default="sum",
+                   help="--policy budget: least total error of the reuse segments (sum, default) or least "
+                        "largest segment error, then least total (minimax)")
+    p.add_argument("--target-steps", metavar="N,M", type=target_steps, default=[],
+                   help="suggest each policy's setting that computes N (and M ...) steps per cache context, "
+                        "from these generations (printed and in --json)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--write-manifest", action="store_true",
                        help="store the coefficients in the manifest (the old ones stay in its TeaCache history)")
@@ -290,10 +316,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def target_steps(text: str) -> list[int]:
+    """Comma-separated numbers of computed steps, e.g. 7,10."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        values = []
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be numbers of computed steps >= 1, comma-separated, e.g. 7,10")
+    return values
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        budget = args.policy == "budget"
+        if budget and args.restore:
+            raise TeaCacheError("--restore undoes a TeaCache calibration; a budget search replaces the one for its "
+                                "step count: re-run teacache-calibrate --policy budget")
+        if not budget and (args.budget or args.objective != "sum"):
+            raise TeaCacheError("--budget and --objective belong to --policy budget")
+        too_many = [n for n in [*args.budget, *args.target_steps] if n > args.steps]
+        if too_many:
+            raise TeaCacheError(f"{too_many[0]} computed steps exceed --steps {args.steps}: give at most {args.steps}")
         if args.restore:
             print(f"restored coefficients: {restore_previous(args.art_dir)}")
             return 0
@@ -302,19 +348,64 @@ def main(argv=None) -> int:
             options.check_writable(Path(args.art_dir) / MANIFEST_NAME, options.output_file)
         driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
         generate = driver.calibration(args.steps) if driver is not None else None
-        result = run_calibration(args.art_dir, generate, seeds=args.seeds, holdout=args.holdout,
-                                 steps=args.steps, order=args.order, target=args.target,
-                                 backend=args.backend, device=args.device, model_dir=args.model_dir)
-        print(format_report(result))
+        run = dict(steps=args.steps, backend=args.backend, device=args.device, model_dir=args.model_dir)
+        signal = suggest.SignalRuns() if args.target_steps else None
+        if budget:
+            seeds = range(args.first_seed, args.first_seed + (args.seeds or 2))
+            result = budget_search.run_budget_search(args.art_dir, generate, seeds=seeds, budgets=args.budget,
+                                                     objective=args.objective, signal=signal, **run)
+            print(budget_search.format_report(result))
+            data = result.as_json()
+        else:
+            result = run_calibration(args.art_dir, generate, seeds=args.seeds or 8, holdout=args.holdout,
+                                     order=args.order, target=args.target, signal=signal,
+                                     first_seed=args.first_seed, **run)
+            print(format_report(result))
+            data = asdict(result)
+        if args.target_steps:
+            data["suggestions"] = suggestions(args.art_dir, manifest, result, signal, args.target_steps, args.steps)
+            print(suggest.format_suggestions(data["suggestions"], args.steps))
         if args.write_manifest:
-            write_to_manifest(args.art_dir, result)
-            print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --restore undoes it)")
+            if budget:
+                source = (f"teacache-calibrate --policy budget ({len(result.seeds)} seed(s) from {result.seeds[0]}, "
+                          f"driver {driver.name if driver else 'synthetic'})")
+                budget_search.write_to_manifest(args.art_dir, result, source)
+                print(f"written to {Path(args.art_dir) / 'manifest.json'} (budget searches for {args.steps} steps)")
+            else:
+                write_to_manifest(args.art_dir, result)
+                print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --restore undoes it)")
         elif args.json:
-            write_json(args.json, result)
+            atomic_write_bytes(Path(args.json), json.dumps(data, indent=2, allow_nan=False,
+                                                           default=_no_nan).encode())
             print(f"written to {args.json}")
         return 0
 
     return options.run("teacache-calibrate", body)
+
+
+def _no_nan(value):
+    raise TypeError(f"{value!r} is not JSON data")
+
+
+def suggestions(art_dir, manifest, result, signal, targets: Sequence[int], steps: int) -> dict:
+    """Per target, each policy's suggested setting (see :mod:`.suggest`), as JSON data."""
+    from ..policies import TeaCache, artifact_policies
+
+    art = artifact_policies(manifest, str(Path(art_dir) / MANIFEST_NAME))
+    fitted = getattr(result, "coefficients", None)
+    teacache = TeaCache(threshold=1.0, coefficients=fitted).bind(art)  # threshold: replaced per try
+    schedules = getattr(result, "schedules", {})
+    out = {}
+    for target in targets:
+        row = {}
+        found = suggest.suggest_teacache(teacache, signal, target, steps)
+        if found is not None:
+            if fitted is not None:
+                found["params"]["coefficients"] = list(fitted)
+            row["teacache"] = found
+        row["budget"] = suggest.suggest_budget(schedules, target, steps)
+        out[str(target)] = row
+    return out
 
 
 if __name__ == "__main__":

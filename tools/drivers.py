@@ -24,7 +24,9 @@ from typing import Any, Callable, Hashable, Mapping, Protocol, Sequence
 from ..errors import TeaCacheError
 
 GROUP = "teacache_trt.drivers"
-Generate = Callable[[object, int], None]  # (transformer, seed) -> runs one generation
+# (transformer, seed) -> runs one generation and returns its result (a tensor: the budget
+# search compares results), or None where the driver cannot
+Generate = Callable[[object, int], Any]
 
 
 class Driver(Protocol):
