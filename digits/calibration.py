@@ -6,6 +6,7 @@ import torch
 from .data import NUM_CLASSES
 
 CALIBRATION_FILE = "teacache_calibration.json"  # shipped next to the weights in model/
+BUDGET_FILE = "budget_search.json"  # teacache-calibrate --policy budget --json, shipped beside it
 
 
 def digits_driver(steps: int = 20, guidance_scale: float = 3.0, per_class: int = 2, model_dir=None):

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import TeaCacheError
 from ..tools.drivers import ExportPlan
-from .calibration import digits_driver
+from .calibration import BUDGET_FILE, digits_driver
 from .data import NUM_CLASSES, NUM_TEXT_TOKENS
 from .pipeline import DEFAULT_MODEL_DIR
 
@@ -47,7 +47,8 @@ class DigitsDriver:
 
     def export_plan(self, model_dir: Path, batch_size: int) -> ExportPlan:
         lo, opt, hi = DIGITS_AXES["batch"]
-        return ExportPlan(Path(model_dir) / "transformer", {**DIGITS_AXES, "batch": (lo, opt, max(hi, batch_size))})
+        return ExportPlan(Path(model_dir) / "transformer", {**DIGITS_AXES, "batch": (lo, opt, max(hi, batch_size))},
+                          policy_data=shipped_policy_data(Path(model_dir)))
 
     def check_job(self, model_dir: Path, job) -> None:
         if job.prompt not in PROMPTS:
@@ -76,6 +77,19 @@ class DigitsDriver:
         first = jobs[0]  # a batch shares steps and guidance (batch_key)
         return pipe(labels, num_inference_steps=first.steps, guidance_scale=first.guidance,
                     latents=latents, output_type="pil").images
+
+
+def shipped_policy_data(model_dir: Path) -> dict:
+    """The budget search shipped beside the weights (what ``teacache-calibrate --policy budget
+    --json`` wrote), as the manifest's ``policy_data`` entry; nothing where the folder has none."""
+    from ..tools.budget_search import read_json
+
+    path = Path(model_dir) / BUDGET_FILE
+    if not path.is_file():
+        return {}
+    search = read_json(path)
+    return {"budget": {"searches": {str(search.steps): search.manifest_entry(f"{BUDGET_FILE} shipped with the model "
+                                                                            f"(teacache-calibrate --policy budget)")}}}
 
 
 DRIVER = DigitsDriver()

@@ -144,6 +144,24 @@ class BudgetSearch:
         return data
 
 
+def read_json(path: Path) -> BudgetSearch:
+    """A search written by ``teacache-calibrate --policy budget --json``, checked."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_bytes())
+        search = BudgetSearch(int(data["steps"]), data["errors"], list(data["contexts"]), list(data["seeds"]),
+                              data.get("objective", "sum"), {int(n): list(s) for n, s in data["schedules"].items()},
+                              float(data.get("seconds", 0.0)))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise TeaCacheError(f"{path} is not a budget search ({type(exc).__name__}: {str(exc)[:200]}): write one with "
+                            f"teacache-calibrate ART_DIR --policy budget --json {path}") from None
+    from ..policies.budget import check_searches
+
+    check_searches({str(search.steps): search.manifest_entry("")}, str(path))
+    return search
+
+
 def _result(value, what: str) -> torch.Tensor:
     out = getattr(value, "images", value)
     if not isinstance(out, torch.Tensor):

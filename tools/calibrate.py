@@ -398,7 +398,7 @@ def suggestions(art_dir, manifest, result, signal, targets: Sequence[int], steps
     out = {}
     for target in targets:
         row = {}
-        found = suggest.suggest_teacache(teacache, signal, target, steps)
+        found = suggest.suggest_threshold(teacache, signal, target, steps)
         if found is not None:
             if fitted is not None:
                 found["params"]["coefficients"] = list(fitted)

@@ -9,8 +9,8 @@ steps per cache context, suggested from the calibration's own uncached generatio
   step more or less.
 - Budget: ``n`` is the target itself; the searched schedule is shown where the search ran.
 
-Another policy joins by adding a function to :data:`SUGGESTERS` (``(runs, target, steps) ->
-suggestion or None``).
+Any policy with a threshold (TeaCache, MagCache, ...) replays the same way
+(:func:`suggest_threshold`); ``teacache_trt.tools.calibrate.suggestions`` lists the policies suggested.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..policies import Features, TeaCache
+from ..policies import Features
 
 GRID = 200  # thresholds tried per target before the bisection
 
@@ -46,7 +46,7 @@ class SignalRuns:
                     pool["signal"].numel()))
 
 
-def teacache_computed(policy: TeaCache, runs: SignalRuns, steps: int) -> float:
+def replayed_computed(policy, runs: SignalRuns, steps: int) -> float:
     """Mean computed calls per (seed, context) of ``policy`` (bound) replayed on ``runs``."""
     counts = []
     features = Features()
@@ -71,15 +71,16 @@ def teacache_computed(policy: TeaCache, runs: SignalRuns, steps: int) -> float:
     return float(np.mean(counts)) if counts else math.nan
 
 
-def suggest_teacache(policy: TeaCache, runs: SignalRuns, target: int, steps: int) -> dict[str, Any] | None:
-    """The threshold whose replayed mean computed steps come closest to ``target``."""
+def suggest_threshold(policy, runs: SignalRuns, target: int, steps: int) -> dict[str, Any] | None:
+    """The threshold of ``policy`` (bound; any policy with a threshold) whose replayed mean
+    computed steps come closest to ``target``."""
     if not runs.calls:
         return None
     cache: dict[float, float] = {}
 
     def computed(t: float) -> float:
         if t not in cache:
-            cache[t] = teacache_computed(policy.replace(threshold=t), runs, steps)
+            cache[t] = replayed_computed(policy.replace(threshold=t), runs, steps)
         return cache[t]
 
     top = 1.0
@@ -123,12 +124,6 @@ def suggest_budget(schedules: dict[int, list[int]], target: int, steps: int) -> 
     else:
         out["note"] = "no search for this n: uniform spacing until teacache-calibrate --policy budget searches it"
     return out
-
-
-SUGGESTERS: dict[str, Callable[..., dict[str, Any] | None]] = {
-    "teacache": suggest_teacache,
-    "budget": suggest_budget,
-}
 
 
 def format_suggestions(suggestions: dict[str, dict[str, dict]], steps: int) -> str:

@@ -34,4 +34,26 @@ def ensure_artifacts(driver, model_dir: Path, *, batch_size: int, backend: str, 
                        "axes": {k: list(v) for k, v in sorted(plan.axes.items())}, "build": build})
     art = Path(cache_dir) / f"{driver.name}-{key[:16]}"
     export_model(src, art, axes=plan.axes, build=build, log=log)
+    if plan.policy_data:
+        add_policy_data(art, plan.policy_data, log)
     return art
+
+
+def add_policy_data(art: Path, data, log: Callable[[str], None] = print) -> None:
+    """Calibration results the driver ships with its model (``ExportPlan.policy_data``) into the
+    artifact's manifest, where they differ from what it records (checked as the runtime checks them)."""
+    import json
+
+    from ... import artifact
+    from ...manifest import load_manifest, save_manifest
+    from ...policies import artifact_policies
+
+    data = json.loads(json.dumps(dict(data)))
+    if all(load_manifest(art).policy_data.get(name) == entry for name, entry in data.items()):
+        return
+    with artifact.writing(art):
+        manifest = load_manifest(art)
+        manifest.policy_data.update(data)
+        artifact_policies(manifest, str(art / "manifest.json"))  # never write what a load would refuse
+        save_manifest(art, manifest)
+    log(f"[export] {art}: the model's shipped {', '.join(sorted(data))} data written into its manifest")
