@@ -404,20 +404,23 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 
 def verdicts(rows: Sequence[Row]) -> list[str]:
-    """Per number of computed steps: the best caching policy against uniform spacing (same
-    reuse of the residual) and against the plain sampler with that many steps."""
+    """Per number of computed steps: the best caching policy against uniform spacing (with the
+    residual reused as it is, and with the same reuse as the best) and against the plain
+    sampler with that many steps."""
     out = []
     levels = sorted({r.target for r in rows if r.target is not None and r.on_target}, reverse=True)
     for level in levels:
         at = [r for r in rows if r.target == level and r.on_target and r.psnr is not None]
         caching = [r for r in at if r.label not in ("uniform", "fewer-steps")]
-        uniform = next((r for r in at if r.label == "uniform" and r.reuse == "residual"), None)
+        uniform = {r.reuse: r for r in at if r.label == "uniform"}
         fewer = next((r for r in at if r.label == "fewer-steps"), None)
-        if not caching or uniform is None or fewer is None:
+        if not caching or "residual" not in uniform or fewer is None:
             continue
         best = max(caching, key=lambda r: r.psnr)
+        same = uniform.get(best.reuse, uniform["residual"])
         out.append(f"{level} computed steps: best caching policy {best.label} ({best.reuse} reuse, {best.setting}) "
-                   f"{best.psnr:.2f} dB: {best.psnr - uniform.psnr:+.2f} dB against uniform spacing, "
+                   f"{best.psnr:.2f} dB: {best.psnr - uniform['residual'].psnr:+.2f} dB against uniform spacing "
+                   f"(residual reuse), {best.psnr - same.psnr:+.2f} dB against uniform spacing ({same.reuse} reuse), "
                    f"{best.psnr - fewer.psnr:+.2f} dB against {level} sampler steps")
     return out
 

@@ -13,6 +13,8 @@ transformer's own stream, ordered after the caller's work and before the caller'
 
 The caching policy (:mod:`teacache_trt.policies`) decides each call; a static one (e.g.
 ``Schedule``) reads nothing back from the graphs, others read only the features they name.
+Its ``reuse`` says what a skipped call gives the head: the cached residual, or its
+extrapolation from the last two computed ones (:mod:`.forecast`).
 
 Threads: a transformer may be called from several threads at once.  Each thread has its own
 generations (step count, cache contexts, ``stats``) and its own settings (``policy``,
