@@ -13,8 +13,14 @@ bounds the path's error to first order, where segments interact through the traj
 ``minimax`` (LeMiCa's lexicographic idea, two levels) first minimises the largest edge weight,
 then the sum among the paths that reach it.
 
+Each reuse mode (``--reuse residual,taylor``) has its own graph: the skipped calls of an edge
+use that mode.  With ``taylor`` the extrapolation at an edge's calls starts from calls i-1 and i
+(every call before i computed), where a schedule's starts from the computed call before i: the
+slope there is a finite difference over a longer interval, so the weights approximate the
+schedule's segments; a schedule for one mode is searched on that mode's weights.
+
 Cost: one uncached generation per seed plus one per edge with a skipped call, N(N-1)/2 per seed
-(190 at 20 steps): offline, once per model and step count.  The search itself takes
+and reuse mode (190 at 20 steps): offline, once per model and step count.  The search itself takes
 milliseconds, so every ``n`` of a step count comes from the same measured weights.
 """
 from __future__ import annotations
@@ -29,11 +35,11 @@ import numpy as np
 import torch
 
 from ..errors import TeaCacheError
-from ..policies import Schedule
+from ..policies import REUSE_MODES, Schedule
 
 OBJECTIVES = ("sum", "minimax")
 MEASURE = ("RMS difference of the generation's result from the uncached one when calls i+1..j-1 of every "
-           "cache context reuse call i's residual, over the calibration seeds")
+           "cache context skip (with the reuse mode the schedules are for), over the calibration seeds")
 
 
 def edge_count(steps: int) -> int:
@@ -112,35 +118,44 @@ def path_error(errors, path: Sequence[int]) -> float:
     return float(sum(w[a, b] for a, b in zip(nodes, nodes[1:]) if b > a + 1))
 
 
+def _matrix(rows) -> np.ndarray:
+    return np.array([[math.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+
+
 @dataclass
 class BudgetSearch:
-    """A measured step graph and the schedules searched on it."""
+    """A measured step graph per reuse mode and the schedules searched on each."""
 
     steps: int
-    errors: list[list[float | None]]  # (steps, steps + 1); None where no edge
+    errors: dict[str, list[list[float | None]]]  # reuse -> (steps, steps + 1); None where no edge
     contexts: list[str]
     seeds: list[int]
     objective: str = "sum"
-    schedules: dict[int, list[int]] = field(default_factory=dict)
+    schedules: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # reuse -> n -> steps
     seconds: float = 0.0
 
     def search(self, budgets: Sequence[int]) -> None:
-        """Fill ``schedules`` for each ``n`` in ``budgets``."""
-        w = np.array([[math.nan if v is None else v for v in row] for row in self.errors])
-        for n in budgets:
-            self.schedules[int(n)] = best_path(w, int(n), self.objective)
+        """Fill ``schedules`` of every measured reuse mode for each ``n`` in ``budgets``."""
+        for reuse, rows in self.errors.items():
+            w = _matrix(rows)
+            found = self.schedules.setdefault(reuse, {})
+            for n in budgets:
+                found[int(n)] = best_path(w, int(n), self.objective)
 
     def manifest_entry(self, source: str) -> dict:
-        """What ``policy_data["budget"]["searches"][str(steps)]`` records."""
+        """What ``policy_data["budget"]["searches"][str(steps)]`` records: the same schedule for
+        every cache context (the edges perturb all of them together)."""
         return {
-            "schedules": {str(n): {c: list(s) for c in self.contexts} for n, s in sorted(self.schedules.items())},
+            "schedules": {reuse: {str(n): {c: list(p) for c in self.contexts} for n, p in sorted(by_n.items())}
+                          for reuse, by_n in self.schedules.items()},
             "objective": self.objective, "measure": MEASURE, "source": source, "seeds": list(self.seeds),
             "errors": self.errors, "seconds": round(self.seconds, 1),
         }
 
     def as_json(self) -> dict:
         data = asdict(self)
-        data["schedules"] = {str(n): s for n, s in sorted(self.schedules.items())}
+        data["schedules"] = {reuse: {str(n): p for n, p in sorted(by_n.items())}
+                             for reuse, by_n in self.schedules.items()}
         return data
 
 
@@ -150,8 +165,10 @@ def read_json(path: Path) -> BudgetSearch:
 
     try:
         data = json.loads(Path(path).read_bytes())
-        search = BudgetSearch(int(data["steps"]), data["errors"], list(data["contexts"]), list(data["seeds"]),
-                              data.get("objective", "sum"), {int(n): list(s) for n, s in data["schedules"].items()},
+        search = BudgetSearch(int(data["steps"]), dict(data["errors"]), list(data["contexts"]), list(data["seeds"]),
+                              data.get("objective", "sum"),
+                              {reuse: {int(n): list(p) for n, p in by_n.items()}
+                               for reuse, by_n in data["schedules"].items()},
                               float(data.get("seconds", 0.0)))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise TeaCacheError(f"{path} is not a budget search ({type(exc).__name__}: {str(exc)[:200]}): write one with "
@@ -171,8 +188,8 @@ def _result(value, what: str) -> torch.Tensor:
 
 
 def measure(transformer, generate, seeds: Sequence[int], steps: int, objective: str = "sum",
-            log: Callable[[str], None] = print, signal=None) -> BudgetSearch:
-    """Run the uncached generations, then one per edge and seed; the measured graph.
+            reuses: Sequence[str] = ("residual",), log: Callable[[str], None] = print, signal=None) -> BudgetSearch:
+    """Run the uncached generations, then one per edge, seed and reuse mode; the measured graphs.
 
     ``signal`` (a :class:`.suggest.SignalRuns`) records the uncached generations' signal."""
     if objective not in OBJECTIVES:
@@ -192,31 +209,35 @@ def measure(transformer, generate, seeds: Sequence[int], steps: int, objective: 
         if signal is not None:
             transformer.observers.remove(signal)
     contexts = sorted(transformer.stats["contexts"])
-    errors: list[list[float | None]] = [[None] * (steps + 1) for _ in range(steps)]
-    for i in range(steps):
-        errors[i][i + 1] = 0.0
-    total, done = edge_count(steps), 0
-    log(f"[budget] {len(seeds)} uncached generation(s) done; measuring {total} edges x {len(seeds)} seed(s)")
-    for i in range(steps - 1):
-        for j in range(i + 2, steps + 1):
-            transformer.policy = Schedule([k for k in range(steps) if not i < k < j])
-            squares, count = 0.0, 0
-            for s in seeds:
-                diff = _result(generate(transformer, s), "the driver's generate()") - reference[s]
-                squares += float(diff.pow(2).sum())
-                count += diff.numel()
-            errors[i][j] = math.sqrt(squares / max(count, 1))
-            done += 1
-        elapsed = time.perf_counter() - t0
-        log(f"[budget] edges from call {i}: {done}/{total} measured ({elapsed:.0f}s, about "
-            f"{elapsed / done * (total - done):.0f}s left)")
+    total, done = edge_count(steps) * len(reuses), 0
+    log(f"[budget] {len(seeds)} uncached generation(s) done; measuring {total} edges x {len(seeds)} seed(s) "
+        f"(reuse {', '.join(reuses)})")
+    errors = {}
+    for reuse in reuses:
+        w: list[list[float | None]] = [[None] * (steps + 1) for _ in range(steps)]
+        for i in range(steps):
+            w[i][i + 1] = 0.0
+        for i in range(steps - 1):
+            for j in range(i + 2, steps + 1):
+                transformer.policy = Schedule([k for k in range(steps) if not i < k < j], reuse=reuse)
+                squares, count = 0.0, 0
+                for s in seeds:
+                    diff = _result(generate(transformer, s), "the driver's generate()") - reference[s]
+                    squares += float(diff.pow(2).sum())
+                    count += diff.numel()
+                w[i][j] = math.sqrt(squares / max(count, 1))
+                done += 1
+            elapsed = time.perf_counter() - t0
+            log(f"[budget] {reuse} edges from call {i}: {done}/{total} measured ({elapsed:.0f}s, about "
+                f"{elapsed / done * (total - done):.0f}s left)")
+        errors[reuse] = w
     transformer.policy = every
     return BudgetSearch(steps, errors, contexts, list(seeds), objective, seconds=time.perf_counter() - t0)
 
 
 def run_budget_search(art_dir, generate=None, *, seeds: Sequence[int] = (0, 1), steps: int = 20,
-                      budgets: Sequence[int] = (), objective: str = "sum", backend: str = "onnxruntime",
-                      device: str = "cpu", model_dir=None, signal=None,
+                      budgets: Sequence[int] = (), objective: str = "sum", reuses: Sequence[str] = ("residual",),
+                      backend: str = "onnxruntime", device: str = "cpu", model_dir=None, signal=None,
                       log: Callable[[str], None] = print) -> BudgetSearch:
     """Measure the step graph of the artifact at ``steps`` calls and search each budget
     (default: every n from 2 to steps - 1)."""
@@ -229,10 +250,13 @@ def run_budget_search(art_dir, generate=None, *, seeds: Sequence[int] = (0, 1), 
         raise TeaCacheError(f"--budget {bad[0]} must be 1 to --steps {steps}")
     if objective not in OBJECTIVES:
         raise TeaCacheError(f"--objective {objective!r} is not one of {OBJECTIVES}")
+    unknown = sorted(set(reuses) - set(REUSE_MODES))
+    if unknown or not reuses:
+        raise TeaCacheError(f"--reuse {unknown or list(reuses)} must name reuse modes of {sorted(REUSE_MODES)}")
     transformer = load_transformer(art_dir, backend=backend, device=device, model_dir=model_dir,
                                    policy=Schedule.uniform(steps, steps))
     generate = generate or synthetic_driver(transformer.manifest, steps)
-    result = measure(transformer, generate, list(seeds), steps, objective, log, signal)
+    result = measure(transformer, generate, list(seeds), steps, objective, list(dict.fromkeys(reuses)), log, signal)
     result.search(budgets)
     return result
 
@@ -253,10 +277,12 @@ def write_to_manifest(art_dir, result: BudgetSearch, source: str) -> None:
 
 def format_report(result: BudgetSearch) -> str:
     lines = [f"budget search over {result.steps} calls ({len(result.seeds)} seed(s), contexts "
-             f"{', '.join(result.contexts)}, objective {result.objective}, {result.seconds:.0f}s):"]
-    uniform_w = np.array([[math.nan if v is None else v for v in row] for row in result.errors])
-    for n, path in sorted(result.schedules.items()):
-        uniform = list(Schedule.uniform(result.steps, n).steps)
-        lines.append(f"  n={n:<3d} steps {path}  error {path_error(uniform_w, path):.4g} "
-                     f"(uniform {path_error(uniform_w, uniform):.4g})")
+             f"{', '.join(result.contexts)}, objective {result.objective}, {result.seconds:.0f}s); error: the sum "
+             f"of the measured edge errors of the path (of uniform spacing, measured the same way):"]
+    for reuse, by_n in result.schedules.items():
+        w = _matrix(result.errors[reuse])
+        for n, path in sorted(by_n.items()):
+            uniform = list(Schedule.uniform(result.steps, n).steps)
+            lines.append(f"  reuse {reuse:8s} n={n:<3d} steps {path}  error {path_error(w, path):.4g} "
+                         f"(uniform {path_error(w, uniform):.4g})")
     return "\n".join(lines)

@@ -304,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=("sum", "minimax"), default="sum",
                    help="--policy budget: least total error of the reuse segments (sum, default) or least "
                         "largest segment error, then least total (minimax)")
+    p.add_argument("--reuse", metavar="MODE,MODE", type=reuse_modes, default=["residual"],
+                   help="--policy budget: the reuse modes to measure and search for, comma-separated (default "
+                        "residual; residual,taylor doubles the generations)")
     p.add_argument("--target-steps", metavar="N,M", type=target_steps, default=[],
                    help="suggest each policy's setting that computes N (and M ...) steps per cache context, "
                         "from these generations (printed and in --json)")
@@ -314,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write the calibration to this JSON file")
     where.add_argument("--restore", action="store_true", help="undo the last --write-manifest and exit")
     return p
+
+
+def reuse_modes(text: str) -> list[str]:
+    """Comma-separated reuse modes, e.g. residual,taylor."""
+    from ..policies import REUSE_MODES
+
+    values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [v for v in values if v not in REUSE_MODES]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"{text!r} must name reuse modes of {sorted(REUSE_MODES)}, comma-separated")
+    return values
 
 
 def target_steps(text: str) -> list[int]:
@@ -335,8 +349,8 @@ def main(argv=None) -> int:
         if budget and args.restore:
             raise TeaCacheError("--restore undoes a TeaCache calibration; a budget search replaces the one for its "
                                 "step count: re-run teacache-calibrate --policy budget")
-        if not budget and (args.budget or args.objective != "sum"):
-            raise TeaCacheError("--budget and --objective belong to --policy budget")
+        if not budget and (args.budget or args.objective != "sum" or args.reuse != ["residual"]):
+            raise TeaCacheError("--budget, --objective and --reuse belong to --policy budget")
         too_many = [n for n in [*args.budget, *args.target_steps] if n > args.steps]
         if too_many:
             raise TeaCacheError(f"{too_many[0]} computed steps exceed --steps {args.steps}: give at most {args.steps}")
@@ -353,7 +367,8 @@ def main(argv=None) -> int:
         if budget:
             seeds = range(args.first_seed, args.first_seed + (args.seeds or 2))
             result = budget_search.run_budget_search(args.art_dir, generate, seeds=seeds, budgets=args.budget,
-                                                     objective=args.objective, signal=signal, **run)
+                                                     objective=args.objective, reuses=args.reuse, signal=signal,
+                                                     **run)
             print(budget_search.format_report(result))
             data = result.as_json()
         else:
@@ -394,7 +409,8 @@ def suggestions(art_dir, manifest, result, signal, targets: Sequence[int], steps
     art = artifact_policies(manifest, str(Path(art_dir) / MANIFEST_NAME))
     fitted = getattr(result, "coefficients", None)
     teacache = TeaCache(threshold=1.0, coefficients=fitted).bind(art)  # threshold: replaced per try
-    schedules = getattr(result, "schedules", {})
+    searched = getattr(result, "schedules", {})
+    schedules = searched.get("residual") or next(iter(searched.values()), {})
     out = {}
     for target in targets:
         row = {}

@@ -51,7 +51,8 @@ def searched(flux, tmp_path_factory):
     """A copy of the tiny FLUX artifact with a budget search for STEPS steps in its manifest."""
     art = tmp_path_factory.mktemp("budget") / "art"
     shutil.copytree(flux.art_dir, art)
-    result = budget_search.run_budget_search(art, seeds=[0], steps=STEPS, log=lambda m: None)
+    result = budget_search.run_budget_search(art, seeds=[0], steps=STEPS, reuses=["residual", "taylor"],
+                                             log=lambda m: None)
     budget_search.write_to_manifest(art, result, "test")
     return art, result
 
@@ -69,13 +70,17 @@ def test_budget_params_round_trip_and_bad_n_is_refused():
 
 def test_the_search_covers_every_budget_and_beats_uniform_on_its_own_measure(searched):
     art, result = searched
-    assert sorted(result.schedules) == list(range(2, STEPS))
-    for n, path in result.schedules.items():
-        assert len(path) == n and path[0] == 0 and path == sorted(set(path))
-        uniform = list(Schedule.uniform(STEPS, n).steps)
-        assert budget_search.path_error(result.errors, path) <= budget_search.path_error(result.errors, uniform)
+    assert sorted(result.schedules) == ["residual", "taylor"]
+    for reuse, by_n in result.schedules.items():
+        assert sorted(by_n) == list(range(2, STEPS))
+        for n, path in by_n.items():
+            assert len(path) == n and path[0] == 0 and path == sorted(set(path))
+            uniform = list(Schedule.uniform(STEPS, n).steps)
+            w = result.errors[reuse]
+            assert budget_search.path_error(w, path) <= budget_search.path_error(w, uniform)
     entry = load_manifest(art).policy_data["budget"]["searches"][str(STEPS)]
-    assert entry["schedules"]["3"] == {"default": result.schedules[3]} and entry["objective"] == "sum"
+    assert entry["schedules"]["taylor"]["3"] == {"default": result.schedules["taylor"][3]}
+    assert entry["objective"] == "sum"
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])
@@ -90,8 +95,11 @@ def test_a_budget_of_n_computes_exactly_the_searched_n_steps_per_context_and_rea
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the search exists for "default": no fallback note
         render(t, inputs(flux))
-    assert t.stats["contexts"]["default"]["computed_steps"] == result.schedules[n]
+    assert t.stats["contexts"]["default"]["computed_steps"] == result.schedules["residual"][n]
     assert t.stats["blocks_runs"] == n and reads[0] == 0
+    t.policy = Budget(n, reuse="taylor")  # the schedule searched for taylor reuse
+    render(t, inputs(flux))
+    assert t.stats["computed_steps"] == result.schedules["taylor"][n] and reads[0] == 0
 
 
 def test_without_a_search_the_budget_is_uniform_and_says_so_once_with_the_fix(searched, flux):
@@ -119,18 +127,22 @@ def test_bad_search_data_is_refused_when_the_artifact_loads(searched, tmp_path):
     bad = tmp_path / "art"
     shutil.copytree(art, bad)
     manifest = load_manifest(bad)
-    manifest.policy_data["budget"]["searches"][str(STEPS)]["schedules"]["3"]["default"] = [0, 2]
+    manifest.policy_data["budget"]["searches"][str(STEPS)]["schedules"]["residual"]["3"]["default"] = [0, 2]
     save_manifest(bad, manifest)
-    with pytest.raises(TeaCacheError, match=r"budget schedule for 6 steps, n=3, context 'default' is \[0, 2\]: it "
-                                            r"must list 3 distinct steps"):
+    with pytest.raises(TeaCacheError, match=r"budget schedule for 6 steps, reuse residual, n=3, context 'default' is "
+                                            r"\[0, 2\]: it must list 3 distinct steps"):
         teacache_trt.load_transformer(bad)
 
 
-def test_taylor_reuse_changes_a_budget_render_but_not_its_steps(searched, flux):
+def test_a_reuse_mode_without_its_own_search_takes_the_residual_one(searched, flux, tmp_path):
     art, result = searched
-    t = teacache_trt.load_transformer(art, policy=Budget(3))
-    plain = render(t, inputs(flux))
-    t.policy = Budget(3, reuse="taylor")
-    taylor = render(t, inputs(flux))
-    assert t.stats["computed_steps"] == result.schedules[3]
-    assert (plain - taylor).abs().max() > 0
+    only = tmp_path / "art"
+    shutil.copytree(art, only)
+    manifest = load_manifest(only)
+    del manifest.policy_data["budget"]["searches"][str(STEPS)]["schedules"]["taylor"]
+    save_manifest(only, manifest)
+    t = teacache_trt.load_transformer(only, policy=Budget(3, reuse="taylor"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        render(t, inputs(flux))
+    assert t.stats["computed_steps"] == result.schedules["residual"][3]

@@ -62,24 +62,25 @@ def test_calibrate_budget_writes_the_search_and_suggests_settings(exported, tmp_
     assert "budget search over 5 calls (1 seed(s), contexts default, objective sum" in out
     assert "n=2 " in out and "n=3 " in out and "settings for 3 computed steps of 5" in out
     entry = load_manifest(art).policy_data["budget"]["searches"]["5"]
-    assert sorted(entry["schedules"]) == ["2", "3"] and len(entry["errors"]) == 5
+    assert sorted(entry["schedules"]["residual"]) == ["2", "3"] and len(entry["errors"]["residual"]) == 5
     assert entry["source"].startswith("teacache-calibrate --policy budget (1 seed(s) from 0")
     t = teacache_trt.load_transformer(art, policy=Budget(3))
-    assert list(t.policy.bind(t._artifact).schedule(5, "default")) == entry["schedules"]["3"]["default"]
+    assert list(t.policy.bind(t._artifact).schedule(5, "default")) == entry["schedules"]["residual"]["3"]["default"]
 
 
 def test_calibrate_json_is_strict_and_its_suggestions_rebuild_policies(exported, tmp_path):
     art = exported("flux").copy(tmp_path / "art")
     path = tmp_path / "search.json"
     assert C.main([str(art), "--policy", "budget", "--steps", "6", "--seeds", "1", "--target-steps", "2,4",
-                   "--json", str(path)]) == 0
+                   "--reuse", "residual,taylor", "--json", str(path)]) == 0
     data = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
-    assert sorted(data["schedules"], key=int) == ["2", "3", "4", "5"]  # every n by default
-    assert B.read_json(path).schedules[4] == data["schedules"]["4"]
+    assert sorted(data["schedules"]) == ["residual", "taylor"] and sorted(data["errors"]) == ["residual", "taylor"]
+    assert sorted(data["schedules"]["taylor"], key=int) == ["2", "3", "4", "5"]  # every n by default
+    assert B.read_json(path).schedules["taylor"][4] == data["schedules"]["taylor"]["4"]
     for target in ("2", "4"):
         teacache, budget = data["suggestions"][target]["teacache"], data["suggestions"][target]["budget"]
         assert budget == {"params": {"n": int(target)}, "computed_steps": float(target),
-                          "steps": data["schedules"][target]}
+                          "steps": data["schedules"]["residual"][target]}
         lo, hi = teacache["threshold_range"]
         assert lo <= teacache["params"]["threshold"] <= hi
         assert teacache["computed_steps"] == float(target)  # replayed: the tiny FLUX reaches both
@@ -102,7 +103,8 @@ def test_teacache_calibration_suggests_a_threshold_that_renders_at_its_steps(exp
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--budget", "3"], "--budget and --objective belong to --policy budget"),
+    (["--budget", "3"], "--budget, --objective and --reuse belong to --policy budget"),
+    (["--policy", "budget", "--reuse", "cubic"], "must name reuse modes of ['residual', 'taylor']"),
     (["--policy", "budget", "--budget", "30"], "30 computed steps exceed --steps 20"),
     (["--policy", "budget", "--restore"], "a budget search replaces the one for its step count"),
     (["--target-steps", "0"], "must be numbers of computed steps >= 1"),
