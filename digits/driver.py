@@ -3,13 +3,14 @@ calibration generations come from the real DigitsPipeline over every class, and
 ``teacache-render`` renders digit jobs (prompt ``"0"`` .. ``"9"``) through it."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from ..errors import TeaCacheError
 from ..tools.drivers import ExportPlan
-from .calibration import BUDGET_FILE, digits_driver
+from .calibration import BUDGET_FILE, MAGCACHE_FILE, digits_driver
 from .data import NUM_CLASSES, NUM_TEXT_TOKENS
 from .pipeline import DEFAULT_MODEL_DIR
 
@@ -80,16 +81,28 @@ class DigitsDriver:
 
 
 def shipped_policy_data(model_dir: Path) -> dict:
-    """The budget search shipped beside the weights (what ``teacache-calibrate --policy budget
-    --json`` wrote), as the manifest's ``policy_data`` entry; nothing where the folder has none."""
-    from ..tools.budget_search import read_json
+    """The calibrations shipped beside the weights, as the manifest's ``policy_data`` entries:
+    the budget search (what ``teacache-calibrate --policy budget --json`` wrote) and MagCache's
+    ratios (``--policy magcache --json``); nothing for a file the folder does not have."""
+    from ..tools import budget_search, calibrate_magcache
 
+    out = {}
     path = Path(model_dir) / BUDGET_FILE
-    if not path.is_file():
-        return {}
-    search = read_json(path)
-    return {"budget": {"searches": {str(search.steps): search.manifest_entry(f"{BUDGET_FILE} shipped with the model "
-                                                                            f"(teacache-calibrate --policy budget)")}}}
+    if path.is_file():
+        search = budget_search.read_json(path)
+        out["budget"] = {"searches": {str(search.steps): search.manifest_entry(
+            f"{BUDGET_FILE} shipped with the model (teacache-calibrate --policy budget)")}}
+    path = Path(model_dir) / MAGCACHE_FILE
+    if path.is_file():
+        try:
+            data = json.loads(path.read_bytes())
+            data.pop("policy", None)
+            ratios = calibrate_magcache.MagCacheCalibration(**data)
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise TeaCacheError(f"{path} is not a MagCache calibration ({type(exc).__name__}: {str(exc)[:200]}): write "
+                                f"one with teacache-calibrate ART_DIR --policy magcache --json {path}") from None
+        out["magcache"] = calibrate_magcache.manifest_data(ratios, {})
+    return out
 
 
 DRIVER = DigitsDriver()

@@ -9,7 +9,8 @@ digits (same labels, same seed) are rendered through the exported graphs by:
   budget                exactly that many steps, chosen offline (teacache-calibrate --policy budget)
   uniform               that many steps, evenly spaced (the baseline a policy must beat)
   fewer-steps           a plain sampler with that many steps and no caching
-  magcache, easycache   when this teacache-trt has them and the artifact carries their data
+  magcache              MagCache with the model's calibrated ratios (max_skips 4, retention 0.1)
+  easycache             when this teacache-trt has it
 
 each caching policy with both reuse modes: the cached residual as it is ("residual") and its
 first-order extrapolation ("taylor").  A threshold policy's threshold is chosen to land on the
@@ -55,8 +56,10 @@ TIMING_PER_CLASS = 1  # digits per class in the timing renders (the quality rend
 PER_CLASS = 4
 RELIABLE = (0.5, 1.1)  # a wall ratio outside this times the ideal ratio is flagged unreliable
 THRESHOLD_TRIES = 3  # real renders spent correcting a threshold that missed its level
-# Policies that take part when this teacache-trt registers them and the artifact has their data.
-OPTIONAL = ("magcache", "easycache")
+# Policies that take part when this teacache-trt registers them and the artifact has their data,
+# with their settings besides the threshold (MagCache: up to 4 skips in a row and 10% of the steps
+# computed first reach 7 of 20 steps; its defaults, 2 and 20%, cannot go below about 10).
+OPTIONAL = {"magcache": {"max_skips": 4, "retention_ratio": 0.1}, "easycache": {}}
 ORDER = ("uncached", "teacache-upstream", "teacache-calibrated", "magcache", "easycache", "budget", "uniform",
          "fewer-steps")
 
@@ -182,13 +185,13 @@ def candidates(level: int, steps: int, coefficients: dict, art, notes: list[str]
             if cls is None:
                 continue
             try:  # needs the artifact's data for it (e.g. MagCache's ratios)
-                cls(threshold=1.0).bind(art)
+                cls(threshold=1.0, **OPTIONAL[name]).bind(art)
             except (TeaCacheError, TypeError) as exc:
                 note = f"{name} left out: {exc}"
                 if note not in notes:
                     notes.append(note)
                 continue
-            out.append(Candidate(name, make=lambda t, c=cls, r=reuse: c(threshold=t, reuse=r)))
+            out.append(Candidate(name, make=lambda t, c=cls, r=reuse, o=OPTIONAL[name]: c(threshold=t, reuse=r, **o)))
         out.append(Candidate("budget", Budget(level, reuse=reuse)))
         out.append(Candidate("uniform", Schedule.uniform(steps, level).replace(reuse=reuse)))
     out.append(Candidate("fewer-steps", Schedule.uniform(level, level), sampler_steps=level))
@@ -242,9 +245,14 @@ class Evaluation:
             row = self.render(c.label, c.policy, level, c.sampler_steps, c.setting(c.policy))
             self.keep(row, c.policy)
             return row
-        from ..tools.suggest import suggest_threshold
+        from ..tools.suggest import suggest_static_threshold, suggest_threshold
 
-        found = suggest_threshold(c.make(1.0).bind(self.art), self.signal, level, self.r.steps)
+        bound = c.make(1.0).bind(self.art)
+        if bound.static:  # its schedule is known from the step count: exact
+            contexts = sorted({context for _, context in self.signal.calls})
+            found = suggest_static_threshold(bound, contexts, level, self.r.steps)
+        else:  # replayed on the uncached render's signal
+            found = suggest_threshold(bound, self.signal, level, self.r.steps)
         lo, hi = 0.0, math.inf  # thresholds known to compute more / fewer steps than the level
         threshold = found["params"]["threshold"] if found else 0.0
         for attempt in range(THRESHOLD_TRIES + 1):

@@ -357,6 +357,11 @@ def teacache_data(variant: Variant, coefficients: list[float] | None = None) -> 
             "clamp": False, "history": history}
 
 
+def published_data(variant: Variant) -> dict:
+    """Other policies' data the family ships for this variant (MagCache's published ratios)."""
+    return {"magcache": variant.magcache.policy_data()} if variant.magcache is not None else {}
+
+
 def _export_staged(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
                    export_key, out, verify, flavour, log, family_module, coefficients=None) -> Manifest:
     """Export, verify and build in a staging folder; only the complete set becomes ``out``'s
@@ -428,7 +433,7 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
         source=str(src), axes=axes, graphs=graphs,
         signal=SignalSpec(fam.signal_for(v), list(fam.cached), fam.note),
         policy=PolicySpec("teacache", {"threshold": v.default_threshold}),
-        policy_data={"teacache": teacache_data(v, coefficients)},
+        policy_data={"teacache": teacache_data(v, coefficients), **published_data(v)},
         versions=versions(), export_key=export_key, family_module=family_module,
     )
     if verify:

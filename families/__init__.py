@@ -10,12 +10,14 @@ from .base import (
     ACCUMULATE, AUTO, Axis, Family, ForcedSteps, Part, TimestepScale, Variant, check_accumulate,
     check_coefficients, check_eps, criterion_sums,
 )
+from .magcache_ratios import PublishedRatios
 from .custom import ModuleFamily, load_family_module
 from .model_io import find_model_dir, plain_config, read_config
 from .registry import all_families, get_family, register
 
 __all__ = [
-    "ACCUMULATE", "AUTO", "Axis", "Family", "ForcedSteps", "ModuleFamily", "Part", "TimestepScale", "Variant",
+    "ACCUMULATE", "AUTO", "Axis", "Family", "ForcedSteps", "ModuleFamily", "Part", "PublishedRatios", "TimestepScale",
+    "Variant",
     "check_accumulate", "check_coefficients", "check_eps", "criterion_sums",
     "load_family_module",
     "find_model_dir", "plain_config", "read_config",

@@ -18,6 +18,7 @@ import torch
 
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
+from .magcache_ratios import PublishedRatios
 from .model_io import find_model_dir, plain_config, read_config
 
 AUTO = "auto"  # a dynamic dim whose name the exporter picks (it is derived from others)
@@ -91,6 +92,9 @@ class Variant:
     signal: str | None = None
     accumulate: str = "raw"
     eps: float = 0.0
+    # MagCache's published ratios and settings for this model (families/magcache_ratios.py),
+    # written into the manifest for ``policies.MagCache``; None where none are published.
+    magcache: PublishedRatios | None = None
 
     def __post_init__(self):
         check_coefficients(self.coefficients, f"variant {self.name}")

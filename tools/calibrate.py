@@ -1,5 +1,6 @@
 """Fit TeaCache coefficients for a model: ``teacache-calibrate ART_DIR``
-(``--policy budget``: search the computed steps of budgets instead, see :mod:`.budget_search`;
+(``--policy magcache``: MagCache's magnitude ratios instead, see :mod:`.calibrate_magcache`;
+``--policy budget``: search the computed steps of budgets, see :mod:`.budget_search`;
 ``--target-steps``: each policy's setting for a number of computed steps, see :mod:`.suggest`).
 
 Run the uncached model (threshold 0) over a calibration set; for each pair of consecutive
@@ -28,18 +29,20 @@ import torch
 from .. import artifact, options
 from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
-from ..families import check_coefficients, get_family
+from ..families import ForcedSteps, check_coefficients, get_family
 from ..files import atomic_write_bytes
 from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
-from ..policies import artifact_policies
+from ..policies import TeaCache, artifact_policies
 from ..runtime.api import load_transformer
-from . import budget_search, suggest
+from ..runtime.criterion import is_forced, poly
+from . import budget_search, calibrate_magcache, suggest
 from .drivers import Generate, driver_for
 from .sampling import check_sampling_inputs, sample
 
 TARGETS = ("output", "residual")
-POLICIES = ("teacache", "budget")  # what teacache-calibrate calibrates
 MAX_ORDER = 10  # beyond this polyfit is ill-conditioned; the paper saturates at 4
+MIN_R2 = 0.9  # below it the fit predicts the output's change too poorly to decide skips
+POLICIES = ("teacache", "magcache", "budget")  # what teacache-calibrate calibrates
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Pairs:
     x: list[float] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
     seed: list[int] = field(default_factory=list)
+    context: list[str] = field(default_factory=list)  # the cache context and call index of each pair
+    step: list[int] = field(default_factory=list)
 
     def select(self, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         keep = np.isin(np.asarray(self.seed), np.asarray(list(seeds)))
@@ -80,6 +85,8 @@ class PairRecorder:
                 self.pairs.x.append(pool["l1_diff"].double().sum().item() / l1_prev)
                 self.pairs.y.append(((y_now - prev).abs().sum() / prev.abs().sum().clamp_min(1e-30)).item())
                 self.pairs.seed.append(self.seed)
+                self.pairs.context.append(context)
+                self.pairs.step.append(step)
         self._prev[context] = y_now
 
 
@@ -125,6 +132,18 @@ def shape_warnings(coefficients: np.ndarray, x: np.ndarray) -> list[str]:
     return warnings
 
 
+def fit_warnings(fit: dict[str, float], holdout: dict[str, float]) -> list[str]:
+    """A fit that explains little of the change (R² below :data:`MIN_R2`, held out where
+    scored): TeaCache then accumulates the wrong steps' changes."""
+    scored, where = (holdout, "held-out") if holdout else (fit, "fit")
+    r2 = scored.get("r2", float("nan"))
+    if r2 >= MIN_R2:
+        return []
+    return [f"the fit explains little of the change ({where} R² {r2:.3g} < {MIN_R2}): TeaCache would skip the "
+            f"wrong steps; use more seeds or steps (--seeds, --steps), another target (--target residual), or "
+            f"another policy (teacache-calibrate --policy magcache, or --policy schedule in teacache-eval)"]
+
+
 @dataclass
 class Calibration:
     coefficients: list[float]
@@ -137,6 +156,7 @@ class Calibration:
     seeds: list[int]
     holdout_seeds: list[int]
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
 
 def calibrate(pairs: Pairs, seeds: Sequence[int], holdout_seeds: Sequence[int], order: int = 4,
@@ -144,12 +164,42 @@ def calibrate(pairs: Pairs, seeds: Sequence[int], holdout_seeds: Sequence[int], 
     x, y = pairs.select(seeds)
     coefficients = fit(x, y, order)
     xh, yh = pairs.select(holdout_seeds)
+    scores = score(coefficients, x, y), score(coefficients, xh, yh) if len(xh) else {}
     return Calibration(
         coefficients=[float(c) for c in coefficients], order=order, target=target,
-        fit=score(coefficients, x, y), holdout=score(coefficients, xh, yh) if len(xh) else {},
-        x_range=[float(x.min()), float(x.max())], warnings=shape_warnings(coefficients, x),
+        fit=scores[0], holdout=scores[1], x_range=[float(x.min()), float(x.max())],
+        warnings=shape_warnings(coefficients, x) + fit_warnings(*scores),
         seeds=list(seeds), holdout_seeds=list(holdout_seeds), seconds=seconds,
     )
+
+
+def never_skips_note(pairs: Pairs, policy, steps: int) -> str | None:
+    """One line when ``policy`` (TeaCache, bound: the new coefficients, the artifact's default
+    threshold and rule) would compute every step of every calibration generation, replayed
+    from the recorded signal changes; None when it would skip somewhere."""
+    f, coefficients = policy.forced or ForcedSteps(), policy.coefficients  # unset knobs: the rule's defaults
+    runs: dict[tuple, dict[int, float]] = {}
+    for x, seed, context, step in zip(pairs.x, pairs.seed, pairs.context, pairs.step):
+        runs.setdefault((seed, context), {})[step] = x
+    seen = []
+    for by_step in runs.values():
+        acc = 0.0
+        for k in range(steps):
+            if k not in by_step or is_forced(k, steps, f.first, f.last, f.first_fraction):
+                acc = 0.0
+                continue
+            y = poly(coefficients, by_step[k])
+            y = max(y, 0.0) if policy.clamp else y
+            acc += abs(y) if policy.accumulate == "abs" else y
+            seen.append(acc)
+            if acc < policy.threshold:
+                return None
+            acc = 0.0
+    if not seen:
+        return None
+    return (f"at the default threshold {policy.threshold:g}, TeaCache would compute every step of these "
+            f"{len(runs)} calibration generations (the accumulated change was {min(seen):.3g} to {max(seen):.3g}, "
+            f"never below it): use a threshold above {min(seen):.3g} (--threshold / --policy-param threshold=...)")
 
 
 def write_to_manifest(art_dir, calibration: Calibration) -> None:
@@ -253,7 +303,12 @@ def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8
     fit_seeds = list(range(first_seed, first_seed + seeds))
     held_out = list(range(first_seed + seeds, first_seed + seeds + holdout))
     pairs = collect(transformer, generate, fit_seeds + held_out, target, log, signal)
-    return calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
+    result = calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
+    art = artifact_policies(transformer.manifest)
+    if art.name == "teacache":  # the threshold renders use by default
+        note = never_skips_note(pairs, TeaCache(coefficients=result.coefficients).bind(art), steps)
+        result.notes += [note] if note else []
+    return result
 
 
 def format_report(c: Calibration) -> str:
@@ -266,6 +321,7 @@ def format_report(c: Calibration) -> str:
                      f"Pearson {c.holdout['pearson']:.4f}, {c.holdout['n']} pairs")
     lines.append(f"observed x range [{c.x_range[0]:.4g}, {c.x_range[1]:.4g}], {c.seconds:.1f}s")
     lines += [f"warning: {w}" for w in c.warnings]
+    lines += [f"note: {n}" for n in c.notes]
     return "\n".join(lines)
 
 
@@ -274,23 +330,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = options.Parser(prog="teacache-calibrate",
                        description="Calibrate a caching policy for an exported model: TeaCache's coefficients "
-                                   "(default) or the computed steps of budgets (--policy budget).")
+                                   "(default), MagCache's magnitude ratios (--policy magcache) or the computed "
+                                   "steps of budgets (--policy budget).")
     p.add_argument("art_dir", help="artifact folder written by teacache-export")
     p.add_argument("--policy", choices=POLICIES, default="teacache",
-                   help="teacache (default): fit the rescaling polynomial; budget: measure the error of reusing "
-                        "each step's residual at later steps and search the computed steps of each budget")
+                   help="teacache (default): fit the rescaling polynomial; magcache: record the residual's "
+                        "per-step magnitude ratios per cache context; budget: measure the error of reusing each "
+                        "step's residual at later steps and search the computed steps of each budget")
     p.add_argument("--seeds", type=options.integer(1, 10_000), default=None,
                    help="generations to fit on (default 8; --policy budget: 2, each measures every edge)")
     p.add_argument("--first-seed", type=options.integer(0, 2**31 - 1), default=0,
-                   help="seed of the first generation (default 0); the others follow it")
+                   help="teacache and budget: seed of the first generation (default 0); the others follow it")
     p.add_argument("--holdout", type=options.integer(0, 10_000), default=2,
-                   help="further generations to score the fit on")
+                   help="further generations to score the fit on (default 2)")
     p.add_argument("--steps", type=options.integer(2, 10_000), default=20,
-                   help="sampling steps per generation (at least 2: pairs of consecutive steps)")
-    p.add_argument("--order", type=options.integer(1, MAX_ORDER), default=4,
-                   help="polynomial order (default 4; 1 already helps, 4 saturates)")
-    p.add_argument("--target", choices=TARGETS, default="output",
-                   help="y = rel-L1 of the model output (default) or of the cached residual")
+                   help="sampling steps per generation (default 20; at least 2: pairs of consecutive steps)")
+    p.add_argument("--order", type=options.integer(1, MAX_ORDER), default=None,
+                   help="TeaCache: polynomial order (default 4; 1 already helps, 4 saturates)")
+    p.add_argument("--target", choices=TARGETS, default=None,
+                   help="TeaCache: y = rel-L1 of the model output (default) or of the cached residual")
     p.add_argument("--driver", default=None,
                    help="where generations come from: 'synthetic' (random inputs, Euler steps) or an "
                         "installed driver such as 'digits' (default: the installed driver that applies "
@@ -312,10 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "from these generations (printed and in --json)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--write-manifest", action="store_true",
-                       help="store the coefficients in the manifest (the old ones stay in its TeaCache history)")
+                       help="store the result in the manifest (the policy's previous data stays in its history)")
     where.add_argument("--json", metavar="FILE", type=options.output_file,
                        help="write the calibration to this JSON file")
-    where.add_argument("--restore", action="store_true", help="undo the last --write-manifest and exit")
+    where.add_argument("--restore", action="store_true", help="undo the last --write-manifest of --policy and exit")
     return p
 
 
@@ -345,17 +403,24 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        budget = args.policy == "budget"
+        magcache, budget = args.policy == "magcache", args.policy == "budget"
+        if args.policy != "teacache" and (args.order is not None or args.target is not None):
+            raise TeaCacheError(f"--order and --target shape TeaCache's polynomial; --policy {args.policy} takes neither")
         if budget and args.restore:
-            raise TeaCacheError("--restore undoes a TeaCache calibration; a budget search replaces the one for its "
-                                "step count: re-run teacache-calibrate --policy budget")
+            raise TeaCacheError("--restore undoes a TeaCache or MagCache calibration; a budget search replaces the one "
+                                "for its step count: re-run teacache-calibrate --policy budget")
         if not budget and (args.budget or args.objective != "sum" or args.reuse != ["residual"]):
             raise TeaCacheError("--budget, --objective and --reuse belong to --policy budget")
+        if magcache and args.first_seed:
+            raise TeaCacheError("--first-seed applies to --policy teacache and budget; MagCache's calibration starts at 0")
         too_many = [n for n in [*args.budget, *args.target_steps] if n > args.steps]
         if too_many:
             raise TeaCacheError(f"{too_many[0]} computed steps exceed --steps {args.steps}: give at most {args.steps}")
         if args.restore:
-            print(f"restored coefficients: {restore_previous(args.art_dir)}")
+            if magcache:
+                print(f"restored MagCache ratios: {calibrate_magcache.restore_previous(args.art_dir)}")
+            else:
+                print(f"restored coefficients: {restore_previous(args.art_dir)}")
             return 0
         manifest = load_manifest(args.art_dir)
         if args.write_manifest:  # before minutes of generations, not after
@@ -363,7 +428,7 @@ def main(argv=None) -> int:
         driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
         generate = driver.calibration(args.steps) if driver is not None else None
         run = dict(steps=args.steps, backend=args.backend, device=args.device, model_dir=args.model_dir)
-        signal = suggest.SignalRuns() if args.target_steps else None
+        signal = suggest.SignalRuns() if args.target_steps and not magcache else None
         if budget:
             seeds = range(args.first_seed, args.first_seed + (args.seeds or 2))
             result = budget_search.run_budget_search(args.art_dir, generate, seeds=seeds, budgets=args.budget,
@@ -371,9 +436,15 @@ def main(argv=None) -> int:
                                                      **run)
             print(budget_search.format_report(result))
             data = result.as_json()
+        elif magcache:
+            result = calibrate_magcache.run_magcache_calibration(
+                args.art_dir, generate or synthetic_driver(manifest, args.steps), seeds=args.seeds or 8,
+                holdout=args.holdout, **run)
+            print(calibrate_magcache.format_report(result, calibrate_magcache.settings_of(args.art_dir)))
+            data = asdict(result)
         else:
             result = run_calibration(args.art_dir, generate, seeds=args.seeds or 8, holdout=args.holdout,
-                                     order=args.order, target=args.target, signal=signal,
+                                     order=args.order or 4, target=args.target or "output", signal=signal,
                                      first_seed=args.first_seed, **run)
             print(format_report(result))
             data = asdict(result)
@@ -387,8 +458,9 @@ def main(argv=None) -> int:
                 budget_search.write_to_manifest(args.art_dir, result, source)
                 print(f"written to {Path(args.art_dir) / 'manifest.json'} (budget searches for {args.steps} steps)")
             else:
-                write_to_manifest(args.art_dir, result)
-                print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --restore undoes it)")
+                (calibrate_magcache.write_to_manifest if magcache else write_to_manifest)(args.art_dir, result)
+                print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --policy {args.policy} "
+                      f"--restore undoes it)")
         elif args.json:
             atomic_write_bytes(Path(args.json), json.dumps(data, indent=2, allow_nan=False,
                                                            default=_no_nan).encode())
@@ -403,12 +475,19 @@ def _no_nan(value):
 
 
 def suggestions(art_dir, manifest, result, signal, targets: Sequence[int], steps: int) -> dict:
-    """Per target, each policy's suggested setting (see :mod:`.suggest`), as JSON data."""
-    from ..policies import TeaCache, artifact_policies
+    """Per target, each policy's suggested setting (see :mod:`.suggest`), as JSON data: TeaCache
+    (replayed on the recorded signal), MagCache (where ratios are known) and Budget."""
+    from .. import policies
 
-    art = artifact_policies(manifest, str(Path(art_dir) / MANIFEST_NAME))
+    art = policies.artifact_policies(manifest, str(Path(art_dir) / MANIFEST_NAME))
     fitted = getattr(result, "coefficients", None)
     teacache = TeaCache(threshold=1.0, coefficients=fitted).bind(art)  # threshold: replaced per try
+    ratios = getattr(result, "mag_ratios", None)
+    contexts = sorted(ratios) if ratios else sorted({c for _, c in signal.calls}) if signal else []
+    try:
+        magcache = policies.make("magcache", threshold=1.0, **({"mag_ratios": ratios} if ratios else {})).bind(art)
+    except TeaCacheError:  # no ratios measured nor recorded
+        magcache = None
     searched = getattr(result, "schedules", {})
     schedules = searched.get("residual") or next(iter(searched.values()), {})
     out = {}
@@ -419,6 +498,11 @@ def suggestions(art_dir, manifest, result, signal, targets: Sequence[int], steps
             if fitted is not None:
                 found["params"]["coefficients"] = list(fitted)
             row["teacache"] = found
+        found = None if magcache is None else suggest.suggest_static_threshold(magcache, contexts, target, steps)
+        if found is not None:
+            if ratios:
+                found["params"]["mag_ratios"] = ratios
+            row["magcache"] = found
         row["budget"] = suggest.suggest_budget(schedules, target, steps)
         out[str(target)] = row
     return out

@@ -7,6 +7,8 @@ steps per cache context, suggested from the calibration's own uncached generatio
   mean computed steps (over seeds and cache contexts) come closest to the target.  A cached
   generation's own signal differs a little from the uncached one, so a render may compute a
   step more or less.
+- MagCache: static, so each threshold's schedule is known exactly from the ratios (this
+  calibration's under ``--policy magcache``, else the artifact's); same search over thresholds.
 - Budget: ``n`` is the target itself; the searched schedule is shown where the search ran.
 
 Any policy with a threshold (TeaCache, MagCache, ...) replays the same way
@@ -71,16 +73,35 @@ def replayed_computed(policy, runs: SignalRuns, steps: int) -> float:
     return float(np.mean(counts)) if counts else math.nan
 
 
-def suggest_threshold(policy, runs: SignalRuns, target: int, steps: int) -> dict[str, Any] | None:
+def suggest_threshold(policy, runs: SignalRuns | None, target: int, steps: int) -> dict[str, Any] | None:
     """The threshold of ``policy`` (bound; any policy with a threshold) whose replayed mean
-    computed steps come closest to ``target``."""
-    if not runs.calls:
+    computed steps come closest to ``target``; None without recorded generations."""
+    if runs is None or not runs.calls:
         return None
+    found = _threshold_for(lambda p: replayed_computed(p, runs, steps), policy, target)
+    return {**found, "note": "replayed on the uncached calibration generations"}
+
+
+def static_computed(policy, contexts, steps: int) -> float:
+    """Mean computed calls per context of a static policy (bound): its schedule, exactly."""
+    return float(np.mean([policy.start(steps, c, 1).table.sum() for c in contexts]))
+
+
+def suggest_static_threshold(policy, contexts, target: int, steps: int) -> dict[str, Any] | None:
+    """The threshold of a static ``policy`` (bound, e.g. MagCache) whose schedules over
+    ``contexts`` compute closest to ``target`` steps on average: exact, nothing is replayed."""
+    if not contexts:
+        return None
+    found = _threshold_for(lambda p: static_computed(p, contexts, steps), policy, target)
+    return {**found, "note": "exact: the schedule depends on the step count only"}
+
+
+def _threshold_for(computed_by: Callable, policy, target: int) -> dict[str, Any]:
     cache: dict[float, float] = {}
 
     def computed(t: float) -> float:
         if t not in cache:
-            cache[t] = replayed_computed(policy.replace(threshold=t), runs, steps)
+            cache[t] = computed_by(policy.replace(threshold=t))
         return cache[t]
 
     top = 1.0
@@ -97,8 +118,7 @@ def suggest_threshold(policy, runs: SignalRuns, target: int, steps: int) -> dict
     threshold = float(f"{math.sqrt(lo * hi) if lo > 0 else (lo + hi) / 2:.3g}")
     if computed(threshold) != hit:
         threshold = float(grid[best])
-    return {"params": {"threshold": threshold}, "threshold_range": [lo, hi], "computed_steps": hit,
-            "note": "replayed on the uncached calibration generations"}
+    return {"params": {"threshold": threshold}, "threshold_range": [lo, hi], "computed_steps": hit}
 
 
 def _edge(computed: Callable[[float], float], value: float, outside: float, inside: float) -> float:
@@ -131,7 +151,8 @@ def format_suggestions(suggestions: dict[str, dict[str, dict]], steps: int) -> s
     for target, by_policy in suggestions.items():
         lines.append(f"settings for {target} computed steps of {steps} per cache context:")
         for name, s in by_policy.items():
-            params = ", ".join(f"{k}={v}" for k, v in s["params"].items())
+            params = ", ".join(f"{k}={v}" if len(str(v)) <= 40 else f"{k}=(this calibration's)"
+                               for k, v in s["params"].items())
             extra = ""
             if "threshold_range" in s:
                 lo, hi = s["threshold_range"]

@@ -64,10 +64,15 @@ def test_format_3_records_the_default_policy_and_teacache_data(flux):
     data = json.loads((flux.art_dir / "manifest.json").read_text())
     assert data["format_version"] == 3 and "criterion" not in data
     assert data["policy"] == {"name": "teacache", "params": {"threshold": 0.4}}
-    assert data["policy_data"] == {"teacache": {
+    assert sorted(data["policy_data"]) == ["magcache", "teacache"]
+    assert data["policy_data"]["teacache"] == {
         "coefficients": [498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861], "source": "variant FLUX.1",
         "forced": {"first": 1, "last": True, "first_fraction": 0.0}, "accumulate": "raw", "eps": 0.0,
-        "clamp": False, "history": []}}
+        "clamp": False, "history": []}
+    magcache = data["policy_data"]["magcache"]  # the family's published MagCache ratios and settings
+    assert magcache["source"] == "MagCache's published ratios for FLUX.1-dev (28 steps)"
+    assert (magcache["threshold"], magcache["max_skips"], magcache["retention_ratio"]) == (0.24, 5, 0.1)
+    assert len(magcache["mag_ratios"]) == 28 and magcache["mag_ratios"][:2] == [1.0, 1.21094]
     assert data["signal"]["cached"] == ["hidden_states"]
 
 
