@@ -156,7 +156,8 @@ def format_suggestions(suggestions: dict[str, dict[str, dict]], steps: int) -> s
             extra = ""
             if "threshold_range" in s:
                 lo, hi = s["threshold_range"]
-                extra = f" (thresholds {lo:.3g} to {hi:.3g} give {s['computed_steps']:.2f} computed, replayed)"
+                how = "exact" if s.get("note", "").startswith("exact") else "replayed"
+                extra = f" (thresholds {lo:.3g} to {hi:.3g} give {s['computed_steps']:.2f} computed, {how})"
             if "steps" in s:
                 extra = f" (steps {s['steps']})"
             if "note" in s and "threshold_range" not in s:

@@ -102,6 +102,20 @@ def test_teacache_calibration_suggests_a_threshold_that_renders_at_its_steps(exp
     assert abs(len(t.stats["computed_steps"]) - 4) <= 1
 
 
+def test_magcache_calibration_suggests_the_exact_threshold(exported, tmp_path, capsys):
+    from teacache_trt import policies
+
+    art = exported("flux").copy(tmp_path / "art")
+    path = tmp_path / "mag.json"
+    assert C.main([str(art), "--policy", "magcache", "--steps", "8", "--seeds", "1", "--holdout", "0",
+                   "--target-steps", "5", "--json", str(path)]) == 0
+    assert "--policy magcache threshold=" in capsys.readouterr().out
+    found = json.loads(path.read_text())["suggestions"]["5"]["magcache"]
+    t = teacache_trt.load_transformer(art, policy=policies.make("magcache", **found["params"]))
+    C.synthetic_driver(t.manifest, 8)(t, 0)
+    assert found["computed_steps"] == 5.0 and len(t.stats["computed_steps"]) == 5  # static: exact
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--budget", "3"], "--budget, --objective and --reuse belong to --policy budget"),
     (["--policy", "budget", "--reuse", "cubic"], "must name reuse modes of ['residual', 'taylor']"),
