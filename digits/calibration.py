@@ -5,9 +5,7 @@ import torch
 
 from .data import NUM_CLASSES
 
-CALIBRATION_FILE = "teacache_calibration.json"  # shipped next to the weights in model/
-BUDGET_FILE = "budget_search.json"  # teacache-calibrate --policy budget --json, shipped beside it
-MAGCACHE_FILE = "magcache_calibration.json"  # teacache-calibrate --policy magcache --json, likewise
+from .constants import BUDGET_FILE, CALIBRATION_FILE, MAGCACHE_FILE  # noqa: F401 - shipped next to the weights in model/
 
 
 def digits_driver(steps: int = 20, guidance_scale: float = 3.0, per_class: int = 2, model_dir=None):

@@ -37,15 +37,15 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
+from .. import strict_json
 from ..errors import TeaCacheError
-from ..families import check_coefficients
 from ..files import atomic_write_bytes
-from .calibration import CALIBRATION_FILE
-from .data import NUM_CLASSES
+from .constants import CALIBRATION_FILE, NUM_CLASSES  # torch is imported where it is used: --help at once
 
 LEVELS = (7, 10)  # computed steps per branch compared by default
 REUSES = ("residual", "taylor")
@@ -106,6 +106,7 @@ def export_bundled(cache_dir: Path | None = None, log=print) -> Path:
 
 
 def load_calibrated(path: Path | None = None) -> list[float]:
+    from ..families import check_coefficients
     from .pipeline import DEFAULT_MODEL_DIR
 
     path = Path(path) if path else DEFAULT_MODEL_DIR / CALIBRATION_FILE
@@ -125,6 +126,8 @@ class Renderer:
     """One enabled pipeline; renders the evaluation digits under a given policy."""
 
     def __init__(self, art_dir: Path, steps: int, guidance: float, per_class: int, seed: int, backend: str):
+        import torch
+
         import teacache_trt
 
         from ..policies import Schedule
@@ -359,6 +362,8 @@ def time_ratios(r: Renderer, full, timed, repeats: int, log=print) -> list[float
     Returns the load averages (1, 5, 15 min) at the end."""
     import statistics
 
+    import torch
+
     labels = torch.arange(NUM_CLASSES).repeat_interleave(TIMING_PER_CLASS)
     r.render(full, labels=labels)  # warm-up: sessions and allocators at this batch size
     ratios = {id(row): [] for row, _, _ in timed}
@@ -470,17 +475,6 @@ def plot(rows: Sequence[Row], path: Path, steps: int) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def strict_json(value):
-    """``value`` with every non-finite float replaced by None (JSON has no Infinity or NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
 def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     import io
 
@@ -491,11 +485,9 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     paths = {"table": out_dir / "table.md", "json": out_dir / "eval.json", "plot": out_dir / "psnr.png"}
     text = [markdown_table(rows), "", timing_note(result["settings"]), *verdicts(rows), *result["notes"]]
     atomic_write_bytes(paths["table"], ("\n".join(text) + "\n").encode())
-    data = strict_json({"settings": result["settings"], "coefficients": result["coefficients"],
-                        "notes": ["null stands for a value that is not finite (the uncached row's PSNR is "
-                                  "infinite)", *result["notes"]],
-                        "verdicts": verdicts(rows), "rows": [asdict(r) for r in rows]})
-    atomic_write_bytes(paths["json"], json.dumps(data, indent=2, allow_nan=False).encode())
+    data = {"settings": result["settings"], "coefficients": result["coefficients"], "notes": result["notes"],
+            "verdicts": verdicts(rows), "rows": [asdict(r) for r in rows]}
+    atomic_write_bytes(paths["json"], strict_json.dumps(data, indent=2).encode())
     plot(rows, paths["plot"], result["settings"]["steps"])
     for name, images in result["images"].items():
         buf = io.BytesIO()
@@ -517,9 +509,8 @@ grids into --out."""
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import options
-    from ..runtime.backends import BACKENDS
     from ..tools import policy_options
-    from .driver import DIGITS_AXES
+    from .constants import DIGITS_AXES
 
     max_per_class = DIGITS_AXES["batch"][2] // NUM_CLASSES  # cond rows of one call within the profile
     p = options.Parser(prog="teacache-eval", description=DESCRIPTION,
@@ -531,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=options.output_folder,
                    help="that cache (default ~/.cache/teacache-trt/artifacts)")
     p.add_argument("--steps", type=options.integer(2, 1000), default=20, help="sampler steps (default 20)")
-    p.add_argument("--computed", metavar="N,M", type=computed_levels, default=list(LEVELS),
+    p.add_argument("--computed", metavar="N,M", type=options.step_counts, default=list(LEVELS),
                    help=f"numbers of computed steps per branch to compare every policy at "
                         f"(default {','.join(map(str, LEVELS))})")
     p.add_argument("--guidance", type=options.number(0.0), default=3.0,
@@ -545,23 +536,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrated", type=options.thresholds, default=[],
                    help="also TeaCache rows with the calibrated coefficients at these thresholds (default: none)")
     p.add_argument("--coefficients", help="calibration JSON (default: the one shipped with the model)")
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS, help="default onnxruntime")
+    p.add_argument("--backend", default="onnxruntime", choices=options.BACKEND_NAMES, help="default onnxruntime")
     p.add_argument("--repeats", type=options.integer(1, 1000), default=TIMING_REPEATS,
                    help=f"interleaved timing pairs per policy; the wall ratio is their median (default "
                         f"{TIMING_REPEATS})")
     policy_options.add_arguments(p, " to compare as one more row (with uniform and fewer-step rows at its compute)")
     return p
-
-
-def computed_levels(text: str) -> list[int]:
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        values = []
-    if not values or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be numbers of computed steps >= 1, comma-separated, "
-                                         f"e.g. 7,10")
-    return values
 
 
 def main(argv=None) -> int:

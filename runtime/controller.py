@@ -49,6 +49,8 @@ class ContextState:
     plan_key: tuple | None = None
     # reuse other than "residual": the second residual and the computed steps it extrapolates from
     forecast: Forecast | None = None
+    # the io_sums feature's buffers (runtime.io_sums.IOSums), for a policy that needs it
+    io: Any = None
 
     def __post_init__(self):
         if self.n_groups < 1:

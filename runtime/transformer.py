@@ -37,21 +37,22 @@ from diffusers.configuration_utils import FrozenDict
 
 from .. import policies
 from ..dtypes import PRECISIONS, TORCH_DTYPES
-from ..errors import TeaCacheError
+from ..errors import TeaCacheError, shown
 from ..families import get_family
 from ..manifest import CONTEXT_GRAPH, MANIFEST_NAME, Manifest, graph_names
-from ..policies import SIGNAL_SUMS, Features, Policy, check_threshold
+from ..policies import IO_SUMS, SIGNAL_SUMS, Features, Policy, check_threshold
 from ..shapes import bind, propagate
 from .backends import make_runner
 from .controller import ContextState, merge_stats
 from .forecast import Forecast
+from .io_sums import IOSums
 from .plan import StepPlan
 
 DEFAULT_CONTEXT = "default"
 DECISIONS = ("batch", "sample")
 BATCH_AXIS = "batch"  # the dim name the exporter gives every per-row dim 0
 MAX_PLANS = 8  # input shapes whose buffers are kept; the least recently used goes first
-PROVIDED_FEATURES = frozenset({SIGNAL_SUMS})  # what this runtime reads back for a policy
+PROVIDED_FEATURES = frozenset({SIGNAL_SUMS, IO_SUMS})  # what this runtime reads back for a policy
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -114,6 +115,9 @@ class CompiledTransformer(torch.nn.Module):
         # What the manifest records for the policies (checked), and the policy of this
         # thread's generations (other threads start from it; see the module doc).
         self._artifact = policies.artifact_policies(manifest, str(self.art_dir / MANIFEST_NAME))
+        # The model input the sampler denoises (what io_sums compares), where the graphs take it.
+        self._latent = self.family.latent_input if any(
+            s.name == self.family.latent_input for g in manifest.graphs.values() for s in g.inputs) else None
         given = _initial_policy(self._artifact, policy, threshold, clamp)
         self._defaults = _Settings(given, self._bind(given))
         # Every graph runs on this stream; callers' streams hand over to it (forward).  Without
@@ -188,6 +192,10 @@ class CompiledTransformer(torch.nn.Module):
         if missing:
             raise TeaCacheError(f"{policy!r} needs {missing} from the graphs, which this runtime does not read "
                                 f"(it reads {sorted(PROVIDED_FEATURES)}): choose another policy")
+        if IO_SUMS in policy.needs and self._latent is None:
+            raise TeaCacheError(f"{policy!r} compares the model's latent input {self.family.latent_input!r}, which the "
+                                f"{self.manifest.family} graphs do not take: set latent_input on the family to the "
+                                f"name of the input the sampler denoises, or choose another policy")
         return policy.bind(self._artifact)
 
     @property
@@ -316,6 +324,8 @@ class CompiledTransformer(torch.nn.Module):
                 policy=policy.start(thread.num_steps, name, n, self._group_thresholds(settings)),
                 reads_sums=SIGNAL_SUMS in policy.needs,
                 forecast=None if policy.reuse == "residual" else Forecast(policy.reuse, n))
+            if IO_SUMS in policy.needs:
+                state.io = IOSums(self._device)
         elif self.decisions == "sample":
             self._check_rows(rows, state.n_groups, (thread.settings or self._defaults).sample_thresholds)
         return state
@@ -407,6 +417,8 @@ class CompiledTransformer(torch.nn.Module):
         features.elements_per_row = plan.elements_per_row
         # A static policy reads nothing back: its decisions were fixed when the context started.
         features.l1_diff, features.l1_prev = plan.read_sums() if has_prev and state.reads_sums else (None, None)
+        if state.io is not None:
+            state.io.read(pool[self._latent], features)
         step = state.step
         flags = state.policy.decide(step, features, 1 - state.has_residual)
         state.record(flags)
@@ -415,6 +427,8 @@ class CompiledTransformer(torch.nn.Module):
             self._run_blocks(plan, state, pool, flags, groups)
         pool.update(state.residual if state.forecast is None else self._forecast(plan, state, flags, step))
         out = self.runners["head"].infer_into(pool, plan.new_output())["output"]
+        if state.io is not None:
+            state.io.computed(plan, out, flags, groups)
         if self.observers:
             pool["output"] = out
             for observe in self.observers:
@@ -501,11 +515,10 @@ class CompiledTransformer(torch.nn.Module):
         converts inputs given with another dtype, device or layout, in place."""
         try:
             key = tuple((t.shape, t.dtype, t.device, t.is_contiguous()) for t in map(feed.__getitem__, self._input_specs))
-        except (KeyError, AttributeError):  # a missing input, or a number where a tensor goes
+        except (KeyError, AttributeError, TypeError, RuntimeError):  # a missing input, a number, a sparse tensor
             self._check_present(feed)
             for name in self._input_specs:
-                if not isinstance(feed[name], torch.Tensor):
-                    feed[name] = torch.as_tensor(feed[name])
+                feed[name] = self._as_tensor(name, feed[name])
             return self._plan(feed)
         plan = self._plans.get(key)
         if plan is None:
@@ -515,6 +528,23 @@ class CompiledTransformer(torch.nn.Module):
         for name, dtype in plan.convert:
             feed[name] = feed[name].to(device=self._device, dtype=dtype).contiguous()
         return plan
+
+    def _as_tensor(self, name: str, value) -> torch.Tensor:
+        """A model input as a dense tensor with values (a number or list becomes one); anything
+        else is refused by name, before it meets a graph."""
+        if not isinstance(value, torch.Tensor):
+            try:
+                value = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise TeaCacheError(f"input {name!r} is a {type(value).__name__} ({shown(value, 40)}), not a tensor: "
+                                    f"pass a torch.Tensor (or a number)") from None
+        if value.layout != torch.strided:
+            raise TeaCacheError(f"input {name!r} is a {value.layout} tensor: the graphs take dense tensors; pass "
+                                f"{name}.to_dense()")
+        if value.device.type == "meta":
+            raise TeaCacheError(f"input {name!r} is on the meta device, which holds no values: pass a tensor with "
+                                f"data (on {self._device})")
+        return value
 
     def _check_present(self, feed) -> None:
         for name in self._input_specs:
@@ -529,7 +559,7 @@ class CompiledTransformer(torch.nn.Module):
         env: dict[str, int] = {}
         convert = []
         for name, spec in self._input_specs.items():
-            t = feed[name]
+            t = self._as_tensor(name, feed[name])
             want = TORCH_DTYPES[spec.dtype]
             if t.dtype != want and not (t.dtype.is_floating_point and want.is_floating_point):
                 raise TeaCacheError(
@@ -578,6 +608,9 @@ class CompiledTransformer(torch.nn.Module):
         """Axis values, then every input dim, against the profile the graphs were built for."""
         for axis, (lo, opt, hi) in self.manifest.axes.items():
             value = env.get(axis)
+            if value is not None and value < 1:
+                raise TeaCacheError(f"{axis}={value}: the inputs are empty along {axis} (an input has size 0 there); "
+                                    f"give at least one (e.g. at least one prompt)")
             if value is not None and not lo <= value <= hi:
                 raise TeaCacheError(
                     f"{axis}={value} is outside the built profile [{lo}, {hi}] of {self.art_dir}: "

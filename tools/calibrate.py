@@ -16,28 +16,32 @@ polynomial that turns down or goes negative there skips the wrong steps.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 import numpy as np
-import torch
 
-from .. import artifact, options
-from ..dtypes import PRECISIONS
+from .. import artifact, options, strict_json
 from ..errors import TeaCacheError
-from ..families import ForcedSteps, check_coefficients, get_family
-from ..files import atomic_write_bytes
+from ..files import write_output
 from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
-from ..policies import TeaCache, artifact_policies
-from ..runtime.api import load_transformer
-from ..runtime.criterion import is_forced, poly
-from . import budget_search, calibrate_magcache, suggest
 from .drivers import Generate, driver_for
-from .sampling import check_sampling_inputs, sample
+
+# torch, the families, the policies and the runtime are imported where they are used: --help
+# and option errors answer without them.
+
+
+def load_transformer(*args, **kwargs):
+    """``teacache_trt.load_transformer`` (imported when a calibration runs)."""
+    from ..runtime.api import load_transformer as load
+
+    return load(*args, **kwargs)
 
 TARGETS = ("output", "residual")
 MAX_ORDER = 10  # beyond this polyfit is ill-conditioned; the paper saturates at 4
@@ -74,6 +78,8 @@ class PairRecorder:
         self.seed, self._prev = seed, {}
 
     def __call__(self, context: str, step: int, computed: bool, pool) -> None:
+        import torch
+
         if self.target == "output":
             y_now = pool["output"].float()
         else:
@@ -177,6 +183,9 @@ def never_skips_note(pairs: Pairs, policy, steps: int) -> str | None:
     """One line when ``policy`` (TeaCache, bound: the new coefficients, the artifact's default
     threshold and rule) would compute every step of every calibration generation, replayed
     from the recorded signal changes; None when it would skip somewhere."""
+    from ..families import ForcedSteps
+    from ..runtime.criterion import is_forced, poly
+
     f, coefficients = policy.forced or ForcedSteps(), policy.coefficients  # unset knobs: the rule's defaults
     runs: dict[tuple, dict[int, float]] = {}
     for x, seed, context, step in zip(pairs.x, pairs.seed, pairs.context, pairs.step):
@@ -209,6 +218,9 @@ def write_to_manifest(art_dir, calibration: Calibration) -> None:
 
 
 def _write_to_manifest(art_dir, calibration: Calibration) -> None:
+    from ..families import check_coefficients
+    from ..policies import artifact_policies
+
     manifest = load_manifest(art_dir)
     teacache = manifest.policy_data.setdefault("teacache", {})
     if "coefficients" in teacache:
@@ -240,16 +252,16 @@ def _restore_previous(art_dir) -> list[float]:
     return teacache["coefficients"]
 
 
-def write_json(path, calibration: Calibration) -> None:
-    atomic_write_bytes(Path(path), json.dumps(asdict(calibration), indent=2).encode())
-
-
 # --- where the calibration generations come from ---------------------------------------------
 def synthetic_driver(manifest, steps: int, sizes: dict[str, int] | None = None) -> Generate:
     """Random model inputs per seed and a plain Euler loop: works for every exported family.
 
     Real prompts give better coefficients; use a pipeline driver where one exists.
     """
+    from ..dtypes import PRECISIONS
+    from ..families import get_family
+    from .sampling import check_sampling_inputs, sample
+
     family = get_family(manifest.family)
     sizes = sizes or {name: rng[1] for name, rng in manifest.axes.items()}
     check_sampling_inputs(manifest)
@@ -304,6 +316,8 @@ def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8
     held_out = list(range(first_seed + seeds, first_seed + seeds + holdout))
     pairs = collect(transformer, generate, fit_seeds + held_out, target, log, signal)
     result = calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
+    from ..policies import TeaCache, artifact_policies
+
     art = artifact_policies(transformer.manifest)
     if art.name == "teacache":  # the threshold renders use by default
         note = never_skips_note(pairs, TeaCache(coefficients=result.coefficients).bind(art), steps)
@@ -326,8 +340,6 @@ def format_report(c: Calibration) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..runtime.backends import BACKENDS
-
     p = options.Parser(prog="teacache-calibrate",
                        description="Calibrate a caching policy for an exported model: TeaCache's coefficients "
                                    "(default), MagCache's magnitude ratios (--policy magcache) or the computed "
@@ -353,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where generations come from: 'synthetic' (random inputs, Euler steps) or an "
                         "installed driver such as 'digits' (default: the installed driver that applies "
                         "to this artifact, else synthetic)")
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    p.add_argument("--backend", default="onnxruntime", choices=options.BACKEND_NAMES)
     p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N")
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
     p.add_argument("--budget", metavar="N", type=options.integer(1, 10_000), action="append", default=[],
@@ -365,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", metavar="MODE,MODE", type=reuse_modes, default=["residual"],
                    help="--policy budget: the reuse modes to measure and search for, comma-separated (default "
                         "residual; residual,taylor doubles the generations)")
-    p.add_argument("--target-steps", metavar="N,M", type=target_steps, default=[],
+    p.add_argument("--target-steps", metavar="N,M", type=options.step_counts, default=[],
                    help="suggest each policy's setting that computes N (and M ...) steps per cache context, "
                         "from these generations (printed and in --json)")
     where = p.add_mutually_exclusive_group()
@@ -388,21 +400,12 @@ def reuse_modes(text: str) -> list[str]:
     return values
 
 
-def target_steps(text: str) -> list[int]:
-    """Comma-separated numbers of computed steps, e.g. 7,10."""
-    try:
-        values = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        values = []
-    if not values or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be numbers of computed steps >= 1, comma-separated, e.g. 7,10")
-    return values
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        from . import budget_search, calibrate_magcache, suggest
+
         magcache, budget = args.policy == "magcache", args.policy == "budget"
         if args.policy != "teacache" and (args.order is not None or args.target is not None):
             raise TeaCacheError(f"--order and --target shape TeaCache's polynomial; --policy {args.policy} takes neither")
@@ -462,26 +465,22 @@ def main(argv=None) -> int:
                 print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --policy {args.policy} "
                       f"--restore undoes it)")
         elif args.json:
-            atomic_write_bytes(Path(args.json), json.dumps(data, indent=2, allow_nan=False,
-                                                           default=_no_nan).encode())
+            write_output(Path(args.json), strict_json.dumps(data, indent=2).encode())
             print(f"written to {args.json}")
         return 0
 
     return options.run("teacache-calibrate", body)
 
 
-def _no_nan(value):
-    raise TypeError(f"{value!r} is not JSON data")
-
-
 def suggestions(art_dir, manifest, result, signal, targets: Sequence[int], steps: int) -> dict:
     """Per target, each policy's suggested setting (see :mod:`.suggest`), as JSON data: TeaCache
     (replayed on the recorded signal), MagCache (where ratios are known) and Budget."""
     from .. import policies
+    from . import suggest
 
     art = policies.artifact_policies(manifest, str(Path(art_dir) / MANIFEST_NAME))
     fitted = getattr(result, "coefficients", None)
-    teacache = TeaCache(threshold=1.0, coefficients=fitted).bind(art)  # threshold: replaced per try
+    teacache = policies.TeaCache(threshold=1.0, coefficients=fitted).bind(art)  # threshold: replaced per try
     ratios = getattr(result, "mag_ratios", None)
     contexts = sorted(ratios) if ratios else sorted({c for _, c in signal.calls}) if signal else []
     try:

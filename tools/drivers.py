@@ -43,6 +43,10 @@ class ExportPlan:
 
     transformer_dir: Path  # the diffusers transformer folder (config.json + weights)
     axes: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)  # overrides of the family's defaults
+    # TeaCache coefficients the model ships with (a calibration), the artifact's instead of the
+    # variant's, and where they come from (the manifest's source; "teacache-calibrate ..." for a fit)
+    coefficients: Sequence[float] | None = None
+    coefficients_source: str = ""
     # calibration results shipped with the model, by policy name (the manifest's policy_data
     # entries, e.g. {"budget": {"searches": ...}}): written into the artifact's manifest
     policy_data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -15,8 +15,8 @@ import importlib
 import pkgutil
 
 from .base import (
-    FEATURES, RESIDUAL_NORMS, REUSE_MODES, SIGNAL_SUMS, ArtifactPolicies, Features, Policy, PolicyState, StaticState,
-    artifact_policies, check_threshold, default_policy, from_spec, make, register, registered,
+    FEATURES, IO_SUMS, RESIDUAL_NORMS, REUSE_MODES, SIGNAL_SUMS, ArtifactPolicies, Features, Policy, PolicyState,
+    StaticState, artifact_policies, check_threshold, default_policy, from_spec, make, register, registered,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -26,7 +26,7 @@ for _cls in registered().values():
     globals()[_cls.__name__] = _cls
 
 __all__ = [
-    "FEATURES", "RESIDUAL_NORMS", "REUSE_MODES", "SIGNAL_SUMS", "ArtifactPolicies", "Features", "Policy", "PolicyState",
-    "StaticState", "artifact_policies", "check_threshold", "default_policy", "from_spec", "make", "register",
+    "FEATURES", "IO_SUMS", "RESIDUAL_NORMS", "REUSE_MODES", "SIGNAL_SUMS", "ArtifactPolicies", "Features", "Policy",
+    "PolicyState", "StaticState", "artifact_policies", "check_threshold", "default_policy", "from_spec", "make", "register",
     "registered", *sorted(c.__name__ for c in registered().values()),
 ]
