@@ -10,7 +10,7 @@ digits (same labels, same seed) are rendered through the exported graphs by:
   uniform               that many steps, evenly spaced (the baseline a policy must beat)
   fewer-steps           a plain sampler with that many steps and no caching
   magcache              MagCache with the model's calibrated ratios (max_skips 4, retention 0.1)
-  easycache             when this teacache-trt has it
+  easycache             EasyCache (warmup 3), no offline data
 
 each caching policy with both reuse modes: the cached residual as it is ("residual") and its
 first-order extrapolation ("taylor").  A threshold policy's threshold is chosen to land on the
@@ -56,10 +56,14 @@ TIMING_PER_CLASS = 1  # digits per class in the timing renders (the quality rend
 PER_CLASS = 4
 RELIABLE = (0.5, 1.1)  # a wall ratio outside this times the ideal ratio is flagged unreliable
 THRESHOLD_TRIES = 3  # real renders spent correcting a threshold that missed its level
+# ... for a policy whose rule cannot be replayed on the recorded signal (EasyCache reads the
+# outputs of its own computed steps): its search starts from its default threshold
+SEARCH_TRIES = 7
 # Policies that take part when this teacache-trt registers them and the artifact has their data,
 # with their settings besides the threshold (MagCache: up to 4 skips in a row and 10% of the steps
-# computed first reach 7 of 20 steps; its defaults, 2 and 20%, cannot go below about 10).
-OPTIONAL = {"magcache": {"max_skips": 4, "retention_ratio": 0.1}, "easycache": {}}
+# computed first reach 7 of 20 steps; its defaults, 2 and 20%, cannot go below about 10.
+# EasyCache: 3 warm-up steps of 20; its default 5 spends 7 steps' budget early).
+OPTIONAL = {"magcache": {"max_skips": 4, "retention_ratio": 0.1}, "easycache": {"warmup": 3}}
 ORDER = ("uncached", "teacache-upstream", "teacache-calibrated", "magcache", "easycache", "budget", "uniform",
          "fewer-steps")
 
@@ -250,18 +254,23 @@ class Evaluation:
             return row
         from ..tools.suggest import suggest_static_threshold, suggest_threshold
 
+        from ..policies import SIGNAL_SUMS
+
         bound = c.make(1.0).bind(self.art)
+        tries = THRESHOLD_TRIES
         if bound.static:  # its schedule is known from the step count: exact
             contexts = sorted({context for _, context in self.signal.calls})
             found = suggest_static_threshold(bound, contexts, level, self.r.steps)
-        else:  # replayed on the uncached render's signal
+        elif SIGNAL_SUMS in bound.needs:  # replayed on the uncached render's signal
             found = suggest_threshold(bound, self.signal, level, self.r.steps)
+        else:  # nothing to replay: search on real renders from its default threshold
+            found, tries = None, SEARCH_TRIES
         lo, hi = 0.0, math.inf  # thresholds known to compute more / fewer steps than the level
-        threshold = found["params"]["threshold"] if found else 0.0
-        for attempt in range(THRESHOLD_TRIES + 1):
+        threshold = found["params"]["threshold"] if found else c.make(None).bind(self.art).params.get("threshold") or 0.0
+        for attempt in range(tries + 1):
             policy = c.make(threshold)
             row = self.render(c.label, policy, level, setting=c.setting(policy))
-            if row.on_target or attempt == THRESHOLD_TRIES:
+            if row.on_target or attempt == tries:
                 break
             if row.computed_steps > level:
                 lo = max(lo, threshold)
@@ -485,7 +494,8 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     paths = {"table": out_dir / "table.md", "json": out_dir / "eval.json", "plot": out_dir / "psnr.png"}
     text = [markdown_table(rows), "", timing_note(result["settings"]), *verdicts(rows), *result["notes"]]
     atomic_write_bytes(paths["table"], ("\n".join(text) + "\n").encode())
-    data = {"settings": result["settings"], "coefficients": result["coefficients"], "notes": result["notes"],
+    data = {"settings": result["settings"], "coefficients": result["coefficients"], "notes": [
+                "null stands for a value that is not finite (the uncached row's PSNR is infinite)", *result["notes"]],
             "verdicts": verdicts(rows), "rows": [asdict(r) for r in rows]}
     atomic_write_bytes(paths["json"], strict_json.dumps(data, indent=2).encode())
     plot(rows, paths["plot"], result["settings"]["steps"])

@@ -75,7 +75,7 @@ def test_harness_end_to_end(digits_art, tmp_path):
         assert row.reliable == (0.5 * row.ideal_ratio <= row.wall_ratio <= 1.1 * row.ideal_ratio)
     (base,) = by_label["uncached"]
     assert base.computed_steps == steps and base.ssim == 1.0 and base.psnr is None
-    for label in ("teacache-upstream", "teacache-calibrated", "budget", "uniform"):
+    for label in ("teacache-upstream", "teacache-calibrated", "easycache", "budget", "uniform"):
         assert sorted((r.target, r.reuse) for r in by_label[label]) == [
             (3, "residual"), (3, "taylor"), (5, "residual"), (5, "taylor")]
     assert sorted(r.target for r in by_label["fewer-steps"]) == [3, 5]
