@@ -11,7 +11,9 @@ folder whenever it is up to date, so only the first render of a model pays for t
   cache entry); a folder that held an artifact before is left as the export left it.
 - A driver's plan may carry the TeaCache coefficients its model ships with (the bundled digits
   model: its calibration): they become the artifact's, the variant's own staying selectable
-  (``--coefficients upstream``) and in the coefficients' history.
+  (``--coefficients upstream``) and in the coefficients' history.  Its other shipped
+  calibrations (``ExportPlan.policy_data``: a budget search, MagCache ratios) go into the
+  manifest's policy data.
 """
 from __future__ import annotations
 
@@ -70,11 +72,33 @@ def ensure_artifacts(driver, model_dir: Path, *, batch_size: int, backend: str, 
             export_model(src, art, axes=ranges, build=build, variant=variant, coefficients=coefficients, log=log)
             if coefficients is not None and plan.coefficients_source:
                 _name_source(art, coefficients, plan.coefficients_source)
+            if plan.policy_data:
+                add_policy_data(art, plan.policy_data, log)
         except BaseException:
             if not had_artifact and not (art / MANIFEST_NAME).is_file():
                 shutil.rmtree(art, ignore_errors=True)  # never an empty cache folder
             raise
     return art
+
+
+def add_policy_data(art: Path, data, log: Callable[[str], None] = print) -> None:
+    """Calibration results the driver ships with its model (``ExportPlan.policy_data``) into the
+    artifact's manifest, where they differ from what it records (checked as the runtime checks them)."""
+    import json
+
+    from ... import artifact
+    from ...manifest import load_manifest, save_manifest
+    from ...policies import artifact_policies
+
+    data = json.loads(json.dumps(dict(data)))
+    if all(load_manifest(art).policy_data.get(name) == entry for name, entry in data.items()):
+        return
+    with artifact.writing(art):
+        manifest = load_manifest(art)
+        manifest.policy_data.update(data)
+        artifact_policies(manifest, str(art / "manifest.json"))  # never write what a load would refuse
+        save_manifest(art, manifest)
+    log(f"[export] {art}: the model's shipped {', '.join(sorted(data))} data written into its manifest")
 
 
 @contextlib.contextmanager
