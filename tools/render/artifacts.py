@@ -39,7 +39,8 @@ def ensure_artifacts(driver, model_dir: Path, *, batch_size: int, backend: str, 
     """The artifact folder for ``model_dir`` under ``cache_dir``, exported now if needed."""
     from ...export.exporter import export_model, weights_hash_of_dir
     from ...families import find_model_dir
-    from ...manifest import MANIFEST_NAME, sha256_json
+    from ...integrity import sha256_json
+    from ...manifest import MANIFEST_NAME
 
     plan = driver.export_plan(Path(model_dir), batch_size)
     src = find_model_dir(plan.transformer_dir)
@@ -83,16 +84,15 @@ def _turn(art: Path, log: Callable[[str], None]):
 def _name_source(art: Path, coefficients: list[float], source: str) -> None:
     """Record where the plan's coefficients come from (the export calls them its own option's)."""
     from ... import artifact
-    from ...manifest import load_manifest, save_manifest
 
-    manifest = load_manifest(art)
+    manifest = artifact.Artifact.open(art).manifest
     teacache = manifest.policy_data.get("teacache", {})
     if teacache.get("coefficients") != coefficients or teacache.get("source") == source:
         return
     with artifact.writing(art):
-        manifest = load_manifest(art)
+        manifest = artifact.Artifact.open(art).manifest
         manifest.policy_data["teacache"]["source"] = source
-        save_manifest(art, manifest)
+        artifact.save_manifest(art, manifest)
 
 
 def check_model_matches(manifest, art_dir: Path, driver, model_dir: Path) -> None:

@@ -215,7 +215,7 @@ def make_pool(args, spec):
 
 def render(args, log=None):
     from ... import policies
-    from ...manifest import load_manifest
+    from ...artifact import Artifact
     from ..drivers import default_render_model, render_driver_for
     from .artifacts import check_model_matches, ensure_artifacts
     from .batching import batch_key, make_batches, pending
@@ -242,7 +242,7 @@ def render(args, log=None):
     with OutputDir(args.out) as out:
         art = args.artifacts or ensure_artifacts(driver, model_dir, batch_size=args.batch_size, backend=args.backend,
                                                  cache_dir=args.cache_dir or default_cache_dir(), log=log)
-        manifest = load_manifest(art)
+        manifest = Artifact.open(art).manifest
         if args.artifacts:
             check_model_matches(manifest, art, driver, model_dir)
         batch_size = fit_batch_size(manifest, art, args.batch_size, log)
