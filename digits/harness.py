@@ -307,6 +307,9 @@ def main(argv=None) -> int:
 
     def body() -> int:
         t0 = time.perf_counter()
+        from .data import sklearn
+
+        sklearn("svm")  # the classifier scores the digits: a missing extra fails before any work
         coefficients = load_calibrated(args.coefficients) if args.coefficients else None  # before any export
         policy = policy_options.from_args(args)
         art = Path(args.art) if args.art else export_bundled(args.cache_dir)

@@ -18,10 +18,10 @@ import torch
 
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
+from .inputs import Axis, Input, check_fixed, config_sizes
 from .magcache_ratios import PublishedRatios
 from .model_io import find_model_dir, plain_config, read_config
 
-AUTO = "auto"  # a dynamic dim whose name the exporter picks (it is derived from others)
 ACCUMULATE = ("raw", "abs")  # acc += poly(d) (upstream TeaCache), acc += |poly(d)| (vLLM-Omni)
 
 
@@ -149,29 +149,14 @@ class TimestepScale:
         return [sign * (sigmas[i + 1] - sigmas[i]) for i in range(steps)]
 
 
-@dataclass(frozen=True)
-class Axis:
-    """A dynamic axis of the model inputs, with its default optimization-profile range."""
-
-    name: str
-    min: int
-    opt: int
-    max: int
-    multiple_of: int = 1
-    help: str = ""
-
-
-def patched_axes(axes: tuple[Axis, ...], patch: int) -> tuple[Axis, ...]:
-    """``axes`` with every latent-size axis (``multiple_of`` > 1) starting at and stepping by the
-    config's ``patch`` size: the smallest input is one patch."""
-    return tuple(a if a.multiple_of == 1 else Axis(a.name, patch, a.opt, a.max, patch, a.help) for a in axes)
-
-
 class Part(torch.nn.Module):
-    """One of the three graphs: named tensors in, named tensors out.
+    """One of the graphs: named tensors in, named tensors out.
 
-    ``dynamic`` maps an input name to ``{dim index: axis name or AUTO}``; every other dim is
-    fixed by the model config.
+    The dynamic dims of a part's inputs need no declaring: model inputs take theirs from the
+    family's ``inputs``, ``prev_signal`` from ``signal_dims``, and the tensors an earlier graph
+    produced from that graph's exported outputs (a dim named after an axis stays that axis, a
+    derived one is AUTO).  ``dynamic`` (``{input: {dim index: axis name or AUTO}}``) overrides
+    that per input, for the rare tensor whose exported dims say less than the next graph needs.
     """
 
     input_names: tuple[str, ...] = ()
@@ -190,8 +175,19 @@ class Part(torch.nn.Module):
         return dict(zip(self.output_names, outs))
 
 
+class NormOutHead(Part):
+    """The head of models whose output layers are ``proj_out(norm_out(x, temb))`` over the
+    cached tokens, with nothing to unpatchify (FLUX, FLUX.2, Qwen-Image)."""
+
+    input_names = ("hidden", "residual", "temb")
+    output_names = ("output",)
+
+    def forward(self, hidden, residual, temb):
+        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
+
+
 def criterion_sums(signal: torch.Tensor, prev_signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``Σ|s − s_prev|`` and ``Σ|s_prev|`` in fp32 (DESIGN §3).
+    """Per-sample ``Σ|s − s_prev|`` and ``Σ|s_prev|`` in fp32 (docs/graph-contract.md).
 
     Sums, not means, so that both the batch-wide ratio (Σ over the batch of each) and the
     per-sample ratios come out exactly from the same two vectors.
@@ -207,16 +203,41 @@ def criterion_sums(signal: torch.Tensor, prev_signal: torch.Tensor) -> tuple[tor
 
 
 class Family:
-    """A diffusers DiT class and everything the project knows about it."""
+    """A diffusers DiT class and everything the project knows about it.
+
+    A family declares its model inputs once, as ``inputs`` (see :mod:`.inputs`)::
+
+        inputs = (
+            Input("hidden_states", ("batch", "img_seq", "in_channels"), "latents"),
+            Input("encoder_hidden_states", ("batch", "txt_seq", "joint_attention_dim")),
+            Input("timestep", ("batch",), "timestep"),
+            Input("guidance", ("batch",), "constant", value=3.5, when="guidance_embeds"),
+        )
+
+    and ``model_inputs``, ``optional_inputs``, ``input_dims`` and ``example_inputs`` follow; the
+    parts' dynamic dims follow from those and the exported graphs.  A family overrides only
+    what is special: ``example_inputs`` calling ``super()`` and adjusting one tensor, an axis
+    in ``auto_axes``, an ``Axis(fixed=True)`` from ``axes_for``, a size its config holds in
+    another form from ``config_sizes``, ``feed_from_kwargs`` calling ``super()`` for a keyword
+    the model names otherwise or refuses.  A family written without
+    ``inputs`` states ``model_inputs`` (and ``optional_inputs``) and overrides ``input_dims``
+    and ``example_inputs`` itself, and its parts may state ``dynamic``: both ways export alike.
+    """
 
     name: ClassVar[str]
     class_name: ClassVar[str]  # diffusers class, as in config.json's _class_name
-    model_inputs: ClassVar[tuple[str, ...]]  # graph-input names of the context and embed graphs (not prev_signal)
+    # the model inputs of the context and embed graphs (not prev_signal), in graph order
+    inputs: ClassVar[tuple[Input, ...]] = ()
+    # axes torch.export sizes itself (Dim.AUTO) wherever a model input has them: named dims
+    # there would meet the model's own shape guards (a patch size that must divide them)
+    auto_axes: ClassVar[tuple[str, ...]] = ()
+    model_inputs: ClassVar[tuple[str, ...]]  # graph-input names, from ``inputs``
     # diffusers forward keywords the adapter maps to graph inputs (default: model_inputs);
     # any other non-None keyword changes the model's output and is refused at run time
     forward_kwargs: ClassVar[tuple[str, ...]] = ()
-    # inputs present only when a config key is truthy, e.g. {"guidance": "guidance_embeds"}
-    optional_inputs: ClassVar[dict[str, str]] = {}
+    # inputs present only when a config key is truthy (or a test of the config holds), from
+    # ``inputs`` (``Input.when``)
+    optional_inputs: ClassVar[dict[str, Any]] = {}
     # config key counting the blocks whose first one gives the signal (None: not needed)
     signal_block_count: ClassVar[str | None] = None
     variants: ClassVar[dict[str, Variant]]
@@ -225,10 +246,19 @@ class Family:
     signal_dims: ClassVar[dict[int, str]]  # dynamic dims of the signal (and prev_signal)
     cached: ClassVar[tuple[str, ...]]
     # the model input the sampler denoises: what a policy comparing the model's input and output
-    # (EasyCache) measures; its output is the head's
+    # (EasyCache) measures; its output is the head's.  From ``inputs``: the ``latents`` one
     latent_input: ClassVar[str] = "hidden_states"
     note: ClassVar[str] = ""
     timestep_scale: ClassVar[TimestepScale] = TimestepScale()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "inputs" in cls.__dict__:
+            cls.model_inputs = tuple(i.name for i in cls.inputs)
+            cls.optional_inputs = {i.name: i.when for i in cls.inputs if i.when}
+            latents = [i.name for i in cls.inputs if i.kind == "latents"]
+            if latents and "latent_input" not in cls.__dict__:
+                cls.latent_input = latents[0]
 
     # --- model side -----------------------------------------------------------------
     # How the model is built, saved, described and called: a diffusers model here;
@@ -322,6 +352,8 @@ class Family:
     @classmethod
     def inputs_for(cls, config: Mapping[str, Any]) -> tuple[str, ...]:
         """The model inputs of this config's graphs (in graph order)."""
+        if cls.inputs:
+            return tuple(i.name for i in cls.inputs if i.present(config))
         return tuple(n for n in cls.model_inputs
                      if n not in cls.optional_inputs or config.get(cls.optional_inputs[n]))
 
@@ -337,14 +369,35 @@ class Family:
     def example_inputs(
         cls, config: Mapping[str, Any], dims: Mapping[str, int], dtype: torch.dtype, seed: int = 0
     ) -> dict[str, torch.Tensor]:
-        """Random model inputs (graph names) at the given axis sizes."""
-        raise NotImplementedError
+        """Random model inputs (graph names) at the given axis sizes, from ``inputs``."""
+        declared = cls._declared()
+        check_fixed(cls.name, cls.axes_for(config), dims)
+        g = torch.Generator().manual_seed(seed)
+        sizes = {**cls.config_sizes(config), **dims}  # an axis wins over a config key
+        return {i.name: i.example(sizes, config, dtype, g, cls.timestep_scale) for i in declared if i.present(config)}
+
+    @classmethod
+    def config_sizes(cls, config: Mapping[str, Any]) -> dict[str, int]:
+        """The sizes besides the axes that ``inputs`` shapes may name: the config's integers; a
+        family adds those the config holds in another form (a list, a condition)."""
+        return config_sizes(config)
 
     @classmethod
     def input_dims(cls, config: Mapping[str, Any]) -> dict[str, dict[int, str]]:
-        """Dynamic dims of the model inputs: name -> {dim index: axis name} (inputs absent from
-        this config may be listed; the exporter only reads the embed graph's inputs)."""
-        raise NotImplementedError
+        """Dynamic dims of the model inputs: name -> {dim index: axis name or AUTO} (inputs absent
+        from this config may be listed; the exporter only reads the graphs' inputs)."""
+        declared = cls._declared()
+        axes = {a.name: a for a in cls.axes_for(config)}
+        return {i.name: i.dynamic_dims(axes, cls.auto_axes) for i in declared}
+
+    @classmethod
+    def _declared(cls) -> tuple[Input, ...]:
+        if not cls.inputs:
+            raise TeaCacheError(
+                f"family {cls.__qualname__} declares no inputs: give it `inputs = (Input(...), ...)` "
+                f"(teacache_trt.families.Input), or override input_dims() and example_inputs()"
+            )
+        return cls.inputs
 
     # --- runtime side ---------------------------------------------------------------
     @classmethod
@@ -355,8 +408,35 @@ class Family:
 
     @classmethod
     def feed_from_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The diffusers forward's keyword arguments -> graph inputs by name."""
-        return {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        """The diffusers forward's keyword arguments -> graph inputs by name.
+
+        The declared inputs the caller passed, as the pipelines pass them:
+
+        - a per-sample input (shape ``("batch",)``: timesteps, guidance) given once for the
+          batch (a number, a 0-d or one-element tensor) becomes one value per sample on the
+          latents' device, as the model would broadcast it, at its declared dtype if it has one
+          (a scheduler's int64 timesteps for a model that takes fp32);
+        - a mask given as integers or bools (a tokenizer's) is cast to the latents' dtype
+          (0/1 stay exact).
+
+        What is not a tensor at all is left for the runtime to refuse by name.
+        """
+        if not cls.inputs:  # a family that states model_inputs only
+            return {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        feed = {i.name: kwargs[i.name] for i in cls.inputs if kwargs.get(i.name) is not None}
+        latents = next((feed[i.name] for i in cls.inputs if i.kind == "latents" and i.name in feed), None)
+        if not isinstance(latents, torch.Tensor):
+            return feed
+        for i in cls.inputs:
+            value = feed.get(i.name)
+            if i.shape == ("batch",) and (isinstance(value, torch.Tensor) or _is_number(value)):
+                value = torch.as_tensor(value, device=latents.device)
+                if value.numel() == 1:
+                    value = value.reshape(1).expand(latents.shape[0])
+                feed[i.name] = value if i.dtype is None else value.to(i.dtype)
+            elif i.kind == "mask" and isinstance(value, torch.Tensor) and not value.dtype.is_floating_point:
+                feed[i.name] = value.to(latents.dtype)
+        return feed
 
     @classmethod
     def accepted_kwargs(cls) -> frozenset[str]:

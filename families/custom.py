@@ -8,21 +8,24 @@ cached streams, the axes and the coefficients.  What diffusers gives for free, a
 keyword arguments) and ``model.safetensors`` (the state dict)::
 
     # my_dit_family.py
-    from teacache_trt.families import Axis, ModuleFamily, Variant
+    from teacache_trt.families import AUTO, Axis, Input, ModuleFamily, Variant, latent_axes
     from my_project import MyDiT
 
     class MyDiTFamily(ModuleFamily):
         name = "my_dit"
         module_class = MyDiT                 # built as MyDiT(**config); it keeps config in .config
-        model_inputs = ("x", "timestep", "y")
+        inputs = (                           # the forward's inputs: shape entries are axes or config keys
+            Input("x", ("batch", "in_channels", "frames", "height", "width"), "latents"),
+            Input("timestep", ("batch",), "timestep"),
+            Input("y", ("batch", "txt_seq", "caption_channels")),
+        )
         variants = {"v1": Variant("v1", (217.5, -118.3, 26.9, -0.0459, 0.0484), default_threshold=0.1)}
-        axes = (Axis("batch", 1, 2, 2), Axis("tokens", 16, 256, 1024))
+        axes = (Axis("batch", 1, 2, 2), *latent_axes(frames=(8, 16), height=(32, 64), width=(32, 64), patch=2),
+                Axis("txt_seq", 1, 120, 300))
         signal = "blocks[0] modulated input"
-        signal_dims = {0: "batch", 1: "tokens"}
+        signal_dims = {0: "batch", 1: AUTO}
         cached = ("x",)
         def parts(cls, model, variant=None): ...        # embed / blocks / head
-        def input_dims(cls, config): ...                # {input: {dim: axis}}
-        def example_inputs(cls, config, dims, dtype, seed=0): ...
 
     teacache-export MODEL_DIR --out ART --family-module my_dit_family.py:MyDiTFamily
     teacache_trt.load_transformer(ART, family_module="my_dit_family.py:MyDiTFamily")
@@ -50,9 +53,10 @@ from .base import Family
 from .model_io import find_model_dir, read_config
 from .registry import all_families, register
 
-# What a Family subclass must define (the base class leaves these unset or raising).
-REQUIRED = ("name", "class_name", "model_inputs", "variants", "axes", "signal", "signal_dims", "cached")
-OVERRIDDEN = ("parts", "input_dims", "example_inputs")
+# What a Family subclass must define (the base class leaves these unset or raising); a family
+# without ``inputs`` states ``model_inputs`` and overrides both input hooks instead.
+REQUIRED = ("name", "class_name", "variants", "axes", "signal", "signal_dims", "cached")
+INPUT_HOOKS = ("input_dims", "example_inputs")
 
 
 class ModuleFamily(Family):
@@ -161,8 +165,16 @@ def load_family_module(spec: str) -> type[Family]:
 
 def check_family(cls: type[Family]) -> None:
     """Every attribute and method a family must define, before any model loads."""
+    def inherited(method: str) -> bool:
+        return getattr(cls, method).__func__ is getattr(Family, method).__func__
+
     missing = [n for n in REQUIRED if not hasattr(cls, n)]
-    missing += [f"{n}()" for n in OVERRIDDEN if getattr(cls, n).__func__ is getattr(Family, n).__func__]
+    if not cls.inputs:
+        if hasattr(cls, "model_inputs"):
+            missing += [f"{n}()" for n in INPUT_HOOKS if inherited(n)]
+        else:
+            missing.insert(0, "inputs")
+    missing += ["parts()"] if inherited("parts") else []
     if missing:
         raise TeaCacheError(
             f"family class {cls.__qualname__} does not define {', '.join(missing)}: see "

@@ -27,12 +27,11 @@ from __future__ import annotations
 import torch
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
 from . import magcache_ratios
+from .base import Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 
-VIDEO_DIMS = {0: "batch", 2: AUTO, 3: AUTO, 4: AUTO}  # (B, C, F, H, W), see cogvideox.VIDEO_DIMS
-GRID_DIMS = {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO}  # (B, F', H', W', D)
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 image embeddings the I2V pipeline passes
 TEXT_TOKENS_I2V = 512  # the model's attention splits image from text tokens assuming 512 text tokens
 SIGNALS = {"temb": "temb = condition_embedder.time_embedder(...) (upstream's e)",
@@ -69,17 +68,10 @@ class WanEmbed(Part):
 class WanBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "timestep_proj", "rotary_cos", "rotary_sin")
     output_names = ("residual",)
-
-    def __init__(self, model, image: bool):
-        super().__init__(model)
-        self.dynamic = {
-            "hidden": GRID_DIMS,
-            # I2V: image + 512 text tokens, a fixed count (the attention splits at 512)
-            "encoder_hidden": {0: "batch"} if image else {0: "batch", 1: "txt_seq"},
-            "timestep_proj": {0: "batch"},
-            "rotary_cos": {1: AUTO},  # video tokens
-            "rotary_sin": {1: AUTO},
-        }
+    # The embed graph writes the tables' last dim as an expression of the latent sizes (from how
+    # the model's RoPE slices its per-axis tables); it is the rotary width, one number at every
+    # size the RoPE covers, so the blocks take it as static.
+    dynamic = {"rotary_cos": {1: AUTO}, "rotary_sin": {1: AUTO}}
 
     def forward(self, hidden, encoder_hidden, timestep_proj, rotary_cos, rotary_sin):
         h = hidden.flatten(1, 3)
@@ -91,7 +83,6 @@ class WanBlocks(Part):
 class WanHead(Part):
     input_names = ("hidden", "residual", "temb")
     output_names = ("output",)
-    dynamic = {"hidden": GRID_DIMS, "residual": GRID_DIMS, "temb": {0: "batch"}}
 
     def forward(self, hidden, residual, temb):
         m = self.model
@@ -140,15 +131,22 @@ def _variants():
 class Wan(Family):
     name = "wan"
     class_name = "WanTransformer3DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_hidden_states_image")
-    optional_inputs = {"encoder_hidden_states_image": "image_dim"}
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "frames", "height", "width"), "latents"),
+        # fp32 at every precision: the pipelines pass the scheduler's timesteps unconverted (UniPC
+        # int64, FlowMatchEuler fp32), and the model embeds them in fp32, which holds every
+        # integer up to 1000 exactly.
+        Input("timestep", ("batch",), "timestep", dtype=torch.float32),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "text_dim")),
+        Input("encoder_hidden_states_image", ("batch", IMAGE_TOKENS, "image_dim"), when="image_dim"),
+    )
+    auto_axes = ("frames", "height", "width")  # as CogVideoX's: the patch embedding's shape guards
     variants = _variants()
     axes = (
         Axis("batch", 1, 1, 2, help="batch size of one call (WanPipeline calls cond and uncond separately)"),
-        Axis("frames", 1, 21, 21, help="latent frames: (video frames - 1)/4 + 1; 81 frames -> 21, 1 = an image"),
-        Axis("height", 2, 60, 160, multiple_of=2, help="latent height: pixels/8 (480p -> 60, 720p -> 90)"),
-        Axis("width", 2, 104, 160, multiple_of=2, help="latent width: pixels/8 (832 -> 104, 1280 -> 160)"),
-        Axis("txt_seq", 1, 512, 512, help="text tokens (UMT5, padded to max_sequence_length=512)"),
+        # 480p (832x480) at opt; 1 frame is an image
+        *latent_axes(frames=(21, 21), height=(60, 160), width=(104, 160), patch=2),
+        text_axis("UMT5", 512),
     )
     signal = SIGNALS["temb"]
     signal_dims = {0: "batch"}
@@ -182,59 +180,26 @@ class Wan(Family):
     def axes_for(cls, config):
         axes = list(cls.axes)
         if cls.variant_for(config) == "Wan2.1-T2V-14B":  # 720p: 1280x720 -> 90 x 160 latents
-            axes[2] = Axis("height", 2, 90, 160, 2, axes[2].help)
-            axes[3] = Axis("width", 2, 160, 160, 2, axes[3].help)
+            axes[2:4] = latent_axes(height=(90, 160), width=(160, 160), patch=2)
         if config.get("image_dim"):
             n = TEXT_TOKENS_I2V
-            axes[4] = Axis("txt_seq", n, n, n, help="text tokens: the I2V attention assumes 512 (the pipeline pads to it)")
+            axes[4] = Axis("txt_seq", n, n, n, help="text tokens: the I2V attention assumes 512 (the pipeline pads to it)",
+                           fixed=True)
         return tuple(axes)
 
     @classmethod
     def parts(cls, model, variant=None):
         signal = (variant.signal if variant is not None else None) or "temb"
         image = bool(model.config.image_dim)
-        return {"embed": WanEmbed(model, signal, image), "blocks": WanBlocks(model, image), "head": WanHead(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": VIDEO_DIMS,
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch"} if config.get("image_dim") else {0: "batch", 1: "txt_seq"},
-            "encoder_hidden_states_image": {0: "batch"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        feed = {
-            "hidden_states": torch.randn(b, config["in_channels"], f, h, w, generator=g).to(dtype),
-            # fp32 at every precision: the pipelines pass the scheduler's timesteps unconverted,
-            # and the model embeds them in fp32.
-            "timestep": torch.rand(b, generator=g) * 1000,
-            "encoder_hidden_states": torch.randn(b, t, config["text_dim"], generator=g).to(dtype),
-        }
-        if config.get("image_dim"):
-            feed["encoder_hidden_states_image"] = torch.randn(
-                b, IMAGE_TOKENS, config["image_dim"], generator=g).to(dtype)
-        return feed
+        return {"embed": WanEmbed(model, signal, image), "blocks": WanBlocks(model), "head": WanHead(model)}
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
-        hidden = kwargs["hidden_states"]
-        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
-        if timestep.ndim == 2:
+        feed = super().feed_from_kwargs(kwargs)
+        timestep = feed.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 2:
             raise TeaCacheError(
                 f"timestep has shape {tuple(timestep.shape)}: per-token timesteps (Wan2.2 TI2V, "
                 f"expand_timesteps=True) are not exported by this adapter; pass one timestep per sample"
             )
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(hidden.shape[0])
-        # UniPC gives int64 timesteps, FlowMatchEuler float32; the graph takes float32, which
-        # holds every integer up to 1000 exactly (the model converts to float itself).
-        feed = {"hidden_states": hidden, "timestep": timestep.float(),
-                "encoder_hidden_states": kwargs["encoder_hidden_states"]}
-        if kwargs.get("encoder_hidden_states_image") is not None:
-            feed["encoder_hidden_states_image"] = kwargs["encoder_hidden_states_image"]
         return feed
