@@ -453,16 +453,20 @@ def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Mani
     graphs: dict[str, GraphSpec] = {}
     pool = dict(feed)
     names = graph_names(parts)
+    dims_notes = FixedDims(fam, traced, static)
     for i, name in enumerate(names, 1):
         part = parts[name]
         if name == "embed":
             signal_shape = _signal_shape(part, pool, traced)
             pool["prev_signal"] = torch.randn(signal_shape, dtype=dtype)
         part_dims = {n: part.dynamic.get(n, pool_dims.get(n, {})) for n in part.input_names}
+        dims_notes.note_inputs(name, part, pool, part_dims, pool_dims)
         path = out / f"{name}.onnx"
         log(f"[export {i}/{len(names)}] {name}.onnx at {traced} ...")
         t0 = time.perf_counter()
-        written = export_part(part, pool, part_dims, path, static)
+        with dims_notes.explained(name):
+            written = export_part(part, pool, part_dims, path, static)
+        dims_notes.note_outputs(name, written.outputs)
         pool_dims.update({spec.name: dynamic_dims(spec, axes) for spec in written.outputs})
         t_hash = time.perf_counter()
         graphs[name] = GraphSpec(file=path.name, sha256=_files_hash(written.files),
@@ -473,7 +477,8 @@ def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Mani
             + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + f"; {size / 1e6:.1f} MB)")
         if name != names[-1]:
             pool.update(_run_part(name, part, pool, traced))  # the next part's example inputs
-    profiles(graphs, fam, config, axes, dtype)
+    with dims_notes.explained():
+        profiles(graphs, fam, config, axes, dtype)
     v = fam.variants[settings.variant]
     manifest = Manifest(
         family=fam.name, variant=settings.variant, class_name=fam.class_name, precision=settings.precision,
@@ -485,9 +490,73 @@ def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Mani
         versions=versions(), export_key=settings.export_key, family_module=settings.family_module,
     )
     if settings.verify:
-        _verify(Verification(fam, model, parts, config, settings.precision), manifest, out,
-                verify_points(fam, axes, traced, config), log)
+        with dims_notes.explained():
+            _verify(Verification(fam, model, parts, config, settings.precision), manifest, out,
+                    verify_points(fam, axes, traced, config), log)
     return manifest
+
+
+class FixedDims:
+    """Graph inputs exported with a dim fixed that should follow an axis, and why: what an
+    export failing on a fixed size (a torch.export constraint on an axis, or a later size that
+    does not fit a graph) most likely needs changed.
+
+    - a part's ``dynamic`` entry that leaves out dims the graphs make dynamic;
+    - a model input whose ``Input`` shape has a number where the traced size is an axis's (the
+      trace point gives every dynamic axis its own size);
+    - a tensor an earlier graph produced with its batch dim (dim 0: tensors pass batch first)
+      fixed, for one of these reasons in turn.
+    """
+
+    def __init__(self, fam: type[Family], traced: Mapping[str, int], static):
+        self.fam = fam
+        self.axis_of_size = {size: axis for axis, size in traced.items() if axis not in static and size > 1}
+        self.batch = traced.get("batch") if "batch" not in static else None
+        self.notes: list[str] = []
+        self.fixed_batch: dict[str, str] = {}  # tensor -> the graph that produced it with dim 0 fixed
+
+    def note_inputs(self, graph: str, part: Part, pool, part_dims, pool_dims) -> None:
+        declared = {i.name: i for i in self.fam.inputs}
+        for n in part.input_names:
+            where = f"the {graph} graph's input {n!r}"
+            if n in part.dynamic:
+                dropped = {d: a for d, a in pool_dims.get(n, {}).items() if d not in part.dynamic[n]}
+                if dropped:
+                    self.notes.append(f"{where}: {type(part).__name__}.dynamic[{n!r}] leaves out dims {dropped} that "
+                                      f"the graphs make dynamic; drop that entry (the dims of tensors between "
+                                      f"graphs come from the graphs) or include them")
+                continue
+            if n in declared:
+                shape = declared[n].shape
+                numbers = {d: self.axis_of_size[size] for d, size in enumerate(pool[n].shape)
+                           if d < len(shape) and isinstance(shape[d], int) and size in self.axis_of_size}
+                if numbers:
+                    self.notes.append(f"{where}: the family's Input({n!r}) has a number at dims {sorted(numbers)}, "
+                                      f"traced at the size of {sorted(set(numbers.values()))}; name the axis there")
+            elif n in self.fixed_batch:
+                self.notes.append(f"{where}: the {self.fixed_batch[n]} graph produced it with its batch dim (0) "
+                                  f"fixed (see above)")
+            elif (n in getattr(self.fam, "model_inputs", ()) and self.batch is not None and pool[n].ndim
+                  and pool[n].shape[0] == self.batch and 0 not in part_dims.get(n, {})):
+                self.notes.append(f"{where}: the family's input_dims() leaves its batch dim (0) fixed")
+
+    def note_outputs(self, graph: str, outputs) -> None:
+        for spec in outputs:
+            if self.batch is not None and spec.shape and spec.shape[0] == self.batch:
+                self.fixed_batch[spec.name] = graph
+
+    @contextlib.contextmanager
+    def explained(self, graph: str | None = None):
+        try:
+            yield
+        except TeaCacheError as exc:
+            text = str(exc)
+            if not self.notes or not ("Constraints violated" in text or "fixed in the graph" in text):
+                raise
+            raise TeaCacheError(
+                f"a size that should follow an axis is fixed in the graphs. Likely cause: {'; '.join(self.notes)}. "
+                f"Tensors pass between the graphs batch first, and every dim that follows an axis must stay "
+                f"dynamic from the model inputs on (docs/custom-families.md). The failure: {text}") from exc
 
 
 def _run_part(name: str, part, pool, point) -> dict[str, torch.Tensor]:

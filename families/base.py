@@ -10,6 +10,8 @@ neither of them.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
@@ -17,12 +19,22 @@ from typing import Any, ClassVar, Mapping
 import torch
 
 from ..dtypes import precision_dtype
-from ..errors import TeaCacheError
+from ..errors import TeaCacheError, shown
 from .inputs import Axis, Input, check_fixed, config_sizes
 from .magcache_ratios import PublishedRatios
 from .model_io import find_model_dir, plain_config, read_config
 
 ACCUMULATE = ("raw", "abs")  # acc += poly(d) (upstream TeaCache), acc += |poly(d)| (vLLM-Omni)
+
+
+class _AnyValue:
+    """``Family.ignored_kwargs`` value: the keyword is dropped whatever its value."""
+
+    def __repr__(self):
+        return "ANY_VALUE"
+
+
+ANY_VALUE = _AnyValue()
 
 
 def _is_number(v: Any) -> bool:
@@ -106,29 +118,50 @@ class Variant:
 
 @dataclass(frozen=True)
 class TimestepScale:
-    """How a model reads its ``timestep`` input, for loops that sample without a pipeline.
+    """How a model reads its ``timestep`` input and which way its output moves the latents, for
+    loops that sample without a pipeline (calibration, the benchmark) and for example inputs.
 
-    ``flow``: a flow-matching sigma going 1 -> 0, passed as ``sigma * scale`` (FLUX takes sigma
-    and multiplies by 1000 itself: scale 1; HunyuanVideo takes the scheduler's sigma*1000:
-    scale 1000); the Euler update is ``x += (sigma_next - sigma) * output``.
+    Two independent choices, over a flow-matching sigma going 1 (noise) -> 0 (data):
+
+    - the ``timestep`` the model reads: ``sigma * scale`` (FLUX takes sigma and multiplies by
+      1000 itself: scale 1; HunyuanVideo and Open-Sora's RFLOW take ``1000 * sigma``: scale
+      1000), or with ``reverse`` ``(1 - sigma) * scale`` (Mochi reads ``(1 - sigma) * 1000``,
+      Lumina ``1 - sigma``: 0 = noise);
+    - the update: the output points from data toward noise (FLUX: ``v = noise - x0``, the
+      Euler step is ``x += (sigma_next - sigma) * output``), or with ``toward_data`` from
+      noise toward data (``x += |sigma_next - sigma| * output``: Open-Sora's RFLOW
+      ``z = z + v * dt`` with dt > 0, Mochi's inverted sigmas, Lumina's negated output).
+      ``None`` (the default) follows ``reverse``, the pairing the built-in families have.
+
+    So Open-Sora's RFLOW is ``TimestepScale("flow", 1000.0, toward_data=True)``.
     ``ddpm``: integer timesteps 999 -> 0 (CogVideoX); the update is a small fixed step, which
     keeps latents moving like a sampler (the tools need realistic signal changes, not images).
-    ``reverse``: the model reads ``1 - sigma`` (0 = noise), as Mochi (``(1 - sigma) * 1000``)
-    and Lumina (``1 - sigma``) do; their pipelines then move the latents by ``+|dt| * output``
-    (Mochi's scheduler inverts its sigmas, Lumina's pipeline negates the output).
     """
 
     kind: str = "flow"
     scale: float = 1.0
     reverse: bool = False
+    toward_data: bool | None = None
 
     def __post_init__(self):
         if self.kind not in ("flow", "ddpm"):
             raise TeaCacheError(f"TimestepScale kind {self.kind!r} is not 'flow' or 'ddpm'")
+        if not _is_number(self.scale) or self.scale <= 0:
+            raise TeaCacheError(f"TimestepScale scale {self.scale!r} must be a finite number > 0 (the timestep "
+                                f"the model reads at sigma = 1: 1.0 or 1000.0)")
+        for name in ("reverse", "toward_data"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (name == "toward_data" and value is None)):
+                raise TeaCacheError(f"TimestepScale {name}={value!r} must be True or False")
 
     @property
     def integer(self) -> bool:
         return self.kind == "ddpm"
+
+    @property
+    def moves_toward_data(self) -> bool:
+        """Whether ``x += |dt| * output`` (True) or ``x += (sigma_next - sigma) * output``."""
+        return self.reverse if self.toward_data is None else self.toward_data
 
     def timesteps(self, steps: int) -> list[float | int]:
         """The ``timestep`` value a pipeline passes at each of ``steps`` steps."""
@@ -145,8 +178,8 @@ class TimestepScale:
         if self.kind == "ddpm":
             return [-1.0 / steps] * steps
         sigmas = [1.0 - i / steps for i in range(steps)] + [0.0]
-        sign = -1.0 if self.reverse else 1.0
-        return [sign * (sigmas[i + 1] - sigmas[i]) for i in range(steps)]
+        sign = 1.0 if self.moves_toward_data else -1.0
+        return [sign * abs(sigmas[i + 1] - sigmas[i]) for i in range(steps)]
 
 
 class Part(torch.nn.Module):
@@ -184,6 +217,24 @@ class NormOutHead(Part):
 
     def forward(self, hidden, residual, temb):
         return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
+
+
+@functools.cache
+def _positional_parameters(model_class: type) -> tuple[str, ...]:
+    try:
+        params = list(inspect.signature(model_class.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):  # a builtin or C forward: keywords only
+        return ()
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in params if p.kind in positional]
+    return tuple(names[1:] if names[:1] == ["self"] else names)
+
+
+def _same(value: Any, exported: Any) -> bool:
+    try:
+        return bool(value == exported)
+    except Exception:  # noqa: BLE001 - a tensor of several values, an incomparable object
+        return False
 
 
 def criterion_sums(signal: torch.Tensor, prev_signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,6 +286,10 @@ class Family:
     # diffusers forward keywords the adapter maps to graph inputs (default: model_inputs);
     # any other non-None keyword changes the model's output and is refused at run time
     forward_kwargs: ClassVar[tuple[str, ...]] = ()
+    # forward keywords the graphs have baked in: name -> the value they were exported with
+    # (ANY_VALUE: any value, e.g. a size the latents already carry).  The drop-in drops such a
+    # keyword given with that value (or None) and refuses another value by name.
+    ignored_kwargs: ClassVar[Mapping[str, Any]] = {}
     # inputs present only when a config key is truthy (or a test of the config holds), from
     # ``inputs`` (``Input.when``)
     optional_inputs: ClassVar[dict[str, Any]] = {}
@@ -441,6 +496,45 @@ class Family:
     @classmethod
     def accepted_kwargs(cls) -> frozenset[str]:
         return frozenset(cls.forward_kwargs or cls.model_inputs)
+
+    @classmethod
+    def forward_parameters(cls) -> tuple[str, ...]:
+        """The model forward's parameters a caller may pass by position, in order (the drop-in
+        maps a positional call onto them): read off ``model_class().forward``."""
+        return _positional_parameters(cls.model_class())
+
+    @classmethod
+    def call_arguments(cls, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A call ``forward(*args, **kwargs)`` as keywords, positions mapped by
+        ``forward_parameters`` as Python would bind them on the model."""
+        if not args:
+            return kwargs
+        names = cls.forward_parameters()
+        if len(args) > len(names):
+            raise TeaCacheError(
+                f"{len(args)} positional arguments given, but {cls.class_name}.forward takes at most "
+                f"{len(names)} by position ({', '.join(names) or 'none'}): pass the others by keyword")
+        bound = dict(zip(names, args))
+        twice = sorted(set(bound) & set(kwargs))
+        if twice:
+            raise TeaCacheError(f"{twice} given both by position and by keyword: {cls.class_name}.forward takes "
+                                f"positions in the order {list(names)}")
+        return {**bound, **kwargs}
+
+    @classmethod
+    def drop_ignored(cls, kwargs: dict[str, Any]) -> None:
+        """Remove the ``ignored_kwargs`` from ``kwargs`` (in place); one given with a value
+        other than the exported one is refused: the graphs cannot follow it."""
+        for name, exported in cls.ignored_kwargs.items():
+            if name not in kwargs:
+                continue
+            value = kwargs.pop(name)
+            if value is None or exported is ANY_VALUE or _same(value, exported):
+                continue
+            raise TeaCacheError(
+                f"keyword {name}={shown(value, 60)}: the {cls.class_name} graphs were exported with "
+                f"{name}={exported!r} (the family's ignored_kwargs), so another value cannot be followed: "
+                f"pass {exported!r}, or export the model with that setting")
 
     @classmethod
     def kwargs_from_feed(cls, feed: Mapping[str, torch.Tensor]) -> dict[str, Any]:

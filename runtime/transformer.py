@@ -264,11 +264,27 @@ class CompiledTransformer(torch.nn.Module):
         """Calls per cache context in this thread's generation (0: unknown, calls refused)."""
         return self._thread.num_steps
 
-    def reset(self, num_inference_steps: int) -> None:
-        """Start a new generation of ``num_inference_steps`` calls per cache context (this thread)."""
-        n = num_inference_steps
+    def reset(self, num_calls: int | None = None, *, num_inference_steps: int | None = None) -> None:
+        """Start a new generation (this thread) of ``num_calls`` transformer calls per cache context.
+
+        The count is of calls, not of sampler steps: most schedulers call the model once per
+        step, but PNDM's default warm-up calls it 4 times for each of its first 3 steps (30
+        steps = 39 calls) and Heun twice per step; ``len(scheduler.timesteps)`` after
+        ``set_timesteps`` is the number of calls for diffusers' schedulers.  A wrong count
+        forces the wrong call and splits generations in the wrong place.
+        ``num_inference_steps=`` is the earlier name of the same count, kept for callers that
+        pass it by keyword.
+        """
+        if num_calls is None and num_inference_steps is None:
+            raise TeaCacheError("reset() needs the number of transformer calls per cache context: "
+                                "reset(num_calls=len(scheduler.timesteps))")
+        if num_calls is not None and num_inference_steps is not None and num_calls != num_inference_steps:
+            raise TeaCacheError(f"reset(num_calls={num_calls!r}, num_inference_steps={num_inference_steps!r}): "
+                                f"both name the number of transformer calls; give one")
+        n = num_calls if num_calls is not None else num_inference_steps
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise TeaCacheError(f"num_inference_steps={n!r} must be an integer >= 0")
+            raise TeaCacheError(f"num_calls={n!r} must be an integer >= 0 (the transformer calls per cache "
+                                f"context of one generation)")
         thread = self._thread
         thread.num_steps = int(n)
         thread.states = {}
@@ -365,14 +381,18 @@ class CompiledTransformer(torch.nn.Module):
 
     # --- the step --------------------------------------------------------------------------
     @torch.no_grad()
-    def forward(self, return_dict: bool = True, **kwargs):
+    def forward(self, *args, **kwargs):
+        """The model's forward: its inputs by keyword or by position (in the order of the model's
+        own ``forward``), ``return_dict`` as the model takes it; returns the model's output type."""
+        kwargs = self.family.call_arguments(args, kwargs)
+        return_dict = kwargs.pop("return_dict", True)
         thread = self._thread
         if not thread.num_steps:
             raise TeaCacheError(
-                "the number of steps of this generation is unknown, so TeaCache cannot force the last "
-                "step nor tell generations apart: call transformer.reset(num_inference_steps) before "
-                "each generation (in the thread that runs it), or use teacache_trt.enable(pipe, ART_DIR, "
-                "...), which follows the pipeline's scheduler"
+                "the number of calls of this generation is unknown, so TeaCache cannot force the last "
+                "call nor tell generations apart: call transformer.reset(num_calls=len(scheduler.timesteps)) "
+                "before each generation (in the thread that runs it), or use teacache_trt.enable(pipe, "
+                "ART_DIR, ...), which follows the pipeline's scheduler"
             )
         self._check_kwargs(kwargs)
         feed = self.family.feed_from_kwargs(kwargs)
@@ -549,7 +569,9 @@ class CompiledTransformer(torch.nn.Module):
         return plan
 
     def _check_kwargs(self, kwargs: dict[str, Any]) -> None:
-        """Keywords the graphs cannot take are refused, never silently ignored."""
+        """Keywords the graphs cannot take are refused, never silently ignored; those the family
+        declares baked in (``ignored_kwargs``) are dropped when given at their exported value."""
+        self.family.drop_ignored(kwargs)
         for key in ("joint_attention_kwargs", "attention_kwargs"):
             extra = kwargs.pop(key, None)
             if not extra:
@@ -571,7 +593,9 @@ class CompiledTransformer(torch.nn.Module):
             raise TeaCacheError(
                 f"keyword arguments {sorted(unknown)} are not inputs of the exported {self.manifest.class_name} "
                 f"graphs (ControlNet residuals and similar change the output): they cannot be ignored; "
-                f"accepted: {sorted(accepted)}"
+                f"accepted: {sorted(accepted)}. In a family of your own, a keyword that does not change the "
+                f"output is declared in its ignored_kwargs, one that feeds a graph input in forward_kwargs "
+                f"and feed_from_kwargs (docs/custom-families.md)"
             )
 
     def _check_profile(self, env: dict[str, int], feed: dict[str, torch.Tensor]) -> None:

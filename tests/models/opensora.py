@@ -186,7 +186,7 @@ class OpenSora(ModuleFamily):
     signal = "t2i_modulate(spatial_blocks[0].norm1(x), shift_msa, scale_msa)"
     signal_dims = {0: "batch", 1: AUTO}
     cached = ("hidden_states",)
-    timestep_scale = TimestepScale("flow", 1000.0)  # rectified flow: t = sigma * 1000
+    timestep_scale = TimestepScale("flow", 1000.0, toward_data=True)  # RFLOW: t = 1000 sigma, z += v * |dt|
 
     @classmethod
     def parts(cls, model, variant=None):
