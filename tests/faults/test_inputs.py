@@ -75,7 +75,7 @@ OPTION_CASES = [
     ("eval", ["--out", "{dir}/" + "e" * 300], r"is 300 bytes long, over the file system's limit of 255"),
     ("eval", ["--backend", "tf"], r"--backend: invalid choice"),
     ("export", ["{model}", "--out", "{art}", "--precision", "fp64"], r"--precision: invalid choice: 'fp64'"),
-    ("export", [], r"give MODEL_DIR and --out ART_DIR to export, or --check ART_DIR"),
+    ("export", [], r"give MODEL_DIR and --out ART_DIR to export, --check ART_DIR to verify an export"),
     ("export", ["{model}", "--out", "{art}", "--axis", "img_seq=4:16:100000000000000000000"],
      r"--axis: 100000000000000000000 is larger than any input size: graph dimensions are 32-bit"),
     ("export", ["{model}", "--out", "{art}", "--batch", "1:2:100000000000000000000"], r"--batch: .* is larger than any"),
