@@ -21,10 +21,8 @@ from .. import __version__, artifact, integrity
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..files import os_errors
-from ..manifest import (
-    FORMAT_VERSION, GraphSpec, Manifest, PolicySpec, SignalSpec, config_fingerprint,
-    graph_names, sha256_file, sha256_json,
-)
+from ..integrity import config_fingerprint, sha256_file, sha256_json
+from ..manifest import FORMAT_VERSION, GraphSpec, Manifest, PolicySpec, SignalSpec, graph_names
 from ..families import (
     Family, Part, Variant, check_coefficients, find_model_dir, get_family, load_family_module, plain_config,
     read_config,
@@ -151,12 +149,19 @@ def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]
                 raise TeaCacheError(
                     f"axis {name}={lo}:{opt}:{hi}: {v} is not a multiple of {axis.multiple_of} ({axis.help})"
                 )
+        limit = fam.axis_limits(config).get(name) if config is not None else None
+        if limit is not None and hi > limit.max:
+            top = limit.max - limit.max % axis.multiple_of
+            raise TeaCacheError(
+                f"axis {name}={lo}:{opt}:{hi} exceeds what this config supports: {name} at most {limit.max} "
+                f"({limit.why}; config key {limit.key}={limit.value!r}); use --axis "
+                f"{name}={min(lo, top)}:{min(opt, top)}:{top}, or export a model whose {limit.key} is larger")
         axes[name] = [lo, opt, hi]
     return axes
 
 
 def _axes(fam: type[Family], config: Mapping[str, Any] | None):
-    return fam.axes if config is None else fam.axes_for(config)
+    return fam.default_axes(config)
 
 
 def static_axes(axes: Mapping[str, list[int]]) -> list[str]:
@@ -300,6 +305,10 @@ def export_model(
         variant = fam.variant(variant or fam.variant_for(config)).name
         axes_r = resolve_axes(fam, axes, config)
     artifact.check_out_dir(out, force)
+    chosen = fam.variants[variant]
+    if chosen.stand_in and coefficients is None:
+        log(f"[export] note: variant {variant}: its TeaCache coefficients are a stand-in ({chosen.source}); "
+            f"pass --coefficients, or calibrate the artifact (teacache-calibrate) before trusting its speed/quality")
     from_dir = model is None  # the model is loaded below; the build hint needs to know where it came from
     if from_dir:
         log(f"[load] {fam.class_name} from {src} ({precision})")
@@ -381,8 +390,9 @@ def _reusable(out: Path, previous: Manifest | None, export_key: str, force: bool
     if force or previous is None or previous.export_key != export_key:
         return False
     try:
+        committed = artifact.Artifact(out, previous)
         for graph in graph_names(previous.graphs):
-            previous.graph_path(out, graph)
+            committed.graph_path(graph)
     except TeaCacheError as exc:
         log(f"[export] exporting again: {exc}")
         return False
@@ -584,7 +594,8 @@ def _signal_shape(embed, pool, point) -> tuple[int, ...]:
 def _verify(subject: Verification, manifest: Manifest, out: Path, points, log: Log) -> None:
     """Each graph against its PyTorch part at every point, and the composed parts against
     the model's own forward.  One ONNX Runtime session per graph, dropped before the next
-    graph's (the block graph holds the weights)."""
+    graph's (the block graph holds the weights); attention too large for RAM at a point runs
+    in query chunks (``V.verify_graph``)."""
     runs = []
     fam, precision = subject.family, subject.precision
     for k, point in enumerate(points):
@@ -601,14 +612,14 @@ def _verify(subject: Verification, manifest: Manifest, out: Path, points, log: L
         rows = [{"axes": dict(point)} for point in points]
         if on_cpu:
             t0 = time.perf_counter()
-            session = V.ort_session(out / graph.file, name)
-            for row, point, (feeds, refs, _) in zip(rows, points, runs):
-                got = V.run_ort(session, feeds, name, point)
-                row.update(graph_verified=True, method="ONNX Runtime CPU vs the PyTorch part",
-                           **V.check(f"{name} graph at {point}", got, refs[name], precision))
-            del session
-            log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
-                f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
+            checked = V.verify_graph(out / graph.file, name, points, [feeds for feeds, _, _ in runs],
+                                     [refs[name] for _, refs, _ in runs], precision, log)
+            for row, fields in zip(rows, checked):
+                row.update(fields)
+            ran = [r for r in rows if r["graph_verified"]]
+            log(f"[verify] {name} graph vs PyTorch at {len(ran)} point{'s' * (len(ran) > 1)}: max abs "
+                f"{max(r['max_abs'] for r in ran):.3g}, max rel {max(r['max_rel'] for r in ran):.3g} "
+                f"({time.perf_counter() - t0:.1f}s)")
         else:
             for row in rows:
                 row.update(graph_verified=False,

@@ -8,7 +8,7 @@ submodules.  A model outside diffusers gets its family the same way, from the us
 Nothing in this layer imports export, runtime or tool code.
 """
 from .base import (
-    ACCUMULATE, ANY_VALUE, Family, ForcedSteps, NormOutHead, Part, TimestepScale, Variant, check_accumulate, check_coefficients,
+    ACCUMULATE, ANY_VALUE, AxisLimit, Family, ForcedSteps, NormOutHead, Part, TimestepScale, Variant, check_accumulate, check_coefficients,
     check_eps, criterion_sums,
 )
 from .inputs import AUTO, Axis, Input, latent_axes, patched_axes, text_axis
@@ -18,7 +18,7 @@ from .model_io import find_model_dir, plain_config, read_config
 from .registry import all_families, get_family, register
 
 __all__ = [
-    "ACCUMULATE", "ANY_VALUE", "AUTO", "Axis", "Family", "ForcedSteps", "Input", "ModuleFamily", "NormOutHead", "Part", "PublishedRatios",
+    "ACCUMULATE", "ANY_VALUE", "AUTO", "Axis", "AxisLimit", "Family", "ForcedSteps", "Input", "ModuleFamily", "NormOutHead", "Part", "PublishedRatios",
     "TimestepScale", "Variant", "check_accumulate", "check_coefficients", "check_eps", "criterion_sums",
     "latent_axes", "patched_axes", "text_axis",
     "load_family_module",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -107,6 +107,11 @@ class Variant:
     # MagCache's published ratios and settings for this model (families/magcache_ratios.py),
     # written into the manifest for ``policies.MagCache``; None where none are published.
     magcache: PublishedRatios | None = None
+    # Where the coefficients come from, in words (``teacache-export --list-families``); empty:
+    # the family's ``coefficients_source``.  ``stand_in``: no set was ever fitted for this model,
+    # the coefficients are another model's starting point, and the export says so.
+    source: str = ""
+    stand_in: bool = False
 
     def __post_init__(self):
         check_coefficients(self.coefficients, f"variant {self.name}")
@@ -180,6 +185,33 @@ class TimestepScale:
         sigmas = [1.0 - i / steps for i in range(steps)] + [0.0]
         sign = 1.0 if self.moves_toward_data else -1.0
         return [sign * abs(sigmas[i + 1] - sigmas[i]) for i in range(steps)]
+
+
+@dataclass(frozen=True)
+class AxisLimit:
+    """The largest size of an axis that a config supports (a RoPE or positional table's
+    length): default profiles stop there, and a range beyond it is refused before the export."""
+
+    max: int
+    key: str  # the config key that sets the limit
+    value: Any  # that key's value in the config
+    why: str  # the table or size behind it, in words
+
+
+def clamped_axes(axes: tuple[Axis, ...], limits: Mapping[str, AxisLimit]) -> tuple[Axis, ...]:
+    """``axes`` with each default range cut at its limit (rounded down to the axis' multiple)."""
+    out = []
+    for a in axes:
+        limit = limits.get(a.name)
+        if limit is not None and a.max > limit.max:
+            hi = limit.max - limit.max % a.multiple_of
+            if hi < a.min:
+                raise TeaCacheError(
+                    f"{limit.key}={limit.value!r} allows {a.name} up to {limit.max} ({limit.why}), below the "
+                    f"smallest input {a.min}: this config cannot be exported; check {limit.key} in config.json")
+            a = replace(a, opt=min(a.opt, hi), max=hi, help=f"{a.help}; at most {limit.max} ({limit.key}={limit.value})")
+        out.append(a)
+    return tuple(out)
 
 
 class Part(torch.nn.Module):
@@ -311,6 +343,8 @@ class Family:
     latent_input: ClassVar[str] = "hidden_states"
     note: ClassVar[str] = ""
     timestep_scale: ClassVar[TimestepScale] = TimestepScale()
+    # where the variants' coefficients come from, in words (a Variant's ``source`` overrides)
+    coefficients_source: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -393,6 +427,12 @@ class Family:
     @classmethod
     def variant_for(cls, config: Mapping[str, Any]) -> str:
         return next(iter(cls.variants))
+
+    @classmethod
+    def expert_variant(cls, config: Mapping[str, Any], expert: str) -> str | None:
+        """The variant of a two-expert pipeline's ``expert`` (``transformer``: high noise,
+        ``transformer_2``: low noise) for this config; None: ``variant_for``'s."""
+        return None
 
     @classmethod
     def variant(cls, name: str | None) -> Variant:
@@ -554,8 +594,30 @@ class Family:
         return cls.axes
 
     @classmethod
+    def axis_limits(cls, config: Mapping[str, Any]) -> dict[str, AxisLimit]:
+        """The largest size per axis this config supports, where a table in the model fixes one
+        (a RoPE table of ``rope_max_seq_len`` positions); axes without a limit are absent."""
+        return {}
+
+    @classmethod
+    def job_axes(cls, config: Mapping[str, Any], size: Mapping[str, int]) -> dict[str, int]:
+        """The axis sizes of a generation of ``size`` (pixel ``height`` and ``width``, video
+        ``frames``; any may be absent) with this config, in the axes' units (latents): what
+        ``teacache-render`` widens its first-use profile to.  {}: the family does not say (its
+        default profile stays; ``--axis`` sets one)."""
+        return {}
+
+    @classmethod
+    def default_axes(cls, config: Mapping[str, Any] | None = None) -> tuple[Axis, ...]:
+        """The default profile: ``axes_for(config)`` cut at ``axis_limits(config)`` (the
+        family's own ``axes`` without a config)."""
+        if config is None:
+            return cls.axes
+        return clamped_axes(cls.axes_for(config), cls.axis_limits(config))
+
+    @classmethod
     def axis(cls, name: str, config: Mapping[str, Any] | None = None) -> Axis:
-        axes = cls.axes if config is None else cls.axes_for(config)
+        axes = cls.default_axes(config)
         for a in axes:
             if a.name == name:
                 return a

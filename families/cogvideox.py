@@ -174,6 +174,7 @@ class CogVideoX(Family):
     forward_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs",
                       "image_rotary_emb")
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4CogVideoX1.5 (its 2b, 5b and 1.5 sets)"
     timestep_scale = TimestepScale("ddpm")  # int64 timesteps 999 -> 0
     note = ("Only the video-token residual is cached. Upstream TeaCache caches the text residual "
             "too (its diffusers applied norm_final to [text, video]); in this diffusers the blocks' "

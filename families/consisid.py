@@ -84,6 +84,7 @@ class ConsisID(CogVideoX):
         # slowest setting (1.6x; 0.15 -> 2.1x, 0.2 -> 2.5x), the default as for CogVideoX.
         "ConsisID": Variant("ConsisID", CogVideoX.variants["CogVideoX-5b"].coefficients, default_threshold=0.1),
     }
+    coefficients_source = "upstream TeaCache4ConsisID (CogVideoX-5B's set)"
     note = ("Only the video-token residual is cached (face cross-attention included). Upstream TeaCache "
             "caches the text residual too; norm_final normalises each token alone, so the text rows "
             "cannot change the video output.")

@@ -33,7 +33,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AxisLimit, Family, Part, TimestepScale, Variant, criterion_sums
 from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 
@@ -203,6 +203,7 @@ class Cosmos(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Cosmos (Cosmos-1.0)"
     # The pipelines pass EDM's 0.25 * ln(sigma) (about -1.55 .. 1.1 for sigma 0.002 .. 80); the
     # tools' sampler moves a flow timestep 1 -> 0 through the same range.
     timestep_scale = TimestepScale("flow", 1.0)
@@ -244,6 +245,13 @@ class Cosmos(Family):
                          f"{a.help}; at most {limits[a.name]} (max_size)")
             out.append(a)
         return tuple(out)
+
+    @classmethod
+    def axis_limits(cls, config):
+        sizes = tuple(config.get("max_size") or (128, 240, 240))
+        return {axis: AxisLimit(n, "max_size", list(sizes), "the learned positional table and the RoPE positions "
+                                                              "cover max_size latents")
+                for axis, n in zip(("frames", "height", "width"), sizes)}
 
     @classmethod
     def parts(cls, model, variant=None):

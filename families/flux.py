@@ -102,6 +102,7 @@ class Flux(Family):
     signal_dims = {0: "batch", 1: "img_seq"}
     signal_block_count = "num_layers"  # double-stream blocks
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4FLUX (FLUX.1-dev)"
 
     @classmethod
     def parts(cls, model, variant=None):

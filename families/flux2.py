@@ -169,6 +169,7 @@ class Flux2(Family):
     signal_dims = {0: "batch", 1: "img_seq"}
     signal_block_count = "num_layers"  # double-stream blocks
     cached = ("hidden_states",)
+    coefficients_source = "vLLM-Omni (none fitted for FLUX.2: Qwen-Image's set for dev, FLUX.1's for klein)"
     note = ("Rule as vLLM-Omni codes it: acc += |poly(d)|, eps 1e-8 in d's denominator, only each cache "
             "context's first call forced; its FLUX.2 coefficients are borrowed (Qwen-Image's for dev, "
             "FLUX.1's for klein).")

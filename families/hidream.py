@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from .base import Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
+from .base import AxisLimit, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
 from .inputs import Axis, Input
 from .registry import register
 
@@ -249,6 +249,7 @@ class HiDream(Family):
     signal_dims = {0: "batch"}
     signal_block_count = "num_layers"  # the rotary and the block loop assume double blocks first
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4HiDream-I1 (HiDream-I1-Full)"
     note = ("The image-token residual through all double and single blocks is cached. The MoE "
             "feed-forwards run every expert and weight it by its gate (0 where not routed): equal "
             "to the model's routing, at num_routed_experts/num_activated_experts times the routed "
@@ -277,6 +278,12 @@ class HiDream(Family):
         batch, size, t5, llama = cls.axes
         return (batch, Axis("size", p, min(size.opt, limit), limit, p,
                             f"{size.help} ({limit} for this config)"), t5, llama)
+
+    @classmethod
+    def axis_limits(cls, config):
+        sizes = tuple(config.get("max_resolution") or (128, 128))
+        return {"size": AxisLimit(min(sizes), "max_resolution", list(sizes),
+                                  "the rotary tables the graphs gather from cover max_resolution latents")}
 
     @classmethod
     def parts(cls, model, variant=None):

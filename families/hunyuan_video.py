@@ -132,6 +132,7 @@ class HunyuanVideo(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"  # double-stream blocks
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4HunyuanVideo"
     timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes sigma * 1000
 
     @classmethod

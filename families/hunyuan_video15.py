@@ -235,6 +235,7 @@ class HunyuanVideo15(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "LightX2V configs/hunyuan_video_15/cache (480p/720p T2V degree 5, I2V degree 4)"
     timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes the scheduler's sigma * 1000
     note = ("The video-token residual through all blocks is cached; the token refiner, ByT5 and image "
             "projections run on every call (the refiner takes the timestep).")

@@ -26,7 +26,7 @@ import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
 from ..errors import TeaCacheError
-from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AxisLimit, Family, Part, TimestepScale, Variant, criterion_sums
 from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 
@@ -153,6 +153,7 @@ class Latte(Family):
     signal_dims = {0: "batch", 2: AUTO}  # (batch, frames, tokens, dim)
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Latte (eval suite)"
     note = ("The residual covers every spatial+temporal block pair; upstream forces steps by "
             "timestep value (first/last of the schedule), the same steps as the counter here.")
     timestep_scale = TimestepScale("ddpm")  # LattePipeline: DDIM's integer timesteps
@@ -180,6 +181,11 @@ class Latte(Family):
                       help=f"{a.help}; {side} is the size trained at (sample_size)") for a in (height, width)),
             text,
         )
+
+    @classmethod
+    def axis_limits(cls, config):
+        n = config.get("video_length", 16)
+        return {"frames": AxisLimit(n, "video_length", n, "the temporal positional table holds video_length frames")}
 
     @classmethod
     def parts(cls, model, variant=None):

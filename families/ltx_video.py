@@ -162,6 +162,7 @@ class LTXVideo(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4LTX-Video"
     note = ("The cached residual includes norm_out and the final timestep scale/shift (upstream "
             "TeaCache4LTX-Video); only proj_out runs on a skipped step.")
     timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes sigma * 1000

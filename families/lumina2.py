@@ -30,7 +30,7 @@ from typing import ClassVar
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AxisLimit, Family, Part, TimestepScale, Variant, criterion_sums
 from .inputs import AUTO, Axis, Input, latent_axes, patched_axes, text_axis
 from .registry import register
 
@@ -191,6 +191,7 @@ class Lumina2(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Lumina2 (v1: Lumina-Next's set, v2)"
     note = ("The joint [text, image] residual through the main layers is cached; the context and "
             "noise refiners run on every step (the signal is taken after them, as upstream does).")
     timestep_scale = TimestepScale("flow", 1.0, reverse=True)  # the pipeline passes 1 - sigma
@@ -198,6 +199,19 @@ class Lumina2(Family):
     @classmethod
     def axes_for(cls, config):
         return patched_axes(cls.axes, config.get("patch_size") or 2)
+
+    @classmethod
+    def axis_limits(cls, config):
+        # The RoPE tables hold axes_lens positions per axis: caption tokens take 0 .. n - 1 on
+        # the first and the image tokens n after them; the image tokens' rows and columns (in
+        # patches) the other two.
+        lens = tuple(config.get("axes_lens") or (300, 512, 512))
+        p = config.get("patch_size") or 2
+        why = "the RoPE table holds axes_lens positions per axis"
+        return {"txt_seq": AxisLimit(lens[0] - 1, "axes_lens", list(lens), f"{why}; the image tokens take the one "
+                                                                          f"after the caption's"),
+                "height": AxisLimit(lens[1] * p, "axes_lens", list(lens), f"{why}, {p} latent rows per patch"),
+                "width": AxisLimit(lens[2] * p, "axes_lens", list(lens), f"{why}, {p} latent columns per patch")}
 
     @classmethod
     def parts(cls, model, variant=None):

@@ -219,6 +219,7 @@ class LuminaNext(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Lumina-T2X"
     timestep_scale = TimestepScale("flow", 1.0, reverse=True)  # the pipeline passes 1 - sigma
 
     @classmethod

@@ -214,6 +214,7 @@ class Mochi(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Mochi"
     note = ("The cached residual includes norm_out (upstream TeaCache4Mochi); only proj_out and "
             "the unpatchify run on a skipped step.")
     timestep_scale = TimestepScale("flow", 1000.0, reverse=True)  # (1 - sigma) * 1000: 0 = noise

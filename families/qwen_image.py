@@ -210,6 +210,7 @@ class QwenImage(Family):
     signal_dims = {0: "batch", 1: "img_seq"}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "vLLM-Omni (credited to ComfyUI-TeaCache; no calibration record)"
     note = ("Rule as vLLM-Omni codes it: acc += |poly(d)|, eps 1e-8 in d's denominator, only each cache "
             "context's first call forced.")
 

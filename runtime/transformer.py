@@ -13,6 +13,8 @@ transformer's own stream, ordered after the caller's work and before the caller'
 
 The caching policy (:mod:`teacache_trt.policies`) decides each call; a static one (e.g.
 ``Schedule``) reads nothing back from the graphs, others read only the features they name.
+Its ``reuse`` says what a skipped call gives the head: the cached residual, or its
+extrapolation from the last two computed ones (:mod:`.forecast`).
 
 Threads: a transformer may be called from several threads at once.  Each thread has its own
 generations (step count, cache contexts, ``stats``) and its own settings (``policy``,
@@ -26,7 +28,6 @@ import contextlib
 import numbers
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,14 +35,16 @@ import torch
 from diffusers.configuration_utils import FrozenDict
 
 from .. import policies
+from ..artifact import Artifact
 from ..dtypes import PRECISIONS, TORCH_DTYPES
 from ..errors import TeaCacheError, shown
 from ..families import get_family
-from ..manifest import CONTEXT_GRAPH, MANIFEST_NAME, Manifest, graph_names
+from ..manifest import CONTEXT_GRAPH, MANIFEST_NAME, graph_names
 from ..policies import IO_SUMS, SIGNAL_SUMS, Features, Policy, check_threshold
 from ..shapes import bind, propagate
 from .backends import make_runner
 from .controller import ContextState, merge_stats
+from .forecast import Forecast
 from .io_sums import IOSums
 from .plan import StepPlan
 
@@ -90,7 +93,7 @@ class _Thread(threading.local):
 class CompiledTransformer(torch.nn.Module):
     """Same ``forward`` keywords and output type as the diffusers model it was exported from."""
 
-    def __init__(self, art_dir: Path, manifest: Manifest, backend: str, device: str | torch.device = "cpu",
+    def __init__(self, artifact: Artifact, backend: str, device: str | torch.device = "cpu",
                  threshold: float | None = None, clamp: bool | None = None, model: torch.nn.Module | None = None,
                  decisions: str = "batch", policy=None):
         super().__init__()
@@ -99,8 +102,8 @@ class CompiledTransformer(torch.nn.Module):
                 f"decisions={decisions!r} is not one of {DECISIONS}: 'batch' takes one decision per call "
                 f"(upstream), 'sample' one per prompt with the blocks run on the rows that compute"
             )
-        self.art_dir = Path(art_dir)
-        self.manifest = manifest
+        self.art_dir = artifact.folder
+        self.manifest = manifest = artifact.manifest
         self.family = get_family(manifest.family)
         self.backend = backend
         self._device = torch.device(device)
@@ -124,7 +127,7 @@ class CompiledTransformer(torch.nn.Module):
         parts = (self.family.parts(model, self.family.variant(manifest.variant))
                  if model is not None else None)
         self._graphs = graph_names(manifest.graphs)
-        self.runners = {g: make_runner(backend, self.art_dir, manifest, g, self._device, parts, self._stream)
+        self.runners = {g: make_runner(backend, artifact, g, self._device, parts, self._stream)
                         for g in self._graphs}
         for runner in self.runners.values():
             runner.activate()  # load every graph now: a bad artifact fails here, not mid-render
@@ -335,7 +338,8 @@ class CompiledTransformer(torch.nn.Module):
             state = thread.states[name] = ContextState(
                 n_groups=n, num_steps=thread.num_steps,
                 policy=policy.start(thread.num_steps, name, n, self._group_thresholds(settings)),
-                reads_sums=SIGNAL_SUMS in policy.needs)
+                reads_sums=SIGNAL_SUMS in policy.needs,
+                forecast=None if policy.reuse == "residual" else Forecast(policy.reuse, n))
             if IO_SUMS in policy.needs:
                 state.io = IOSums(self._device)
         elif self.decisions == "sample":
@@ -435,12 +439,13 @@ class CompiledTransformer(torch.nn.Module):
         features.l1_diff, features.l1_prev = plan.read_sums() if has_prev and state.reads_sums else (None, None)
         if state.io is not None:
             state.io.read(pool[self._latent], features)
-        flags = state.policy.decide(state.step, features, 1 - state.has_residual)
+        step = state.step
+        flags = state.policy.decide(step, features, 1 - state.has_residual)
         state.record(flags)
         compute = bool(flags.any())
         if compute:
             self._run_blocks(plan, state, pool, flags, groups)
-        pool.update(state.residual)
+        pool.update(state.residual if state.forecast is None else self._forecast(plan, state, flags, step))
         out = self.runners["head"].infer_into(pool, plan.new_output())["output"]
         if state.io is not None:
             state.io.computed(plan, out, flags, groups)
@@ -481,12 +486,19 @@ class CompiledTransformer(torch.nn.Module):
 
     def _run_blocks(self, plan: StepPlan, state: ContextState, pool: dict, flags: np.ndarray,
                     groups: np.ndarray) -> None:
-        """The blocks graph on the rows whose group computes, into the context's residual."""
+        """The blocks graph on the rows whose group computes, into the context's residual
+        (with a forecast, the residual it replaces becomes the context's previous one)."""
         blocks = self.runners["blocks"]
+        forecast = state.forecast
         if flags.all():
             if state.residual is None:
                 state.residual = plan.new_residual()
-            blocks.infer_into(pool, state.residual)
+            if forecast is None or not state.has_residual.any():
+                blocks.infer_into(pool, state.residual)
+            else:  # write over the older residual and swap: no copy
+                target = forecast.previous if forecast.previous is not None else plan.new_residual()
+                blocks.infer_into(pool, target)
+                forecast.previous, state.residual = state.residual, target
         else:
             # Sample mode, some prompts skip: run the gathered sub-batch, scatter it back.
             rows = np.flatnonzero(flags[groups])
@@ -494,10 +506,28 @@ class CompiledTransformer(torch.nn.Module):
             index = plan.row_index(rows)
             for name, buffer in inputs.items():
                 torch.index_select(pool[name], 0, index, out=buffer)
+            if forecast is not None:  # the rows' last residual becomes their previous one
+                if forecast.previous is None:
+                    forecast.previous = plan.new_residual()
+                for name, part in outputs.items():
+                    torch.index_select(state.residual[name], 0, index, out=part)
+                    forecast.previous[name].index_copy_(0, index, part)
             blocks.infer_into({**pool, **inputs}, outputs)
             for name, part in outputs.items():
                 state.residual[name].index_copy_(0, index, part)
         np.maximum(state.has_residual, flags, out=state.has_residual)
+
+    @staticmethod
+    def _forecast(plan: StepPlan, state: ContextState, flags: np.ndarray, step: int) -> dict[str, torch.Tensor]:
+        """The residual the head reads under a forecasting reuse: the computed one where every
+        group computed now or has one computed residual only, else the extrapolation."""
+        forecast = state.forecast
+        if flags.any():
+            forecast.computed(flags, step)
+        a = forecast.weights(flags, step)
+        if not a.any():
+            return state.residual
+        return forecast.predict(state.residual, plan.forecast_buffer(), a)
 
     # --- inputs and plans ----------------------------------------------------------------
     def _plan(self, feed: dict[str, Any]) -> StepPlan:

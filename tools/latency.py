@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import strict_json
+from ..artifact import Artifact
 from ..errors import TeaCacheError
-from ..files import write_output
-from ..manifest import CONTEXT_GRAPH, GRAPH_NAMES, atomic_write_bytes, graph_names, load_manifest
+from ..files import atomic_write_bytes, write_output
+from ..manifest import CONTEXT_GRAPH, GRAPH_NAMES, graph_names
 
 LOG_SUFFIX = ".trtexec.log"
 # trtexec's performance summary line; "Total GPU Compute Time: 2.9 s" (no "min =") is not it.
@@ -88,9 +89,9 @@ def trtexec_available() -> bool:
 def run_trtexec(art_dir: str | Path, log=print) -> dict[str, GraphLatency]:
     """Run each ``<graph>.trtexec.sh`` of the artifact; keep and parse its output."""
     art_dir = Path(art_dir)
-    manifest = load_manifest(art_dir)
+    art = Artifact.open(art_dir)
     # Beside the graphs in the content folder, checked like every file the manifest names.
-    scripts = {g: manifest.verified(art_dir, f"{g}.trtexec.sh") for g in graph_names(manifest.graphs)}
+    scripts = {g: art.verified(f"{g}.trtexec.sh") for g in graph_names(art.manifest.graphs)}
     out = {}
     for graph, script in scripts.items():
         log(f"trtexec: {script.name} (build at the manifest's profile, then time at opt shapes)")
