@@ -2,7 +2,8 @@
 
 The import package is ``teacache_trt``; its sub-packages live in the top-level folders, mapped
 here, in the order the dependencies point: ``families/`` (model knowledge), ``export/`` and
-``engines/``, ``runtime/``, then ``tools/`` (bench, calibrate) and the ``digits/`` demo.
+``engines/``, ``runtime/``, then ``tools/`` (bench, calibrate) and the demos ``digits/``
+(images) and ``moving_digits/`` (video).
 
 ``cpp_ext/`` builds two optional libraries: the extension ``teacache_trt._criterion`` (the
 criterion on the host) when a C++ compiler and pybind11 are present, and the plain shared
@@ -91,6 +92,7 @@ SUBPACKAGES = {
     "teacache_trt.tools": "tools",
     "teacache_trt.tools.render": "tools/render",
     "teacache_trt.digits": "digits",
+    "teacache_trt.moving_digits": "moving_digits",
 }
 
 setup(
@@ -102,7 +104,8 @@ setup(
     python_requires=">=3.10",
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
-    package_data={"teacache_trt.digits": ["model/*", "model/*/*", "jobs.jsonl"]},
+    package_data={"teacache_trt.digits": ["model/*", "model/*/*", "jobs.jsonl"],
+                  "teacache_trt.moving_digits": ["model/*", "model/*/*"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExt},
     install_requires=[
@@ -144,6 +147,7 @@ setup(
         # Generation drivers for the tools (calibration, rendering): see tools/drivers.py.
         "teacache_trt.drivers": [
             "digits = teacache_trt.digits.driver:DRIVER",
+            "video = teacache_trt.moving_digits.driver:DRIVER",
             "diffusers = teacache_trt.tools.diffusers_driver:DRIVER",
         ],
     },

@@ -35,6 +35,14 @@ VIDEO_DIMS = {0: "batch", 2: AUTO, 3: AUTO, 4: AUTO}  # (B, C, F, H, W), see cog
 GRID_DIMS = {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO}  # (B, F', H', W', D)
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 image embeddings the I2V pipeline passes
 TEXT_TOKENS_I2V = 512  # the model's attention splits image from text tokens assuming 512 text tokens
+# The bundled moving-digits model: recognised by these config values (no Wan2.1 checkpoint has
+# 4 latent channels or a 64-wide text embedding), exported with its own profile: 5-9 frames of
+# one 16x16 latent size, a 3-token prompt.
+MOVING_DIGITS = "moving-digits"
+MOVING_DIGITS_CONFIG = {"in_channels": 4, "out_channels": 4, "text_dim": 64, "num_attention_heads": 6,
+                        "attention_head_dim": 32}
+MOVING_DIGITS_COEFFICIENTS = (2396.76752, -1311.10545, 201.331979, -8.29855975, 0.137887774)
+MOVING_DIGITS_THRESHOLD = 0.05
 SIGNALS = {"temb": "temb = condition_embedder.time_embedder(...) (upstream's e)",
            "timestep_proj": "timestep_proj = condition_embedder.time_proj(silu(temb)) (upstream's e0)"}
 
@@ -132,6 +140,10 @@ def _variants():
     for name, coeffs, slow, ret_coeffs, ret_slow in table:
         out[name] = Variant(name, coeffs, slow, forced=plain, signal="temb")
         out[f"{name}-ret"] = Variant(f"{name}-ret", ret_coeffs, ret_slow, forced=ret, signal="timestep_proj")
+    # The bundled video model (teacache_trt.moving_digits), plain mode; its coefficients come from
+    # teacache-calibrate on its own generations (the file it ships beside its weights).
+    out[MOVING_DIGITS] = Variant(MOVING_DIGITS, MOVING_DIGITS_COEFFICIENTS, MOVING_DIGITS_THRESHOLD,
+                                 forced=plain, signal="temb")
     return out
 
 
@@ -170,6 +182,8 @@ class Wan(Family):
         # config, and the ret mode is a sampling choice: pass --variant for those.
         if config.get("image_dim"):
             return "Wan2.1-I2V-14B-480P"
+        if all(config.get(k) == v for k, v in MOVING_DIGITS_CONFIG.items()):
+            return MOVING_DIGITS
         width = config["num_attention_heads"] * config["attention_head_dim"]
         return "Wan2.1-T2V-14B" if width > 3328 else "Wan2.1-T2V-1.3B"
 
@@ -180,6 +194,12 @@ class Wan(Family):
     @classmethod
     def axes_for(cls, config):
         axes = list(cls.axes)
+        if cls.variant_for(config) == MOVING_DIGITS:
+            return (Axis("batch", 1, 8, 40, help="clips per call (cond and uncond are separate calls)"),
+                    Axis("frames", 5, 9, 9, help="frames (the model was trained on 5 to 9)"),
+                    Axis("height", 16, 16, 16, 2, "latent height: the 32-pixel canvas, 2x2 space-to-depth"),
+                    Axis("width", 16, 16, 16, 2, "latent width: the 32-pixel canvas, 2x2 space-to-depth"),
+                    Axis("txt_seq", 3, 3, 3, help="prompt tokens: digit, direction, speed"))
         if cls.variant_for(config) == "Wan2.1-T2V-14B":  # 720p: 1280x720 -> 90 x 160 latents
             axes[2] = Axis("height", 2, 90, 160, 2, axes[2].help)
             axes[3] = Axis("width", 2, 160, 160, 2, axes[3].help)
