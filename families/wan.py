@@ -36,10 +36,10 @@ GRID_DIMS = {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO}  # (B, F', H', W', D)
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 image embeddings the I2V pipeline passes
 TEXT_TOKENS_I2V = 512  # the model's attention splits image from text tokens assuming 512 text tokens
 # The bundled moving-digits model: recognised by these config values (no Wan2.1 checkpoint has
-# 4 latent channels or a 64-wide text embedding), exported with its own profile: 5-9 frames of
-# one 16x16 latent size, a 3-token prompt.
+# a 64-wide text embedding or 192-wide blocks), exported with its own profile: 5-9 frames of one
+# 8x8 latent size, a 3-token prompt.
 MOVING_DIGITS = "moving-digits"
-MOVING_DIGITS_CONFIG = {"in_channels": 4, "out_channels": 4, "text_dim": 64, "num_attention_heads": 6,
+MOVING_DIGITS_CONFIG = {"in_channels": 16, "out_channels": 16, "text_dim": 64, "num_attention_heads": 6,
                         "attention_head_dim": 32}
 MOVING_DIGITS_COEFFICIENTS = (2396.76752, -1311.10545, 201.331979, -8.29855975, 0.137887774)
 MOVING_DIGITS_THRESHOLD = 0.05
@@ -197,8 +197,8 @@ class Wan(Family):
         if cls.variant_for(config) == MOVING_DIGITS:
             return (Axis("batch", 1, 8, 40, help="clips per call (cond and uncond are separate calls)"),
                     Axis("frames", 5, 9, 9, help="frames (the model was trained on 5 to 9)"),
-                    Axis("height", 16, 16, 16, 2, "latent height: the 32-pixel canvas, 2x2 space-to-depth"),
-                    Axis("width", 16, 16, 16, 2, "latent width: the 32-pixel canvas, 2x2 space-to-depth"),
+                    Axis("height", 8, 8, 8, 2, "latent height: the 32-pixel canvas, 4x4 space-to-depth"),
+                    Axis("width", 8, 8, 8, 2, "latent width: the 32-pixel canvas, 4x4 space-to-depth"),
                     Axis("txt_seq", 3, 3, 3, help="prompt tokens: digit, direction, speed"))
         if cls.variant_for(config) == "Wan2.1-T2V-14B":  # 720p: 1280x720 -> 90 x 160 latents
             axes[2] = Axis("height", 2, 90, 160, 2, axes[2].help)

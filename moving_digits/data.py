@@ -7,9 +7,10 @@ trajectory always stays inside the canvas, so every frame holds the whole digit,
 the digit's centre of mass moves by exactly the velocity per frame (what the motion check
 measures on generated clips).
 
-The transformer works on "latents" like Wan's, (B, C, F, H, W): here a lossless 2x2
-space-to-depth of the pixels (4 channels at 16x16), standing in for Wan's VAE, so that the
-model's (1, 2, 2) patches give 8x8 = 64 tokens per frame.
+The transformer works on "latents" shaped like Wan's, (B, 16, F, H, W): here a lossless 4x4
+space-to-depth of the pixels (16 channels at 8x8), standing in for Wan's VAE (which maps 8x8
+pixels to 16 channels), so that the model's (1, 2, 2) patches give 4x4 = 16 tokens per frame
+and a 9-frame clip 144 tokens: small enough to train on two CPU cores.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import torch.nn.functional as F
 
 CANVAS = 32  # pixels per side of a frame
 DIGIT = 16  # pixels per side of a digit (sklearn's 8x8, upsampled 2x)
-SPACE_TO_DEPTH = 2  # pixel block folded into latent channels
-LATENT_CHANNELS = SPACE_TO_DEPTH**2  # = 4 = transformer in_channels
-LATENT_SIZE = CANVAS // SPACE_TO_DEPTH  # = 16
+SPACE_TO_DEPTH = 4  # pixel block folded into latent channels
+LATENT_CHANNELS = SPACE_TO_DEPTH**2  # = 16 = transformer in_channels
+LATENT_SIZE = CANVAS // SPACE_TO_DEPTH  # = 8
 MIN_FRAMES, MAX_FRAMES = 5, 9  # clip lengths the model is trained on
 NUM_CLASSES = 10
 # Compass points, y pointing down the image: the unit step per frame of each.
@@ -95,7 +96,7 @@ def random_clips(images: torch.Tensor, labels: torch.Tensor, batch: int, frames:
 
 
 def to_latents(pixels: torch.Tensor) -> torch.Tensor:
-    """(B,1,F,32,32) -> (B,4,F,16,16): each 2x2 pixel block becomes 4 channels."""
+    """(B,1,F,32,32) -> (B,16,F,8,8): each 4x4 pixel block becomes 16 channels."""
     b, c, f, h, w = pixels.shape
     x = pixels.transpose(1, 2).reshape(b * f, c, h, w)
     x = F.pixel_unshuffle(x, SPACE_TO_DEPTH)
@@ -103,7 +104,7 @@ def to_latents(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def to_pixels(latents: torch.Tensor) -> torch.Tensor:
-    """(B,4,F,16,16) -> (B,1,F,32,32); inverse of :func:`to_latents`."""
+    """(B,16,F,8,8) -> (B,1,F,32,32); inverse of :func:`to_latents`."""
     b, c, f, h, w = latents.shape
     x = latents.transpose(1, 2).reshape(b * f, c, h, w)
     x = F.pixel_shuffle(x, SPACE_TO_DEPTH)

@@ -17,7 +17,7 @@ from ..tools.drivers import ExportPlan
 from ..tools.render.encode import Video
 from .calibration import DEFAULT_GUIDANCE, DEFAULT_STEPS, video_driver
 from .data import MAX_FRAMES, NUM_CLASSES
-from .pipeline import DEFAULT_MODEL_DIR, check_conditions
+from .pipeline import DEFAULT_MODEL_DIR, check_conditions, check_frames
 
 # The exported profile is the Wan family's for this model (it recognises the config): 5-9
 # frames of one canvas size, the 3-token prompt, cond and uncond as separate calls of up to
@@ -35,6 +35,7 @@ def job_conditions(job) -> tuple[int, str, int, int]:
                             f"(write the prompt as a one-character string)")
     extra = {**JOB_DEFAULTS, **job.extra}
     digit, direction, speed, frames = int(job.prompt), extra["direction"], extra["speed"], extra["frames"]
+    check_frames(frames, "frames")  # named as the job file names it
     check_conditions([digit], [direction], [speed], frames)
     return digit, direction, speed, frames
 

@@ -45,7 +45,7 @@ OUTPUT_TYPES = ("pt", "np", "pil", "latent")
 @dataclass
 class MovingDigitsPipelineOutput(BaseOutput):
     """``frames``: (B,1,F,32,32) in [-1,1] ('pt'), uint8 (B,F,32,32) ('np'), one list of PIL
-    frames per clip ('pil'), or latents (B,4,F,16,16) ('latent')."""
+    frames per clip ('pil'), or latents (B,16,F,8,8) ('latent')."""
 
     frames: object
 
@@ -68,9 +68,12 @@ def check_conditions(digits: Sequence[int], directions: Sequence[str], speeds: S
         if isinstance(s, bool) or s not in SPEEDS:
             raise TeaCacheError(f"speed {s!r} is out of range: the model moves digits {' or '.join(map(str, SPEEDS))} "
                                 f"pixels per frame")
-    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) \
-            or not MIN_FRAMES <= num_frames <= MAX_FRAMES:
-        raise TeaCacheError(f"num_frames={num_frames!r} is outside what the model was trained on: give "
+    check_frames(num_frames)
+
+
+def check_frames(value, name: str = "num_frames") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not MIN_FRAMES <= value <= MAX_FRAMES:
+        raise TeaCacheError(f"{name}={value!r} is outside what the model was trained on: give "
                             f"{MIN_FRAMES} to {MAX_FRAMES} frames")
 
 
@@ -131,7 +134,7 @@ class MovingDigitsPipeline:
 
     @staticmethod
     def prepare_latents(batch_size: int, num_frames: int, generator=None) -> torch.Tensor:
-        """Gaussian noise (B, 4, F, 16, 16) drawn on the CPU (the same on any device); a list of
+        """Gaussian noise (B, 16, F, 8, 8) drawn on the CPU (the same on any device); a list of
         generators gives each clip its own."""
         shape = (LATENT_CHANNELS, num_frames, LATENT_SIZE, LATENT_SIZE)
         if isinstance(generator, (list, tuple)):

@@ -23,15 +23,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import json
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .. import options
 from ..dtypes import PRECISIONS
+from ..manifest import atomic_write_bytes
 from .conditioning import PromptEmbedder
 from .data import LATENT_CHANNELS, MAX_FRAMES, MIN_FRAMES, load_digits, random_clips, to_latents
 
@@ -53,7 +57,7 @@ TRANSFORMER_CONFIG = dict(
     eps=1e-6,
     rope_max_seq_len=32,
 )
-SCHEDULER_CONFIG = dict(shift=1.0)  # FlowMatchEulerDiscreteScheduler; 64 tokens per frame need no shift
+SCHEDULER_CONFIG = dict(shift=1.0)  # FlowMatchEulerDiscreteScheduler
 
 
 def build_transformer(config: dict | None = None):
@@ -85,7 +89,7 @@ def draw_frames(generator: torch.Generator) -> int:
 
 
 def flow_loss(transformer, embedder, x0, digits, directions, speeds, t, noise) -> torch.Tensor:
-    """Velocity MSE for one batch of latents (B, 4, F, 16, 16)."""
+    """Velocity MSE for one batch of latents (B, 16, F, 8, 8)."""
     tt = t.view(-1, 1, 1, 1, 1)
     x_t = (1.0 - tt) * x0 + tt * noise
     pred = transformer(hidden_states=x_t, timestep=t * 1000.0,
@@ -107,14 +111,14 @@ def drop_conditions(digits, directions, speeds, null, p: float, generator: torch
 
 def train(
     out: str,
-    steps: int = 1500,
-    batch_size: int = 16,
+    steps: int = 2500,
+    batch_size: int = 32,
     lr: float = 1e-3,
     warmup: int = 100,
     cond_dropout: float = 0.1,
     ema_decay: float = 0.998,
     seed: int = 0,
-    minutes: float = 60.0,
+    minutes: float = 45.0,
     save_dtype: str = "fp16",
     threads: int = 2,
     config: dict | None = None,
@@ -211,8 +215,7 @@ def save(out: str, transformer, embedder, save_dtype: str, info: dict) -> None:
         dlogging.set_verbosity(verbosity)
     embedder.save_pretrained(out, dtype=dtype)
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(os.path.join(out, "scheduler"))
-    with open(os.path.join(out, "training_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    atomic_write_bytes(Path(out) / "training_info.json", json.dumps(info, indent=2).encode())
 
 
 def plot_losses(losses: list[float], path: str, window: int = 50) -> None:
@@ -234,22 +237,26 @@ def plot_losses(losses: list[float], path: str, window: int = 50) -> None:
     ax.set_title("moving digits: Wan transformer training")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (gets transformer/, scheduler/, the prompt embedder)")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps; fixes the LR schedule")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=60.0, help="wall-time cap (a safety stop)")
+    p = options.Parser(prog="python -m teacache_trt.moving_digits.train", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=options.output_folder,
+                   help="output folder (gets transformer/, scheduler/, the prompt embedder)")
+    p.add_argument("--steps", type=options.integer(1), default=2500, help="optimizer steps; fixes the LR schedule")
+    p.add_argument("--batch-size", type=options.integer(1), default=32)
+    p.add_argument("--lr", type=options.number(0.0), default=1e-3)
+    p.add_argument("--seed", type=options.integer(0), default=0)
+    p.add_argument("--minutes", type=options.number(0.0), default=45.0, help="wall-time cap (a safety stop)")
     p.add_argument("--save-dtype", choices=["fp16", "fp32"], default="fp16")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=options.integer(1), default=2)
     a = p.parse_args(argv)
-    train(a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, minutes=a.minutes,
+    train(str(a.out), steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, minutes=a.minutes,
           save_dtype=a.save_dtype, threads=a.threads)
 
 

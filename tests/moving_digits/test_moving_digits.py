@@ -113,7 +113,7 @@ def test_a_frame_count_outside_the_export_is_refused(video_art):
     t = teacache_trt.load_transformer(video_art)
     t.reset(2)
     with pytest.raises(TeaCacheError, match="outside the built profile"):
-        t(hidden_states=torch.randn(1, 4, MAX_FRAMES + 1, 16, 16), timestep=torch.tensor([1000.0]),
+        t(hidden_states=torch.randn(1, 16, MAX_FRAMES + 1, 8, 8), timestep=torch.tensor([1000.0]),
           encoder_hidden_states=torch.randn(1, 3, 64))
 
 
@@ -171,7 +171,7 @@ def test_render_driver_renders_videos(video_cache, video_art):
     ({"prompt": "12"}, "prompt '12' is not a digit"),
     ({"prompt": "1", "direction": "up"}, "direction 'up'"),
     ({"prompt": "1", "speed": 5}, "speed 5 is out of range"),
-    ({"prompt": "1", "frames": 17}, "num_frames=17"),
+    ({"prompt": "1", "frames": 17}, "frames=17 is outside what the model was trained on"),
 ])
 def test_bad_render_jobs_are_recorded_with_the_fix(tmp_path, line, message):
     from teacache_trt.moving_digits.driver import DRIVER
