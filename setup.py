@@ -2,8 +2,8 @@
 
 The import package is ``teacache_trt``; its sub-packages live in the top-level folders, mapped
 here, in the order the dependencies point: ``families/`` (model knowledge), ``export/`` and
-``engines/``, ``runtime/``, then ``tools/`` (bench, calibrate) and the demos ``digits/``
-(images) and ``moving_digits/`` (video).
+``engines/``, ``runtime/`` (with ``teacache_trt.policies`` in ``runtime/policies/``), then
+``tools/`` (bench, calibrate) and the demos ``digits/`` (images) and ``moving_digits/`` (video).
 
 ``cpp_ext/`` builds two optional libraries: the extension ``teacache_trt._criterion`` (the
 criterion on the host) when a C++ compiler and pybind11 are present, and the plain shared
@@ -89,6 +89,7 @@ SUBPACKAGES = {
     "teacache_trt.engines": "engines",
     "teacache_trt.runtime": "runtime",
     "teacache_trt.runtime.backends": "runtime/backends",
+    "teacache_trt.policies": "runtime/policies",  # the caching policies the runtime's step applies
     "teacache_trt.tools": "tools",
     "teacache_trt.tools.render": "tools/render",
     "teacache_trt.digits": "digits",

@@ -30,7 +30,8 @@ from typing import Sequence
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import atomic_write_bytes, check_coefficients
+from ..families import check_coefficients
+from ..files import atomic_write_bytes
 from .calibration import CALIBRATION_FILE
 from .data import NUM_CLASSES
 
@@ -97,6 +98,7 @@ class Renderer:
         self.transformer = teacache_trt.enable(self.pipe, art_dir, threshold=0, backend=backend, device="cpu")
         self.steps, self.guidance, self.seed = steps, guidance, seed
         self.labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class)
+        self.never_skipped = None  # the last render's stats["never_skipped"]
 
     def render(self, policy, steps: int | None = None, labels: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, float, float]:
@@ -107,35 +109,35 @@ class Renderer:
                            guidance_scale=self.guidance, seed=self.seed).images
         wall = time.perf_counter() - t0
         stats = self.transformer.stats
+        self.never_skipped = stats.get("never_skipped")
         return images, wall, stats["blocks_runs"] / max(len(stats["contexts"]), 1)
 
 
 def evaluate(art_dir: Path, *, steps: int = 20, guidance: float = 3.0, per_class: int = PER_CLASS, seed: int = 0,
              upstream: Sequence[float] = UPSTREAM_THRESHOLDS, calibrated: Sequence[float] = CALIBRATED_THRESHOLDS,
              calibrated_coefficients: Sequence[float] | None = None, backend: str = "onnxruntime",
-             grid_threshold: float = GRID_THRESHOLD, repeats: int = TIMING_REPEATS, log=print) -> dict:
-    from ..manifest import load_manifest
-    from ..runtime.controller import FixedSchedule, TeaCache
+             grid_threshold: float = GRID_THRESHOLD, repeats: int = TIMING_REPEATS, policy=None, log=print) -> dict:
+    """The table's rows, the images and the settings; ``policy`` (a policy, a name or a spec)
+    joins the comparison as one more row, with uniform and fewer-step rows at its compute."""
+    from ..families.flux import Flux
+    from ..policies import Schedule, TeaCache, from_spec
     from ..tools.quality import psnr, ssim
     from .classifier import accuracy
-
-    manifest = load_manifest(art_dir)
-    crit = manifest.criterion
-    from ..families.flux import Flux
 
     coefficients = {
         "teacache-upstream": list(Flux.variants["FLUX.1"].coefficients),
         "teacache-calibrated": list(calibrated_coefficients) if calibrated_coefficients else load_calibrated(),
     }
+    extra = None if policy is None else from_spec(policy)  # (the loops below reuse the name `policy`)
     r = Renderer(art_dir, steps, guidance, per_class, seed, backend)
-    full = FixedSchedule(frozenset(range(steps)))
+    full = Schedule.uniform(steps, steps)  # every step: the uncached render
     t0 = time.perf_counter()
     reference, base_wall, _ = r.render(full)
     images = {"uncached": reference}
     rows = [Row("uncached", str(steps), float(steps), base_wall, 1.0, (1.0, 1.0), float("inf"), 1.0,
                 accuracy(reference, r.labels))]
     timed = []  # (row, rule, steps) of every policy row, for the timing pairs
-    planned = [1 + len(upstream) + len(calibrated)]  # renders known so far; the baselines join later
+    planned = [1 + len(upstream) + len(calibrated) + (policy is not None)]  # the baselines join later
 
     def add(policy: str, setting: str, rule, n_steps=None):
         out, wall, computed = r.render(rule, n_steps)
@@ -145,27 +147,40 @@ def evaluate(art_dir: Path, *, steps: int = 20, guidance: float = 3.0, per_class
         timed.append((rows[-1], rule, n_steps))
         log(f"[eval quality {len(rows)}/{planned[0]}] {policy:20s} {setting:>6s}: {computed:5.1f} computed, "
             f"PSNR {rows[-1].psnr:6.2f} dB, acc {rows[-1].accuracy:.3f} ({time.perf_counter() - t0:.0f}s)")
+        if r.never_skipped:
+            log(f"[eval] {policy} {setting}: {r.never_skipped}")
         return out
 
     for policy, thresholds in (("teacache-upstream", upstream), ("teacache-calibrated", calibrated)):
         for t in thresholds:
-            rule = TeaCache(tuple(coefficients[policy]), t, crit.forced)
+            rule = TeaCache(threshold=t, coefficients=coefficients[policy])  # the artifact's forced steps
             out = add(policy, f"{t:g}", rule)
             if policy == "teacache-calibrated" and abs(t - grid_threshold) < 1e-12:
                 images["teacache"] = out
-    levels = sorted({max(2, round(row.computed)) for row in rows if row.policy.startswith("teacache")} - {steps})
+    if extra is not None:
+        add(extra.name, _setting(extra), extra)
+    baselines = ("uncached", "uniform", "fewer-steps")
+    levels = sorted({max(2, round(row.computed)) for row in rows if row.policy not in baselines} - {steps})
     planned[0] += 2 * len(levels) + ("teacache" not in images)
     for k in levels:
-        add("uniform", str(k), FixedSchedule.uniform(steps, k))
-        add("fewer-steps", str(k), full, n_steps=k)
+        add("uniform", str(k), Schedule.uniform(steps, k))
+        add("fewer-steps", str(k), Schedule.uniform(k, k), n_steps=k)
     if "teacache" not in images:  # the grid's threshold was not in the sweep: render it too
         images["teacache"] = add("teacache-calibrated", f"{grid_threshold:g}",
-                                 TeaCache(tuple(coefficients["teacache-calibrated"]), grid_threshold, crit.forced))
+                                 TeaCache(threshold=grid_threshold, coefficients=coefficients["teacache-calibrated"]))
     time_ratios(r, full, timed, repeats, log)
     return {"rows": rows, "images": images, "labels": r.labels, "coefficients": coefficients,
             "settings": {"steps": steps, "guidance": guidance, "per_class": per_class, "seed": seed,
                          "backend": backend, "grid_threshold": grid_threshold, "timing_repeats": repeats,
                          "timing_digits": NUM_CLASSES * TIMING_PER_CLASS}}
+
+
+def _setting(policy) -> str:
+    """A policy's row setting: its threshold, else its parameters in short."""
+    params = policy.params
+    if set(params) == {"threshold"}:
+        return f"{params['threshold']:g}"
+    return json.dumps(params, separators=(",", ":"))[:40]
 
 
 def time_ratios(r: Renderer, full, timed, repeats: int, log=print) -> None:
@@ -218,7 +233,8 @@ def plot(rows: Sequence[Row], path: Path, steps: int) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for policy, marker in zip(POLICIES, "osD^"):
+    names = [*POLICIES, *dict.fromkeys(r.policy for r in rows if r.policy not in POLICIES and r.policy != "uncached")]
+    for policy, marker in zip(names, "osD^vP*X"):
         pts = sorted((r.computed, r.psnr) for r in rows if r.policy == policy)
         if pts:
             ax.plot(*zip(*pts), marker=marker, label=policy)
@@ -281,16 +297,20 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
     p.add_argument("--repeats", type=options.integer(1, 1000), default=TIMING_REPEATS,
                    help="interleaved timing pairs per policy; the wall ratio is their median")
+    from ..tools import policy_options
+
+    policy_options.add_arguments(p, " to compare as one more row (with uniform and fewer-step rows at its compute)")
     args = p.parse_args(argv)
 
     def body() -> int:
         t0 = time.perf_counter()
         coefficients = load_calibrated(args.coefficients) if args.coefficients else None  # before any export
+        policy = policy_options.from_args(args)
         art = Path(args.art) if args.art else export_bundled(args.cache_dir)
         result = evaluate(art, steps=args.steps, guidance=args.guidance, per_class=args.per_class,
                           seed=args.seed, upstream=args.upstream, calibrated=args.calibrated,
                           calibrated_coefficients=coefficients, backend=args.backend,
-                          grid_threshold=args.grid_threshold, repeats=args.repeats)
+                          grid_threshold=args.grid_threshold, repeats=args.repeats, policy=policy)
         paths = write_outputs(result, args.out)
         print()
         print(markdown_table(result["rows"]))

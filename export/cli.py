@@ -23,6 +23,21 @@ def parse_range(text: str) -> tuple[int, int, int]:
     return tuple(values)
 
 
+def parse_coefficients(text: str) -> list[float]:
+    """``c0,c1,...``: finite numbers, numpy.poly1d order (highest degree first), any degree."""
+    import math
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of numbers (numpy.poly1d order, e.g. "
+            f"498.65,-283.78,55.86,-3.82,0.26)") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every coefficient must be a finite number")
+    return values
+
+
 def parse_axis(text: str) -> tuple[str, tuple[int, int, int]]:
     name, sep, rng = text.partition("=")
     if not sep:
@@ -44,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Family class of your own, for a model outside diffusers (teacache_trt.families.custom); "
                         "its code runs on import")
     p.add_argument("--variant", help="coefficient set, e.g. CogVideoX1.5-5B (default: inferred from the config)")
+    p.add_argument("--coefficients", type=parse_coefficients, metavar="C0,C1,...",
+                   help="TeaCache coefficients replacing the variant's (comma-separated, numpy.poly1d order: "
+                        "highest degree first, any degree); the variant keeps its signal, forced steps and "
+                        "accumulation; recorded in the manifest")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     p.add_argument("--batch", type=parse_range, help="batch size range MIN:OPT:MAX (CFG rows included)")
     p.add_argument("--axis", type=parse_axis, action="append", default=[],
@@ -83,7 +102,7 @@ def _main(args) -> int:
         return list_axes(args.model_dir, args.family, args.family_module, axes)
     export_model(args.model_dir, args.out, family=args.family, family_module=args.family_module,
                  variant=args.variant, precision=args.precision, axes=axes, build=args.build,
-                 force=args.force, verify=not args.no_verify)
+                 force=args.force, verify=not args.no_verify, coefficients=args.coefficients)
     return 0
 
 

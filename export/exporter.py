@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import json
 import time
@@ -20,10 +21,12 @@ from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..files import os_errors
 from ..manifest import (
-    CONTEXT_GRAPH, FORMAT_VERSION, Criterion, GraphSpec, Manifest, config_fingerprint,
+    CONTEXT_GRAPH, FORMAT_VERSION, GraphSpec, Manifest, PolicySpec, SignalSpec, config_fingerprint,
     graph_names, sha256_file, sha256_json,
 )
-from ..families import Family, find_model_dir, get_family, load_family_module, plain_config, read_config
+from ..families import (
+    Family, Variant, check_coefficients, find_model_dir, get_family, load_family_module, plain_config, read_config,
+)
 from ..families import base as family_base
 from ..families.model_io import module_dtype
 from ..shapes import propagate
@@ -199,14 +202,22 @@ def export_model(
     build: str = "auto",
     force: bool = False,
     verify: bool = True,
+    coefficients: list[float] | None = None,
     log: Log = print,
 ) -> Manifest:
     """Export a transformer (from ``model_dir`` or the in-memory ``model``): a diffusers model,
     or any module whose family ``family_module`` names (``path/file.py:Class``, ``pkg.mod:Class``).
 
+    ``coefficients`` (numpy.poly1d order, any degree) replace the variant's TeaCache
+    coefficients in the manifest (the variant keeps its signal, forced steps, accumulation);
+    the variant's own stay in the coefficients' history.  They change no graph: re-running
+    with other coefficients only rewrites the manifest.
+
     ``out`` changes in one atomic step (see :mod:`teacache_trt.artifact`): a failed or killed
     export leaves the previous artifact as it was.
     """
+    if coefficients is not None:
+        coefficients = check_coefficients(coefficients, "--coefficients")
     dtype = precision_dtype(precision)
     out = Path(out)
     t_start = time.perf_counter()
@@ -260,6 +271,13 @@ def export_model(
         if _reusable(out, previous, export_key, force, log):
             log(f"[export] {out} is up to date (same model, options and versions); --force rebuilds")
             manifest = previous
+            if coefficients is not None and manifest.policy_data.get("teacache", {}).get("coefficients") != coefficients:
+                teacache = teacache_data(fam.variants[variant], coefficients)
+                teacache["history"] = [*manifest.policy_data.get("teacache", {}).get("history", []),
+                                       *teacache["history"]]
+                manifest.policy_data["teacache"] = teacache
+                artifact.commit_manifest(out, manifest, "export")
+                log(f"[export] TeaCache coefficients set to {coefficients} (no graph changes)")
             if flavour != "none":
                 from ..engines.build import build_in_place
 
@@ -271,7 +289,8 @@ def export_model(
                 model = copy.deepcopy(model).to(dtype)  # never convert the caller's model in place
             model = model.eval()
             manifest = _export_staged(fam, model, config, src, variant, precision, dtype, axes_r,
-                                      weights_hash, export_key, out, verify, flavour, log, family_module or "")
+                                      weights_hash, export_key, out, verify, flavour, log, family_module or "",
+                                      coefficients)
     if flavour == "none" and build == "auto":
         log(f"[build] no engines: {no_gpu_reason() or 'neither tensorrt nor tensorrt-rtx is installed'}; "
             f"{_build_later(model_dir, out, from_dir, family, family_module, asked_variant, precision, axes)}")
@@ -327,8 +346,24 @@ def _files_hash(files) -> str:
     return sha256_json({p.name: sha256_file(p) for p in files})
 
 
+def teacache_data(variant: Variant, coefficients: list[float] | None = None) -> dict:
+    """What the manifest records for TeaCache: the variant's rule and coefficients, or the
+    given ``coefficients`` with the variant's kept in the history (``--restore`` returns there)."""
+    own = [float(c) for c in variant.coefficients]
+    history = [] if coefficients is None else [{"coefficients": own, "source": f"variant {variant.name}"}]
+    return {"coefficients": own if coefficients is None else list(coefficients),
+            "source": f"variant {variant.name}" if coefficients is None else "teacache-export --coefficients",
+            "forced": dataclasses.asdict(variant.forced), "accumulate": variant.accumulate, "eps": variant.eps,
+            "clamp": False, "history": history}
+
+
+def published_data(variant: Variant) -> dict:
+    """Other policies' data the family ships for this variant (MagCache's published ratios)."""
+    return {"magcache": variant.magcache.policy_data()} if variant.magcache is not None else {}
+
+
 def _export_staged(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, flavour, log, family_module) -> Manifest:
+                   export_key, out, verify, flavour, log, family_module, coefficients=None) -> Manifest:
     """Export, verify and build in a staging folder; only the complete set becomes ``out``'s
     artifact, in one step, so a failed or killed export loses nothing."""
     import shutil
@@ -339,7 +374,7 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
     try:
         with os_errors(f"writing the export to {out}"):
             manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes,
-                                      weights_hash, export_key, staging, verify, log, family_module)
+                                      weights_hash, export_key, staging, verify, log, family_module, coefficients)
             if flavour != "none":
                 from ..engines.build import build_engines
 
@@ -355,7 +390,7 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
 
 
 def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, log, family_module) -> Manifest:
+                   export_key, out, verify, log, family_module, coefficients=None) -> Manifest:
     parts = fam.parts(model, fam.variant(variant))
     traced = trace_point(fam, axes, config)
     static = static_axes(axes)
@@ -396,9 +431,9 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
         family=fam.name, variant=variant, class_name=fam.class_name, precision=precision,
         config=config, config_hash=config_fingerprint(fam.config_of(model)), weights_hash=weights_hash,
         source=str(src), axes=axes, graphs=graphs,
-        criterion=Criterion(signal=fam.signal_for(v), coefficients=list(v.coefficients),
-                            default_threshold=v.default_threshold, forced=v.forced,
-                            cached=list(fam.cached), note=fam.note),
+        signal=SignalSpec(fam.signal_for(v), list(fam.cached), fam.note),
+        policy=PolicySpec("teacache", {"threshold": v.default_threshold}),
+        policy_data={"teacache": teacache_data(v, coefficients), **published_data(v)},
         versions=versions(), export_key=export_key, family_module=family_module,
     )
     if verify:

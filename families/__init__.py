@@ -6,13 +6,19 @@ modules that call the model's own submodules.  A model outside diffusers gets it
 same way, from the user's own file (:mod:`.custom`: ``ModuleFamily``, ``--family-module``).
 Nothing in this layer imports export, runtime or tool code.
 """
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import (
+    ACCUMULATE, AUTO, Axis, Family, ForcedSteps, Part, TimestepScale, Variant, check_accumulate,
+    check_coefficients, check_eps, criterion_sums,
+)
+from .magcache_ratios import PublishedRatios
 from .custom import ModuleFamily, load_family_module
 from .model_io import find_model_dir, plain_config, read_config
 from .registry import all_families, get_family, register
 
 __all__ = [
-    "AUTO", "Axis", "Family", "ModuleFamily", "Part", "TimestepScale", "Variant", "criterion_sums",
+    "ACCUMULATE", "AUTO", "Axis", "Family", "ForcedSteps", "ModuleFamily", "Part", "PublishedRatios", "TimestepScale",
+    "Variant",
+    "check_accumulate", "check_coefficients", "check_eps", "criterion_sums",
     "load_family_module",
     "find_model_dir", "plain_config", "read_config",
     "all_families", "get_family", "register",

@@ -10,6 +10,7 @@ neither of them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -17,15 +18,69 @@ import torch
 
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
-from ..manifest import ForcedSteps
+from .magcache_ratios import PublishedRatios
 from .model_io import find_model_dir, plain_config, read_config
 
 AUTO = "auto"  # a dynamic dim whose name the exporter picks (it is derived from others)
+ACCUMULATE = ("raw", "abs")  # acc += poly(d) (upstream TeaCache), acc += |poly(d)| (vLLM-Omni)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_coefficients(values: Any, where: str) -> list[float]:
+    """A polynomial (numpy.poly1d order): a non-empty list of finite numbers.  NaN or inf would
+    switch TeaCache off without a word; strings or null would fail mid-generation."""
+    if isinstance(values, tuple):
+        values = list(values)
+    if not isinstance(values, list) or not values or not all(map(_is_number, values)):
+        raise TeaCacheError(f"{where}: coefficients {values!r:.200} must be a non-empty list of finite numbers "
+                            f"(numpy.poly1d order, highest degree first)")
+    return [float(v) for v in values]
+
+
+def check_accumulate(value: Any) -> str:
+    if value not in ACCUMULATE or not isinstance(value, str):
+        raise TeaCacheError(f"accumulate {value!r} must be one of {ACCUMULATE} (raw: acc += poly(d); "
+                            f"abs: acc += |poly(d)|)")
+    return value
+
+
+def check_eps(value: Any) -> float:
+    if not _is_number(value) or value < 0:
+        raise TeaCacheError(f"eps {value!r} must be a finite number >= 0 (d = mean|s - s_prev| / "
+                            f"(mean|s_prev| + eps))")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ForcedSteps:
+    """Calls of a cache context that always compute, whatever the criterion says.
+
+    Call k (0-based, counting that context's own calls) of N is forced iff ``k < first``, or
+    ``k < first_fraction * N`` (compared in floating point: the first ceil(fraction * N)
+    calls), or ``last and k == N - 1``.  Upstream's rule for most models is the first and the
+    last call; "first call only" is ``ForcedSteps(1, False)``; HiDream's first 10% of the steps
+    is ``ForcedSteps(0, False, 0.1)``.  The rule itself runs in the runtime's criterion.
+    """
+
+    first: int = 1
+    last: bool = True
+    first_fraction: float = 0.0
+
+    def __post_init__(self):
+        if not (isinstance(self.first, int) and not isinstance(self.first, bool) and self.first >= 0
+                and isinstance(self.last, bool) and _is_number(self.first_fraction) and 0 <= self.first_fraction <= 1):
+            raise TeaCacheError(f"forced steps (first={self.first!r}, last={self.last!r}, first_fraction="
+                                f"{self.first_fraction!r}) need first an integer >= 0, last true/false and "
+                                f"first_fraction in [0, 1]")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One set of TeaCache coefficients (numpy.poly1d order) and its defaults."""
+    """One set of TeaCache coefficients (numpy.poly1d order), its defaults and the rule's knobs
+    as the model's public implementation codes them (forced calls, accumulation, eps)."""
 
     name: str
     coefficients: tuple[float, ...]
@@ -35,6 +90,18 @@ class Variant:
     # ret-steps mode compares timestep_proj, the plain mode temb); None: the family's default.
     # The family's ``parts`` reads it; ``Family.signal_for`` describes it for the manifest.
     signal: str | None = None
+    accumulate: str = "raw"
+    eps: float = 0.0
+    # MagCache's published ratios and settings for this model (families/magcache_ratios.py),
+    # written into the manifest for ``policies.MagCache``; None where none are published.
+    magcache: PublishedRatios | None = None
+
+    def __post_init__(self):
+        check_coefficients(self.coefficients, f"variant {self.name}")
+        check_accumulate(self.accumulate)
+        check_eps(self.eps)
+        if not _is_number(self.default_threshold) or self.default_threshold < 0:
+            raise TeaCacheError(f"variant {self.name}: default_threshold {self.default_threshold!r} must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .base import AUTO, Axis, Family, Part, Variant, criterion_sums
+from . import magcache_ratios
 from .registry import register
 
 
@@ -89,6 +90,7 @@ class Flux(Family):
             "FLUX.1",
             (498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861),
             default_threshold=0.4,  # 0.25 -> 1.5x, 0.4 -> 1.8x, 0.6 -> 2.0x, 0.8 -> 2.25x
+            magcache=magcache_ratios.FLUX_1_DEV,
         ),
     }
     # From one token to FLUX.1's ~2 MP ceiling (1920x1080 -> 8160 image tokens); opt at its

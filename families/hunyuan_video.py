@@ -11,6 +11,7 @@ import torch
 
 from ..errors import TeaCacheError
 from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from . import magcache_ratios
 from .registry import register
 
 
@@ -124,6 +125,7 @@ class HunyuanVideo(Family):
             # should cost little quality, and video shows cached steps as flicker; pass
             # threshold=0.15 for the 2.1x setting.
             default_threshold=0.1,
+            magcache=magcache_ratios.HUNYUAN_VIDEO_720P,
         ),
     }
     # From one frame of one patch and one text token to 129 frames at 720p (either

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import ForcedSteps
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AUTO, Axis, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
+from . import magcache_ratios
 from .registry import register
 
 VIDEO_DIMS = {0: "batch", 2: AUTO, 3: AUTO, 4: AUTO}  # (B, C, F, H, W), see cogvideox.VIDEO_DIMS
@@ -128,18 +128,19 @@ def _variants():
     ret = ForcedSteps(first=5, last=False)
     table = (
         ("Wan2.1-T2V-1.3B", (2396.76752, -1311.10545, 201.331979, -8.29855975, 0.137887774), 0.05,
-         (-52186.2437, 9230.41404, -528.275948, 13.6987616, -0.0499875664), 0.05),
+         (-52186.2437, 9230.41404, -528.275948, 13.6987616, -0.0499875664), 0.05, magcache_ratios.WAN21_T2V_1_3B),
         ("Wan2.1-T2V-14B", (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404), 0.14,
-         (-303318.725, 49053.7029, -2655.30556, 58.7365115, -0.315583525), 0.10),
+         (-303318.725, 49053.7029, -2655.30556, 58.7365115, -0.315583525), 0.10, magcache_ratios.WAN21_T2V_14B),
         ("Wan2.1-I2V-14B-480P", (-302.331670, 223.948934, -52.5463970, 5.87348440, -0.201973289), 0.13,
-         (257151.496, -35422.9917, 1402.86849, -13.5890334, 0.132517977), 0.20),
+         (257151.496, -35422.9917, 1402.86849, -13.5890334, 0.132517977), 0.20, magcache_ratios.WAN21_I2V_14B_480P),
         ("Wan2.1-I2V-14B-720P", (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683), 0.20,
-         (8107.05460, 2133.93892, -372.934672, 16.6203073, -0.0417769401), 0.20),
+         (8107.05460, 2133.93892, -372.934672, 16.6203073, -0.0417769401), 0.20, magcache_ratios.WAN21_I2V_14B_720P),
     )
     out = {}
-    for name, coeffs, slow, ret_coeffs, ret_slow in table:
-        out[name] = Variant(name, coeffs, slow, forced=plain, signal="temb")
-        out[f"{name}-ret"] = Variant(f"{name}-ret", ret_coeffs, ret_slow, forced=ret, signal="timestep_proj")
+    for name, coeffs, slow, ret_coeffs, ret_slow, mag in table:  # MagCache's ratios: the model's, either mode
+        out[name] = Variant(name, coeffs, slow, forced=plain, signal="temb", magcache=mag)
+        out[f"{name}-ret"] = Variant(f"{name}-ret", ret_coeffs, ret_slow, forced=ret, signal="timestep_proj",
+                                     magcache=mag)
     # The bundled video model (teacache_trt.moving_digits), plain mode; its coefficients come from
     # teacache-calibrate on its own generations (the file it ships beside its weights).
     out[MOVING_DIGITS] = Variant(MOVING_DIGITS, MOVING_DIGITS_COEFFICIENTS, MOVING_DIGITS_THRESHOLD,

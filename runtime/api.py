@@ -15,12 +15,18 @@ from .transformer import CompiledTransformer
 
 
 def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | None = None,
-                     device: str | torch.device = "cpu", *, clamp: bool | None = None,
+                     device: str | torch.device = "cpu", *, policy=None, clamp: bool | None = None,
                      model: torch.nn.Module | None = None, decisions: str = "batch",
                      family_module: str | None = None, model_dir=None) -> CompiledTransformer:
-    """A module usable as ``pipe.transformer``, running the exported graphs with TeaCache.
+    """A module usable as ``pipe.transformer``, running the exported graphs with a caching policy.
 
-    ``threshold=None`` takes the manifest's default; 0 never skips.  ``backend="torch"`` runs
+    ``policy``: a :mod:`teacache_trt.policies` object, a name (``"teacache"``, ``"schedule"``
+    needs its steps) or ``{"name": ..., "params": {...}}``; None: the manifest's default policy
+    (TeaCache at the variant's default threshold, unless the artifact says otherwise).
+    ``threshold`` is TeaCache's shorthand: ``threshold=0.2`` alone is ``policy=TeaCache(threshold=0.2)``
+    (the manifest's coefficients); with a policy it sets that policy's threshold (an error for
+    a policy without one).  0 never skips.  ``clamp`` likewise sets TeaCache's clamp of
+    poly(d) at 0.  ``backend="torch"`` runs
     the same three parts in PyTorch (the reference path); it uses ``model``, or loads the model
     from ``model_dir`` (default: the folder the manifest says it was exported from).
     Every file is checked against the manifest (inside the folder, size, sha256) before use.
@@ -39,7 +45,7 @@ def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | N
         model = _load_source_model(family, manifest, model_dir)
     if model is not None:
         _check_same_model(family, model, manifest)
-    return CompiledTransformer(art_dir, manifest, backend, device, threshold, clamp, model, decisions)
+    return CompiledTransformer(art_dir, manifest, backend, device, threshold, clamp, model, decisions, policy)
 
 
 def _family_of(manifest, art_dir: Path, family_module: str | None):
@@ -85,12 +91,14 @@ def _check_same_model(family, model, manifest) -> None:
 
 
 def enable(pipe, art_dir, threshold: float | None = None, backend: str = "onnxruntime",
-           device: str | torch.device | None = None, **kwargs) -> CompiledTransformer:
+           device: str | torch.device | None = None, *, policy=None, **kwargs) -> CompiledTransformer:
     """Replace ``pipe.transformer`` with the compiled one; each pipeline call then starts a
-    fresh generation with the right step count (hooked on the scheduler's ``set_timesteps``)."""
+    fresh generation with the right step count (hooked on the scheduler's ``set_timesteps``).
+    ``policy`` and ``threshold`` as in :func:`load_transformer`."""
     if device is None:
         device = getattr(pipe, "device", "cpu")
-    transformer = load_transformer(art_dir, backend=backend, threshold=threshold, device=device, **kwargs)
+    transformer = load_transformer(art_dir, backend=backend, threshold=threshold, device=device, policy=policy,
+                                   **kwargs)
     if hasattr(pipe, "register_modules"):
         pipe.register_modules(transformer=transformer)
     else:

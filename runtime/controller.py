@@ -1,12 +1,9 @@
-"""TeaCache state per cache context, and the decision rules the transformer applies to it.
+"""What the runtime keeps per cache context, and the records its ``stats`` report.
 
-    d   = Σ|s_t − s_{t−1}| / Σ|s_{t−1}|       (over the rows of one decision group)
-    acc = acc + poly(d)
-    skip if acc < threshold and the step is not forced, else compute and acc = 0
-
-The arithmetic itself lives in :mod:`.criterion` (one implementation, native or Python).  A
-context has one decision group in ``batch`` mode (upstream: one ratio over the whole batch)
-and one per prompt in ``sample`` mode; the rules below decide every group of a call at once.
+A context (e.g. the cond or uncond branch) holds, for one generation, the signals the embed
+graph compares, the cached residual, the context graph's outputs, and the state of the caching
+policy that decides its calls (:mod:`teacache_trt.policies`).  A context has one decision group
+in ``batch`` mode (upstream: one decision per call) and one per prompt in ``sample`` mode.
 Nothing here touches the heavy engine.
 """
 from __future__ import annotations
@@ -19,30 +16,30 @@ import numpy as np
 import torch
 
 from ..errors import TeaCacheError
-from ..manifest import Criterion, ForcedSteps
-from .criterion import decide_groups, group_rel
-
-_NO_SUMS = {}  # n_rows -> zeros: the criterion's sums when there is no previous signal
+from ..policies import PolicyState
 
 
 @dataclass
 class ContextState:
-    """Everything TeaCache remembers for one cache context (e.g. the cond or uncond branch).
+    """Everything the runtime remembers for one cache context over one generation.
 
-    Per decision group: ``acc``, whether its rows of ``residual`` hold a computed result
+    Per decision group: whether its rows of ``residual`` hold a computed result
     (``has_residual``) and its computed / skipped steps.  ``computed`` / ``skipped`` are the
     context's calls that did / did not run the blocks graph (for any group).
     """
 
     n_groups: int = 1
+    policy: PolicyState | None = None  # the caching policy's state for this context
+    reads_sums: bool = True  # the policy reads the signal sums (a static one reads nothing)
     step: int = 0
+    num_steps: int = 0
     prev_signal: torch.Tensor | None = None
     next_signal: torch.Tensor | None = None  # the buffer the next call's signal is written to
     residual: dict[str, torch.Tensor] | None = None
     computed: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
-    # one entry per call: the group's ratio (None: nothing to compare), a list of them per
-    # group when there are several
+    # one entry per call: the group's relative signal change (None: nothing to compare, or a
+    # policy that measures none), a list of them per group when there are several
     rel_l1: list = field(default_factory=list)
     # the context graph's outputs, and the inputs (tensor, _version) they were computed from
     context_out: dict[str, torch.Tensor] | None = None
@@ -53,127 +50,40 @@ class ContextState:
     def __post_init__(self):
         if self.n_groups < 1:
             raise TeaCacheError(f"n_groups={self.n_groups} must be >= 1")
-        self.acc = np.zeros(self.n_groups, dtype=np.float64)
         self.has_residual = np.zeros(self.n_groups, dtype=np.uint8)
         self.group_computed: list[list[int]] = [[] for _ in range(self.n_groups)]
         self.group_skipped: list[list[int]] = [[] for _ in range(self.n_groups)]
+        self._no_rel = None if self.n_groups == 1 else [None] * self.n_groups
 
     def forget_residual(self) -> None:
         """The cached residual no longer fits the call (batch or resolution changed)."""
         self.residual = None
         self.has_residual[:] = 0
 
+    def record(self, flags: np.ndarray) -> None:
+        """Book one call's decisions (``flags``: compute per group) and advance the step."""
+        step = self.step
+        per_group = flags.tolist()
+        (self.computed if any(per_group) else self.skipped).append(step)
+        for g, compute in enumerate(per_group):
+            (self.group_computed[g] if compute else self.group_skipped[g]).append(step)
+        rels = self.policy.rel
+        if rels is None:
+            self.rel_l1.append(self._no_rel if self._no_rel is None else list(self._no_rel))
+        else:
+            rel = [None if math.isnan(r) else r for r in rels.tolist()]
+            self.rel_l1.append(rel[0] if self.n_groups == 1 else rel)
+        self.step = step + 1
 
-@dataclass(frozen=True)
-class TeaCache:
-    """Decision rule: threshold, coefficients and forced steps; stateless and immutable itself."""
+    def group_rels(self, g: int) -> list[float | None]:
+        return [r if self.n_groups == 1 else r[g] for r in self.rel_l1]
 
-    coefficients: tuple[float, ...]
-    threshold: float
-    forced: ForcedSteps = field(default_factory=ForcedSteps)
-    clamp: bool = False
-
-    def __post_init__(self):
-        check_threshold(self.threshold)
-        if not self.coefficients:
-            raise TeaCacheError("coefficients are empty: the manifest's criterion needs a polynomial")
-        if not isinstance(self.clamp, bool):  # clamp="no" is truthy: it would turn clamping on
-            raise TeaCacheError(f"clamp {self.clamp!r} must be True or False (None: the manifest's setting)")
-        # The criterion's array arguments, built once (frozen: they cannot go stale).
-        object.__setattr__(self, "_coefficients", np.array(self.coefficients, dtype=np.float64))
-        object.__setattr__(self, "_thresholds", {})  # n_groups -> this threshold for each
-
-    @classmethod
-    def from_criterion(cls, criterion: Criterion, threshold: float | None = None, clamp: bool | None = None):
-        return cls(
-            coefficients=tuple(float(c) for c in criterion.coefficients),
-            threshold=criterion.default_threshold if threshold is None else threshold,
-            forced=criterion.forced,
-            clamp=criterion.clamp if clamp is None else clamp,
-        )
-
-    def decide(self, state: ContextState, num_steps: int, l1_diff, l1_prev, group_of_row,
-               must_compute: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
-        """Compute flags (uint8, one per group of ``state``); updates ``state`` (acc, step, records).
-
-        ``l1_diff``/``l1_prev``: the embed graph's per-row sums as float arrays (None when there
-        is no previous signal); ``group_of_row``: int32, the group of each row;
-        ``must_compute``: uint8 per group, set where no usable residual exists;
-        ``thresholds``: one per group (None: this rule's threshold for every group).
-        """
-        n = state.n_groups
-        if thresholds is None:
-            thresholds = self._thresholds.get(n)
-            if thresholds is None:
-                thresholds = self._thresholds[n] = np.full(n, float(self.threshold))
-        has_prev = l1_diff is not None and l1_prev is not None
-        if not has_prev:
-            l1_diff = l1_prev = _no_sums(len(group_of_row))
-        flags, rels = decide_groups(
-            l1_diff, l1_prev, group_of_row, n, state.acc, state.step, num_steps, thresholds,
-            self._coefficients, self.clamp, self.forced.first, self.forced.last, self.forced.first_fraction,
-            has_prev, must_compute)
-        return _record(state, flags, rels)
-
-
-def check_threshold(value) -> float:
-    """A threshold is a number >= 0 (bools and strings are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-        raise TeaCacheError(f"threshold {value!r} must be a number >= 0 (0 never skips; larger skips more)")
-    return float(value)
-
-
-def _no_sums(rows: int) -> np.ndarray:
-    sums = _NO_SUMS.get(rows)
-    if sums is None:
-        sums = _NO_SUMS[rows] = np.zeros(rows, dtype=np.float64)
-    return sums
-
-
-def _record(state: ContextState, flags: np.ndarray, rels: np.ndarray) -> np.ndarray:
-    step = state.step
-    per_group = flags.tolist()
-    (state.computed if any(per_group) else state.skipped).append(step)
-    for g, compute in enumerate(per_group):
-        (state.group_computed[g] if compute else state.group_skipped[g]).append(step)
-    rel = [None if math.isnan(r) else r for r in rels.tolist()]
-    state.rel_l1.append(rel[0] if state.n_groups == 1 else rel)
-    state.step = step + 1
-    return flags
-
-
-@dataclass
-class FixedSchedule:
-    """Compute at the given step indices only (and wherever no usable residual exists).
-
-    The baseline an adaptive criterion must beat at equal compute: the same residual reuse,
-    with the computed steps spread evenly instead of chosen by the signal.
-    """
-
-    steps: frozenset[int]
-
-    def decide(self, state: ContextState, num_steps: int, l1_diff, l1_prev, group_of_row,
-               must_compute: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
-        n = state.n_groups
-        has_prev = l1_diff is not None and l1_prev is not None
-        sums = np.zeros((2, n))
-        if has_prev:
-            np.add.at(sums[0], group_of_row, l1_diff)
-            np.add.at(sums[1], group_of_row, l1_prev)
-        rels = np.array([group_rel(has_prev, d, p) for d, p in zip(sums[0], sums[1])])
-        flags = np.asarray(must_compute, dtype=np.uint8).copy()
-        if state.step in self.steps:
-            flags[:] = 1
-        return _record(state, flags, rels)
-
-    @classmethod
-    def uniform(cls, num_steps: int, computed: int) -> "FixedSchedule":
-        """``computed`` evenly spaced steps, the first and the last among them."""
-        if not 1 <= computed <= num_steps:
-            raise TeaCacheError(f"computed={computed} must be in [1, num_steps={num_steps}]")
-        if computed == 1:
-            return cls(frozenset({0}))
-        return cls(frozenset(round(i * (num_steps - 1) / (computed - 1)) for i in range(computed)))
+    def never_skipped(self, g: int) -> str | None:
+        """Why group ``g`` computed every call of this finished generation although its policy
+        could skip (a cause and a fix); None otherwise, and while the generation runs."""
+        if self.policy is None or not self.num_steps or self.step < self.num_steps or self.group_skipped[g]:
+            return None
+        return self.policy.never_skipped(g, self.group_rels(g))
 
 
 def _union(records: list[tuple[list[int], list[int]]]) -> dict[str, list[int]]:
@@ -186,7 +96,8 @@ def _union(records: list[tuple[list[int], list[int]]]) -> dict[str, list[int]]:
 
 def merge_stats(states: dict[str, ContextState], samples: bool = False) -> dict[str, Any]:
     """Per-context records plus the union view users read first; with ``samples``, the same
-    union per prompt (group) under ``"samples"``."""
+    union per prompt (group) under ``"samples"``.  ``"never_skipped"`` (a cause and a fix) is
+    present when a finished generation computed every call although its policy could skip."""
     stats = {
         **_union([(st.computed, st.skipped) for st in states.values()]),
         "calls": sum(st.step for st in states.values()),
@@ -197,10 +108,19 @@ def merge_stats(states: dict[str, ContextState], samples: bool = False) -> dict[
             for name, st in states.items()
         },
     }
+    if states and not any(k for st in states.values() for k in st.group_skipped):
+        cause = next((c for st in states.values() for g in range(st.n_groups) if (c := st.never_skipped(g))), None)
+        if cause:
+            stats["never_skipped"] = cause
     if samples:
         n = max((st.n_groups for st in states.values()), default=0)
-        stats["samples"] = [
-            _union([(st.group_computed[g], st.group_skipped[g]) for st in states.values() if g < st.n_groups])
-            for g in range(n)
-        ]
+        stats["samples"] = []
+        for g in range(n):
+            group = [st for st in states.values() if g < st.n_groups]
+            sample = _union([(st.group_computed[g], st.group_skipped[g]) for st in group])
+            if not any(st.group_skipped[g] for st in group):
+                cause = next((c for st in group if (c := st.never_skipped(g))), None)
+                if cause:
+                    sample["never_skipped"] = cause
+            stats["samples"].append(sample)
     return stats

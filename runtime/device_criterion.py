@@ -23,8 +23,8 @@ import torch
 import teacache_trt
 
 from ..errors import TeaCacheError
-from ..manifest import ForcedSteps
-from .criterion import ABI_VERSION
+from ..families import ForcedSteps
+from .criterion import ABI_VERSION, Rule
 
 _P = ctypes.c_void_p
 
@@ -43,7 +43,8 @@ class DecideArgs(ctypes.Structure):
         ("compute_flags", _P), ("rel", _P), ("any_compute", _P), ("history_flags", _P), ("history_rel", _P),
         ("history_len", ctypes.c_int64), ("forced_first_fraction", ctypes.c_double),
         ("forced_first", ctypes.c_int64), ("forced_last", ctypes.c_int32), ("clamp", ctypes.c_int32),
-        ("advance", ctypes.c_int32),
+        ("advance", ctypes.c_int32), ("group_elements", _P), ("eps", ctypes.c_double),
+        ("accumulate_abs", ctypes.c_int32),
     ]
 
 
@@ -90,7 +91,8 @@ class DeviceCriterion:
 
     def __init__(self, group_of_row: Sequence[int], n_groups: int, thresholds: Sequence[float],
                  coefficients: Sequence[float], forced: ForcedSteps, clamp: bool, num_steps: int,
-                 device: torch.device | str = "cuda"):
+                 device: torch.device | str = "cuda", *, accumulate: str = "raw", eps: float = 0.0,
+                 elements_per_row: int = 1):
         if _KERNEL is None:
             raise TeaCacheError(f"the device criterion is unavailable: {KERNEL_STATUS}; build cpp_ext where "
                                 f"nvcc is on PATH (`pip install -e .`) or use the host decision")
@@ -100,23 +102,22 @@ class DeviceCriterion:
                                 f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
         if device.index is None:  # tensors report cuda:N; compare like with like
             device = torch.device("cuda", torch.cuda.current_device())
-        if not 0.0 <= forced.first_fraction <= 1.0 or forced.first < 0:
-            raise TeaCacheError(f"forced steps {forced} need first >= 0 and first_fraction in [0, 1]")
-        self.device, self.n_groups, self.forced, self.clamp = device, int(n_groups), forced, bool(clamp)
-        rows = torch.as_tensor(list(group_of_row), dtype=torch.int32)
-        if n_groups < 1 or (len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= n_groups)):
-            raise TeaCacheError(f"group_of_row {rows.tolist()} must map every row into [0, n_groups={n_groups})")
-        if len(thresholds) != n_groups or not len(coefficients):
-            raise TeaCacheError(f"need one threshold per group ({n_groups}, got {len(thresholds)}) and a "
-                                f"non-empty polynomial (got {len(coefficients)} coefficients)")
+        # The host criterion's checks and group element counts, so both sides take the same arguments.
+        rule = Rule(coefficients, thresholds, group_of_row, n_groups, max(int(num_steps), 0),
+                    elements_per_row=elements_per_row, forced_first=forced.first, forced_last=forced.last,
+                    forced_fraction=forced.first_fraction, accumulate=accumulate, eps=eps, clamp=clamp)
+        self.device, self.n_groups, self.forced, self.clamp = device, rule.n_groups, forced, rule.clamp
+        self.accumulate_abs, self.eps = rule.accumulate_abs, rule.eps
+        rows = torch.from_numpy(rule.group_of_row.copy())
 
         def on_device(values, dtype):
             return torch.as_tensor(values, dtype=dtype).to(device)
 
         # Constant for the generation: copied to the device once, here.
         self.group_of_row = rows.to(device)
-        self.thresholds = on_device(list(thresholds), torch.float64)
-        self.coefficients = on_device(list(coefficients), torch.float64)
+        self.thresholds = on_device(rule.thresholds, torch.float64)
+        self.coefficients = on_device(rule.coefficients, torch.float64)
+        self.group_elements = on_device(rule.group_elements, torch.float64)
         # State and outputs, rewritten in place by every launch.
         g = self.n_groups
         self.acc = torch.zeros(g, dtype=torch.float64, device=device)
@@ -156,7 +157,8 @@ class DeviceCriterion:
             self.step_info.data_ptr(), self.has_prev.data_ptr(), self.must_compute.data_ptr(),
             self.compute_flags.data_ptr(), self.rel.data_ptr(), self.any_compute.data_ptr(),
             self.history_flags.data_ptr(), self.history_rel.data_ptr(), self.history_flags.shape[0],
-            self.forced.first_fraction, self.forced.first, self.forced.last, self.clamp, 1)  # advance
+            self.forced.first_fraction, self.forced.first, self.forced.last, self.clamp, 1,  # advance
+            self.group_elements.data_ptr(), self.eps, self.accumulate_abs)
 
     def decide(self, l1_diff: torch.Tensor, l1_prev: torch.Tensor, stream: torch.cuda.Stream | None = None,
                has_prev: bool | None = None) -> torch.Tensor:

@@ -33,6 +33,7 @@ class StepPlan:
         self.shapes = dict(shapes)
         self.rows = self.shapes["l1_diff"][0]
         self.signal_shape = torch.Size(self.shapes["signal"])
+        self.elements_per_row = self.signal_shape[1:].numel()  # a policy's means over a group's elements
         # inputs a caller passes with another dtype / device / layout than the graph takes
         self.convert = convert
         self.device = device
@@ -99,7 +100,8 @@ class StepPlan:
         return index.pin_memory().to(self.device, non_blocking=True)
 
     def read_sums(self) -> tuple[np.ndarray, np.ndarray]:
-        """The embed's per-row ``l1_diff`` / ``l1_prev`` on the host.
+        """The embed's per-row ``l1_diff`` / ``l1_prev`` on the host, for a policy that reads
+        the signal sums (a static policy never calls it).
 
         On a GPU this is the one point per step where the host waits for the device: the
         decision chooses which graph to launch next, so the host needs these 2·B floats.  One

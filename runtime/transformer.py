@@ -11,9 +11,14 @@ the cache context's residual (all rows, the rows that compute, or nothing); run 
 a fresh output tensor, which the caller keeps.  On a GPU all of it is queued on the
 transformer's own stream, ordered after the caller's work and before the caller's next.
 
+The caching policy (:mod:`teacache_trt.policies`) decides each call; a static one (e.g.
+``Schedule``) reads nothing back from the graphs, others read only the features they name.
+
 Threads: a transformer may be called from several threads at once.  Each thread has its own
-generations (step count, cache contexts, ``stats``); graph runs are serialized by a lock, so
-one thread's step waits for another's to finish.
+generations (step count, cache contexts, ``stats``) and its own settings (``policy``,
+``threshold``, ``sample_thresholds``): a thread that sets none uses those of the thread that
+created the transformer (what ``load_transformer`` / ``enable`` and later settings there chose).
+Graph runs are serialized by a lock, so one thread's step waits for another's to finish.
 """
 from __future__ import annotations
 
@@ -28,19 +33,22 @@ import numpy as np
 import torch
 from diffusers.configuration_utils import FrozenDict
 
+from .. import policies
 from ..dtypes import PRECISIONS, TORCH_DTYPES
 from ..errors import TeaCacheError
 from ..families import get_family
-from ..manifest import CONTEXT_GRAPH, Manifest, graph_names
+from ..manifest import CONTEXT_GRAPH, MANIFEST_NAME, Manifest, graph_names
+from ..policies import SIGNAL_SUMS, Features, Policy, check_threshold
 from ..shapes import bind, propagate
 from .backends import make_runner
-from .controller import ContextState, TeaCache, check_threshold, merge_stats
+from .controller import ContextState, merge_stats
 from .plan import StepPlan
 
 DEFAULT_CONTEXT = "default"
 DECISIONS = ("batch", "sample")
 BATCH_AXIS = "batch"  # the dim name the exporter gives every per-row dim 0
 MAX_PLANS = 8  # input shapes whose buffers are kept; the least recently used goes first
+PROVIDED_FEATURES = frozenset({SIGNAL_SUMS})  # what this runtime reads back for a policy
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -52,14 +60,30 @@ def _version(t: torch.Tensor) -> int | None:
         return None
 
 
+class _Settings:
+    """The policy settings one thread's generations start with."""
+
+    __slots__ = ("policy", "bound", "sample_thresholds")
+
+    def __init__(self, policy: Policy, bound: Policy, sample_thresholds: tuple | None = None):
+        self.policy = policy  # as given (settings left to the artifact stay None)
+        self.bound = bound  # with the artifact's settings filled in: what decides
+        self.sample_thresholds = sample_thresholds
+
+    def copy(self) -> "_Settings":
+        return _Settings(self.policy, self.bound, self.sample_thresholds)
+
+
 class _Thread(threading.local):
-    """One thread's view: its cache context, its generation and the states of its contexts."""
+    """One thread's view: its cache context, its generation, the states of its contexts and
+    its settings (None: the creating thread's)."""
 
     def __init__(self):
         self.context = DEFAULT_CONTEXT
         self.num_steps = 0
         self.states: dict[str, ContextState] = {}
         self.calls_this_step: dict[str, int] = {}
+        self.settings: _Settings | None = None
 
 
 class CompiledTransformer(torch.nn.Module):
@@ -67,7 +91,7 @@ class CompiledTransformer(torch.nn.Module):
 
     def __init__(self, art_dir: Path, manifest: Manifest, backend: str, device: str | torch.device = "cpu",
                  threshold: float | None = None, clamp: bool | None = None, model: torch.nn.Module | None = None,
-                 decisions: str = "batch"):
+                 decisions: str = "batch", policy=None):
         super().__init__()
         if decisions not in DECISIONS:
             raise TeaCacheError(
@@ -83,12 +107,12 @@ class CompiledTransformer(torch.nn.Module):
         # Attributes pipelines read off the model besides config (LuminaPipeline: head_dim).
         for name, value in self.family.pipeline_attributes(manifest.config).items():
             setattr(self, name, value)
-        # The decision rule: TeaCache from the manifest, or any object with the same decide()
-        # (e.g. controller.FixedSchedule for equal-compute baselines).
-        self.policy = TeaCache.from_criterion(manifest.criterion, threshold, clamp)
         self.decisions = decisions
-        self._sample_thresholds: tuple[float | None, ...] | None = None
-        self._sample_threshold_array: np.ndarray | None = None
+        # What the manifest records for the policies (checked), and the policy of this
+        # thread's generations (other threads start from it; see the module doc).
+        self._artifact = policies.artifact_policies(manifest, str(self.art_dir / MANIFEST_NAME))
+        given = _initial_policy(self._artifact, policy, threshold, clamp)
+        self._defaults = _Settings(given, self._bind(given))
         # Every graph runs on this stream; callers' streams hand over to it (forward).  Without
         # CUDA there is none, and the runners' activation says what is missing.
         cuda = self._device.type == "cuda" and torch.cuda.is_available()
@@ -118,7 +142,9 @@ class CompiledTransformer(torch.nn.Module):
                                       if n in blocks_profile), default=1)
         self._plans: OrderedDict[tuple, StepPlan] = OrderedDict()
         self._lock = threading.Lock()
+        self._features = Features()  # filled per call, under the lock
         self._thread = _Thread()
+        self._thread.settings = self._defaults
         # Set by enable(): the scheduler's step() marks step ends, so a context called twice
         # within one step (CFG branches without cache_context) gets a state per call.
         self.track_steps = False
@@ -144,46 +170,85 @@ class CompiledTransformer(torch.nn.Module):
         # Graphs are placed once, at load; pipelines call .to(device) on every component.
         return self
 
+    # --- the caching policy (per thread) -------------------------------------------------
+    def _settings(self, write: bool = False) -> _Settings:
+        """This thread's settings; a thread's first write copies the creating thread's."""
+        thread = self._thread
+        if thread.settings is None:
+            if not write:
+                return self._defaults
+            thread.settings = self._defaults.copy()
+        return thread.settings
+
+    def _bind(self, policy: Policy) -> Policy:
+        missing = sorted(policy.needs - PROVIDED_FEATURES)
+        if missing:
+            raise TeaCacheError(f"{policy!r} needs {missing} from the graphs, which this runtime does not read "
+                                f"(it reads {sorted(PROVIDED_FEATURES)}): choose another policy")
+        return policy.bind(self._artifact)
+
+    @property
+    def policy(self) -> Policy:
+        """The caching policy of this thread's next generations, as given (settings it leaves
+        None are the artifact's).  Set it to a policy object, a name (``"teacache"``) or
+        ``{"name": ..., "params": {...}}``; it applies from the next generation on."""
+        return self._settings().policy
+
+    @policy.setter
+    def policy(self, value) -> None:
+        given = policies.from_spec(value)
+        bound = self._bind(given)
+        settings = self._settings(write=True)
+        if settings.sample_thresholds is not None and not given.has_threshold:
+            raise TeaCacheError(f"{given!r} has no threshold, but sample_thresholds is set: set "
+                                f"transformer.sample_thresholds = None first")
+        settings.policy, settings.bound = given, bound
+
     @property
     def threshold(self) -> float | None:
-        return getattr(self.policy, "threshold", None)
+        """The threshold of this thread's policy (None: a policy without one)."""
+        return getattr(self._settings().bound, "threshold", None)
 
     @threshold.setter
-    def threshold(self, value: float) -> None:
-        self.policy = TeaCache.from_criterion(self.manifest.criterion, value, getattr(self.policy, "clamp", None))
-        self._sample_threshold_array = None  # None entries of sample_thresholds follow this one
+    def threshold(self, value: float | None) -> None:
+        current = self._settings().policy
+        if not current.has_threshold:
+            raise TeaCacheError(
+                f"transformer.threshold = {value!r}: the policy {current!r} has no threshold; set "
+                f"transformer.policy = teacache_trt.policies.TeaCache(threshold={value!r}) to use TeaCache")
+        self.policy = current.replace(threshold=None if value is None else check_threshold(value))
 
     @property
     def sample_thresholds(self) -> list[float | None] | None:
-        """``decisions="sample"``: one threshold per prompt (None: the scalar ``threshold``).
+        """``decisions="sample"``: one threshold per prompt (None: the policy's ``threshold``),
+        for this thread's next generations.
 
         Sets the number of prompts P of the next generation; a call with N rows then needs
         N == k*P (row r belongs to prompt r % P: batched CFG stacks [uncond; cond]).
         """
-        return None if self._sample_thresholds is None else list(self._sample_thresholds)
+        values = self._settings().sample_thresholds
+        return None if values is None else list(values)
 
     @sample_thresholds.setter
     def sample_thresholds(self, values) -> None:
         if values is None:
-            self._sample_thresholds = None
-            self._sample_threshold_array = None
+            self._settings(write=True).sample_thresholds = None
             return
         if self.decisions != "sample":
             raise TeaCacheError(
                 f"sample_thresholds needs decisions='sample' (this transformer takes {self.decisions!r} "
                 f"decisions): load it with load_transformer(..., decisions='sample')"
             )
+        if not self.policy.has_threshold:
+            raise TeaCacheError(f"sample_thresholds: the policy {self.policy!r} has no threshold; set "
+                                f"transformer.policy to one that has (e.g. 'teacache')")
         values = list(values)
         if not values:
             raise TeaCacheError("sample_thresholds is empty: give one threshold per prompt, or None")
         for i, v in enumerate(values):
             if v is not None:
-                try:
-                    check_threshold(v)
-                except TeaCacheError as exc:
-                    raise TeaCacheError(f"sample_thresholds[{i}]: {exc}") from None
-        self._sample_thresholds = tuple(None if v is None else float(v) for v in values)
-        self._sample_threshold_array = None
+                check_threshold(v, f"sample_thresholds[{i}]")
+        self._settings(write=True).sample_thresholds = tuple(None if v is None else float(v) for v in values)
 
     # --- generation bookkeeping (per thread) ---------------------------------------------
     @property
@@ -240,20 +305,26 @@ class CompiledTransformer(torch.nn.Module):
         if state is None or state.step >= thread.num_steps:
             # A context that ran all its steps starts a new generation (the reference does
             # the same by wrapping its step counter), so repeated calls need no reset().
-            state = thread.states[name] = ContextState(n_groups=self._prompts(rows))
+            settings = thread.settings or self._defaults
+            n = self._prompts(rows, settings)
+            policy = settings.bound
+            state = thread.states[name] = ContextState(
+                n_groups=n, num_steps=thread.num_steps,
+                policy=policy.start(thread.num_steps, name, n, self._group_thresholds(settings)),
+                reads_sums=SIGNAL_SUMS in policy.needs)
         elif self.decisions == "sample":
-            self._check_rows(rows, state.n_groups)
+            self._check_rows(rows, state.n_groups, (thread.settings or self._defaults).sample_thresholds)
         return state
 
-    def _prompts(self, rows: int) -> int:
+    def _prompts(self, rows: int, settings: _Settings) -> int:
         """Decision groups of a new generation: 1, or one per prompt in sample mode."""
         if self.decisions == "batch":
             return 1
-        prompts = rows if self._sample_thresholds is None else len(self._sample_thresholds)
-        self._check_rows(rows, prompts)
+        prompts = rows if settings.sample_thresholds is None else len(settings.sample_thresholds)
+        self._check_rows(rows, prompts, settings.sample_thresholds)
         return prompts
 
-    def _check_rows(self, rows: int, prompts: int) -> None:
+    def _check_rows(self, rows: int, prompts: int, sample_thresholds) -> None:
         if rows % prompts:
             raise TeaCacheError(
                 f"a call with batch N={rows} rows cannot be split over P={prompts} prompts: sample mode "
@@ -268,22 +339,19 @@ class CompiledTransformer(torch.nn.Module):
                 f"{self.art_dir} were built for batch >= {self._blocks_min_batch}: re-export with "
                 f"--batch 1:OPT:MAX, or use decisions='batch'"
             )
-        if self._sample_thresholds is not None and len(self._sample_thresholds) != prompts:
+        if sample_thresholds is not None and len(sample_thresholds) != prompts:
             raise TeaCacheError(
-                f"sample_thresholds has {len(self._sample_thresholds)} values but this generation has "
+                f"sample_thresholds has {len(sample_thresholds)} values but this generation has "
                 f"P={prompts} prompts: set it before the generation starts (reset() or a new pipeline call)"
             )
 
-    def _group_thresholds(self) -> np.ndarray | None:
-        """Per-prompt thresholds (sample mode with sample_thresholds), else None: the rule's own."""
-        if self._sample_thresholds is None:
+    @staticmethod
+    def _group_thresholds(settings: _Settings) -> np.ndarray | None:
+        """Per-prompt thresholds (sample mode with sample_thresholds), else None: the policy's own."""
+        if settings.sample_thresholds is None:
             return None
-        array = self._sample_threshold_array
-        if array is None:
-            default = self.threshold
-            array = self._sample_threshold_array = np.array(
-                [default if v is None else v for v in self._sample_thresholds], dtype=np.float64)
-        return array
+        default = settings.bound.threshold
+        return np.array([default if v is None else v for v in settings.sample_thresholds], dtype=np.float64)
 
     # --- the step --------------------------------------------------------------------------
     @torch.no_grad()
@@ -329,10 +397,14 @@ class CompiledTransformer(torch.nn.Module):
         pool.update(self.runners["embed"].infer_into(pool, embed_out))
         # This call's signal is the next call's previous one; the old buffer takes the next.
         state.prev_signal, state.next_signal = state.next_signal, state.prev_signal
-        l1_diff, l1_prev = plan.read_sums() if has_prev else (None, None)
-        groups = plan.group_of_row(state.n_groups)
-        flags = self.policy.decide(state, thread.num_steps, l1_diff, l1_prev, groups, 1 - state.has_residual,
-                                   self._group_thresholds())
+        features = self._features
+        features.plan = plan
+        features.group_of_row = groups = plan.group_of_row(state.n_groups)
+        features.elements_per_row = plan.elements_per_row
+        # A static policy reads nothing back: its decisions were fixed when the context started.
+        features.l1_diff, features.l1_prev = plan.read_sums() if has_prev and state.reads_sums else (None, None)
+        flags = state.policy.decide(state.step, features, 1 - state.has_residual)
+        state.record(flags)
         compute = bool(flags.any())
         if compute:
             self._run_blocks(plan, state, pool, flags, groups)
@@ -491,3 +563,21 @@ class CompiledTransformer(torch.nn.Module):
                         f"profile [{lo}, {hi}] of {self.art_dir} (min {tuple(prof['min'])}, max "
                         f"{tuple(prof['max'])}): re-export with wider --axis ranges (teacache-export --list-axes)"
                     )
+
+
+def _initial_policy(artifact, policy, threshold, clamp) -> Policy:
+    """The policy ``load_transformer`` was asked for: ``policy`` (object, name or spec), else
+    TeaCache when ``threshold`` or ``clamp`` is given (TeaCache's shorthands), else the
+    artifact's default policy.  ``threshold`` / ``clamp`` given with a policy set its own."""
+    if policy is None:
+        if threshold is None and clamp is None:
+            return policies.make(artifact.name, **artifact.params)
+        return policies.TeaCache(threshold=threshold, clamp=clamp)
+    given = policies.from_spec(policy)
+    for name, value in (("threshold", threshold), ("clamp", clamp)):
+        if value is not None:
+            if name not in given.param_names():
+                raise TeaCacheError(f"{name}={value!r} was given with the policy {given!r}, which takes no {name}: "
+                                    f"leave it out, or give a policy that takes it")
+            given = given.replace(**{name: value})
+    return given

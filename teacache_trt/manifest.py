@@ -6,16 +6,27 @@ content folder and records every file in it with its size and sha256; rewriting 
 (atomically) is the one step that switches a folder from one complete artifact to the next.
 
 Every loader goes through :func:`load_manifest`, which trusts nothing it reads: the format
-version, every field's type and range (coefficients finite, thresholds >= 0, profiles ordered),
-and every name (inside the folder, a regular file, the recorded size).  File contents are
-hashed before a file is used.  Failures say what to re-run.
+version, every field's type and range (profiles ordered, the policy's shape), and every name
+(inside the folder, a regular file, the recorded size).  File contents are hashed before a file
+is used.  Failures say what to re-run.  The policies check their own settings and data when the
+runtime binds them (``teacache_trt.policies``: coefficients finite, thresholds >= 0, ...).
+
+Format 3 records the caching policies instead of one TeaCache criterion::
+
+    "signal":      {"description": ..., "cached": [stream, ...], "note": ...}
+    "policy":      {"name": "teacache", "params": {"threshold": 0.4}}      the default policy
+    "policy_data": {"teacache": {"coefficients": [...], "source": ..., "forced": {...},
+                                 "accumulate": "raw", "eps": 0.0, "clamp": false,
+                                 "history": [{"coefficients": [...], ...}, ...]},
+                    "<policy>": {...}}                                     calibrated data per policy
+
+A format-2 manifest (one ``criterion``) is converted on load (:func:`from_format_2`).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import math
 import mmap
 import os
 import re
@@ -29,7 +40,8 @@ from .files import atomic_write_bytes, inside, os_errors, regular_file
 from .integrity import sha256_file
 from .shapes import Dim
 
-FORMAT_VERSION = 2  # 2: content folder, per-file size and sha256
+FORMAT_VERSION = 3  # 2: content folder, per-file size and sha256; 3: policies instead of a criterion
+READABLE_VERSIONS = (2, 3)  # 2 is converted on load
 MANIFEST_NAME = "manifest.json"
 GRAPH_NAMES = ("embed", "blocks", "head")  # every artifact has these three
 # Optional, first: what depends only on inputs that stay fixed within a generation (prompt
@@ -40,10 +52,11 @@ MAX_MANIFEST_BYTES = 64 << 20
 REEXPORT = "re-run teacache-export for this folder with --force"
 
 __all__ = [  # atomic_write_bytes is the project's one way to write a file
-    "FORMAT_VERSION", "MANIFEST_NAME", "GRAPH_NAMES", "CONTEXT_GRAPH", "graph_names", "TensorSpec", "GraphSpec", "ForcedSteps",
-    "Criterion", "Manifest", "atomic_write_bytes", "save_manifest", "load_manifest",
-    "read_manifest_json", "check_coefficients", "sha256_file", "sha256_json", "config_fingerprint",
+    "FORMAT_VERSION", "MANIFEST_NAME", "GRAPH_NAMES", "CONTEXT_GRAPH", "graph_names", "TensorSpec", "GraphSpec",
+    "SignalSpec", "PolicySpec", "Manifest", "atomic_write_bytes", "save_manifest", "load_manifest",
+    "read_manifest_json", "from_format_2", "sha256_file", "sha256_json", "config_fingerprint",
 ]
+POLICY_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 def graph_names(graphs) -> tuple[str, ...]:
@@ -79,30 +92,20 @@ class GraphSpec:
 
 
 @dataclass
-class ForcedSteps:
-    """Steps that always compute, whatever the criterion says (DESIGN §4)."""
+class SignalSpec:
+    """What the embed graph compares between calls and what the blocks graph caches."""
 
-    first: int = 1  # the first N calls of each context compute
-    last: bool = True  # the last call of a generation computes
-    first_fraction: float = 0.0  # HiDream: the first 10% of steps compute
-
-    def is_forced(self, step: int, num_steps: int) -> bool:
-        if step < self.first or step < int(self.first_fraction * num_steps):
-            return True
-        return self.last and num_steps > 0 and step == num_steps - 1
+    description: str  # the signal, in words (e.g. "transformer_blocks[0].norm1 image tokens")
+    cached: list[str] = field(default_factory=list)  # streams whose residual is cached
+    note: str = ""
 
 
 @dataclass
-class Criterion:
-    signal: str  # what the signal is, in words (e.g. "transformer_blocks[0].norm1 image tokens")
-    coefficients: list[float]  # numpy.poly1d order, highest degree first
-    default_threshold: float
-    forced: ForcedSteps = field(default_factory=ForcedSteps)
-    clamp: bool = False  # clamp poly(d) at 0; upstream does not
-    cached: list[str] = field(default_factory=list)  # streams whose residual is cached
-    note: str = ""
-    # earlier coefficient sets, newest last, so a calibration can be undone
-    previous_coefficients: list[dict[str, Any]] = field(default_factory=list)
+class PolicySpec:
+    """A caching policy by name and parameters (what ``teacache_trt.policies.make`` takes)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,7 +120,11 @@ class Manifest:
     source: str  # absolute path of the exported model folder ("<in-memory>" for a model object)
     axes: dict[str, list[int]]  # axis -> [min, opt, max]
     graphs: dict[str, GraphSpec]
-    criterion: Criterion
+    signal: SignalSpec
+    policy: PolicySpec  # the default policy
+    # per policy name: its data (TeaCache: coefficients, their source and history, the variant's
+    # forced steps, accumulation, eps, clamp; a calibrated policy: what its calibration found)
+    policy_data: dict[str, dict[str, Any]]
     versions: dict[str, str]
     export_key: str
     # flavour -> graph -> {"file": name in the content folder, "key": engine key, build facts}
@@ -141,9 +148,9 @@ class Manifest:
             g["inputs"] = [TensorSpec(**_mapping(t, f"{name} input")) for t in g["inputs"]]
             g["outputs"] = [TensorSpec(**_mapping(t, f"{name} output")) for t in g["outputs"]]
             graphs[name] = GraphSpec(**g)
-        crit = dict(_mapping(data.pop("criterion"), "criterion"))
-        crit["forced"] = ForcedSteps(**_mapping(crit.get("forced", {}), "criterion.forced"))
-        manifest = cls(graphs=graphs, criterion=Criterion(**crit), **data)
+        signal = SignalSpec(**_mapping(data.pop("signal"), "signal"))
+        policy = PolicySpec(**_mapping(data.pop("policy"), "policy"))
+        manifest = cls(graphs=graphs, signal=signal, policy=policy, **data)
         manifest.validate()
         return manifest
 
@@ -154,7 +161,8 @@ class Manifest:
         for name in ("family", "variant", "class_name", "precision", "source", "export_key", "config_hash"):
             if not isinstance(getattr(self, name), str):
                 raise TeaCacheError(f"field {name!r} is {getattr(self, name)!r}, not a string; {REEXPORT}")
-        _check_criterion(self.criterion)
+        _check_signal(self.signal)
+        _check_policies(self.policy, self.policy_data)
         _check_axes(self.axes)
         missing = [g for g in GRAPH_NAMES if g not in self.graphs]
         if missing:
@@ -261,31 +269,43 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _check_signal(s: SignalSpec) -> None:
+    if not (isinstance(s.description, str) and isinstance(s.note, str) and isinstance(s.cached, list)
+            and all(isinstance(c, str) for c in s.cached)):
+        raise TeaCacheError(f"signal {dataclasses.asdict(s)!r:.200} needs description and note strings and "
+                            f"cached a list of names; {REEXPORT}")
 
 
-def check_coefficients(values: Any, where: str) -> list[float]:
-    """A polynomial (numpy.poly1d order): a non-empty list of finite numbers.  NaN or inf would
-    switch TeaCache off without a word; strings or null would fail mid-generation."""
-    if not isinstance(values, list) or not values or not all(map(_is_number, values)):
-        raise TeaCacheError(f"{where}: coefficients {values!r:.200} must be a non-empty list of finite numbers "
-                            f"(numpy.poly1d order, highest degree first)")
-    return [float(v) for v in values]
+def _check_policies(policy: PolicySpec, data: Any) -> None:
+    """The shape of the policy fields; each policy checks its own values when it is bound."""
+    if not isinstance(policy.name, str) or not POLICY_NAME.fullmatch(policy.name):
+        raise TeaCacheError(f"policy name {policy.name!r} is not a policy name such as 'teacache'; {REEXPORT}")
+    _mapping(policy.params, "policy.params")
+    for name, entry in _mapping(data, "policy_data").items():
+        if not isinstance(name, str) or not POLICY_NAME.fullmatch(name):
+            raise TeaCacheError(f"policy_data key {name!r} is not a policy name; {REEXPORT}")
+        _mapping(entry, f"policy_data.{name}")
 
 
-def _check_criterion(c: Criterion) -> None:
-    fix = "fix the criterion in manifest.json, or re-run teacache-calibrate / teacache-export --force"
-    check_coefficients(c.coefficients, f"the manifest's criterion ({fix})")
-    if not _is_number(c.default_threshold) or c.default_threshold < 0:
-        raise TeaCacheError(f"criterion default_threshold {c.default_threshold!r} must be a finite number >= 0; {fix}")
-    if not isinstance(c.clamp, bool):
-        raise TeaCacheError(f"criterion clamp {c.clamp!r} must be true or false; {fix}")
-    f = c.forced
-    if not (_is_int(f.first) and f.first >= 0 and isinstance(f.last, bool)
-            and _is_number(f.first_fraction) and 0 <= f.first_fraction <= 1):
-        raise TeaCacheError(f"criterion forced {dataclasses.asdict(f)} needs first an integer >= 0, last "
-                            f"true/false and first_fraction in [0, 1]; {fix}")
+def from_format_2(data: dict[str, Any]) -> dict[str, Any]:
+    """A format-2 manifest's fields in format 3: its ``criterion`` becomes the signal, TeaCache
+    as the default policy (its default threshold) and TeaCache's data (coefficients, forced
+    steps, clamp, the calibration history); format 2 knew no other accumulation or eps."""
+    data = dict(data)
+    crit = dict(_mapping(data.pop("criterion"), "criterion"))  # absent: a KeyError, "missing fields"
+    known = {"signal", "coefficients", "default_threshold", "forced", "clamp", "cached", "note",
+             "previous_coefficients"}
+    missing = sorted({"signal", "coefficients", "default_threshold"} - set(crit))
+    if missing or set(crit) - known:
+        raise TeaCacheError(f"criterion misses {missing} or has unknown fields {sorted(set(crit) - known)}; {REEXPORT}")
+    data["signal"] = {"description": crit["signal"], "cached": crit.get("cached", []), "note": crit.get("note", "")}
+    data["policy"] = {"name": "teacache", "params": {"threshold": crit["default_threshold"]}}
+    teacache = {"coefficients": crit["coefficients"], "forced": crit.get("forced", {}),
+                "accumulate": "raw", "eps": 0.0, "clamp": crit.get("clamp", False),
+                "history": crit.get("previous_coefficients", [])}
+    data["policy_data"] = {"teacache": teacache}
+    data["format_version"] = FORMAT_VERSION
+    return data
 
 
 def _check_axes(axes: Any) -> None:
@@ -340,12 +360,14 @@ def load_manifest(art_dir: str | os.PathLike) -> Manifest:
     with os_errors(f"reading {path}"):
         data = read_manifest_json(art_dir)
     version = data.get("format_version") if isinstance(data, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise TeaCacheError(
             f"{path} has format_version {version!r}; this teacache-trt reads format_version "
-            f"{FORMAT_VERSION}: re-export with this version (teacache-export ... --force)"
+            f"{' or '.join(map(str, READABLE_VERSIONS))}: re-export with this version (teacache-export ... --force)"
         )
     try:
+        if version == 2:
+            data = from_format_2(data)
         manifest = Manifest.from_dict(data)
     except (TypeError, KeyError, AttributeError, ValueError) as exc:
         if isinstance(exc, TeaCacheError):

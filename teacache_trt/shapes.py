@@ -23,6 +23,7 @@ _BINOPS = {
     ast.Mult: operator.mul,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
+    ast.Pow: operator.pow,  # a square latent's token count: ((size//2))**2
 }
 _CALLS = {"max": max, "min": min, "Max": max, "Min": min}
 

@@ -1,4 +1,4 @@
-"""A plain-PyTorch TeaCache reference (DESIGN §4), independent of the runtime's code.
+"""A plain-PyTorch TeaCache reference, independent of the runtime's code.
 
 It runs the *original* diffusers model through its own ``forward`` and uses hooks only:
 one captures the signal, one the hidden state entering the first block, one the hidden
@@ -18,16 +18,20 @@ import torch
 class TeaCacheReference:
     """One decision state: one per CFG branch where a pipeline calls the branches separately.
 
-    ``forced_first`` calls always compute, and the last one when ``forced_last`` (upstream's
-    rule for most models is 1 and True; Wan's ret-steps mode is 5 and False).
+    Call k of N always computes when ``k < forced_first``, ``k < forced_fraction * N`` (a float
+    compare: the first ceil(fraction * N)), or ``forced_last and k == N - 1`` (upstream's rule
+    for most models is 1 and True; Wan's ret-steps mode is 5 and False; HiDream's 0, False, 0.1).
+    ``d = mean|s - s_prev| / (mean|s_prev| + eps)``; ``accumulate="abs"`` adds ``|poly(d)|``.
     """
 
     def __init__(self, model, hooks: dict, coefficients, threshold: float, num_steps: int,
-                 forced_first: int = 1, forced_last: bool = True):
+                 forced_first: int = 1, forced_last: bool = True, *, forced_fraction: float = 0.0,
+                 accumulate: str = "raw", eps: float = 0.0):
         self.model, self.h = model, hooks
         self.rescale = np.poly1d(coefficients)
         self.threshold, self.num_steps = threshold, num_steps
         self.forced_first, self.forced_last = forced_first, forced_last
+        self.forced_fraction, self.accumulate, self.eps = forced_fraction, accumulate, eps
         self.cnt, self.acc, self.prev, self.residual = 0, 0.0, None, None
         self.computed: list[int] = []
 
@@ -62,13 +66,14 @@ class TeaCacheReference:
                 return
             seen["decided"] = True
             s = seen["signal"].float()
-            forced = (self.cnt < self.forced_first or self.threshold <= 0
-                      or (self.forced_last and self.cnt == self.num_steps - 1))
+            forced = (self.cnt < self.forced_first or self.cnt < self.forced_fraction * self.num_steps
+                      or self.threshold <= 0 or (self.forced_last and self.cnt == self.num_steps - 1))
             if forced:
                 calc = True
             else:
-                d = ((s - self.prev).abs().mean() / self.prev.abs().mean()).item()
-                self.acc += self.rescale(d)
+                d = ((s - self.prev).abs().mean() / (self.prev.abs().mean() + self.eps)).item()
+                y = self.rescale(d)
+                self.acc += abs(y) if self.accumulate == "abs" else y
                 calc = self.acc >= self.threshold
             if calc:
                 self.acc = 0.0
@@ -98,10 +103,12 @@ class ReferenceTransformer(torch.nn.Module):
     """The original model under the reference, in a pipeline's place of its transformer: one
     reference state per ``cache_context`` name (one unnamed state for pipelines without)."""
 
-    def __init__(self, model, hooks, coefficients, threshold, num_steps, forced_first=1, forced_last=True):
+    def __init__(self, model, hooks, coefficients, threshold, num_steps, forced_first=1, forced_last=True,
+                 **knobs):
         super().__init__()
         self.model = model
         self.args = (hooks, coefficients, threshold, num_steps, forced_first, forced_last)
+        self.knobs = knobs  # forced_fraction, accumulate, eps
         self.refs: dict[str | None, TeaCacheReference] = {}
         self._name = None
 
@@ -118,7 +125,9 @@ class ReferenceTransformer(torch.nn.Module):
             self._name = None
 
     def forward(self, return_dict=False, **kwargs):
-        ref = self.refs.setdefault(self._name, TeaCacheReference(self.model, *self.args))
+        ref = self.refs.get(self._name)
+        if ref is None:
+            ref = self.refs[self._name] = TeaCacheReference(self.model, *self.args, **self.knobs)
         return (ref(**kwargs),)
 
     def computed(self) -> dict:

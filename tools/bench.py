@@ -1,7 +1,8 @@
-"""``teacache-bench ART_DIR``: wall time of the same sampling loop with and without TeaCache.
+"""``teacache-bench ART_DIR``: wall time of the same sampling loop with and without caching.
 
-One process, one loaded transformer, the same inputs for every threshold (0 = the baseline
-that computes every step).  Per threshold it reports what DESIGN §6 asks for:
+One process, one loaded transformer, the same inputs for every run: the baseline (TeaCache at
+threshold 0, which computes every step), then the policy (``--policy``, default the manifest's)
+at each threshold (``--thresholds``, for a policy that has one).  Per run it reports:
 
 - computed / skipped steps, wall time, wall ratio (baseline wall / cached wall), ideal ratio
   (steps / computed steps) and efficiency (wall ratio / ideal ratio);
@@ -38,13 +39,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .. import options
+from .. import options, policies
 from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
 from ..families import get_family
 from ..manifest import GRAPH_NAMES, load_manifest
 from ..runtime.api import load_transformer
-from . import latency
+from . import latency, policy_options
 from .sampling import LATENT_INPUT, TIMESTEP_INPUT, check_sampling_inputs
 
 MAX_STEPS = 10_000  # loops and steps: far beyond any sampler, short of a typo's hour-long run
@@ -89,7 +90,7 @@ class TimedRunner:
 # --- results ----------------------------------------------------------------------------
 @dataclass
 class RunResult:
-    threshold: float
+    threshold: float | None  # None: a policy without a threshold
     steps: int
     computed_steps: list[int]
     skipped: int
@@ -104,6 +105,9 @@ class RunResult:
     efficiency: float = 1.0
     step_efficiency: float = 1.0  # efficiency predicted from the median step walls
     skip_cost: float | None = None  # skipped_step_ms / computed_step_ms
+    policy: dict = field(default_factory=dict)  # {"name", "params"}: policies.make rebuilds it
+    setting: str = ""  # the threshold, or the policy in words
+    never_skipped: str | None = None  # a policy that could skip computed every step: why
 
 
 @dataclass
@@ -168,8 +172,9 @@ def check_backend_runs(manifest, backend: str, device: str) -> None:
 def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps: int = 20,
               thresholds: Sequence[float] | None = None, axes: Mapping[str, int] | None = None,
               warmup: int = 1, repeat: int = 1, threads: int = 0, seed: int = 0,
-              model_dir=None) -> BenchResult:
-    """Run the sampling loop at threshold 0 and at each threshold; see the module doc."""
+              model_dir=None, policy=None) -> BenchResult:
+    """Run the sampling loop uncached (TeaCache at threshold 0) and with ``policy`` (a policy,
+    a name or a spec; None: the manifest's default) at each threshold; see the module doc."""
     if not 1 <= steps <= MAX_STEPS:
         raise TeaCacheError(f"--steps {steps}: the loop needs 1 to {MAX_STEPS} steps")
     if not (0 <= warmup <= MAX_STEPS and 1 <= repeat <= MAX_STEPS):
@@ -178,9 +183,7 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     if not 0 <= threads <= cpus:
         raise TeaCacheError(f"--threads {threads}: need 0 (the backend's default) to {cpus} (this machine's CPUs)")
     manifest = load_manifest(art_dir)
-    thresholds = check_thresholds(
-        [manifest.criterion.default_threshold] if thresholds is None else thresholds)
-    thresholds = list(dict.fromkeys(t for t in thresholds if t > 0))  # 0 is the baseline, always run
+    runs_of = _policies_to_run(manifest, policy, thresholds)
     sizes = resolve_axes(manifest, axes)
     family = get_family(manifest.family)
     dtype = PRECISIONS[manifest.precision]
@@ -190,6 +193,10 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     if threads and backend == "torch":
         torch.set_num_threads(threads)
     transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device, model_dir=model_dir)
+    uncached = transformer.policy
+    runs_of = [p for p in runs_of if p != uncached]  # the baseline, always run
+    for p in runs_of:
+        transformer.policy = p  # every policy checked against the artifact before the first loop
     if threads:
         _set_ort_threads(transformer, threads)
     clock = Clock(transformer.device)
@@ -197,24 +204,38 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     loop = _Loop(transformer, clock, timed, inputs, family.timestep_scale, steps)
     try:
         for _ in range(warmup):
-            loop.run(0.0)
-        levels = [0.0, *thresholds]
-        records: dict[float, list[_Record]] = {t: [] for t in levels}
-        # Interleave thresholds within each repeat so load drift on a shared machine hits all alike.
+            loop.run(uncached)
+        levels = [uncached, *runs_of]
+        records: list[list[_Record]] = [[] for _ in levels]
+        # Interleave the runs within each repeat so load drift on a shared machine hits all alike.
         for _ in range(repeat):
-            for t in levels:
-                records[t].append(loop.run(t))
+            for k, p in enumerate(levels):
+                records[k].append(loop.run(p))
     finally:
         for tr in timed.values():
             tr.unwrap()
-    baseline = _summarise(0.0, steps, records[0.0], None, None)
-    final = records[0.0][0].final
-    runs = [_summarise(t, steps, records[t], baseline, final) for t in thresholds]
+    baseline = _summarise(uncached, steps, records[0], None, None)
+    final = records[0][0].final
+    runs = [_summarise(p, steps, r, baseline, final) for p, r in zip(runs_of, records[1:])]
     return BenchResult(
         art_dir=str(art_dir), family=manifest.family, backend=backend, device=str(transformer.device),
         precision=manifest.precision, steps=steps, axes=sizes, warmup=warmup, repeat=repeat,
         threads=threads, baseline=baseline, runs=runs,
     )
+
+
+def _policies_to_run(manifest, policy, thresholds: Sequence[float] | None) -> list:
+    """The policies to time: ``policy`` (default: the manifest's) at each threshold given."""
+    artifact = policies.artifact_policies(manifest)
+    given = policies.make(artifact.name, **artifact.params) if policy is None else policies.from_spec(policy)
+    if thresholds is None:
+        runs = [given]
+    else:
+        thresholds = check_thresholds(thresholds)
+        if not given.has_threshold:
+            raise TeaCacheError(f"--thresholds: the policy {given!r} has no threshold; leave --thresholds out")
+        runs = [given.replace(threshold=t) for t in dict.fromkeys(thresholds) if t > 0]
+    return [p.bind(artifact) for p in runs]  # settings left to the artifact filled: what the table shows
 
 
 def _set_ort_threads(transformer, threads: int) -> None:
@@ -239,6 +260,7 @@ class _Record:
     computed_steps: list[int]
     skipped_steps: list[int]
     final: torch.Tensor
+    never_skipped: str | None = None
 
 
 class _Loop:
@@ -253,9 +275,9 @@ class _Loop:
         self.timesteps = scale.timesteps(steps)
         self.dts = scale.step_sizes(steps)
 
-    def run(self, threshold: float) -> _Record:
+    def run(self, policy) -> _Record:
         tr, clock = self.transformer, self.clock
-        tr.threshold = threshold
+        tr.policy = policy
         tr.reset(self.steps)
         kwargs = {k: v.to(tr.device, copy=True) for k, v in self.inputs.items()}
         template = kwargs[TIMESTEP_INPUT]
@@ -283,7 +305,7 @@ class _Loop:
             wall=wall, step_walls=step_walls, step_computed=step_computed,
             graph_times={g: t.times[marks[g]:] for g, t in self.timed.items()},
             computed_steps=list(stats["computed_steps"]), skipped_steps=list(stats["skipped_steps"]),
-            final=latents.float().cpu(),
+            final=latents.float().cpu(), never_skipped=stats.get("never_skipped"),
         )
 
 
@@ -291,14 +313,16 @@ def _median_ms(values: list[float]) -> float | None:
     return statistics.median(values) * 1e3 if values else None
 
 
-def _summarise(threshold: float, steps: int, records: list[_Record], baseline: RunResult | None,
+def _summarise(policy, steps: int, records: list[_Record], baseline: RunResult | None,
                baseline_final: torch.Tensor | None) -> RunResult:
     first = records[0]
+    threshold = getattr(policy, "threshold", None)
+    setting = f"{threshold:g}" if threshold is not None else policy.describe()
     for r in records[1:]:
         if r.computed_steps != first.computed_steps:
             # Same inputs, same graphs: a different schedule means nondeterminism worth knowing.
             raise TeaCacheError(
-                f"threshold {threshold}: computed steps differ between repeats "
+                f"{policy.describe()}: computed steps differ between repeats "
                 f"({first.computed_steps} vs {r.computed_steps}); the backend is not deterministic"
             )
     walls = [r.wall for r in records]
@@ -310,7 +334,8 @@ def _summarise(threshold: float, steps: int, records: list[_Record], baseline: R
         threshold=threshold, steps=steps, computed_steps=first.computed_steps,
         skipped=len(first.skipped_steps), wall_s=statistics.median(walls), walls_s=walls,
         graph_median_ms=graph, computed_step_ms=_median_ms(computed_walls),
-        skipped_step_ms=_median_ms(skipped_walls),
+        skipped_step_ms=_median_ms(skipped_walls), policy=policy.spec, setting=setting,
+        never_skipped=first.never_skipped,
     )
     res.ideal_ratio = steps / n_computed
     if baseline is not None:
@@ -352,7 +377,7 @@ def format_table(result: BenchResult) -> str:
     for run in [r.baseline, *r.runs]:
         g = run.graph_median_ms
         lines.append(
-            f"{run.threshold:>9g} {len(run.computed_steps):>8d} {run.skipped:>7d} {run.wall_s:>8.3f} "
+            f"{run.setting:>9} {len(run.computed_steps):>8d} {run.skipped:>7d} {run.wall_s:>8.3f} "
             f"{run.wall_ratio:>6.2f} {run.ideal_ratio:>7.2f} {run.efficiency:>6.2f} {run.step_efficiency:>8.2f} "
             f"{_fmt(g['embed']):>8} {_fmt(g['blocks']):>9} {_fmt(g['head']):>7} "
             f"{_fmt(run.computed_step_ms):>7} {_fmt(run.skipped_step_ms):>7} "
@@ -361,7 +386,8 @@ def format_table(result: BenchResult) -> str:
         )
     lines.append("")
     for run in r.runs:
-        lines.append(f"threshold {run.threshold:g}: computed steps {run.computed_steps}")
+        what = f"threshold {run.setting}" if run.threshold is not None else run.setting
+        lines.append(f"{what}: computed steps {run.computed_steps}")
     lines.append(
         "wall x = median over repeats of baseline wall / cached wall; ideal x = steps / computed steps; "
         "effic. = wall x / ideal x; step eff = the same predicted from median step walls; "
@@ -395,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
     p.add_argument("--steps", type=options.integer(1, MAX_STEPS), default=20, help="sampling steps (default 20)")
     p.add_argument("--thresholds", type=options.thresholds,
-                   help="comma-separated thresholds to compare with the baseline (default: the manifest's default)")
+                   help="comma-separated thresholds of the policy to compare with the baseline (default: the "
+                        "policy's own)")
+    policy_options.add_arguments(p)
     p.add_argument("--axis", type=_parse_axis, action="append", default=[],
                    help="input size of an axis, NAME=SIZE (repeatable; default: the profile's opt sizes)")
     p.add_argument("--warmup", type=options.integer(0, MAX_STEPS), default=1,
@@ -423,6 +451,9 @@ def main(argv=None) -> int:
 
     def body() -> int:
         manifest = load_manifest(args.art_dir)
+        policy = policy_options.from_args(args)  # checked before any graph runs
+        if policy is not None or args.thresholds is not None:
+            _policies_to_run(manifest, policy, args.thresholds)
         graph_latency = None
         if args.from_trtexec:  # read before the bench runs: a missing log fails in seconds, not minutes
             graph_latency = latency.logged_latencies(args.from_trtexec)
@@ -434,7 +465,11 @@ def main(argv=None) -> int:
                       "timing", file=sys.stderr)
         result = run_bench(args.art_dir, backend=args.backend, device=args.device, steps=args.steps,
                            thresholds=args.thresholds, axes=dict(args.axis), warmup=args.warmup,
-                           repeat=args.repeat, threads=args.threads, seed=args.seed, model_dir=args.model_dir)
+                           repeat=args.repeat, threads=args.threads, seed=args.seed, model_dir=args.model_dir,
+                           policy=policy)
+        for run in result.runs:
+            if run.never_skipped:
+                print(f"teacache-bench: {run.never_skipped}", file=sys.stderr)
         opt = {name: opt for name, (lo, opt, hi) in manifest.axes.items()}
         report = latency.predict(result, graph_latency or latency.bench_latencies(result), opt)
         table = format_table(result)

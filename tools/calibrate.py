@@ -1,4 +1,5 @@
-"""Fit TeaCache coefficients for a model: ``teacache-calibrate ART_DIR``.
+"""Fit TeaCache coefficients for a model: ``teacache-calibrate ART_DIR``
+(``--policy magcache``: MagCache's magnitude ratios instead, see :mod:`.calibrate_magcache`).
 
 Run the uncached model (threshold 0) over a calibration set; for each pair of consecutive
 calls of one cache context record
@@ -26,14 +27,20 @@ import torch
 from .. import artifact, options
 from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
-from ..families import get_family
-from ..manifest import MANIFEST_NAME, atomic_write_bytes, load_manifest, save_manifest
+from ..families import ForcedSteps, check_coefficients, get_family
+from ..files import atomic_write_bytes
+from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
+from ..policies import TeaCache, artifact_policies
 from ..runtime.api import load_transformer
+from ..runtime.criterion import is_forced, poly
+from . import calibrate_magcache
 from .drivers import Generate, driver_for
 from .sampling import check_sampling_inputs, sample
 
 TARGETS = ("output", "residual")
 MAX_ORDER = 10  # beyond this polyfit is ill-conditioned; the paper saturates at 4
+MIN_R2 = 0.9  # below it the fit predicts the output's change too poorly to decide skips
+POLICIES = ("teacache", "magcache")  # what teacache-calibrate calibrates
 
 
 @dataclass
@@ -43,6 +50,8 @@ class Pairs:
     x: list[float] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
     seed: list[int] = field(default_factory=list)
+    context: list[str] = field(default_factory=list)  # the cache context and call index of each pair
+    step: list[int] = field(default_factory=list)
 
     def select(self, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         keep = np.isin(np.asarray(self.seed), np.asarray(list(seeds)))
@@ -74,6 +83,8 @@ class PairRecorder:
                 self.pairs.x.append(pool["l1_diff"].double().sum().item() / l1_prev)
                 self.pairs.y.append(((y_now - prev).abs().sum() / prev.abs().sum().clamp_min(1e-30)).item())
                 self.pairs.seed.append(self.seed)
+                self.pairs.context.append(context)
+                self.pairs.step.append(step)
         self._prev[context] = y_now
 
 
@@ -119,6 +130,18 @@ def shape_warnings(coefficients: np.ndarray, x: np.ndarray) -> list[str]:
     return warnings
 
 
+def fit_warnings(fit: dict[str, float], holdout: dict[str, float]) -> list[str]:
+    """A fit that explains little of the change (R² below :data:`MIN_R2`, held out where
+    scored): TeaCache then accumulates the wrong steps' changes."""
+    scored, where = (holdout, "held-out") if holdout else (fit, "fit")
+    r2 = scored.get("r2", float("nan"))
+    if r2 >= MIN_R2:
+        return []
+    return [f"the fit explains little of the change ({where} R² {r2:.3g} < {MIN_R2}): TeaCache would skip the "
+            f"wrong steps; use more seeds or steps (--seeds, --steps), another target (--target residual), or "
+            f"another policy (teacache-calibrate --policy magcache, or --policy schedule in teacache-eval)"]
+
+
 @dataclass
 class Calibration:
     coefficients: list[float]
@@ -131,6 +154,7 @@ class Calibration:
     seeds: list[int]
     holdout_seeds: list[int]
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
 
 def calibrate(pairs: Pairs, seeds: Sequence[int], holdout_seeds: Sequence[int], order: int = 4,
@@ -138,29 +162,61 @@ def calibrate(pairs: Pairs, seeds: Sequence[int], holdout_seeds: Sequence[int], 
     x, y = pairs.select(seeds)
     coefficients = fit(x, y, order)
     xh, yh = pairs.select(holdout_seeds)
+    scores = score(coefficients, x, y), score(coefficients, xh, yh) if len(xh) else {}
     return Calibration(
         coefficients=[float(c) for c in coefficients], order=order, target=target,
-        fit=score(coefficients, x, y), holdout=score(coefficients, xh, yh) if len(xh) else {},
-        x_range=[float(x.min()), float(x.max())], warnings=shape_warnings(coefficients, x),
+        fit=scores[0], holdout=scores[1], x_range=[float(x.min()), float(x.max())],
+        warnings=shape_warnings(coefficients, x) + fit_warnings(*scores),
         seeds=list(seeds), holdout_seeds=list(holdout_seeds), seconds=seconds,
     )
 
 
+def never_skips_note(pairs: Pairs, policy, steps: int) -> str | None:
+    """One line when ``policy`` (TeaCache, bound: the new coefficients, the artifact's default
+    threshold and rule) would compute every step of every calibration generation, replayed
+    from the recorded signal changes; None when it would skip somewhere."""
+    f, coefficients = policy.forced or ForcedSteps(), policy.coefficients  # unset knobs: the rule's defaults
+    runs: dict[tuple, dict[int, float]] = {}
+    for x, seed, context, step in zip(pairs.x, pairs.seed, pairs.context, pairs.step):
+        runs.setdefault((seed, context), {})[step] = x
+    seen = []
+    for by_step in runs.values():
+        acc = 0.0
+        for k in range(steps):
+            if k not in by_step or is_forced(k, steps, f.first, f.last, f.first_fraction):
+                acc = 0.0
+                continue
+            y = poly(coefficients, by_step[k])
+            y = max(y, 0.0) if policy.clamp else y
+            acc += abs(y) if policy.accumulate == "abs" else y
+            seen.append(acc)
+            if acc < policy.threshold:
+                return None
+            acc = 0.0
+    if not seen:
+        return None
+    return (f"at the default threshold {policy.threshold:g}, TeaCache would compute every step of these "
+            f"{len(runs)} calibration generations (the accumulated change was {min(seen):.3g} to {max(seen):.3g}, "
+            f"never below it): use a threshold above {min(seen):.3g} (--threshold / --policy-param threshold=...)")
+
+
 def write_to_manifest(art_dir, calibration: Calibration) -> None:
-    """New coefficients into the manifest; the replaced set is kept in previous_coefficients."""
+    """New TeaCache coefficients into the manifest; the replaced set is kept in its history."""
     with artifact.writing(Path(art_dir)):
         _write_to_manifest(art_dir, calibration)
 
 
 def _write_to_manifest(art_dir, calibration: Calibration) -> None:
     manifest = load_manifest(art_dir)
-    crit = manifest.criterion
-    crit.previous_coefficients.append({"coefficients": list(crit.coefficients), "variant": manifest.variant,
-                                       "replaced_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    crit.coefficients = list(calibration.coefficients)
-    crit.note = (crit.note + " " if crit.note else "") + (
-        f"Coefficients calibrated by teacache-calibrate (order {calibration.order}, target "
-        f"{calibration.target}, held-out R² {calibration.holdout.get('r2', float('nan')):.3f}).")
+    teacache = manifest.policy_data.setdefault("teacache", {})
+    if "coefficients" in teacache:
+        teacache.setdefault("history", []).append({
+            "coefficients": list(teacache["coefficients"]), "source": teacache.get("source", ""),
+            "variant": manifest.variant, "replaced_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    teacache["coefficients"] = check_coefficients(list(calibration.coefficients), "the calibration")
+    teacache["source"] = (f"teacache-calibrate (order {calibration.order}, target {calibration.target}, "
+                          f"held-out R² {calibration.holdout.get('r2', float('nan')):.3f})")
+    artifact_policies(manifest)  # what the runtime would refuse is never written
     save_manifest(art_dir, manifest)
 
 
@@ -172,12 +228,14 @@ def restore_previous(art_dir) -> list[float]:
 
 def _restore_previous(art_dir) -> list[float]:
     manifest = load_manifest(art_dir)
-    crit = manifest.criterion
-    if not crit.previous_coefficients:
-        raise TeaCacheError(f"{art_dir}: the manifest holds no earlier coefficients to restore")
-    crit.coefficients = list(crit.previous_coefficients.pop()["coefficients"])
+    teacache = manifest.policy_data.get("teacache", {})
+    if not teacache.get("history"):
+        raise TeaCacheError(f"{art_dir}: the manifest holds no earlier TeaCache coefficients to restore")
+    last = teacache["history"].pop()
+    teacache["coefficients"] = list(last["coefficients"])
+    teacache["source"] = last.get("source") or f"restored ({last.get('replaced_at', 'earlier')})"
     save_manifest(art_dir, manifest)
-    return crit.coefficients
+    return teacache["coefficients"]
 
 
 def write_json(path, calibration: Calibration) -> None:
@@ -238,7 +296,12 @@ def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8
     fit_seeds = list(range(seeds))
     held_out = list(range(seeds, seeds + holdout))
     pairs = collect(transformer, generate, fit_seeds + held_out, target, log)
-    return calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
+    result = calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
+    art = artifact_policies(transformer.manifest)
+    if art.name == "teacache":  # the threshold renders use by default
+        note = never_skips_note(pairs, TeaCache(coefficients=result.coefficients).bind(art), steps)
+        result.notes += [note] if note else []
+    return result
 
 
 def format_report(c: Calibration) -> str:
@@ -251,23 +314,29 @@ def format_report(c: Calibration) -> str:
                      f"Pearson {c.holdout['pearson']:.4f}, {c.holdout['n']} pairs")
     lines.append(f"observed x range [{c.x_range[0]:.4g}, {c.x_range[1]:.4g}], {c.seconds:.1f}s")
     lines += [f"warning: {w}" for w in c.warnings]
+    lines += [f"note: {n}" for n in c.notes]
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ..runtime.backends import BACKENDS
 
-    p = options.Parser(prog="teacache-calibrate", description="Fit TeaCache coefficients for an exported model.")
+    p = options.Parser(prog="teacache-calibrate",
+                       description="Calibrate a caching policy for an exported model: TeaCache's coefficients "
+                                   "(default) or MagCache's magnitude ratios (--policy magcache).")
     p.add_argument("art_dir", help="artifact folder written by teacache-export")
-    p.add_argument("--seeds", type=options.integer(1, 10_000), default=8, help="generations to fit on")
+    p.add_argument("--policy", choices=POLICIES, default="teacache",
+                   help="teacache (default): fit the rescaling polynomial; magcache: record the residual's "
+                        "per-step magnitude ratios per cache context")
+    p.add_argument("--seeds", type=options.integer(1, 10_000), default=8, help="generations to fit on (default 8)")
     p.add_argument("--holdout", type=options.integer(0, 10_000), default=2,
-                   help="further generations to score the fit on")
+                   help="further generations to score the fit on (default 2)")
     p.add_argument("--steps", type=options.integer(2, 10_000), default=20,
-                   help="sampling steps per generation (at least 2: pairs of consecutive steps)")
-    p.add_argument("--order", type=options.integer(1, MAX_ORDER), default=4,
-                   help="polynomial order (default 4; 1 already helps, 4 saturates)")
-    p.add_argument("--target", choices=TARGETS, default="output",
-                   help="y = rel-L1 of the model output (default) or of the cached residual")
+                   help="sampling steps per generation (default 20; at least 2: pairs of consecutive steps)")
+    p.add_argument("--order", type=options.integer(1, MAX_ORDER), default=None,
+                   help="TeaCache: polynomial order (default 4; 1 already helps, 4 saturates)")
+    p.add_argument("--target", choices=TARGETS, default=None,
+                   help="TeaCache: y = rel-L1 of the model output (default) or of the cached residual")
     p.add_argument("--driver", default=None,
                    help="where generations come from: 'synthetic' (random inputs, Euler steps) or an "
                         "installed driver such as 'digits' (default: the installed driver that applies "
@@ -277,10 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--write-manifest", action="store_true",
-                       help="store the coefficients in the manifest (the old ones stay in previous_coefficients)")
+                       help="store the result in the manifest (the policy's previous data stays in its history)")
     where.add_argument("--json", metavar="FILE", type=options.output_file,
                        help="write the calibration to this JSON file")
-    where.add_argument("--restore", action="store_true", help="undo the last --write-manifest and exit")
+    where.add_argument("--restore", action="store_true", help="undo the last --write-manifest of --policy and exit")
     return p
 
 
@@ -288,23 +357,39 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        magcache = args.policy == "magcache"
+        if magcache and (args.order is not None or args.target is not None):
+            raise TeaCacheError("--order and --target shape TeaCache's polynomial; --policy magcache records "
+                                "ratios of the cached residual and takes neither")
         if args.restore:
-            print(f"restored coefficients: {restore_previous(args.art_dir)}")
+            if magcache:
+                print(f"restored MagCache ratios: {calibrate_magcache.restore_previous(args.art_dir)}")
+            else:
+                print(f"restored coefficients: {restore_previous(args.art_dir)}")
             return 0
         manifest = load_manifest(args.art_dir)
         if args.write_manifest:  # before minutes of generations, not after
             options.check_writable(Path(args.art_dir) / MANIFEST_NAME, options.output_file)
         driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
         generate = driver.calibration(args.steps) if driver is not None else None
-        result = run_calibration(args.art_dir, generate, seeds=args.seeds, holdout=args.holdout,
-                                 steps=args.steps, order=args.order, target=args.target,
-                                 backend=args.backend, device=args.device, model_dir=args.model_dir)
-        print(format_report(result))
+        run = dict(seeds=args.seeds, holdout=args.holdout, steps=args.steps, backend=args.backend,
+                   device=args.device, model_dir=args.model_dir)
+        if magcache:
+            result = calibrate_magcache.run_magcache_calibration(
+                args.art_dir, generate or synthetic_driver(manifest, args.steps), **run)
+            print(calibrate_magcache.format_report(result, calibrate_magcache.settings_of(args.art_dir)))
+            save, dump = calibrate_magcache.write_to_manifest, calibrate_magcache.write_json
+        else:
+            result = run_calibration(args.art_dir, generate, order=args.order or 4, target=args.target or "output",
+                                     **run)
+            print(format_report(result))
+            save, dump = write_to_manifest, write_json
         if args.write_manifest:
-            write_to_manifest(args.art_dir, result)
-            print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --restore undoes it)")
+            save(args.art_dir, result)
+            print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --policy {args.policy} "
+                  f"--restore undoes it)")
         elif args.json:
-            write_json(args.json, result)
+            dump(args.json, result)
             print(f"written to {args.json}")
         return 0
 

@@ -112,13 +112,14 @@ def bench_latencies(result) -> dict[str, GraphLatency]:
 # --- prediction -----------------------------------------------------------------------------
 @dataclass
 class LatencyRow:
-    threshold: float
+    threshold: float | None  # None: a policy without a threshold (see setting)
     computed: int
     predicted_ms: float  # N * (embed + head) + computed * blocks
     measured_ms: float  # the bench's median wall of the whole loop
     predicted_speedup: float  # predicted at threshold 0 / predicted here
     measured_speedup: float  # the bench's paired median wall ratio
     ideal_speedup: float  # steps / computed
+    setting: str = ""  # the threshold, or the policy in words
 
 
 def predict(result, latencies: dict[str, GraphLatency], opt_axes: dict[str, int]) -> dict[str, Any]:
@@ -135,7 +136,8 @@ def predict(result, latencies: dict[str, GraphLatency], opt_axes: dict[str, int]
         predicted = n * (e + h) + c * b
         rows.append(LatencyRow(
             threshold=run.threshold, computed=c, predicted_ms=predicted, measured_ms=run.wall_s * 1e3,
-            predicted_speedup=full / predicted, measured_speedup=run.wall_ratio, ideal_speedup=n / c))
+            predicted_speedup=full / predicted, measured_speedup=run.wall_ratio, ideal_speedup=n / c,
+            setting=getattr(run, "setting", "") or f"{run.threshold:g}"))
     note = ""
     if any(v.source != "bench" for v in latencies.values()) and dict(result.axes) != dict(opt_axes):
         note = (f"trtexec timed the profile's opt shapes {opt_axes}, the bench ran {result.axes}: "
@@ -162,7 +164,7 @@ def format_markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         lines.append(
-            f"| {r['threshold']:g} | {r['computed']} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} "
+            f"| {r['setting']} | {r['computed']} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} "
             f"| {r['measured_ms'] / r['predicted_ms']:.2f} | {r['predicted_speedup']:.2f} "
             f"| {r['measured_speedup']:.2f} | {r['ideal_speedup']:.2f} |")
     lines += ["", "predicted = steps x (embed + head) + computed x blocks; x = speedup over threshold 0 "
@@ -181,15 +183,18 @@ def plot_png(report: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     rows = report["rows"]
-    t = [r["threshold"] for r in rows]
+    # against the threshold; against computed steps when a policy without one is among the runs
+    by_threshold = all(r["threshold"] is not None for r in rows)
+    t = [r["threshold"] if by_threshold else r["computed"] for r in rows]
+    xlabel = "threshold" if by_threshold else "computed steps"
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(t, [r["predicted_ms"] for r in rows], "o--", label="predicted from per-graph latency")
     ax1.plot(t, [r["measured_ms"] for r in rows], "s-", label="measured")
-    ax1.set(xlabel="threshold", ylabel=f"ms per generation ({report['steps']} steps)", title="latency")
+    ax1.set(xlabel=xlabel, ylabel=f"ms per generation ({report['steps']} steps)", title="latency")
     ax2.plot(t, [r["ideal_speedup"] for r in rows], ":", color="gray", label="ideal (steps / computed)")
     ax2.plot(t, [r["predicted_speedup"] for r in rows], "o--", label="predicted")
     ax2.plot(t, [r["measured_speedup"] for r in rows], "s-", label="measured")
-    ax2.set(xlabel="threshold", ylabel="speedup over threshold 0", title="speedup")
+    ax2.set(xlabel=xlabel, ylabel="speedup over threshold 0", title="speedup")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -32,6 +32,9 @@ struct DeviceDecideArgs {
     int32_t forced_last;
     int32_t clamp;
     int32_t advance;              // after deciding: step += 1 and has_prev = 1 (a replayed graph's counter)
+    const double* group_elements; // [n_groups] signal elements of each group (the means' denominators)
+    double eps;                   // d = mean|s - s_prev| / (mean|s_prev| + eps)
+    int32_t accumulate_abs;       // acc += |poly(d)| instead of acc += poly(d)
 };
 
 }  // namespace teacache

@@ -20,12 +20,12 @@ __global__ void decide_kernel(DeviceDecideArgs a) {
     const bool has_prev = *a.has_prev != 0;
     const bool forced = is_forced(step, num_steps, a.forced_first, a.forced_last != 0, a.forced_first_fraction);
     const bool record = a.history_flags != nullptr && step < a.history_len;
+    const RuleKnobs knobs{a.coefficients, a.n_coefficients, a.clamp != 0, a.accumulate_abs != 0};
     for (int32_t g = threadIdx.x; g < a.n_groups; g += blockDim.x) {
         double sum_diff, sum_prev;
         group_sums(a.l1_diff, a.l1_prev, a.group_of_row, a.n_rows, g, &sum_diff, &sum_prev);
-        const double rel = group_rel(has_prev, sum_diff, sum_prev);
-        const bool compute = decide_group(rel, forced, a.must_compute[g] != 0, a.thresholds[g], a.coefficients,
-                                          a.n_coefficients, a.clamp != 0, &a.acc[g]);
+        const double rel = group_rel(has_prev, sum_diff, sum_prev, a.group_elements[g], a.eps);
+        const bool compute = decide_group(rel, forced, a.must_compute[g] != 0, a.thresholds[g], knobs, &a.acc[g]);
         a.compute_flags[g] = compute;
         a.rel[g] = rel;
         if (record) {
@@ -59,7 +59,8 @@ int teacache_decide_args_layout(int64_t* out, int n) {
         offsetof(A, n_coefficients), offsetof(A, step_info), offsetof(A, has_prev), offsetof(A, must_compute),
         offsetof(A, compute_flags), offsetof(A, rel), offsetof(A, any_compute), offsetof(A, history_flags),
         offsetof(A, history_rel), offsetof(A, history_len), offsetof(A, forced_first_fraction),
-        offsetof(A, forced_first), offsetof(A, forced_last), offsetof(A, clamp), offsetof(A, advance)};
+        offsetof(A, forced_first), offsetof(A, forced_last), offsetof(A, clamp), offsetof(A, advance),
+        offsetof(A, group_elements), offsetof(A, eps), offsetof(A, accumulate_abs)};
     const int count = static_cast<int>(sizeof(layout) / sizeof(layout[0]));
     for (int i = 0; i < count && i < n; ++i) out[i] = layout[i];
     return count;

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from teacache_trt import TeaCacheError
-from teacache_trt.manifest import ForcedSteps
+from teacache_trt.families import ForcedSteps
 from teacache_trt.runtime import criterion, device_criterion
 from teacache_trt.runtime.device_criterion import DeviceCriterion
 
@@ -34,6 +34,8 @@ def random_case(seed: int) -> dict:
         thresholds=[0.0 if rng.random() < 0.2 else float(rng.uniform(0.01, 0.8)) for _ in range(g)],
         forced=ForcedSteps(int(rng.integers(0, 3)), bool(rng.random() < 0.7), float(rng.choice([0.0, 0.1, 0.3]))),
         clamp=bool(rng.random() < 0.3), must=(rng.random((steps, g)) < 0.1).astype(np.uint8),
+        accumulate="abs" if seed % 2 else "raw", eps=float(rng.choice([0.0, 1e-3, 0.5])),
+        elements=int(rng.integers(1, 64)),
     )
 
 
@@ -41,11 +43,14 @@ def host_generation(c: dict):
     """The Python reference over the whole generation: flags, rels, acc after each call."""
     acc = np.zeros(c["g"])
     out = []
+    f = c["forced"]
+    rule = criterion.Rule(c["coefficients"], c["thresholds"], c["groups"], c["g"], c["steps"],
+                          elements_per_row=c["elements"], forced_first=f.first, forced_last=f.last,
+                          forced_fraction=f.first_fraction, accumulate=c["accumulate"], eps=c["eps"],
+                          clamp=c["clamp"])
     for step in range(c["steps"]):
-        flags, rel = criterion.decide_groups(
-            c["diff"][step], c["prev"][step], c["groups"], c["g"], acc, step, c["steps"], c["thresholds"],
-            c["coefficients"], c["clamp"], c["forced"].first, c["forced"].last, c["forced"].first_fraction,
-            step > 0, c["must"][step], backend="python")
+        sums = (c["diff"][step], c["prev"][step]) if step > 0 else (None, None)
+        flags, rel = criterion.decide_groups(rule, *sums, acc, step, c["must"][step], backend="python")
         out.append((flags, rel, acc.copy()))
     return out
 
@@ -56,7 +61,7 @@ def bits(a) -> list[int]:
 
 def make(c: dict, device) -> DeviceCriterion:
     return DeviceCriterion(c["groups"], c["g"], c["thresholds"], c["coefficients"], c["forced"], c["clamp"],
-                           c["steps"], device)
+                           c["steps"], device, accumulate=c["accumulate"], eps=c["eps"], elements_per_row=c["elements"])
 
 
 @pytest.mark.gpu
@@ -147,7 +152,7 @@ built = pytest.mark.skipif(device_criterion._KERNEL is None, reason=device_crite
 def test_kernel_library_matches_the_python_mirror_and_refuses_another_layout(monkeypatch):
     assert device_criterion._KERNEL.teacache_criterion_abi() == criterion.ABI_VERSION
     monkeypatch.setattr(device_criterion, "_layout", lambda: [0])
-    with pytest.warns(RuntimeWarning, match="ABI version 1 .*layout.*rebuild"):
+    with pytest.warns(RuntimeWarning, match=f"ABI version {criterion.ABI_VERSION} .*layout.*rebuild"):
         lib, status = device_criterion._load_kernel()
     assert lib is None and "stays on the host" in status
 

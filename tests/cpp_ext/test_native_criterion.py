@@ -1,9 +1,10 @@
 """The native criterion (cpp_ext, host build) against the Python reference: bit-identical.
 
-Random sequences of calls over random per-row sums (fp32 values, zeros, infinities, NaNs),
-group maps, thresholds (0 included), coefficients (negative polynomials and the real families'
-sets included), forced-step rules, has_prev and must_compute; flags, ratios and acc must match
-bit for bit after every call.
+Random sequences of calls over random per-row sums (fp32 values, zeros, infinities, NaNs;
+passed as fp32 like the graph's buffers, or as fp64), group maps, thresholds (0 included),
+coefficients (negative polynomials and the real families' sets included), forced-step rules
+(first, last, first_fraction), accumulation (raw, abs), eps and elements per row, has_prev and
+must_compute; flags, ratios and acc must match bit for bit after every call.
 """
 from __future__ import annotations
 
@@ -62,6 +63,10 @@ def scenarios(draw):
         forced_first=draw(st.integers(0, 6)),
         forced_last=draw(st.booleans()),
         forced_first_fraction=draw(st.one_of(st.just(0.0), st.just(0.1), st.floats(0, 1))),
+        accumulate=draw(st.sampled_from(["raw", "abs"])),
+        eps=draw(st.one_of(st.just(0.0), st.just(1e-8), st.floats(min_value=0, max_value=10))),
+        elements_per_row=draw(st.sampled_from([0, 1, 3, 4096])),
+        fp32=draw(st.booleans()),
         calls=calls,
     )
 
@@ -74,16 +79,30 @@ def bits(a: np.ndarray) -> list[int]:
 @given(scenarios())
 def test_native_matches_python_bit_for_bit(s):
     accs = {b: np.array(s["acc"], dtype=np.float64) for b in ("native", "python")}
+    rule = criterion.Rule(s["coefficients"], s["thresholds"], s["group_of_row"], s["n_groups"], s["num_steps"],
+                          elements_per_row=s["elements_per_row"], forced_first=s["forced_first"],
+                          forced_last=s["forced_last"], forced_fraction=s["forced_first_fraction"],
+                          accumulate=s["accumulate"], eps=s["eps"], clamp=s["clamp"])
+    dtype = np.float32 if s["fp32"] else np.float64
     for call in s["calls"]:
         out = {}
+        sums = (np.array(call["l1_diff"], dtype=dtype), np.array(call["l1_prev"], dtype=dtype)) \
+            if call["has_prev"] else (None, None)
         for backend, acc in accs.items():
-            out[backend] = criterion.decide_groups(
-                call["l1_diff"], call["l1_prev"], s["group_of_row"], s["n_groups"], acc, call["step"],
-                s["num_steps"], s["thresholds"], s["coefficients"], s["clamp"], s["forced_first"],
-                s["forced_last"], s["forced_first_fraction"], call["has_prev"], call["must_compute"],
-                backend=backend)
+            out[backend] = criterion.decide_groups(rule, *sums, acc, call["step"], call["must_compute"],
+                                                   backend=backend)
         (nf, nr), (pf, pr) = out["native"], out["python"]
         assert nf.dtype == pf.dtype == np.uint8 and nf.tolist() == pf.tolist()
         assert bits(nr) == bits(pr)
         assert bits(accs["native"]) == bits(accs["python"])
         assert not np.isnan(accs["native"]).any()  # acc always stays a number
+
+
+def test_the_native_build_takes_the_graphs_fp32_sums_without_a_copy():
+    """The hot path: the embed graph's fp32 sums go to the native criterion as they are."""
+    rule = criterion.Rule((1.0, 0.0), [0.5], [0, 0], 1, 10)
+    diff, prev = np.array([0.1, 0.2], dtype=np.float32), np.array([1.0, 1.0], dtype=np.float32)
+    acc = np.zeros(1)
+    flags, rel = criterion._NATIVE_MODULE.decide_groups(rule.native, diff, prev, acc, 3, True,
+                                                        np.zeros(1, dtype=np.uint8))
+    assert rel[0] == (float(diff[0]) + float(diff[1])) / 2.0 and flags[0] == 0

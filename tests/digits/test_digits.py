@@ -95,3 +95,26 @@ def test_harness_end_to_end(digits_art, tmp_path):
 def test_eval_cli_reports_missing_calibration(digits_art, tmp_path, capsys):
     rc = harness.main(["--art", str(digits_art), "--out", str(tmp_path), "--coefficients", str(tmp_path / "nope.json")])
     assert rc == 2 and "teacache-calibrate" in capsys.readouterr().err
+
+
+def test_harness_compares_a_policy_given_on_the_command_line(digits_art):
+    from teacache_trt.policies import Schedule
+
+    result = harness.evaluate(digits_art, steps=8, per_class=1, upstream=[], calibrated=[], grid_threshold=0.1,
+                              repeats=1, policy=Schedule.uniform(8, 3), log=lambda m: None)
+    rows = {r.policy: r for r in result["rows"] if r.policy in ("schedule", "uniform")}
+    assert rows["schedule"].setting == '{"steps":[0,4,7]}' and rows["schedule"].computed == 3.0
+    # the same steps as the uniform baseline at that compute: the same images
+    assert rows["uniform"].setting == "3" and rows["uniform"].psnr == rows["schedule"].psnr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--policy", "nope"], "policy 'nope' is unknown"),
+    (["--policy-param", "threshold=0.2"], "needs --policy NAME"),
+    (["--policy", "teacache", "--policy-param", "clamp=\"yes\""], "clamp 'yes' must be True or False"),
+])
+def test_eval_refuses_bad_policy_options_before_any_export(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(harness, "export_bundled", lambda *a, **k: pytest.fail("exported before the check"))
+    assert harness.main(["--out", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("teacache-eval: error:") and message in err and err.count("\n") == 1, err

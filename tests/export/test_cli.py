@@ -181,5 +181,62 @@ def test_manifest_records_verification(exported):
         checks = manifest["graphs"][graph]["verification"]
         assert len(checks) == 2 and checks[0]["axes"] != checks[1]["axes"]
         assert all(0 <= c["max_rel"] <= 1e-5 for c in checks)
-    assert manifest["criterion"]["coefficients"][0] == pytest.approx(498.651651)
-    assert manifest["versions"]["torch"] and manifest["format_version"] == 2
+    assert manifest["policy_data"]["teacache"]["coefficients"][0] == pytest.approx(498.651651)
+    assert manifest["versions"]["torch"] and manifest["format_version"] == 3
+
+
+@pytest.mark.parametrize("value, message", [
+    ("1.5,abc", "argument --coefficients: '1.5,abc' is not a comma-separated list of numbers"),
+    ("1.5,,2", "is not a comma-separated list of numbers"),
+    ("", "is not a comma-separated list of numbers"),
+    ("1.5,nan", "every coefficient must be a finite number"),
+])
+def test_bad_coefficients_fail_before_the_model_is_read(exported, tmp_path, capsys, monkeypatch, value, message):
+    from teacache_trt.export import exporter
+    from teacache_trt.families.base import Family
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the weights were read before --coefficients was checked")
+
+    monkeypatch.setattr(exporter, "weights_hash_of_dir", must_not_run)
+    monkeypatch.setattr(Family, "load_model", must_not_run)
+    rc = exit_code([str(exported("flux").model_dir), "--out", str(tmp_path / "art"), "--coefficients", value])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("teacache-export: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_coefficients_replace_the_variants_and_change_no_graph(exported, tmp_path, capsys):
+    import teacache_trt
+    from teacache_trt.manifest import load_manifest
+    from teacache_trt.policies import TeaCache
+
+    ex = exported("flux")
+    art = ex.copy(tmp_path / "art")
+    graphs = {p.name: p.stat().st_mtime_ns for p in art.rglob("*.onnx")}
+    assert cli.main([str(ex.model_dir), "--out", str(art), "--build", "none", *AXES,
+                     "--coefficients", "2.5,0.01"]) == 0
+    assert "coefficients set to [2.5, 0.01] (no graph changes)" in capsys.readouterr().out
+    assert graphs == {p.name: p.stat().st_mtime_ns for p in art.rglob("*.onnx")}
+    teacache = load_manifest(art).policy_data["teacache"]
+    variant = ex.manifest.policy_data["teacache"]
+    assert teacache["coefficients"] == [2.5, 0.01] and teacache["source"] == "teacache-export --coefficients"
+    assert teacache["history"] == [{"coefficients": variant["coefficients"], "source": "variant FLUX.1"}]
+    assert teacache["forced"] == variant["forced"] and teacache["accumulate"] == variant["accumulate"]
+    # the artifact's TeaCache is now the one with these coefficients
+    t = teacache_trt.load_transformer(art, threshold=0.3)
+    assert t._settings().bound.coefficients == (2.5, 0.01)
+    assert teacache_trt.load_transformer(ex.art_dir, policy=TeaCache(0.3, [2.5, 0.01]))._settings().bound == \
+        t._settings().bound
+
+
+def test_export_model_takes_coefficients(exported, tmp_path):
+    from teacache_trt.export.exporter import export_model
+
+    ex = exported("flux")
+    manifest = export_model(None, tmp_path / "art", model=ex.model, axes=ex.spec.AXES, build="none", verify=False,
+                            coefficients=(1.0, -0.5, 0.25), log=lambda m: None)
+    assert manifest.policy_data["teacache"]["coefficients"] == [1.0, -0.5, 0.25]
+    assert manifest.policy_data["teacache"]["history"][0]["source"] == "variant FLUX.1"
+    with pytest.raises(TeaCacheError, match=r"--coefficients: coefficients \[\] must be a non-empty list"):
+        export_model(None, tmp_path / "other", model=ex.model, coefficients=[], log=lambda m: None)

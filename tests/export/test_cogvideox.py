@@ -91,8 +91,8 @@ def test_manifest_records_verification_and_the_int64_timestep(exported):
     ex = exported(NAME)
     m = ex.manifest
     assert m.variant == "CogVideoX-5b"
-    assert m.criterion.coefficients == list(FAM.variants["CogVideoX-5b"].coefficients)
-    assert m.criterion.cached == ["hidden_states"] and "text" in m.criterion.note
+    assert m.policy_data["teacache"]["coefficients"] == list(FAM.variants["CogVideoX-5b"].coefficients)
+    assert m.signal.cached == ["hidden_states"] and "text" in m.signal.note
     embed_inputs = {s.name: s for s in m.graphs["embed"].inputs}
     assert embed_inputs["timestep"].dtype == "int64"
     assert {"rotary_cos", "rotary_sin"} <= set(embed_inputs) and "ofs" not in embed_inputs
@@ -134,7 +134,7 @@ def test_tiny_model_schedules_are_mixed_at_the_parity_thresholds(exported):
     ex = exported(NAME)
     schedules = {}
     for threshold in (0.05, 0.2, 0.6, 2.0):  # test_parity's thresholds
-        ref = TeaCacheReference(ex.model, M.reference_hooks(ex.model), ex.manifest.criterion.coefficients,
+        ref = TeaCacheReference(ex.model, M.reference_hooks(ex.model), ex.manifest.policy_data["teacache"]["coefficients"],
                                 threshold, STEPS)
         kwargs = FAM.kwargs_from_feed(FAM.example_inputs(ex.manifest.config, M.POINT, torch.float32))
         for i in range(STEPS):
@@ -181,7 +181,7 @@ def test_15_signal_includes_ofs_and_decisions_equal_the_reference(ex15):
     threshold = 0.2
     t = teacache_trt.load_transformer(art, threshold=threshold)
     t.reset(STEPS)
-    ref = TeaCacheReference(model, M.reference_hooks(model), manifest.criterion.coefficients, threshold,
+    ref = TeaCacheReference(model, M.reference_hooks(model), manifest.policy_data["teacache"]["coefficients"], threshold,
                             STEPS)
     point = {"batch": 2, "frames": 4, "height": 4, "width": 6, "txt_seq": 5}
     kwargs = FAM.kwargs_from_feed(FAM.example_inputs(manifest.config, point, torch.float32, seed=7))
@@ -237,7 +237,7 @@ def ex2b(tmp_path_factory):
 def test_2b_exports_at_its_fixed_size(ex2b):
     model, art, manifest = ex2b
     assert manifest.variant == "CogVideoX-5b"
-    assert manifest.criterion.coefficients == list(FAM.variants["CogVideoX-5b"].coefficients)
+    assert manifest.policy_data["teacache"]["coefficients"] == list(FAM.variants["CogVideoX-5b"].coefficients)
     embed_inputs = {s.name: s.shape for s in manifest.graphs["embed"].inputs}
     assert embed_inputs["hidden_states"] == ["batch", 3, 4, 4, 6]
     assert embed_inputs["encoder_hidden_states"] == ["batch", 5, 32]

@@ -230,24 +230,37 @@ def test_full_disk_keeps_the_previous_artifact(art, mounts, fast_export, tmp_pat
 
 
 # --- the manifest's values ----------------------------------------------------------------------
-def crit(**values):
-    return lambda d: d["criterion"].update(values)
+def teacache(**values):
+    """An edit of TeaCache's data (coefficients, forced steps, clamp, ...)."""
+    return lambda d: d["policy_data"]["teacache"].update(values)
+
+
+def default(**values):
+    """An edit of the default policy's params (the default threshold)."""
+    return lambda d: d["policy"]["params"].update(values)
 
 
 MANIFEST_CASES = [
-    ("coefficients-strings", crit(coefficients=["abc"]), r"coefficients \['abc'\] must be a non-empty list of finite numbers"),
-    ("coefficients-null", crit(coefficients=None), r"coefficients None must be"),
-    ("coefficients-nan", crit(coefficients=[1.0, math.nan]), r"coefficients \[1.0, nan\] must be"),
-    ("coefficients-inf", crit(coefficients=[math.inf]), r"coefficients \[inf\] must be"),
-    ("coefficients-empty", crit(coefficients=[]), r"coefficients \[\] must be"),
-    ("coefficients-bool", crit(coefficients=[True, 1.0]), r"must be a non-empty list of finite numbers"),
-    ("threshold-negative", crit(default_threshold=-0.1), r"default_threshold -0.1 must be a finite number >= 0"),
-    ("threshold-nan", crit(default_threshold=math.nan), r"default_threshold nan must be a finite number >= 0"),
-    ("threshold-string", crit(default_threshold="0.3"), r"default_threshold '0.3' must be"),
-    ("clamp-string", crit(clamp="no"), r"criterion clamp 'no' must be true or false"),
-    ("forced-negative", crit(forced={"first": -1, "last": True, "first_fraction": 0.0}), r"criterion forced .* first an integer >= 0"),
-    ("forced-fraction", crit(forced={"first": 1, "last": True, "first_fraction": 2.0}), r"first_fraction in \[0, 1\]"),
-    ("criterion-null", lambda d: d.update(criterion=None), r"criterion is NoneType None, not an object"),
+    ("coefficients-strings", teacache(coefficients=["abc"]), r"coefficients \['abc'\] must be a non-empty list of finite numbers"),
+    ("coefficients-null", teacache(coefficients=None), r"coefficients None must be"),
+    ("coefficients-nan", teacache(coefficients=[1.0, math.nan]), r"coefficients \[1.0, nan\] must be"),
+    ("coefficients-inf", teacache(coefficients=[math.inf]), r"coefficients \[inf\] must be"),
+    ("coefficients-empty", teacache(coefficients=[]), r"coefficients \[\] must be"),
+    ("coefficients-bool", teacache(coefficients=[True, 1.0]), r"must be a non-empty list of finite numbers"),
+    ("threshold-negative", default(threshold=-0.1), r"threshold -0.1 must be a number >= 0"),
+    ("threshold-nan", default(threshold=math.nan), r"threshold nan must be a number >= 0"),
+    ("threshold-string", default(threshold="0.3"), r"threshold '0.3' must be"),
+    ("clamp-string", teacache(clamp="no"), r"clamp 'no' must be True or False"),
+    ("forced-negative", teacache(forced={"first": -1, "last": True, "first_fraction": 0.0}), r"forced steps .* first an integer >= 0"),
+    ("forced-fraction", teacache(forced={"first": 1, "last": True, "first_fraction": 2.0}), r"first_fraction in \[0, 1\]"),
+    ("accumulate-unknown", teacache(accumulate="sum"), r"accumulate 'sum' must be one of"),
+    ("eps-negative", teacache(eps=-1.0), r"eps -1.0 must be a finite number >= 0"),
+    ("history-garbage", teacache(history=[{"coefficients": "x"}]), r"history\[0\]: coefficients 'x' must be"),
+    ("teacache-unknown-key", teacache(power=2), r"unknown teacache data \['power'\]"),
+    ("policy-unknown", lambda d: d["policy"].update(name="magic"), r"default policy 'magic' is unknown"),
+    ("policy-param-unknown", default(speed=2), r"takes no parameter\(s\) \['speed'\]"),
+    ("policy-null", lambda d: d.update(policy=None), r"policy is NoneType None, not an object"),
+    ("policy-data-null", lambda d: d.update(policy_data=None), r"policy_data is NoneType None, not an object"),
     ("profile-unordered", lambda d: d["graphs"]["blocks"]["profile"]["hidden"].update(min=[4, 64, 32]),
      r"blocks graph's profile of 'hidden' .* is not ordered min <= opt <= max"),
     ("profile-ragged", lambda d: d["graphs"]["blocks"]["profile"]["hidden"].update(max=[4, 64]), r"is not ordered"),

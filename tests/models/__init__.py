@@ -10,6 +10,12 @@
                                       family's choice from the config)
     FORCED_FIRST, FORCED_LAST         (optional) upstream's forced steps, for the reference
                                       (default 1, True: the first and the last step)
+    FORCED_FRACTION, ACCUMULATE, EPS  (optional) the rule's other knobs, for the reference
+                                      (default 0.0, "raw", 0.0; see tests/reference.py)
+    LONG_STEPS                        (optional) step counts of further parity loops against
+                                      the reference (e.g. (30,)), beyond the 10-step ones
+    TIMESTEP_KWARG                    (optional) the forward keyword the sampling loop moves
+                                      (default "timestep"; HiDream's model takes "timesteps")
     update(latents, output, steps)    (optional) the sampling loop's latent update, where the
                                       output is not shaped like the latents (learned sigma);
                                       default ``latents - output / steps``

@@ -21,7 +21,7 @@ def test_caching_decides_as_the_reference(exported):
     t = teacache_trt.enable(pipe, ex.art_dir, threshold=M.PIPELINE_THRESHOLD)
     video = M.run_pipeline(pipe, STEPS)
     ref_pipe = M.make_pipeline(ex.model)
-    ref = ReferenceTransformer(ex.model, M.reference_hooks(ex.model), ex.manifest.criterion.coefficients,
+    ref = ReferenceTransformer(ex.model, M.reference_hooks(ex.model), ex.manifest.policy_data["teacache"]["coefficients"],
                                M.PIPELINE_THRESHOLD, STEPS)
     ref_pipe.register_modules(transformer=ref)
     want = M.run_pipeline(ref_pipe, STEPS)

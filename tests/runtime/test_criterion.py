@@ -14,18 +14,21 @@ import pytest
 
 from teacache_trt import TeaCacheError
 from teacache_trt.runtime import criterion
-from teacache_trt.runtime.criterion import decide_groups
+from teacache_trt.runtime.criterion import Rule, decide_groups
 
 IMPLS = ["python"] + (["native"] if criterion.BACKEND == "native" else [])
 IDENTITY = (1.0, 0.0)  # poly(d) = d
 
 
 def call(backend, diff, prev, groups, acc, *, step=3, num_steps=10, thresholds=None, coefficients=IDENTITY,
-         clamp=False, first=1, last=True, fraction=0.0, has_prev=True, must=None):
+         clamp=False, first=1, last=True, fraction=0.0, has_prev=True, must=None, accumulate="raw", eps=0.0,
+         elements=1):
     n = len(acc)
-    return decide_groups(diff, prev, groups, n, acc, step, num_steps,
-                         [0.25] * n if thresholds is None else thresholds, coefficients, clamp, first, last,
-                         fraction, has_prev, [0] * n if must is None else must, backend=backend)
+    rule = Rule(coefficients, [0.25] * n if thresholds is None else thresholds, groups, n, num_steps,
+                elements_per_row=elements, forced_first=first, forced_last=last, forced_fraction=fraction,
+                accumulate=accumulate, eps=eps, clamp=clamp)
+    sums = (diff, prev) if has_prev else (None, None)
+    return decide_groups(rule, *sums, acc, step, [0] * n if must is None else must, backend=backend)
 
 
 @pytest.fixture(params=IMPLS)
@@ -119,6 +122,8 @@ def test_empty_group_has_no_ratio(impl):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(groups=[0, 2]), r"group_of_row \[0, 2\] has a group outside \[0, 2\)"),
+    (dict(accumulate="sum"), r"accumulate 'sum' must be one of"),
+    (dict(eps=-1.0), r"eps -1.0 must be a finite number >= 0"),
     (dict(diff=[0.1]), "l1_diff has 1 rows"),
     (dict(acc=np.zeros(2, dtype=np.float32)), "acc must be a writable contiguous float64"),
     (dict(thresholds=[0.1]), "thresholds has 1 values"),
@@ -148,3 +153,42 @@ def test_abi_mismatch_falls_back_to_python_with_a_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="ABI version .* expects .*rebuild"):
         module, status = criterion.load_native("_criterion", "using the Python reference")
     assert module is None and "Python reference" in status
+
+
+def test_abs_accumulation_adds_the_magnitude(impl):
+    # poly = -5 d: raw accumulation lowers acc (and keeps skipping), abs raises it.
+    raw, absolute = np.zeros(1), np.zeros(1)
+    flags, _ = call(impl, [0.1], [1.0], [0], raw, thresholds=[0.4], coefficients=(-5.0, 0.0))
+    assert flags[0] == 0 and raw[0] == pytest.approx(-0.5)
+    flags, _ = call(impl, [0.1], [1.0], [0], absolute, thresholds=[0.4], coefficients=(-5.0, 0.0), accumulate="abs")
+    assert flags[0] == 1 and absolute[0] == 0.0  # 0.5 >= 0.4 computes and resets
+
+
+def test_eps_divides_the_means(impl):
+    # rows 0, 1 in group 0, 4 elements per row: mean diff 0.3 / 8, mean prev 2 / 8, eps 0.25.
+    _, rel = call(impl, [0.1, 0.2], [1.0, 1.0], [0, 0], np.zeros(1), eps=0.25, elements=4)
+    assert rel[0] == ((0.1 + 0.2) / 8) / (2.0 / 8 + 0.25)
+    # a zero previous signal has a ratio once eps is there
+    _, rel = call(impl, [0.4], [0.0], [0], np.zeros(1), eps=0.5, elements=2)
+    assert rel[0] == (0.4 / 2) / 0.5
+    # eps 0 is the ratio of the sums, exactly as before the knob existed
+    _, rel = call(impl, [0.1, 0.2], [0.7, 1.1], [0, 0], np.zeros(1), elements=3)
+    assert rel[0] == (0.1 + 0.2) / (0.7 + 1.1)
+
+
+@pytest.mark.parametrize("num_steps,forced", [(20, [0, 1]), (25, [0, 1, 2]), (28, [0, 1, 2]), (30, [0, 1, 2])])
+def test_first_fraction_is_a_float_compare(impl, num_steps, forced):
+    """HiDream's first 10%: step < 0.1 * N in floating point, i.e. the first ceil(0.1 * N) steps."""
+    got = []
+    for step in range(num_steps):
+        flags, _ = call(impl, [0.0], [1.0], [0], np.zeros(1), step=step, num_steps=num_steps, first=0, last=False,
+                        fraction=0.1, thresholds=[1.0])
+        if flags[0]:
+            got.append(step)
+    assert got == forced
+
+
+def test_fp32_sums_are_taken_as_they_are(impl):
+    diff, prev = np.array([0.1, 0.2], dtype=np.float32), np.array([1.0, 3.0], dtype=np.float32)
+    _, rel = call(impl, diff, prev, [0, 0], np.zeros(1))
+    assert rel[0] == (float(diff[0]) + float(diff[1])) / (float(prev[0]) + float(prev[1]))

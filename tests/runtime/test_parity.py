@@ -1,6 +1,7 @@
 """The compiled transformer against the original diffusers model, per family."""
 from __future__ import annotations
 
+import importlib
 
 import pytest
 import torch
@@ -18,9 +19,10 @@ def sampling_loop(spec, model, forward, steps=STEPS, seed=0):
     fam = family_of(spec)
     kwargs = fam.kwargs_from_feed(fam.example_inputs(fam.config_of(model), spec.POINT, torch.float32, seed=seed))
     batch = spec.POINT["batch"]
+    key = getattr(spec, "TIMESTEP_KWARG", "timestep")  # HiDream's forward takes ``timesteps``
     outs = []
     for i in range(steps):
-        kwargs["timestep"] = spec.timestep(i, steps, batch)
+        kwargs[key] = spec.timestep(i, steps, batch)
         out = forward(**kwargs)
         outs.append(out)
         update = getattr(spec, "update", None)
@@ -30,9 +32,12 @@ def sampling_loop(spec, model, forward, steps=STEPS, seed=0):
 
 
 def reference_forced(spec) -> dict:
-    """Upstream's forced-step rule for the model, as its tiny-model module states it
-    (``FORCED_FIRST``, ``FORCED_LAST``; default: the first and the last step)."""
-    return {"forced_first": getattr(spec, "FORCED_FIRST", 1), "forced_last": getattr(spec, "FORCED_LAST", True)}
+    """Upstream's rule for the model, as its tiny-model module states it (``FORCED_FIRST``,
+    ``FORCED_LAST``, ``FORCED_FRACTION``, ``ACCUMULATE``, ``EPS``; default: the first and the
+    last step, raw accumulation, no eps)."""
+    return {"forced_first": getattr(spec, "FORCED_FIRST", 1), "forced_last": getattr(spec, "FORCED_LAST", True),
+            "forced_fraction": getattr(spec, "FORCED_FRACTION", 0.0),
+            "accumulate": getattr(spec, "ACCUMULATE", "raw"), "eps": getattr(spec, "EPS", 0.0)}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -56,11 +61,34 @@ def test_decisions_equal_reference(exported, name, threshold):
     ex = exported(name)
     t = teacache_trt.load_transformer(ex.art_dir, threshold=threshold, family_module=ex.family_module)
     t.reset(STEPS)
-    coeffs = ex.manifest.criterion.coefficients
+    coeffs = ex.manifest.policy_data["teacache"]["coefficients"]
     ref = TeaCacheReference(ex.model, ex.spec.reference_hooks(ex.model), coeffs, threshold, STEPS,
                             **reference_forced(ex.spec))
     got = sampling_loop(ex.spec, ex.model, lambda **kw: ex.family.call_model(t, kw))
     want = sampling_loop(ex.spec, ex.model, ref)
     assert t.stats["computed_steps"] == ref.computed
+    for g, w in zip(got, want):
+        assert (g - w).abs().max().item() <= 1e-4
+
+
+# Longer generations where a tiny-model module asks for them (LONG_STEPS): the newer families'
+# rules are checked at their pipelines' step counts (HiDream's forced first ceil(0.1 N) calls
+# differ from a rounded-down count at 25 and 28 steps).
+LONG = [(n, s) for n in FAMILIES for s in getattr(importlib.import_module(f"models.{n}"), "LONG_STEPS", ())]
+
+
+@pytest.mark.parametrize("name,steps", LONG)
+@pytest.mark.parametrize("threshold", [0.3, 1.0])
+def test_long_loops_equal_reference(exported, name, steps, threshold):
+    ex = exported(name)
+    t = teacache_trt.load_transformer(ex.art_dir, threshold=threshold, family_module=ex.family_module)
+    t.reset(steps)
+    coeffs = ex.manifest.policy_data["teacache"]["coefficients"]
+    ref = TeaCacheReference(ex.model, ex.spec.reference_hooks(ex.model), coeffs, threshold, steps,
+                            **reference_forced(ex.spec))
+    got = sampling_loop(ex.spec, ex.model, lambda **kw: ex.family.call_model(t, kw), steps=steps)
+    want = sampling_loop(ex.spec, ex.model, ref, steps=steps)
+    assert t.stats["computed_steps"] == ref.computed
+    assert t.stats["skipped_steps"]  # the loop exercises the rule, not only forced calls
     for g, w in zip(got, want):
         assert (g - w).abs().max().item() <= 1e-4

@@ -86,7 +86,7 @@ def test_cli_table_uses_manifest_default_threshold(exported, capsys):
     assert bench.main([str(ex.art_dir), "--steps", "3", "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0][0].isdigit()]
-    assert [float(r[0]) for r in rows] == [0.0, ex.manifest.criterion.default_threshold]
+    assert [float(r[0]) for r in rows] == [0.0, ex.manifest.policy.params["threshold"]]
     assert "skip cost" in out
 
 
@@ -127,3 +127,40 @@ def test_timing_wrap_is_per_instance_and_undone(exported):
     assert len(timed.times) == 2 and all(x > 0 for x in timed.times)
     timed.unwrap()
     assert "infer_into" not in vars(head)
+
+
+def test_cli_policy_and_never_skipped(exported, capsys, tmp_path):
+    ex = exported("flux")
+    assert bench.main([str(ex.art_dir), "--steps", "4", "--warmup", "0", "--policy", "schedule",
+                       "--policy-param", "steps=[0,2]", "--json", "--report", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (run,) = data["runs"]
+    assert run["computed_steps"] == [0, 2] and run["threshold"] is None
+    assert run["policy"] == {"name": "schedule", "params": {"steps": [0, 2]}}
+    assert [r["setting"] for r in data["latency"]["rows"]] == ["0", "schedule of 2 steps"]
+    assert (tmp_path / "latency.png").is_file()
+    # a threshold that never skips: one line with the cause and a fix
+    assert bench.main([str(ex.art_dir), "--steps", "4", "--warmup", "0", "--thresholds", "1e-9"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [line for line in err if line.startswith("teacache-bench: teacache threshold 1e-09 never skipped")]
+    assert len(err) == 1 and "try threshold" in err[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--policy", "nope"], "policy 'nope' is unknown"),
+    (["--policy", "schedule"], r"needs the parameter(s) ['steps']"),
+    (["--policy", "schedule", "--policy-param", "steps=[1]"], "must include step 0"),
+    (["--policy", "schedule", "--policy-param", "steps=[0]", "--thresholds", "0.2"], "has no threshold"),
+    (["--policy-param", "threshold=0.2"], "needs --policy NAME"),
+    (["--policy", "teacache", "--policy-param", "threshold"], "'threshold' is not KEY=VALUE"),
+    (["--policy", "teacache", "--policy-param", "threshold=-1"], "threshold -1 must be a number >= 0"),
+])
+def test_cli_policy_errors_before_any_graph_runs(exported, capsys, monkeypatch, argv, message):
+    ex = exported("flux")
+    monkeypatch.setattr(bench, "load_transformer", lambda *a, **k: pytest.fail("loaded before the policy was checked"))
+    try:
+        code = bench.main([str(ex.art_dir), "--warmup", "0", *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("teacache-bench: error:") and message in err and err.count("\n") == 1, err

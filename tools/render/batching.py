@@ -19,16 +19,20 @@ def make_batches(jobs: Sequence[Job], key: Callable[[Job], Hashable], size: int)
     groups: dict[Hashable, list[Job]] = {}
     for job in jobs:
         groups.setdefault(key(job), []).append(job)
-    ordered = [sorted(group, key=lambda job: job.threshold) for group in groups.values()]
+    ordered = [sorted(group, key=_by_threshold) for group in groups.values()]
     return [group[i:i + size] for group in ordered for i in range(0, len(group), size)]
 
 
+def _by_threshold(job: Job) -> tuple:
+    return (job.threshold is None, job.threshold or 0.0)
+
+
 def batch_key(driver_key: Callable[[Job], Hashable], decisions: str) -> Callable[[Job], Hashable]:
-    """The driver's compatibility key (size, steps, guidance, ...); in ``batch`` decisions one
-    threshold decides for the whole batch, so the threshold joins the key."""
-    if decisions == "batch":
-        return lambda job: (driver_key(job), job.threshold)
-    return driver_key
+    """The driver's compatibility key (size, steps, guidance, ...) and the policy: in ``sample``
+    decisions every job keeps its own threshold, so the policy without it joins the key; in
+    ``batch`` decisions one policy decides for the whole batch, threshold included."""
+    with_threshold = decisions == "batch"
+    return lambda job: (driver_key(job), job.policy_key(with_threshold))
 
 
 def pending(batches: Sequence[Sequence[Job]], done: set[str]) -> list[list[Job]]:

@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+from ... import policies
 from ...errors import TeaCacheError
 from ...manifest import load_manifest
 from ...runtime.backends import BACKENDS
+from .. import policy_options
 from ..drivers import default_render_model, render_driver_for
 from .artifacts import default_cache_dir, ensure_artifacts
 from .batching import batch_key, make_batches, pending
@@ -48,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decisions", choices=DECISIONS, default="sample",
                    help="sample: each job decides its own steps (batching never changes a result); "
                         "batch: one decision per batch (upstream TeaCache)")
-    p.add_argument("--threshold", type=float, help="threshold of jobs that give none (default: the artifact's)")
+    p.add_argument("--threshold", type=float,
+                   help="threshold of jobs that give none (default: the artifact's); alone, TeaCache's shorthand "
+                        "(--policy teacache --policy-param threshold=X)")
+    policy_options.add_arguments(p, " of jobs that name none (a job's \"policy\": NAME or "
+                                    "{\"name\": ..., \"params\": {...}})")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run batches on Ray actors: a cluster address, or 'local' to start one here")
     p.add_argument("--workers", type=int, default=1,
@@ -70,12 +76,28 @@ def check_args(args) -> None:
         raise TeaCacheError(f"--workers {args.workers} runs Ray actors: add --ray local (or a cluster address)")
     if args.threshold is not None and not args.threshold >= 0:
         raise TeaCacheError(f"--threshold {args.threshold} must be a number >= 0 (0 never skips)")
+    run_policy(args)  # the policy's parameters, checked before any export
     if not args.jobs.is_file():
         raise TeaCacheError(f"job file {args.jobs} does not exist: give a JSONL file, one job per line")
     if args.ray:
         from .ray_pool import import_ray
 
         import_ray()
+
+
+def run_policy(args, artifact: policies.ArtifactPolicies | None = None) -> policies.Policy:
+    """The policy of jobs that name none: ``--policy`` (with ``--threshold`` as its threshold),
+    else TeaCache at ``--threshold``, else the artifact's default (None before it is known)."""
+    given = policy_options.from_args(args)
+    if given is None:
+        if args.threshold is not None:
+            return policies.TeaCache(threshold=args.threshold)
+        return None if artifact is None else policies.make(artifact.name, **artifact.params)
+    if args.threshold is not None:
+        if not given.has_threshold:
+            raise TeaCacheError(f"--threshold {args.threshold:g}: the policy {given!r} has no threshold; leave it out")
+        given = given.replace(threshold=args.threshold)
+    return given
 
 
 def check_batch_size(manifest, art_dir: Path, batch_size: int) -> None:
@@ -111,7 +133,7 @@ def result_line(job: Job | BadJob, outcome: Outcome | None, out: OutputDir) -> d
     """The results.jsonl record of a finished job (its output written first)."""
     record = {"id": job.id, "line": job.line}
     if isinstance(job, Job):
-        record.update(threshold=job.threshold, steps=job.steps)
+        record.update(threshold=job.threshold, steps=job.steps, policy=dict(job.policy))
     if outcome is not None and outcome.ok:
         name = f"{job.id}.{outcome.suffix}"
         return {**record, "status": "ok", "output": name, "sha256": out.write_output(name, outcome.data),
@@ -145,12 +167,17 @@ def render(args, log=None) -> Summary:
                                                  cache_dir=args.cache_dir or default_cache_dir(), log=log)
         manifest = load_manifest(art)
         check_batch_size(manifest, art, args.batch_size)
-        threshold = manifest.criterion.default_threshold if args.threshold is None else args.threshold
-        reader = JobReader(driver.job_fields(model_dir), driver.defaults(model_dir), threshold,
-                           functools.partial(driver.check_job, model_dir))
+        artifact = policies.artifact_policies(manifest, str(Path(art) / "manifest.json"))
+        policy = run_policy(args, artifact)
+        policy.bind(artifact)  # the run's policy fits the artifact: checked before any job
+        reader = JobReader(driver.job_fields(model_dir), driver.defaults(model_dir), policy,
+                           functools.partial(driver.check_job, model_dir), bind=lambda p: p.bind(artifact))
         parsed = list(reader.read(args.jobs))
         good = [j for j in parsed if isinstance(j, Job)]
-        done = out.finished(out.results()) & {j.id for j in good}
+        # Finished: the last result of the id is ok, its output intact, and made with the job's policy.
+        results = out.results()
+        finished = out.finished(results)
+        done = {j.id for j in good if j.id in finished and results[j.id].get("policy") == j.policy}
         summary = Summary(jobs=len(parsed), already_done=len(done))
         bad = [j for j in parsed if isinstance(j, BadJob)]
         out.append(result_line(j, None, out) for j in bad)
@@ -167,6 +194,7 @@ def render(args, log=None) -> Summary:
         summary.load_s = time.perf_counter() - t0
         t_render = time.perf_counter()
         progress = Progress(todo, summary, enabled=not args.no_progress and todo > 0)
+        idle: set[str] = set()
         try:
             with stop_on_signals(progress.note) as stopping:
                 for batch, outcomes in (pool.run(batches, stopping) if pool else ()):
@@ -176,6 +204,9 @@ def render(args, log=None) -> Summary:
                     for o in outcomes:
                         if not o.ok:
                             progress.note(f"[render] {o.id} failed: {o.error}")
+                        elif o.never_skipped and o.never_skipped.split(":")[0] not in idle:
+                            idle.add(o.never_skipped.split(":")[0])  # once per policy setting, not per job
+                            progress.note(f"[render] {o.id}: {o.never_skipped}")
                 summary.left = todo - summary.rendered - (summary.failed - len(bad))
                 summary.interrupted = stopping() and summary.left > 0
         finally:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from ... import policies
 from ...errors import TeaCacheError
 
-# id, prompt, seed, steps, guidance, threshold: every model takes these.
-COMMON_FIELDS = ("id", "prompt", "seed", "steps", "guidance", "threshold")
+# id, prompt, seed, steps, guidance, threshold, policy: every model takes these.
+COMMON_FIELDS = ("id", "prompt", "seed", "steps", "guidance", "threshold", "policy")
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_SEED = 2**63 - 1
 
@@ -30,8 +31,17 @@ class Job:
     seed: int
     steps: int
     guidance: float
-    threshold: float
+    threshold: float | None  # the policy's threshold (the artifact's when it gives none); None: it has none
     extra: Mapping[str, Any] = field(default_factory=dict)  # the model's own fields (driver.job_fields)
+    # {"name", "params"}: the job's caching policy (its threshold included); part of what
+    # identifies a finished result, so a changed policy renders again
+    policy: Mapping[str, Any] = field(default_factory=dict)
+
+    def policy_key(self, with_threshold: bool) -> tuple:
+        """The policy as a key, with or without its threshold (per prompt in sample decisions)."""
+        params = {k: v for k, v in self.policy.get("params", {}).items() if k != "threshold"}
+        return (json.dumps({"name": self.policy.get("name"), "params": params}, sort_keys=True),
+                self.threshold if with_threshold else None)
 
 
 @dataclass(frozen=True)
@@ -50,16 +60,23 @@ def line_id(n: int) -> str:
 
 class JobReader:
     """Checks job lines for one model: its extra ``fields`` (name -> str/int/float/Path), the
-    driver's ``defaults`` (steps, guidance), the run's default threshold and the driver's own
-    ``check(job)`` (raises TeaCacheError for an impossible job)."""
+    driver's ``defaults`` (steps, guidance), the run's default ``policy``, ``bind`` (a policy with
+    the artifact's settings filled in, checked against it) and the driver's own ``check(job)``
+    (raises TeaCacheError for an impossible job).
 
-    def __init__(self, fields: Mapping[str, type], defaults: Mapping[str, Any], threshold: float,
-                 check: Callable[[Job], None]):
+    A job's ``policy`` is a name or ``{"name": ..., "params": {...}}`` (default: the run's); its
+    ``threshold`` sets that policy's threshold (an error for a policy without one)."""
+
+    def __init__(self, fields: Mapping[str, type], defaults: Mapping[str, Any], policy: policies.Policy | float,
+                 check: Callable[[Job], None], bind: Callable[[policies.Policy], policies.Policy] = lambda p: p):
         clash = set(fields) & set(COMMON_FIELDS)
         if clash:
             raise TeaCacheError(f"a driver's job fields {sorted(clash)} clash with the common fields {COMMON_FIELDS}")
         self.fields = dict(fields)
-        self.defaults = {"seed": 0, "steps": 20, "guidance": 1.0, **defaults, "threshold": threshold}
+        self.defaults = {"seed": 0, "steps": 20, "guidance": 1.0, **defaults}
+        # a number: TeaCache at that threshold (the artifact's coefficients)
+        self.policy = policies.TeaCache(threshold=policy) if isinstance(policy, (int, float)) else policy
+        self.bind = bind
         self.check = check
 
     def read(self, path: Path) -> Iterator[Job | BadJob]:
@@ -115,11 +132,27 @@ class JobReader:
         seed = _integer("seed", get("seed"), 0, MAX_SEED)
         steps = _integer("steps", get("steps"), 1, 10_000)
         guidance = _number("guidance", get("guidance"))
-        threshold = _number("threshold", get("threshold"))
-        if threshold < 0:
-            raise TeaCacheError(f"threshold {threshold!r} is negative: give a number >= 0 (0 never skips)")
+        policy = self._policy(data)
         extra = {name: self._extra(name, data[name], base) for name in sorted(self.fields) if name in data}
-        return Job(data["id"], n, prompt, seed, steps, guidance, threshold, extra)
+        threshold = self.bind(policy).threshold if policy.has_threshold else None
+        return Job(data["id"], n, prompt, seed, steps, guidance, threshold, extra, policy.spec)
+
+    def _policy(self, data: dict) -> policies.Policy:
+        policy = self.policy
+        if "policy" in data:
+            try:
+                policy = policies.from_spec(data["policy"])
+            except TeaCacheError as exc:
+                raise TeaCacheError(f"policy: {exc}") from None
+        if "threshold" in data:
+            threshold = _number("threshold", data["threshold"])
+            if threshold < 0:
+                raise TeaCacheError(f"threshold {threshold!r} is negative: give a number >= 0 (0 never skips)")
+            if not policy.has_threshold:
+                raise TeaCacheError(f"threshold {threshold:g} was given, but the policy {policy!r} has none: "
+                                    f"leave it out, or give a policy that has one")
+            policy = policy.replace(threshold=threshold)
+        return policy
 
     def _extra(self, name: str, value, base: Path):
         kind = self.fields[name]

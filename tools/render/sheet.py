@@ -44,7 +44,8 @@ def contact_sheet(out: OutputDir, jobs: Sequence[Job], results: Mapping[str, Map
         x, y = c * CELL_W + (CELL_W - TILE) // 2, r * (TILE + LABEL_H)
         sheet.paste(image, (x + (TILE - image.width) // 2, y + (TILE - image.height) // 2))
         computed = len(record.get("computed_steps", []))
-        label = (f"{job.prompt or job.id}"[:16], f"threshold {job.threshold:g}", f"{computed}/{job.steps} computed")
+        setting = f"threshold {job.threshold:g}" if job.threshold is not None else job.policy.get("name", "")
+        label = (f"{job.prompt or job.id}"[:16], setting, f"{computed}/{job.steps} computed")
         for k, text in enumerate(label):
             draw.text((x, y + TILE + 2 + k * LINE_H), text, fill="black", font=font)
     buf = io.BytesIO()

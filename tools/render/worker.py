@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ... import policies
 from ...errors import TeaCacheError
 from ..drivers import render_drivers
 from .encode import encode
@@ -42,6 +43,7 @@ class Outcome:
     skipped_steps: list[int] = field(default_factory=list)
     seconds: float = 0.0  # the job's share of its batch's wall time
     error: str | None = None
+    never_skipped: str | None = None  # its policy could skip but computed every step: why
 
     @property
     def ok(self) -> bool:
@@ -71,30 +73,38 @@ class Worker:
         """Render one batch of compatible jobs; a failure fails the batch's jobs, never the run."""
         t0 = time.perf_counter()
         try:
-            outputs, steps = self._run(batch)
+            outputs, steps, idle = self._run(batch)
             encoded = [encode(out) for out in outputs]
         except TeaCacheError as exc:
             return self._failed(batch, str(exc), t0)
         except Exception as exc:  # a backend error on one batch must not end a night's render
             return self._failed(batch, f"{type(exc).__name__}: {exc}", t0)
         share = (time.perf_counter() - t0) / len(batch)
-        return [Outcome(job.id, data, suffix, computed, skipped, share)
-                for job, (data, suffix), (computed, skipped) in zip(batch, encoded, steps)]
+        return [Outcome(job.id, data, suffix, computed, skipped, share, never_skipped=why)
+                for job, (data, suffix), (computed, skipped), why in zip(batch, encoded, steps, idle)]
 
-    def _run(self, batch: Sequence[Job]) -> tuple[list, list[tuple[list[int], list[int]]]]:
-        """(one output per job, (computed steps, skipped steps) per job)."""
+    def _run(self, batch: Sequence[Job]) -> tuple[list, list[tuple[list[int], list[int]]], list]:
+        """(one output per job, (computed steps, skipped steps) per job, never-skipped cause per job)."""
         transformer = self.pipe.transformer
+        # A batch shares its policy (batching.batch_key; a job made without one: TeaCache);
+        # the threshold is each job's own in sample decisions, the batch's in batch decisions.
+        first = batch[0]
+        policy = policies.from_spec(first.policy) if first.policy else policies.TeaCache()
         if self.spec.decisions == "sample":
-            transformer.sample_thresholds = [job.threshold for job in batch]
+            transformer.sample_thresholds = None
+            transformer.policy = policy
+            if policy.has_threshold:
+                transformer.sample_thresholds = [job.threshold for job in batch]
         else:
-            transformer.threshold = batch[0].threshold  # one threshold per batch (batching.batch_key)
+            transformer.policy = policy.replace(threshold=first.threshold) if policy.has_threshold else policy
         outputs = self.driver.render_batch(self.pipe, batch)
         if len(outputs) != len(batch):
             raise TeaCacheError(f"driver {self.driver.name!r} returned {len(outputs)} outputs for "
                                 f"{len(batch)} jobs: a driver must return one output per job")
         stats = transformer.stats
         per_job = stats["samples"] if self.spec.decisions == "sample" else [stats] * len(batch)
-        return outputs, [(list(s["computed_steps"]), list(s["skipped_steps"])) for s in per_job]
+        return (outputs, [(list(s["computed_steps"]), list(s["skipped_steps"])) for s in per_job],
+                [s.get("never_skipped") for s in per_job])
 
     @staticmethod
     def _failed(batch: Sequence[Job], error: str, t0: float) -> list[Outcome]:

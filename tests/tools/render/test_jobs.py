@@ -29,8 +29,8 @@ def read(tmp_path: Path, lines, **kwargs):
 def test_defaults_and_types(tmp_path):
     (a, b) = read(tmp_path, [{"id": "a", "prompt": "3"},
                              {"id": "b", "prompt": "4", "seed": 7, "steps": 5, "guidance": 1, "threshold": 0}])
-    assert a == Job("a", 1, "3", 0, 20, 3.0, 0.25, {})
-    assert b == Job("b", 2, "4", 7, 5, 1.0, 0.0, {})
+    assert a == Job("a", 1, "3", 0, 20, 3.0, 0.25, {}, {"name": "teacache", "params": {"threshold": 0.25}})
+    assert b == Job("b", 2, "4", 7, 5, 1.0, 0.0, {}, {"name": "teacache", "params": {"threshold": 0.0}})
 
 
 @pytest.mark.parametrize("line, words", [

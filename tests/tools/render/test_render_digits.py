@@ -119,3 +119,63 @@ def test_the_bundled_job_file_is_one_hundred_good_digit_jobs():
     jobs = list(reader.read(Path(__file__).resolve().parents[3] / "digits" / "jobs.jsonl"))
     assert len(jobs) == 100 and all(isinstance(j, Job) for j in jobs)
     assert len({j.threshold for j in jobs}) == 10 and {j.prompt for j in jobs} == set("0123456789")
+
+
+def test_policy_per_run_and_per_job_and_resume_follows_the_policy(tmp_path, render_cli, capsys):
+    schedule = {"name": "schedule", "params": {"steps": [0, 2, 5]}}
+    lines = [{"id": "s", "prompt": "1", "seed": 1, "steps": STEPS},  # the run's --policy
+             {"id": "t", "prompt": "2", "seed": 2, "steps": STEPS, "policy": "teacache", "threshold": 0.8},
+             {"id": "u", "prompt": "3", "seed": 3, "steps": STEPS, "policy": {"name": "schedule", "params": {"steps": [0, 5]}}}]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    out = tmp_path / "out"
+    options = ["--policy", "schedule", "--policy-param", "steps=[0,2,5]", "--json"]
+    assert render_cli(jobs, out, *options) == 0
+    by_id = latest(out)
+    assert by_id["s"]["computed_steps"] == [0, 2, 5] and by_id["s"]["policy"] == schedule
+    assert by_id["u"]["computed_steps"] == [0, 5] and by_id["s"]["threshold"] is None
+    assert by_id["t"]["policy"] == {"name": "teacache", "params": {"threshold": 0.8}} and by_id["t"]["skipped_steps"]
+    capsys.readouterr()
+    # a job whose policy changed is rendered again; the others are done
+    lines[2]["policy"]["params"]["steps"] = [0, 4]
+    jobs.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    assert render_cli(jobs, out, *options) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["already_done"] == 2 and summary["rendered"] == 1
+    assert latest(out)["u"]["computed_steps"] == [0, 4]
+
+
+def test_a_policy_that_never_skips_is_reported_once(tmp_path, render_cli, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 3, thresholds=(1e-9,))
+    assert render_cli(jobs, tmp_path / "out", "--batch-size", "1") == 0
+    notes = [l for l in capsys.readouterr().err.splitlines() if "never skipped" in l]
+    assert len(notes) == 1 and "teacache threshold 1e-09 never skipped" in notes[0] and "try threshold" in notes[0]
+
+
+def test_a_threshold_for_a_policy_without_one_is_a_bad_job(tmp_path, render_cli):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "prompt": "1", "threshold": 0.2, "policy": {"name": "schedule",
+                                                                                      "params": {"steps": [0]}}}) + "\n"
+                    + json.dumps({"id": "b", "prompt": "1", "policy": {"name": "teacache", "params": {"eps": -1}}}) + "\n")
+    assert render_cli(jobs, tmp_path / "out") == 1
+    by_id = latest(tmp_path / "out")
+    assert "threshold 0.2 was given, but the policy Schedule(steps=[0]) has none" in by_id["a"]["error"]
+    assert "policy: eps -1 must be a finite number >= 0" in by_id["b"]["error"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--policy", "nope"], "policy 'nope' is unknown"),
+    (["--policy", "teacache", "--policy-param", "threshold=-1"], "threshold -1 must be a number >= 0"),
+    (["--policy-param", "threshold=0.2"], "needs --policy NAME"),
+    (["--policy", "schedule", "--policy-param", "steps=[0]", "--threshold", "0.2"], "has no threshold"),
+])
+def test_bad_policy_options_exit_2_before_any_export(tmp_path, capsys, options, message):
+    from teacache_trt.tools.render import cli
+
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 1)
+    # an empty cache: the first-use export would start if the options were not checked first
+    assert cli.main([str(jobs), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+                     "--no-progress", *options]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("teacache-render: error: ") and message in err[-1], err
+    assert not (tmp_path / "cache").exists()
