@@ -5,7 +5,7 @@ import torch
 
 from .data import NUM_CLASSES
 
-CALIBRATION_FILE = "teacache_calibration.json"  # shipped next to the weights in model/
+from .constants import CALIBRATION_FILE  # noqa: F401,E402 - shipped next to the weights in model/
 
 
 def digits_driver(steps: int = 20, guidance_scale: float = 3.0, per_class: int = 2, model_dir=None):

@@ -13,14 +13,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-IMAGE_SIZE = 16  # pixels per side after upsampling
-PATCH_SIZE = 2  # FLUX packs 2x2 patches of the latent into one token
-NUM_CHANNELS = 1  # grey images play the role of a 1-channel latent
-TOKEN_CHANNELS = NUM_CHANNELS * PATCH_SIZE * PATCH_SIZE  # = 4 = transformer in_channels
-NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # = 64
-NUM_CLASSES = 10
-NULL_LABEL = 10  # the "no label" class used for classifier-free guidance
-NUM_TEXT_TOKENS = 4  # label tokens fed as encoder_hidden_states
+from .constants import (  # noqa: F401 - the sizes, defined where they import without torch
+    IMAGE_SIZE, NULL_LABEL, NUM_CHANNELS, NUM_CLASSES, NUM_IMAGE_TOKENS, NUM_TEXT_TOKENS, PATCH_SIZE, TOKEN_CHANNELS,
+)
 
 
 def upsample_to_16(images8: torch.Tensor) -> torch.Tensor:

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from ..errors import TeaCacheError
+from ..errors import TeaCacheError, shown
 from ..tools.drivers import ExportPlan
-from .calibration import digits_driver
-from .data import NUM_CLASSES, NUM_TEXT_TOKENS
-from .pipeline import DEFAULT_MODEL_DIR
+from .constants import CALIBRATION_FILE, DEFAULT_MODEL_DIR, DIGITS_AXES, NUM_CLASSES
 
-# The exported profile: CFG runs cond and uncond as separate calls of up to 100 digits each
-# (the quality harness renders 100 at once); a sub-batch of one prompt needs batch min 1.
-DIGITS_AXES = {"batch": (1, 100, 200), "img_seq": (64, 64, 64), "txt_seq": (NUM_TEXT_TOKENS,) * 3}
+# torch and the pipeline are imported where they are used: the tools load this driver (an
+# entry point) to find the one for a model, which must stay quick.
 PROMPTS = tuple(str(d) for d in range(NUM_CLASSES))
 
 
@@ -29,6 +24,8 @@ class DigitsDriver:
         return source in (DEFAULT_MODEL_DIR, DEFAULT_MODEL_DIR / "transformer")
 
     def calibration(self, steps: int):
+        from .calibration import digits_driver
+
         return digits_driver(steps)
 
     # --- rendering -----------------------------------------------------------------------
@@ -46,13 +43,18 @@ class DigitsDriver:
         return {}  # a digit, a seed, steps, guidance, threshold: nothing model-specific
 
     def export_plan(self, model_dir: Path, batch_size: int) -> ExportPlan:
+        """The digits profile, and the model's own calibration (``teacache_calibration.json``
+        beside the weights) as the artifact's TeaCache coefficients: a threshold means the
+        same in teacache-render as in teacache-eval's calibrated rows."""
         lo, opt, hi = DIGITS_AXES["batch"]
-        return ExportPlan(Path(model_dir) / "transformer", {**DIGITS_AXES, "batch": (lo, opt, max(hi, batch_size))})
+        coefficients, source = shipped_calibration(Path(model_dir))
+        return ExportPlan(Path(model_dir) / "transformer", {**DIGITS_AXES, "batch": (lo, opt, max(hi, batch_size))},
+                          coefficients=coefficients, coefficients_source=source)
 
     def check_job(self, model_dir: Path, job) -> None:
         if job.prompt not in PROMPTS:
             raise TeaCacheError(
-                f"prompt {job.prompt!r} is not a digit: the digits model draws \"0\" .. \"9\" "
+                f"prompt {shown(job.prompt)} is not a digit: the digits model draws \"0\" .. \"9\" "
                 f"(write the prompt as a one-character string)"
             )
 
@@ -70,12 +72,44 @@ class DigitsDriver:
 
     def render_batch(self, pipe, jobs) -> list:
         """One pipeline call; each job's noise comes from its own seed, so a job draws the
-        same noise whatever its batch neighbours."""
+        same noise whatever its batch neighbours.  A job whose final latents are not finite
+        (NaN or inf, e.g. from a guidance of 1e30) fails with that cause instead of drawing
+        a blank image."""
+        import torch
+
+        from ..tools.render.encode import Failed
+        from .data import unpack_tokens
+        from .pipeline import to_pil
+
         labels = [int(j.prompt) for j in jobs]
         latents = torch.cat([pipe.prepare_latents(1, torch.Generator().manual_seed(j.seed)) for j in jobs])
         first = jobs[0]  # a batch shares steps and guidance (batch_key)
-        return pipe(labels, num_inference_steps=first.steps, guidance_scale=first.guidance,
-                    latents=latents, output_type="pil").images
+        final = pipe(labels, num_inference_steps=first.steps, guidance_scale=first.guidance,
+                     latents=latents, output_type="latent").images
+        finite = torch.isfinite(final).flatten(1).all(1).tolist()
+        images = to_pil(unpack_tokens(torch.nan_to_num(final.float().cpu())).clamp(-1.0, 1.0))
+        return [image if ok else Failed(
+            f"the latents became NaN or infinite (guidance {job.guidance:g}, {job.steps} steps): the image would be "
+            f"blank; lower the guidance") for job, image, ok in zip(jobs, images, finite)]
+
+
+def shipped_calibration(model_dir: Path) -> tuple[list[float] | None, str]:
+    """The coefficients ``teacache-calibrate --driver digits --json`` wrote beside the model's
+    weights, with words for the manifest's source; (None, "") where the folder has none."""
+    import json
+
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None, ""
+    try:
+        data = json.loads(path.read_bytes())
+        coefficients = [float(c) for c in data["coefficients"]]
+        r2 = float(data.get("holdout", {}).get("r2", float("nan")))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise TeaCacheError(f"{path} is not a calibration JSON with 'coefficients' ({type(exc).__name__}): "
+                            f"write one with teacache-calibrate ART_DIR --driver digits --json {path}") from None
+    return coefficients, (f"teacache-calibrate --driver digits (shipped with the model as {CALIBRATION_FILE}, "
+                          f"held-out R² {r2:.3f})")
 
 
 DRIVER = DigitsDriver()

@@ -25,15 +25,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from ..errors import TeaCacheError
-from ..families import check_coefficients
 from ..files import atomic_write_bytes
-from .calibration import CALIBRATION_FILE
-from .data import NUM_CLASSES
+from .constants import CALIBRATION_FILE, NUM_CLASSES  # torch is imported where it is used: --help at once
 
 POLICIES = ("teacache-upstream", "teacache-calibrated", "uniform", "fewer-steps")
 # Sweeps chosen to land on 3+ distinct compute levels each within the main job's time budget.
@@ -71,6 +70,7 @@ def export_bundled(cache_dir: Path | None = None, log=print) -> Path:
 
 
 def load_calibrated(path: Path | None = None) -> list[float]:
+    from ..families import check_coefficients
     from .pipeline import DEFAULT_MODEL_DIR
 
     path = Path(path) if path else DEFAULT_MODEL_DIR / CALIBRATION_FILE
@@ -90,6 +90,8 @@ class Renderer:
     """One enabled pipeline; renders the evaluation digits under a given policy."""
 
     def __init__(self, art_dir: Path, steps: int, guidance: float, per_class: int, seed: int, backend: str):
+        import torch
+
         import teacache_trt
 
         from .pipeline import DigitsPipeline
@@ -189,6 +191,8 @@ def time_ratios(r: Renderer, full, timed, repeats: int, log=print) -> None:
     one digit per class.  A load that drifts over the run moves both sides of a pair alike."""
     import statistics
 
+    import torch
+
     labels = torch.arange(NUM_CLASSES).repeat_interleave(TIMING_PER_CLASS)
     r.render(full, labels=labels)  # warm-up: sessions and allocators at this batch size
     ratios = {id(row): [] for row, _, _ in timed}
@@ -272,8 +276,7 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
 
 def main(argv=None) -> int:
     from .. import options
-    from ..runtime.backends import BACKENDS
-    from .driver import DIGITS_AXES
+    from .constants import DIGITS_AXES
 
     max_per_class = DIGITS_AXES["batch"][2] // NUM_CLASSES  # cond rows of one call within the profile
     p = options.Parser(prog="teacache-eval", description=__doc__,
@@ -294,7 +297,7 @@ def main(argv=None) -> int:
     p.add_argument("--coefficients", help="calibration JSON (default: the one shipped with the model)")
     p.add_argument("--grid-threshold", type=options.number(0.0), default=GRID_THRESHOLD,
                    help="threshold (calibrated coefficients) of the TeaCache grid image")
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    p.add_argument("--backend", default="onnxruntime", choices=options.BACKEND_NAMES)
     p.add_argument("--repeats", type=options.integer(1, 1000), default=TIMING_REPEATS,
                    help="interleaved timing pairs per policy; the wall ratio is their median")
     from ..tools import policy_options

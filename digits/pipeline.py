@@ -37,7 +37,7 @@ from .data import (
     unpack_tokens,
 )
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
+from .constants import DEFAULT_MODEL_DIR  # noqa: E402 - the bundled weights
 
 
 @dataclass

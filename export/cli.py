@@ -6,20 +6,28 @@ import argparse
 import sys
 import time
 
-from ..dtypes import PRECISIONS
-from ..options import Parser, run
+from .. import quiet
+from ..options import PRECISION_NAMES, Parser, run
+
+
+MAX_SIZE = 2**31 - 1  # TensorRT and ONNX Runtime dimensions are 32-bit integers
 
 
 def parse_range(text: str) -> tuple[int, int, int]:
-    """``MIN:OPT:MAX`` or a single ``N`` (fixed size)."""
+    """``MIN:OPT:MAX`` or a single ``N`` (fixed size), each a size a graph dimension can hold."""
     try:
         values = [int(v) for v in text.split(":")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MIN:OPT:MAX (integers)") from None
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not MIN:OPT:MAX (integers)") from None
     if len(values) == 1:
         values *= 3
     if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MIN:OPT:MAX")
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not MIN:OPT:MAX")
+    too_big = [v for v in values if v > MAX_SIZE]
+    if too_big:
+        raise argparse.ArgumentTypeError(
+            f"{str(too_big[0])[:24]}{'...' if len(str(too_big[0])) > 24 else ''} is larger than any input size: "
+            f"graph dimensions are 32-bit (at most {MAX_SIZE}); give the largest size you will run")
     return tuple(values)
 
 
@@ -63,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TeaCache coefficients replacing the variant's (comma-separated, numpy.poly1d order: "
                         "highest degree first, any degree); the variant keeps its signal, forced steps and "
                         "accumulation; recorded in the manifest")
-    p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
+                   help="precision of the weights and floating-point graph inputs (default fp32)")
     p.add_argument("--batch", type=parse_range, help="batch size range MIN:OPT:MAX (CFG rows included)")
     p.add_argument("--axis", type=parse_axis, action="append", default=[],
                    help="profile range of a dynamic axis, NAME=MIN:OPT:MAX (repeatable); "
@@ -87,6 +96,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.check is None and (args.model_dir is None or (args.out is None and not args.list_axes)):
         parser.error("give MODEL_DIR and --out ART_DIR to export, or --check ART_DIR to verify an export")
+    quiet.install()
     return run("teacache-export", lambda: _main(args))
 
 

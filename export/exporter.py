@@ -148,6 +148,18 @@ def trace_point(fam: type[Family], axes: Mapping[str, list[int]],
     return point
 
 
+def _example_shapes(fam, config, point, dtype) -> dict[str, torch.Size]:
+    """The shapes of the model inputs at ``point``, built on the meta device: a profile's
+    maximum (a batch of 10^9) costs no memory.  A family whose example inputs need real values
+    builds them for real."""
+    try:
+        with torch.device("meta"):
+            feed = fam.example_inputs(config, point, dtype)
+    except Exception:  # noqa: BLE001 - values the meta device cannot give: the real thing
+        feed = fam.example_inputs(config, point, dtype)
+    return {n: t.shape for n, t in feed.items()}
+
+
 def verify_points(fam: type[Family], axes: Mapping[str, list[int]], traced: Mapping[str, int],
                   config: Mapping[str, Any] | None = None) -> list[dict[str, int]]:
     """The traced point, then the profile's minimum (the next size up where the minimum is
@@ -170,8 +182,7 @@ def profiles(graphs: Mapping[str, GraphSpec], fam, config, axes, dtype) -> None:
     shapes_at = []
     for k in range(3):
         point = {name: rng[k] for name, rng in axes.items()}
-        feed = fam.example_inputs(config, point, dtype)
-        shapes_at.append(propagate([graphs[g] for g in graph_names(graphs)], {n: t.shape for n, t in feed.items()}))
+        shapes_at.append(propagate([graphs[g] for g in graph_names(graphs)], _example_shapes(fam, config, point, dtype)))
     for graph in graphs.values():
         graph.profile = {
             spec.name: {key: list(s[spec.name]) for key, s in zip(("min", "opt", "max"), shapes_at)}

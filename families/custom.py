@@ -184,6 +184,8 @@ def _import_file(path: Path):
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None:  # not a Python source file (e.g. /etc/passwd): no loader for it
+        raise TeaCacheError(f"family module file {path} is not a Python file: give path/to/file.py:ClassName")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before exec: inspect.getfile and dataclasses look it up
     try:

@@ -35,7 +35,7 @@ from diffusers.configuration_utils import FrozenDict
 
 from .. import policies
 from ..dtypes import PRECISIONS, TORCH_DTYPES
-from ..errors import TeaCacheError
+from ..errors import TeaCacheError, shown
 from ..families import get_family
 from ..manifest import CONTEXT_GRAPH, MANIFEST_NAME, Manifest, graph_names
 from ..policies import SIGNAL_SUMS, Features, Policy, check_threshold
@@ -471,11 +471,10 @@ class CompiledTransformer(torch.nn.Module):
         converts inputs given with another dtype, device or layout, in place."""
         try:
             key = tuple((t.shape, t.dtype, t.device, t.is_contiguous()) for t in map(feed.__getitem__, self._input_specs))
-        except (KeyError, AttributeError):  # a missing input, or a number where a tensor goes
+        except (KeyError, AttributeError, TypeError, RuntimeError):  # a missing input, a number, a sparse tensor
             self._check_present(feed)
             for name in self._input_specs:
-                if not isinstance(feed[name], torch.Tensor):
-                    feed[name] = torch.as_tensor(feed[name])
+                feed[name] = self._as_tensor(name, feed[name])
             return self._plan(feed)
         plan = self._plans.get(key)
         if plan is None:
@@ -485,6 +484,23 @@ class CompiledTransformer(torch.nn.Module):
         for name, dtype in plan.convert:
             feed[name] = feed[name].to(device=self._device, dtype=dtype).contiguous()
         return plan
+
+    def _as_tensor(self, name: str, value) -> torch.Tensor:
+        """A model input as a dense tensor with values (a number or list becomes one); anything
+        else is refused by name, before it meets a graph."""
+        if not isinstance(value, torch.Tensor):
+            try:
+                value = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError):
+                raise TeaCacheError(f"input {name!r} is a {type(value).__name__} ({shown(value, 40)}), not a tensor: "
+                                    f"pass a torch.Tensor (or a number)") from None
+        if value.layout != torch.strided:
+            raise TeaCacheError(f"input {name!r} is a {value.layout} tensor: the graphs take dense tensors; pass "
+                                f"{name}.to_dense()")
+        if value.device.type == "meta":
+            raise TeaCacheError(f"input {name!r} is on the meta device, which holds no values: pass a tensor with "
+                                f"data (on {self._device})")
+        return value
 
     def _check_present(self, feed) -> None:
         for name in self._input_specs:
@@ -499,7 +515,7 @@ class CompiledTransformer(torch.nn.Module):
         env: dict[str, int] = {}
         convert = []
         for name, spec in self._input_specs.items():
-            t = feed[name]
+            t = self._as_tensor(name, feed[name])
             want = TORCH_DTYPES[spec.dtype]
             if t.dtype != want and not (t.dtype.is_floating_point and want.is_floating_point):
                 raise TeaCacheError(
@@ -548,6 +564,9 @@ class CompiledTransformer(torch.nn.Module):
         """Axis values, then every input dim, against the profile the graphs were built for."""
         for axis, (lo, opt, hi) in self.manifest.axes.items():
             value = env.get(axis)
+            if value is not None and value < 1:
+                raise TeaCacheError(f"{axis}={value}: the inputs are empty along {axis} (an input has size 0 there); "
+                                    f"give at least one (e.g. at least one prompt)")
             if value is not None and not lo <= value <= hi:
                 raise TeaCacheError(
                     f"{axis}={value} is outside the built profile [{lo}, {hi}] of {self.art_dir}: "

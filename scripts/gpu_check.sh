@@ -12,7 +12,14 @@ PY=${PYTHON:-python3}
 die() { echo "gpu_check: $*" >&2; exit 1; }
 
 # --- 0. a CUDA machine with PyTorch, or nothing -------------------------------------------
-"$PY" -c 'import torch' 2>/dev/null || die "$PY cannot import torch: install a CUDA build of PyTorch first"
+if ! "$PY" -c 'import torch' 2>/dev/null; then
+  # The usual cause: the project's virtual environment exists but is not active, so python3
+  # is the system's (without torch); say that rather than blaming torch.
+  if [ -x .venv/bin/python ] && ! "$PY" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; then
+    die "$PY is not this project's virtual environment, which is not active: run '. .venv/bin/activate' first (or PYTHON=.venv/bin/python $0)"
+  fi
+  die "$PY cannot import torch: install a CUDA build of PyTorch first"
+fi
 "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' || die "no CUDA device: torch \
 $("$PY" -c 'import torch; print(torch.__version__, "built for CUDA", torch.version.cuda)') sees none \
 (torch.cuda.is_available() is False); run this on a machine with an NVIDIA GPU and driver"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -93,16 +94,18 @@ def share(path: Path, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None, tag: str = "") -> None:
     """Write via a temporary file in the same folder and rename: never a half-written file.
 
     The file gets the umask's mode (or ``mode`` & ~umask); a full disk or a read-only folder is
-    a :class:`TeaCacheError` naming the path, and the previous file is kept.
+    a :class:`TeaCacheError` naming the path, and the previous file is kept.  The temporary
+    file is ``.<name>.<tag><random>.tmp``: a ``tag`` lets its writer tell its own leftovers
+    from other files of that name pattern (``temp_name``).
     """
     path = Path(path)
     with os_errors(f"writing {path}"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag}", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -115,6 +118,53 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def temp_name(name: str, tag: str) -> re.Pattern:
+    """The names ``atomic_write_bytes(folder / name, ..., tag=tag)`` gives its temporary files
+    (``mkstemp``'s random part: 8 letters, digits or '_')."""
+    return re.compile(rf"\.{re.escape(name)}\.{re.escape(tag)}[a-z0-9_]{{8}}\.tmp")
+
+
+STREAMS = ("/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/")
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a file the user named (``--json FILE``, a report): the node they gave is honoured.
+
+    A new name or a regular file is written atomically (``atomic_write_bytes``); a FIFO,
+    character device or socket (a pipe, ``/dev/stdout``, ``/dev/null``) is written through, so
+    the node stays what it was, as with a shell redirection; a symlink is followed and what it
+    names is treated the same way (the link stays); a folder is refused.  The standard streams
+    (``/dev/stdout``, ``/dev/fd/N``, ``/proc/...``) are always written through: stdout
+    redirected to a file must not have that file swapped for a new one under the shell's feet.
+    """
+    path = Path(path)
+    with os_errors(f"writing {path}"):
+        try:
+            mode = os.stat(path).st_mode  # follows symlinks: what a write would reach
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISDIR(mode):
+            raise TeaCacheError(f"{path} is a folder: give a file name")
+        special = mode is not None and not stat.S_ISREG(mode)
+        if special or str(path.absolute()).startswith(STREAMS):
+            if mode is None:
+                raise TeaCacheError(f"{path} does not exist: give a file name, or a stream that is open")
+            _write_through(path, data)
+            return
+        atomic_write_bytes(Path(os.path.realpath(path)) if path.is_symlink() else path, data)
+
+
+def _write_through(path: Path, data: bytes) -> None:
+    """Write into an existing node without replacing it (appending where it is a regular file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -134,6 +184,8 @@ _HINTS = {
     errno.EPERM: "choose a folder you can write to, or fix its permissions",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EISDIR: "the path is a folder: give a file name",
+    errno.ENAMETOOLONG: "a name in the path is too long (at most 255 bytes per name): choose a shorter one",
+    errno.ELOOP: "the path is a symlink (or a loop of them): give the file itself",
 }
 
 

@@ -7,6 +7,7 @@ traceback or argparse's usage dump.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -14,6 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import TeaCacheError
+from .files import STREAMS
+
+
+# Names the command lines offer, importable without torch (so ``--help`` answers at once);
+# tests check them against teacache_trt.runtime.backends.BACKENDS and teacache_trt.dtypes.PRECISIONS.
+BACKEND_NAMES = ("onnxruntime", "tensorrt", "tensorrt-rtx", "torch")
+PRECISION_NAMES = ("bf16", "fp16", "fp32")
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,6 +38,21 @@ def run(prog: str, body: Callable[[], int]) -> int:
     except TeaCacheError as exc:
         print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+
+
+def emit(text: str, what: str = "the output") -> None:
+    """``print(text)`` on stdout, flushed now: a full device or a closed pipe is a
+    :class:`TeaCacheError` (one line), and stdout is then pointed at /dev/null so that the
+    interpreter's own flush at exit cannot print a traceback after it."""
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        with contextlib.suppress(OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+        raise TeaCacheError(f"writing {what} to stdout failed: {exc.strerror or exc}: free some space, or send "
+                            f"stdout elsewhere") from None
 
 
 def integer(lo: int, hi: int | None = None, hint: str = "") -> Callable[[str], int]:
@@ -83,6 +106,8 @@ def thresholds(text: str) -> list[float]:
 
 def device(text: str) -> str:
     """``cpu``, ``cuda`` or ``cuda:N`` for a GPU this machine has."""
+    if text == "cpu":  # the default: answered without importing torch (argparse converts defaults too)
+        return text
     import torch
 
     try:
@@ -100,10 +125,11 @@ def device(text: str) -> str:
 
 
 def _writable_folder(folder: Path, what: str) -> None:
-    """The nearest existing ancestor of ``folder`` is a folder this process can write into."""
-    probe = folder
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
+    """The nearest existing ancestor of ``folder`` is a folder this process can write into, and
+    the names still to be made fit the file system (a 300-character name fails when it is
+    created: hours later, after the work it was meant to keep)."""
+    probe = _existing(folder)
+    _name_lengths(folder, probe, what)
     if not probe.is_dir():
         raise argparse.ArgumentTypeError(f"{what}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
@@ -111,12 +137,45 @@ def _writable_folder(folder: Path, what: str) -> None:
                                          f"file system): choose another path")
 
 
+def _existing(path: Path) -> Path:
+    """The nearest ancestor of ``path`` (itself included) that exists."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _name_lengths(path: Path, existing: Path, what: str) -> None:
+    """Every name of ``path`` within the limits of the file system ``existing`` is on."""
+    def limit(name: str, default: int) -> int:
+        try:
+            return os.pathconf(existing if existing.is_dir() else existing.parent, name)
+        except (OSError, ValueError):
+            return default
+
+    name_max, path_max = limit("PC_NAME_MAX", 255), limit("PC_PATH_MAX", 4096)
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise argparse.ArgumentTypeError(
+                f"{what[:60]}{'...' if len(what) > 60 else ''}: the name {part[:24]!r}... is {size} bytes long, "
+                f"over the file system's limit of {name_max} per name: choose a shorter one")
+    if len(os.fsencode(str(path.absolute()))) >= path_max:
+        raise argparse.ArgumentTypeError(f"{what[:60]}...: the path is longer than the file system's limit of "
+                                         f"{path_max} bytes: choose a shorter one")
+
+
 def output_file(text: str) -> Path:
-    """A file that can be (re)written: not a folder, in a folder that is writable."""
+    """A file that can be (re)written: not a folder, in a folder that is writable, with names
+    the file system takes.  An existing FIFO or device (``/dev/stdout``) is written through
+    (``files.write_output``)."""
     path = Path(text)
+    parent = path.parent if str(path.parent) else Path(".")
+    _name_lengths(path, _existing(parent), text)  # first: a name too long fails every other check
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder: give a file name")
-    _writable_folder(path.parent if str(path.parent) else Path("."), text)
+    if os.path.exists(path) and (not path.is_file() or str(path.absolute()).startswith(STREAMS)):
+        return path  # a stream or device: written through, nothing to create
+    _writable_folder(parent, text)
     return path
 
 

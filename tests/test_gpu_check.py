@@ -24,6 +24,22 @@ def test_gpu_check_fails_clearly_without_cuda(tmp_path):
     assert not out.exists()  # nothing installed or written before the check
 
 
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="no .venv in this checkout (scripts/setup.sh makes it)")
+def test_gpu_check_says_the_venv_is_not_active(tmp_path):
+    """Started with the system's python (no torch) while .venv exists: the cause is the
+    inactive environment, not a missing torch."""
+    system = tmp_path / "bin" / "python3"
+    system.parent.mkdir()
+    system.write_text("#!/bin/sh\n# a system python without torch\n"
+                      "case \"$2\" in *'import torch'*) exit 1;; *sys.prefix*) exit 1;; esac\nexit 0\n")
+    system.chmod(0o755)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "gc")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": str(system)}, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is not this project's virtual environment, which is not active: run '. .venv/bin/activate'" in proc.stderr
+    assert "cannot import torch" not in proc.stderr
+
+
 def test_report_reads_the_test_results_and_bench_output(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_report", ROOT / "scripts" / "gpu_report.py")
     report = importlib.util.module_from_spec(spec)

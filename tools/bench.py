@@ -18,7 +18,10 @@ graphs, so on a GPU the step walls are slightly pessimistic for both the baselin
 cached runs alike.
 
 On a CPU shared with other processes, use ``--repeat`` (ratios are paired per repeat) and
-compare ``effic.`` with ``step eff`` (the same ratio from median step walls).
+compare ``effic.`` with ``step eff`` (the same ratio from median step walls).  A wall ratio
+outside [0.5, 1.1] x the ideal ratio (skipping a step cannot save more than the step, nor cost
+half of it) is flagged unreliable, with the machine's load average: other processes took the
+CPU during one side of the comparison.
 
 Below the table, the end-to-end latency that per-graph latencies predict at each threshold,
 next to the measured one (:mod:`.latency`): per-graph latencies from trtexec (``--trtexec``,
@@ -28,7 +31,6 @@ and a PNG plot.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -37,29 +39,36 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-import torch
-
-from .. import options, policies
-from ..dtypes import PRECISIONS
+from .. import options, quiet, strict_json
 from ..errors import TeaCacheError
-from ..families import get_family
 from ..manifest import GRAPH_NAMES, load_manifest
-from ..runtime.api import load_transformer
 from . import latency, policy_options
-from .sampling import LATENT_INPUT, TIMESTEP_INPUT, check_sampling_inputs
 
 MAX_STEPS = 10_000  # loops and steps: far beyond any sampler, short of a typo's hour-long run
+RELIABLE = (0.5, 1.1)  # a wall ratio outside this many times the ideal ratio is noise, not the runtime
+
+
+def load_transformer(*args, **kwargs):
+    """``teacache_trt.load_transformer``, imported when the bench runs (it imports torch):
+    ``--help`` and option errors answer at once."""
+    from ..runtime.api import load_transformer as load
+
+    return load(*args, **kwargs)
 
 
 # --- timing -----------------------------------------------------------------------------
 class Clock:
     """Wall-clock timer that waits for queued device work at both ends."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device):
+        import torch
+
         self.cuda = torch.device(device).type == "cuda"
 
     def sync(self) -> None:
         if self.cuda:
+            import torch
+
             torch.cuda.synchronize()
 
     def now(self) -> float:
@@ -108,6 +117,7 @@ class RunResult:
     policy: dict = field(default_factory=dict)  # {"name", "params"}: policies.make rebuilds it
     setting: str = ""  # the threshold, or the policy in words
     never_skipped: str | None = None  # a policy that could skip computed every step: why
+    reliable: bool = True  # wall ratio within RELIABLE x the ideal ratio
 
 
 @dataclass
@@ -124,9 +134,19 @@ class BenchResult:
     threads: int
     baseline: RunResult
     runs: list[RunResult] = field(default_factory=list)
+    load_average: list[float] = field(default_factory=list)  # 1, 5, 15 minutes, when the timing ended
+    cpus: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def unreliable(self) -> list[RunResult]:
+        return [r for r in self.runs if not r.reliable]
+
+    def load_note(self) -> str:
+        load = ", ".join(f"{v:.1f}" for v in self.load_average) or "unknown"
+        return f"load average {load} (1, 5, 15 min) on {self.cpus} CPUs"
 
 
 # --- the bench --------------------------------------------------------------------------
@@ -172,9 +192,10 @@ def check_backend_runs(manifest, backend: str, device: str) -> None:
 def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps: int = 20,
               thresholds: Sequence[float] | None = None, axes: Mapping[str, int] | None = None,
               warmup: int = 1, repeat: int = 1, threads: int = 0, seed: int = 0,
-              model_dir=None, policy=None) -> BenchResult:
+              model_dir=None, policy=None, progress: bool = False) -> BenchResult:
     """Run the sampling loop uncached (TeaCache at threshold 0) and with ``policy`` (a policy,
-    a name or a spec; None: the manifest's default) at each threshold; see the module doc."""
+    a name or a spec; None: the manifest's default) at each threshold; see the module doc.
+    ``progress``: a bar per setting on stderr (steps run of its loops)."""
     if not 1 <= steps <= MAX_STEPS:
         raise TeaCacheError(f"--steps {steps}: the loop needs 1 to {MAX_STEPS} steps")
     if not (0 <= warmup <= MAX_STEPS and 1 <= repeat <= MAX_STEPS):
@@ -182,6 +203,12 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     cpus = os.cpu_count() or 1
     if not 0 <= threads <= cpus:
         raise TeaCacheError(f"--threads {threads}: need 0 (the backend's default) to {cpus} (this machine's CPUs)")
+    import torch
+
+    from ..dtypes import PRECISIONS
+    from ..families import get_family
+    from .sampling import check_sampling_inputs
+
     manifest = load_manifest(art_dir)
     runs_of = _policies_to_run(manifest, policy, thresholds)
     sizes = resolve_axes(manifest, axes)
@@ -202,16 +229,19 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     clock = Clock(transformer.device)
     timed = {g: TimedRunner(transformer.runners[g], clock) for g in GRAPH_NAMES}
     loop = _Loop(transformer, clock, timed, inputs, family.timestep_scale, steps)
+    levels = [uncached, *runs_of]
+    bars = _bars(levels, steps, warmup, repeat, progress)
     try:
         for _ in range(warmup):
-            loop.run(uncached)
-        levels = [uncached, *runs_of]
+            loop.run(uncached, bars[0])
         records: list[list[_Record]] = [[] for _ in levels]
         # Interleave the runs within each repeat so load drift on a shared machine hits all alike.
         for _ in range(repeat):
             for k, p in enumerate(levels):
-                records[k].append(loop.run(p))
+                records[k].append(loop.run(p, bars[k]))
     finally:
+        for bar in bars:
+            bar.close()
         for tr in timed.values():
             tr.unwrap()
     baseline = _summarise(uncached, steps, records[0], None, None)
@@ -220,12 +250,37 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     return BenchResult(
         art_dir=str(art_dir), family=manifest.family, backend=backend, device=str(transformer.device),
         precision=manifest.precision, steps=steps, axes=sizes, warmup=warmup, repeat=repeat,
-        threads=threads, baseline=baseline, runs=runs,
+        threads=threads, baseline=baseline, runs=runs, load_average=_load_average(), cpus=cpus,
     )
+
+
+def _load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # not every system reports one
+        return []
+
+
+def _bars(levels, steps: int, warmup: int, repeat: int, enabled: bool) -> list:
+    """One bar per setting (the baseline's counts its warm-up loops), steps as the unit."""
+    from tqdm import tqdm
+
+    names = ["baseline", *(_setting_name(p) for p in levels[1:])]
+    width = max(len(n) for n in names)
+    return [tqdm(total=(repeat + (warmup if k == 0 else 0)) * steps, desc=name.rjust(width), unit="step",
+                 position=k, leave=True, file=sys.stderr, disable=not enabled, dynamic_ncols=True, mininterval=0.5)
+            for k, name in enumerate(names)]
+
+
+def _setting_name(policy) -> str:
+    threshold = getattr(policy, "threshold", None)
+    return f"{policy.name} {threshold:g}" if threshold is not None else policy.describe()
 
 
 def _policies_to_run(manifest, policy, thresholds: Sequence[float] | None) -> list:
     """The policies to time: ``policy`` (default: the manifest's) at each threshold given."""
+    from .. import policies
+
     artifact = policies.artifact_policies(manifest)
     given = policies.make(artifact.name, **artifact.params) if policy is None else policies.from_spec(policy)
     if thresholds is None:
@@ -259,7 +314,7 @@ class _Record:
     graph_times: dict[str, list[float]]
     computed_steps: list[int]
     skipped_steps: list[int]
-    final: torch.Tensor
+    final: Any  # torch.Tensor
     never_skipped: str | None = None
 
 
@@ -275,7 +330,11 @@ class _Loop:
         self.timesteps = scale.timesteps(steps)
         self.dts = scale.step_sizes(steps)
 
-    def run(self, policy) -> _Record:
+    def run(self, policy, bar=None) -> _Record:
+        import torch
+
+        from .sampling import LATENT_INPUT, TIMESTEP_INPUT
+
         tr, clock = self.transformer, self.clock
         tr.policy = policy
         tr.reset(self.steps)
@@ -299,6 +358,8 @@ class _Loop:
                     f"{tuple(latents.shape)}: the bench's Euler sampler needs them equal"
                 )
             latents = latents + self.dts[i] * out.to(latents.dtype)
+            if bar is not None:
+                bar.update(1)
         wall = clock.now() - start
         stats = tr.stats
         return _Record(
@@ -314,7 +375,7 @@ def _median_ms(values: list[float]) -> float | None:
 
 
 def _summarise(policy, steps: int, records: list[_Record], baseline: RunResult | None,
-               baseline_final: torch.Tensor | None) -> RunResult:
+               baseline_final=None) -> RunResult:
     first = records[0]
     threshold = getattr(policy, "threshold", None)
     setting = f"{threshold:g}" if threshold is not None else policy.describe()
@@ -343,6 +404,7 @@ def _summarise(policy, steps: int, records: list[_Record], baseline: RunResult |
         # load burst on a shared machine then moves one pair, not every ratio.
         res.wall_ratio = statistics.median(b / w for b, w in zip(baseline.walls_s, walls))
         res.efficiency = res.wall_ratio / res.ideal_ratio
+        res.reliable = RELIABLE[0] <= res.efficiency <= RELIABLE[1]
         # The same ratio predicted from median step walls: steadier under bursty load, and
         # where it differs from efficiency, the difference is load, not the runtime.
         c = res.computed_step_ms or 0.0
@@ -368,9 +430,9 @@ def format_table(result: BenchResult) -> str:
     lines = [
         f"teacache-bench {r.art_dir}: {r.family} {r.precision}, backend {r.backend} on {r.device}, "
         f"{r.steps} steps, {axes}, warmup {r.warmup}, repeat {r.repeat}"
-        + (f", threads {r.threads}" if r.threads else ""),
+        + (f", threads {r.threads}" if r.threads else "") + f"; {r.load_note()}",
         "",
-        f"{'threshold':>9} {'computed':>8} {'skipped':>7} {'wall s':>8} {'wall x':>6} {'ideal x':>7} "
+        f"{'threshold':>9} {'computed':>8} {'skipped':>7} {'wall s':>8} {'wall x':>7} {'ideal x':>7} "
         f"{'effic.':>6} {'step eff':>8} {'embed ms':>8} {'blocks ms':>9} {'head ms':>7} {'step ms':>7} "
         f"{'skip ms':>7} {'skip cost':>9} {'max |diff|':>10}",
     ]
@@ -378,7 +440,8 @@ def format_table(result: BenchResult) -> str:
         g = run.graph_median_ms
         lines.append(
             f"{run.setting:>9} {len(run.computed_steps):>8d} {run.skipped:>7d} {run.wall_s:>8.3f} "
-            f"{run.wall_ratio:>6.2f} {run.ideal_ratio:>7.2f} {run.efficiency:>6.2f} {run.step_efficiency:>8.2f} "
+            f"{run.wall_ratio:>6.2f}{' ' if run.reliable else '!'} {run.ideal_ratio:>7.2f} {run.efficiency:>6.2f} "
+            f"{run.step_efficiency:>8.2f} "
             f"{_fmt(g['embed']):>8} {_fmt(g['blocks']):>9} {_fmt(g['head']):>7} "
             f"{_fmt(run.computed_step_ms):>7} {_fmt(run.skipped_step_ms):>7} "
             f"{_fmt(None if run.skip_cost is None else 100 * run.skip_cost, '.1f') + ('%' if run.skip_cost is not None else ''):>9} "
@@ -388,6 +451,11 @@ def format_table(result: BenchResult) -> str:
     for run in r.runs:
         what = f"threshold {run.setting}" if run.threshold is not None else run.setting
         lines.append(f"{what}: computed steps {run.computed_steps}")
+    if r.unreliable:
+        lines.append(
+            f"! unreliable: wall x is outside [{RELIABLE[0]:g}, {RELIABLE[1]:g}] x ideal x for "
+            f"{', '.join(run.setting for run in r.unreliable)} ({r.load_note()}): other work took the CPU during "
+            f"the timing; re-run with --repeat 3 or more on a quieter machine, and read step eff")
     lines.append(
         "wall x = median over repeats of baseline wall / cached wall; ideal x = steps / computed steps; "
         "effic. = wall x / ideal x; step eff = the same predicted from median step walls; "
@@ -408,16 +476,14 @@ def _parse_axis(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..runtime.backends import BACKENDS
-
     p = options.Parser(
         prog="teacache-bench",
         description="Time an N-step sampling loop over exported graphs with and without TeaCache "
                     "(threshold 0 = baseline), in one process, on the same inputs.",
     )
     p.add_argument("art_dir", help="artifact folder written by teacache-export")
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
-    p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N")
+    p.add_argument("--backend", default="onnxruntime", choices=options.BACKEND_NAMES, help="default: onnxruntime")
+    p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
     p.add_argument("--steps", type=options.integer(1, MAX_STEPS), default=20, help="sampling steps (default 20)")
     p.add_argument("--thresholds", type=options.thresholds,
@@ -431,9 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=options.integer(1, MAX_STEPS), default=1,
                    help="timed loops per threshold; walls are medians (default 1)")
     p.add_argument("--threads", type=options.threads, default=0,
-                   help="intra-op threads of ONNX Runtime (torch backend: torch threads); 0 = default")
-    p.add_argument("--seed", type=options.integer(0, 2**63 - 1), default=0, help="seed of the random inputs")
-    p.add_argument("--json", action="store_true", help="print a JSON dict instead of the table")
+                   help="intra-op threads of ONNX Runtime (torch backend: torch threads); 0 = default (default 0)")
+    p.add_argument("--seed", type=options.integer(0, 2**63 - 1), default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON dict instead of the table (strict JSON: a non-finite value is null, with a note)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--trtexec", action="store_true",
                         help="per-graph latencies from running each graph's <graph>.trtexec.sh (trtexec on PATH; "
@@ -448,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet.install()
 
     def body() -> int:
         manifest = load_manifest(args.art_dir)
@@ -466,10 +535,14 @@ def main(argv=None) -> int:
         result = run_bench(args.art_dir, backend=args.backend, device=args.device, steps=args.steps,
                            thresholds=args.thresholds, axes=dict(args.axis), warmup=args.warmup,
                            repeat=args.repeat, threads=args.threads, seed=args.seed, model_dir=args.model_dir,
-                           policy=policy)
+                           policy=policy, progress=not args.no_progress)
         for run in result.runs:
             if run.never_skipped:
                 print(f"teacache-bench: {run.never_skipped}", file=sys.stderr)
+        if result.unreliable:
+            print(f"teacache-bench: wall ratios of {', '.join(r.setting for r in result.unreliable)} are outside "
+                  f"[{RELIABLE[0]:g}, {RELIABLE[1]:g}] x the ideal ratio, so unreliable ({result.load_note()})",
+                  file=sys.stderr)
         opt = {name: opt for name, (lo, opt, hi) in manifest.axes.items()}
         report = latency.predict(result, graph_latency or latency.bench_latencies(result), opt)
         table = format_table(result)
@@ -477,9 +550,9 @@ def main(argv=None) -> int:
             for path in latency.write_report(args.report, report, table):
                 print(f"wrote {path}", file=sys.stderr)
         if args.json:
-            print(json.dumps({**result.to_dict(), "latency": report}, indent=2))
+            options.emit(strict_json.dumps({**result.to_dict(), "latency": report}, indent=2), "the JSON")
         else:
-            print(f"{table}\n\n{latency.format_markdown(report)}")
+            options.emit(f"{table}\n\n{latency.format_markdown(report)}", "the table")
         return 0
 
     return options.run("teacache-bench", body)

@@ -19,23 +19,28 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 import numpy as np
-import torch
 
 from .. import artifact, options
-from ..dtypes import PRECISIONS
 from ..errors import TeaCacheError
-from ..families import ForcedSteps, check_coefficients, get_family
-from ..files import atomic_write_bytes
+from ..files import write_output
 from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
-from ..policies import TeaCache, artifact_policies
-from ..runtime.api import load_transformer
-from ..runtime.criterion import is_forced, poly
-from . import calibrate_magcache
 from .drivers import Generate, driver_for
-from .sampling import check_sampling_inputs, sample
+
+# torch, the families, the policies and the runtime are imported where they are used: --help
+# and option errors answer without them.
+
+
+def load_transformer(*args, **kwargs):
+    """``teacache_trt.load_transformer`` (imported when a calibration runs)."""
+    from ..runtime.api import load_transformer as load
+
+    return load(*args, **kwargs)
 
 TARGETS = ("output", "residual")
 MAX_ORDER = 10  # beyond this polyfit is ill-conditioned; the paper saturates at 4
@@ -72,6 +77,8 @@ class PairRecorder:
         self.seed, self._prev = seed, {}
 
     def __call__(self, context: str, step: int, computed: bool, pool) -> None:
+        import torch
+
         if self.target == "output":
             y_now = pool["output"].float()
         else:
@@ -175,6 +182,9 @@ def never_skips_note(pairs: Pairs, policy, steps: int) -> str | None:
     """One line when ``policy`` (TeaCache, bound: the new coefficients, the artifact's default
     threshold and rule) would compute every step of every calibration generation, replayed
     from the recorded signal changes; None when it would skip somewhere."""
+    from ..families import ForcedSteps
+    from ..runtime.criterion import is_forced, poly
+
     f, coefficients = policy.forced or ForcedSteps(), policy.coefficients  # unset knobs: the rule's defaults
     runs: dict[tuple, dict[int, float]] = {}
     for x, seed, context, step in zip(pairs.x, pairs.seed, pairs.context, pairs.step):
@@ -207,6 +217,9 @@ def write_to_manifest(art_dir, calibration: Calibration) -> None:
 
 
 def _write_to_manifest(art_dir, calibration: Calibration) -> None:
+    from ..families import check_coefficients
+    from ..policies import artifact_policies
+
     manifest = load_manifest(art_dir)
     teacache = manifest.policy_data.setdefault("teacache", {})
     if "coefficients" in teacache:
@@ -239,7 +252,7 @@ def _restore_previous(art_dir) -> list[float]:
 
 
 def write_json(path, calibration: Calibration) -> None:
-    atomic_write_bytes(Path(path), json.dumps(asdict(calibration), indent=2).encode())
+    write_output(Path(path), json.dumps(asdict(calibration), indent=2).encode())
 
 
 # --- where the calibration generations come from ---------------------------------------------
@@ -248,6 +261,10 @@ def synthetic_driver(manifest, steps: int, sizes: dict[str, int] | None = None) 
 
     Real prompts give better coefficients; use a pipeline driver where one exists.
     """
+    from ..dtypes import PRECISIONS
+    from ..families import get_family
+    from .sampling import check_sampling_inputs, sample
+
     family = get_family(manifest.family)
     sizes = sizes or {name: rng[1] for name, rng in manifest.axes.items()}
     check_sampling_inputs(manifest)
@@ -297,6 +314,8 @@ def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8
     held_out = list(range(seeds, seeds + holdout))
     pairs = collect(transformer, generate, fit_seeds + held_out, target, log)
     result = calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
+    from ..policies import TeaCache, artifact_policies
+
     art = artifact_policies(transformer.manifest)
     if art.name == "teacache":  # the threshold renders use by default
         note = never_skips_note(pairs, TeaCache(coefficients=result.coefficients).bind(art), steps)
@@ -319,8 +338,6 @@ def format_report(c: Calibration) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..runtime.backends import BACKENDS
-
     p = options.Parser(prog="teacache-calibrate",
                        description="Calibrate a caching policy for an exported model: TeaCache's coefficients "
                                    "(default) or MagCache's magnitude ratios (--policy magcache).")
@@ -341,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where generations come from: 'synthetic' (random inputs, Euler steps) or an "
                         "installed driver such as 'digits' (default: the installed driver that applies "
                         "to this artifact, else synthetic)")
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS)
+    p.add_argument("--backend", default="onnxruntime", choices=options.BACKEND_NAMES)
     p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N")
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
     where = p.add_mutually_exclusive_group()
@@ -357,6 +374,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
+        from . import calibrate_magcache
+
         magcache = args.policy == "magcache"
         if magcache and (args.order is not None or args.target is not None):
             raise TeaCacheError("--order and --target shape TeaCache's polynomial; --policy magcache records "

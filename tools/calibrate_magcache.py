@@ -26,7 +26,7 @@ import torch
 
 from .. import artifact
 from ..errors import TeaCacheError
-from ..files import atomic_write_bytes
+from ..files import write_output
 from ..manifest import load_manifest, save_manifest
 from ..policies import MagCache, artifact_policies
 from ..policies.magcache import DEFAULTS
@@ -215,4 +215,4 @@ def restore_previous(art_dir) -> str:
 
 
 def write_json(path, c: MagCacheCalibration) -> None:
-    atomic_write_bytes(Path(path), json.dumps(asdict(c), indent=2, allow_nan=False).encode())
+    write_output(Path(path), json.dumps(asdict(c), indent=2, allow_nan=False).encode())

@@ -8,7 +8,10 @@ keyword arguments of the pipeline, one prompt each (leading dimension 1): ``prom
 for FLUX, ``pooled_prompt_embeds`` (plus ``negative_*`` ones for true CFG).  That is how jobs
 encoded elsewhere are rendered, and how this project renders without downloading tokenizers.
 The job fields ``height``, ``width``, ``frames`` (``num_frames``) and ``negative_prompt`` exist
-where the pipeline takes them.
+where the pipeline takes them; video pipelines take ``fps`` too (the MP4's frame rate; where the
+pipeline itself takes a ``frame_rate``, as LTX-Video does, it is passed on), by default the
+pipeline's (:func:`default_fps`).  A job whose latents become NaN or infinite during sampling
+fails with that cause (watched through the pipeline's ``callback_on_step_end``).
 """
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import TeaCacheError
+from ..errors import TeaCacheError, shown
 from .drivers import ExportPlan
-from .render.encode import Video
+from .render.encode import Failed, Video, check_fps
 
 MODEL_INDEX = "model_index.json"
 EMBEDS_FIELD = "prompt_embeds"
@@ -29,7 +32,12 @@ EMBEDS_FIELD = "prompt_embeds"
 OPTIONAL_FIELDS = {"height": ("height", int), "width": ("width", int), "frames": ("num_frames", int),
                    "negative_prompt": ("negative_prompt", str)}
 DEFAULT_BATCH = (1, 8, 16)  # rows per call: min 1 for one prompt's sub-batch, opt the default --batch-size
-VIDEO_FPS = 8.0  # frames per second written to MP4 (CogVideoX's rate)
+# Frames per second of each video pipeline's model (what its model card exports at), by the
+# class name's start; a pipeline with a frame_rate argument says its own.  Others: VIDEO_FPS.
+PIPELINE_FPS = {"CogVideoX": 8.0, "ConsisID": 8.0, "HunyuanVideo": 15.0, "Wan": 16.0, "LTX": 24.0,
+                "Mochi": 30.0, "Latte": 8.0, "Allegro": 15.0}
+VIDEO_FPS = 8.0
+FRAME_RATE_KEYWORDS = ("frame_rate", "fps")  # a pipeline argument that conditions on the frame rate
 
 
 def _dtype_keyword() -> str:
@@ -94,19 +102,26 @@ class DiffusersDriver:
         return _call_parameters(pipeline_class_name(model_dir))
 
     def defaults(self, model_dir: Path) -> dict:
-        """The pipeline's own defaults for steps and guidance."""
+        """The pipeline's own defaults for steps and guidance (and a video's frame rate)."""
         params, out = self._params(model_dir), {}
         for field, keyword in (("steps", "num_inference_steps"), ("guidance", "guidance_scale")):
             value = params[keyword].default if keyword in params else None
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 out[field] = value
+        if self.is_video(model_dir):
+            out["fps"] = default_fps(pipeline_class_name(model_dir), params)
         return out
+
+    def is_video(self, model_dir: Path) -> bool:
+        return "num_frames" in self._params(model_dir)
 
     def job_fields(self, model_dir: Path) -> dict[str, type]:
         params = self._params(model_dir)
         fields = {f: kind for f, (keyword, kind) in OPTIONAL_FIELDS.items() if keyword in params}
         if EMBEDS_FIELD in params:
             fields[EMBEDS_FIELD] = Path
+        if self.is_video(model_dir):
+            fields["fps"] = float
         return fields
 
     def export_plan(self, model_dir: Path, batch_size: int) -> ExportPlan:
@@ -118,12 +133,14 @@ class DiffusersDriver:
 
     def check_job(self, model_dir: Path, job) -> None:
         params = self._params(model_dir)
+        if "fps" in job.extra:
+            check_fps(job.extra["fps"])
         embeds = job.extra.get(EMBEDS_FIELD)
         if embeds is None:
             if not has_component(model_dir, "text_encoder"):
                 raise TeaCacheError(
                     f"no prompt_embeds, and the pipeline at {model_dir} has no text encoder to encode "
-                    f"prompt {job.prompt!r}: give prompt_embeds (a safetensors file of the pipeline's "
+                    f"prompt {shown(job.prompt)}: give prompt_embeds (a safetensors file of the pipeline's "
                     f"*_embeds keywords, e.g. prompt_embeds and pooled_prompt_embeds for FLUX)"
                 )
             return
@@ -143,7 +160,7 @@ class DiffusersDriver:
         same embedding names and shapes (they are concatenated)."""
         embeds = job.extra.get(EMBEDS_FIELD)
         text = tuple(embeds_header(embeds).items()) if embeds is not None else ("negative", "negative_prompt" in job.extra)
-        sizes = tuple(job.extra.get(f) for f in ("height", "width", "frames"))
+        sizes = tuple(job.extra.get(f) for f in ("height", "width", "frames", "fps"))
         return (job.steps, job.guidance, sizes, text)
 
     def load(self, model_dir: Path, art_dir: Path, *, backend: str, device: str, decisions: str):
@@ -175,16 +192,25 @@ class DiffusersDriver:
         for field, (keyword, _) in OPTIONAL_FIELDS.items():
             if field in first.extra and field != "negative_prompt":
                 kwargs[keyword] = first.extra[field]
+        fps = first.extra.get("fps", VIDEO_FPS)  # a batch shares its frame rate (batch_key)
+        rate = next((k for k in FRAME_RATE_KEYWORDS if k in params), None)
+        if rate is not None and "fps" in first.extra:
+            kwargs[rate] = type(params[rate].default)(fps) if isinstance(params[rate].default, (int, float)) else fps
         if EMBEDS_FIELD in first.extra:
             kwargs.update(self._embeds(jobs, pipe))
         else:
             kwargs["prompt"] = [j.prompt for j in jobs]
             if "negative_prompt" in first.extra:
                 kwargs["negative_prompt"] = [j.extra["negative_prompt"] for j in jobs]
+        watch = FiniteWatch(len(jobs))
+        if "callback_on_step_end" in params:
+            kwargs.update(callback_on_step_end=watch, callback_on_step_end_tensor_inputs=["latents"])
         out = pipe(**kwargs)
         if hasattr(out, "frames"):
-            return [Video(list(frames), VIDEO_FPS) for frames in out.frames]
-        return list(out.images)
+            outputs = [Video(list(frames), fps) for frames in out.frames]
+        else:
+            outputs = list(out.images)
+        return [Failed(watch.error(i, job)) if watch.failed(i) else o for i, (job, o) in enumerate(zip(jobs, outputs))]
 
     @staticmethod
     def _embeds(jobs, pipe) -> dict[str, torch.Tensor]:
@@ -197,6 +223,43 @@ class DiffusersDriver:
             t = torch.cat([f[key] for f in files]).to(pipe.device)
             out[key] = t.to(pipe.transformer.dtype) if t.dtype.is_floating_point else t
         return out
+
+
+def default_fps(class_name: str, params: dict[str, inspect.Parameter]) -> float:
+    """The frame rate a video pipeline's model is made for: its own ``frame_rate`` argument's
+    default where it has one, else the table above, else ``VIDEO_FPS``."""
+    for keyword in FRAME_RATE_KEYWORDS:
+        value = params[keyword].default if keyword in params else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    return next((fps for prefix, fps in PIPELINE_FPS.items() if class_name.startswith(prefix)), VIDEO_FPS)
+
+
+class FiniteWatch:
+    """A ``callback_on_step_end``: notes, per job, the first step whose latents hold NaN or inf
+    (kept on the device; read once after the call)."""
+
+    def __init__(self, jobs: int):
+        self.jobs = jobs
+        self.first_bad: torch.Tensor | None = None  # step index per job, -1 while finite
+
+    def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        latents = callback_kwargs.get("latents")
+        if isinstance(latents, torch.Tensor) and latents.ndim and latents.shape[0] == self.jobs:  # a row per job
+            bad = ~torch.isfinite(latents.reshape(self.jobs, -1)).all(1)
+            if self.first_bad is None:
+                self.first_bad = torch.full((self.jobs,), -1, dtype=torch.long, device=latents.device)
+            self.first_bad = torch.where((self.first_bad < 0) & bad, step, self.first_bad)
+        return {}
+
+    def failed(self, i: int) -> bool:
+        if self.first_bad is not None and not isinstance(self.first_bad, list):
+            self.first_bad = self.first_bad.tolist()
+        return self.first_bad is not None and self.first_bad[i] >= 0
+
+    def error(self, i: int, job) -> str:
+        return (f"the latents became NaN or infinite at step {self.first_bad[i]} of {job.steps} (guidance "
+                f"{job.guidance:g}): the output would be blank; lower the guidance")
 
 
 DRIVER = DiffusersDriver()

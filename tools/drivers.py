@@ -41,6 +41,10 @@ class ExportPlan:
 
     transformer_dir: Path  # the diffusers transformer folder (config.json + weights)
     axes: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)  # overrides of the family's defaults
+    # TeaCache coefficients the model ships with (a calibration), the artifact's instead of the
+    # variant's, and where they come from (the manifest's source; "teacache-calibrate ..." for a fit)
+    coefficients: Sequence[float] | None = None
+    coefficients_source: str = ""
 
 
 class RenderDriver(Protocol):

@@ -18,7 +18,6 @@ from, in order of preference:
 from __future__ import annotations
 
 import io
-import json
 import re
 import shutil
 import subprocess
@@ -26,7 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import strict_json
 from ..errors import TeaCacheError
+from ..files import write_output
 from ..manifest import GRAPH_NAMES, atomic_write_bytes, load_manifest
 
 LOG_SUFFIX = ".trtexec.log"
@@ -207,13 +208,14 @@ def plot_png(report: dict[str, Any]) -> bytes:
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any], bench_table: str) -> list[Path]:
-    """latency.md (the bench table + the latency table), latency.json, latency.png; atomically."""
+    """latency.md (the bench table + the latency table), latency.json (strict JSON), latency.png;
+    each atomically, or written through where the name is a FIFO or device (``write_output``)."""
     out_dir = Path(out_dir)
     files = {
         "latency.md": f"```\n{bench_table}\n```\n\n{format_markdown(report)}\n".encode(),
-        "latency.json": json.dumps(report, indent=2).encode(),
+        "latency.json": strict_json.dumps(report, indent=2).encode(),
         "latency.png": plot_png(report),
     }
     for name, data in files.items():
-        atomic_write_bytes(out_dir / name, data)
+        write_output(out_dir / name, data)
     return [out_dir / name for name in files]

@@ -3,13 +3,19 @@
 A value is read as JSON where it parses (``0.2``, ``true``, ``[0, 5, 10]``,
 ``{"first": 1, "last": false}``), else as a string.  The policy's constructor checks the
 parameters before any heavy work; a bad one is one line and exit code 2.
+
+Building the options imports no policy (the policies import torch): ``--help`` lists the
+names read from the policy modules' sources, and the registry is imported when the options
+are used.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
+from pathlib import Path
 
-from .. import policies
 from ..errors import TeaCacheError
 
 
@@ -19,12 +25,30 @@ def policy_param(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. threshold=0.2 or steps=[0,5,10,15,19]")
     try:
         return key, json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return key, value
 
 
+def policy_names() -> list[str]:
+    """The ``name`` of every ``@register``ed class in the policy folder, read from the sources."""
+    spec = importlib.util.find_spec("teacache_trt.policies")
+    names = []
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(Path(folder).glob("*.py")):
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (OSError, SyntaxError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "register" for d in node.decorator_list):
+                    names += [s.value.value for s in node.body if isinstance(s, ast.Assign)
+                              and any(getattr(t, "id", None) == "name" for t in s.targets)
+                              and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str)]
+    return sorted(set(names))
+
+
 def add_arguments(parser: argparse.ArgumentParser, what: str = "") -> None:
-    names = ", ".join(sorted(policies.registered()))
+    names = ", ".join(policy_names())
     parser.add_argument("--policy", metavar="NAME",
                         help=f"caching policy{what}: {names} (default: the artifact's, TeaCache at its default "
                              f"threshold); parameters with --policy-param")
@@ -33,8 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser, what: str = "") -> None:
                              "threshold=0.2, coefficients=[1.5,0.1], steps=[0,5,10,15,19]")
 
 
-def from_args(args) -> policies.Policy | None:
+def from_args(args):
     """The policy the options name (checked), or None when ``--policy`` is absent."""
+    from .. import policies
+
     params = dict(args.policy_param)
     if args.policy is None:
         if params:

@@ -61,6 +61,8 @@ OPTION_CASES = [
     ("calibrate", ["--backend", "x"], r"--backend: invalid choice: 'x'"),
     ("calibrate", ["--json", "{file}/calib.json"], r"is a file, not a folder"),
     ("calibrate", ["--json", "{dir}"], r"is a folder: give a file name"),
+    ("calibrate", ["--json", "{dir}/" + "c" * 300 + ".json"], r"is 305 bytes long, over the file system's limit of 255"),
+    ("calibrate", ["--json", "{dir}/" + "d" * 300 + "/calib.json"], r"is 300 bytes long"),
     ("eval", ["--guidance", "nan"], r"--guidance: 'nan' must be a finite number >= 0"),
     ("eval", ["--guidance", "inf"], r"--guidance: 'inf' must be a finite number"),
     ("eval", ["--steps", "0"], r"--steps: 0 is out of range"),
@@ -69,9 +71,13 @@ OPTION_CASES = [
     ("eval", ["--upstream", "0.2,nan"], r"--upstream: threshold 'nan' must be a finite number"),
     ("eval", ["--grid-threshold", "-0.1"], r"--grid-threshold: '-0.1' must be a finite number >= 0"),
     ("eval", ["--out", "{file}"], r"is a file, not a folder"),
+    ("eval", ["--out", "{dir}/" + "e" * 300], r"is 300 bytes long, over the file system's limit of 255"),
     ("eval", ["--backend", "tf"], r"--backend: invalid choice"),
     ("export", ["{model}", "--out", "{art}", "--precision", "fp64"], r"--precision: invalid choice: 'fp64'"),
     ("export", [], r"give MODEL_DIR and --out ART_DIR to export, or --check ART_DIR"),
+    ("export", ["{model}", "--out", "{art}", "--axis", "img_seq=4:16:100000000000000000000"],
+     r"--axis: 100000000000000000000 is larger than any input size: graph dimensions are 32-bit"),
+    ("export", ["{model}", "--out", "{art}", "--batch", "1:2:100000000000000000000"], r"--batch: .* is larger than any"),
     ("export", ["{model}"], r"give MODEL_DIR and --out ART_DIR"),
 ]
 MAINS = {"bench": bench.main, "calibrate": calibrate.main, "eval": harness.main, "export": cli.main}
@@ -166,6 +172,29 @@ def test_bad_model_folder_fails_before_export(flux, tmp_path, capsys, monkeypatc
     assert cli.main([str(model), "--out", str(tmp_path / "art"), "--build", "none"]) == 2
     assert re.search(message, one_line(capsys, "teacache-export"))
     assert not (tmp_path / "art" / "manifest.json").exists()
+
+
+def test_family_module_that_is_not_python_is_named_not_the_config(flux, tmp_path, capsys, nothing_heavy):
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    assert cli.main([str(flux.model_dir), "--out", str(tmp_path / "art"), "--family-module",
+                     f"{tmp_path / 'passwd'}:X"]) == 2
+    err = one_line(capsys, "teacache-export")
+    assert "passwd is not a Python file: give path/to/file.py:ClassName" in err and "config.json" not in err
+    assert not (tmp_path / "art").exists()
+
+
+def test_a_huge_profile_maximum_allocates_nothing(flux):
+    """The profile's min/opt/max shapes come from meta tensors: a batch axis up to 10^9 (the
+    example inputs at that size would take terabytes) is recorded, not allocated."""
+    import copy
+
+    import torch
+
+    graphs = copy.deepcopy(flux.manifest.graphs)
+    axes = {**{k: list(v) for k, v in flux.manifest.axes.items()}, "batch": [1, 2, 10**9]}
+    exporter.profiles(graphs, flux.family, flux.manifest.config, axes, torch.float32)
+    assert graphs["blocks"].profile["hidden"]["max"][0] == 10**9
+    assert graphs["blocks"].profile["hidden"]["min"][0] == 1
 
 
 def test_family_that_contradicts_the_config(flux, tmp_path, capsys, nothing_heavy):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import pytest
@@ -140,8 +141,9 @@ def test_cli_policy_and_never_skipped(exported, capsys, tmp_path):
     assert [r["setting"] for r in data["latency"]["rows"]] == ["0", "schedule of 2 steps"]
     assert (tmp_path / "latency.png").is_file()
     # a threshold that never skips: one line with the cause and a fix
-    assert bench.main([str(ex.art_dir), "--steps", "4", "--warmup", "0", "--thresholds", "1e-9"]) == 0
-    err = capsys.readouterr().err.strip().splitlines()
+    assert bench.main([str(ex.art_dir), "--steps", "4", "--warmup", "0", "--thresholds", "1e-9",
+                       "--no-progress"]) == 0
+    err = [l for l in capsys.readouterr().err.strip().splitlines() if "unreliable" not in l]  # load: not this test's
     assert err == [line for line in err if line.startswith("teacache-bench: teacache threshold 1e-09 never skipped")]
     assert len(err) == 1 and "try threshold" in err[0]
 
@@ -164,3 +166,69 @@ def test_cli_policy_errors_before_any_graph_runs(exported, capsys, monkeypatch, 
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("teacache-bench: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_progress_bars_per_setting_load_average_and_reliability(exported, capsys):
+    ex = exported("flux")
+    assert bench.main([str(ex.art_dir), "--steps", "4", "--warmup", "1", "--thresholds", "0.2,0.6"]) == 0
+    captured = capsys.readouterr()
+    bars = captured.err.replace("\r", "\n")
+    for name in ("baseline", "teacache 0.2", "teacache 0.6"):  # one bar per setting, counting steps
+        assert any(name in line and "step" in line for line in bars.splitlines()), name
+    assert "8/8" in bars and "4/4" in bars  # the baseline's bar counts its warm-up loop too
+    assert re.search(r"load average [\d.]+, [\d.]+, [\d.]+ \(1, 5, 15 min\) on \d+ CPUs", captured.out)
+
+
+def test_wall_ratios_outside_the_possible_range_are_flagged(exported):
+    """A wall ratio below half the ideal one (0.6x for 15 of 20 steps, ideal 1.33x) or above 1.1x
+    of it (3.28x where 2.5x is ideal) is load, not the runtime: flagged with the load average."""
+    from teacache_trt.tools.bench import BenchResult, RunResult, format_table
+
+    def run(setting, computed, wall_ratio, ideal):
+        r = RunResult(threshold=0.2, steps=20, computed_steps=list(range(computed)), skipped=20 - computed,
+                      wall_s=1.0, walls_s=[1.0], graph_median_ms={g: 1.0 for g in ("embed", "blocks", "head")},
+                      computed_step_ms=1.0, skipped_step_ms=0.1, wall_ratio=wall_ratio, ideal_ratio=ideal,
+                      efficiency=wall_ratio / ideal, setting=setting)
+        r.reliable = bench.RELIABLE[0] <= r.efficiency <= bench.RELIABLE[1]
+        return r
+
+    result = BenchResult(art_dir="a", family="flux", backend="onnxruntime", device="cpu", precision="fp32", steps=20,
+                         axes={}, warmup=1, repeat=1, threads=0, baseline=run("0", 20, 1.0, 1.0),
+                         runs=[run("0.2", 15, 0.6, 20 / 15), run("0.4", 8, 3.28, 2.5), run("0.6", 10, 1.9, 2.0)],
+                         load_average=[8.1, 7.5, 6.0], cpus=2)
+    assert [r.setting for r in result.unreliable] == ["0.2", "0.4"]
+    table = format_table(result)
+    assert "! unreliable: wall x is outside [0.5, 1.1] x ideal x for 0.2, 0.4" in table
+    assert "load average 8.1, 7.5, 6.0 (1, 5, 15 min) on 2 CPUs" in table
+    assert "  0.60! " in table and "  1.90  " in table
+
+
+def test_json_is_strict_and_says_where_a_value_was_not_finite(exported, capsys, monkeypatch):
+    ex = exported("flux")
+    real = bench._summarise
+
+    def with_nan(*args, **kwargs):  # a run whose final latents differ by NaN (e.g. a model that overflows)
+        r = real(*args, **kwargs)
+        r.max_abs_diff = float("nan")
+        return r
+
+    monkeypatch.setattr(bench, "_summarise", with_nan)
+    assert bench.main([str(ex.art_dir), "--steps", "3", "--warmup", "0", "--json", "--no-progress"]) == 0
+    data = json.loads(capsys.readouterr().out,  # what jq and JSON.parse accept: no NaN, no Infinity
+                      parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert data["baseline"]["max_abs_diff"] is None
+    assert any("baseline.max_abs_diff (nan)" in note for note in data["notes"])
+
+
+def test_json_on_a_full_stdout_is_one_line(exported):
+    import subprocess
+    import sys
+
+    ex = exported("flux")
+    with open("/dev/full", "w") as full:
+        child = subprocess.run([sys.executable, "-m", "teacache_trt.tools.bench", str(ex.art_dir), "--steps", "2",
+                                "--warmup", "0", "--json", "--no-progress"], stdout=full, stderr=subprocess.PIPE,
+                               text=True)
+    assert child.returncode == 2 and "Traceback" not in child.stderr and "Exception ignored" not in child.stderr
+    assert child.stderr.strip().splitlines()[-1].startswith(
+        "teacache-bench: error: writing the JSON to stdout failed: No space left on device")

@@ -6,9 +6,13 @@ composition, hence the same bytes, as the run that was killed.
 """
 from __future__ import annotations
 
-from typing import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Sequence
 
-from .jobs import Job
+if TYPE_CHECKING:
+    from .jobs import Job
+
+# sample: a decision per job (batching never changes a result); batch: one per batch (upstream)
+DECISIONS = ("sample", "batch")
 
 
 def make_batches(jobs: Sequence[Job], key: Callable[[Job], Hashable], size: int) -> list[list[Job]]:
@@ -35,7 +39,13 @@ def batch_key(driver_key: Callable[[Job], Hashable], decisions: str) -> Callable
     return lambda job: (driver_key(job), job.policy_key(with_threshold))
 
 
-def pending(batches: Sequence[Sequence[Job]], done: set[str]) -> list[list[Job]]:
-    """The batches with finished jobs removed (a batch left empty disappears)."""
+def pending(batches: Sequence[Sequence[Job]], done: set[str], whole: bool = False) -> list[list[Job]]:
+    """The batches with finished jobs removed (a batch left empty disappears).
+
+    ``whole``: a batch with any unfinished job is rendered again whole.  With one decision per
+    batch a job's steps depend on its batch neighbours, so a batch a kill cut between its
+    result lines must decide again with all its members, as it did the first time."""
+    if whole:
+        return [list(batch) for batch in batches if any(job.id not in done for job in batch)]
     left = ([job for job in batch if job.id not in done] for batch in batches)
     return [batch for batch in left if batch]

@@ -14,53 +14,57 @@ import sys
 import time
 from pathlib import Path
 
-from ... import policies
+from ... import options, quiet
 from ...errors import TeaCacheError
-from ...manifest import load_manifest
-from ...runtime.backends import BACKENDS
 from .. import policy_options
-from ..drivers import default_render_model, render_driver_for
-from .artifacts import default_cache_dir, ensure_artifacts
-from .batching import batch_key, make_batches, pending
-from .jobs import BadJob, Job, JobReader
-from .output import OutputDir
-from .progress import Progress, Summary
-from .sheet import contact_sheet
-from .worker import DECISIONS, Outcome, WorkerSpec
+from .artifacts import default_cache_dir
+from .batching import DECISIONS
+from .output import RESULTS
 
 EXIT_FAILED_JOBS, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+MAX_BATCH = 1024  # jobs per pipeline call: far beyond a GPU's memory, short of an export's overflow
+MAX_WORKERS = 4096
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = options.Parser(
         prog="teacache-render", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Render a JSONL job file with TeaCache; re-running the same command resumes.",
         epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("jobs", type=Path, help="job file: one JSON object per line")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output folder: <id>.png / <id>.mp4, results.jsonl, summary.json")
+    p.add_argument("--out", type=options.output_folder, required=True,
+                   help="output folder: <id>.png / <id>.mp4 (+ <id>.gif preview), results.jsonl, summary.json")
     p.add_argument("--model", type=Path, help="a diffusers pipeline folder (default: the bundled digits model)")
     p.add_argument("--artifacts", type=Path,
-                   help="exported artifacts of the model (default: export on first use into --cache-dir)")
+                   help="exported artifacts of the model's transformer (default: export on first use into "
+                        "--cache-dir)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help=f"where exports on first use go (default: {default_cache_dir()})")
-    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=8, help="jobs per pipeline call (default 8)")
+    p.add_argument("--backend", choices=options.BACKEND_NAMES, default="onnxruntime", help="default: onnxruntime")
+    p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--batch-size", type=options.integer(1, MAX_BATCH), default=8,
+                   help="jobs per pipeline call (default 8; capped to the artifact's batch profile)")
     p.add_argument("--decisions", choices=DECISIONS, default="sample",
-                   help="sample: each job decides its own steps (batching never changes a result); "
+                   help="sample (default): each job decides its own steps (batching never changes a result); "
                         "batch: one decision per batch (upstream TeaCache)")
-    p.add_argument("--threshold", type=float,
+    p.add_argument("--threshold", type=options.number(0.0),
                    help="threshold of jobs that give none (default: the artifact's); alone, TeaCache's shorthand "
                         "(--policy teacache --policy-param threshold=X)")
+    p.add_argument("--coefficients", choices=("artifact", "upstream"),
+                   help="TeaCache coefficient set of jobs that give none: artifact (default: what the artifact "
+                        "records; for the bundled digits model its calibration) or upstream (the variant's own, "
+                        "e.g. FLUX.1's)")
     policy_options.add_arguments(p, " of jobs that name none (a job's \"policy\": NAME or "
                                     "{\"name\": ..., \"params\": {...}})")
+    p.add_argument("--fps", type=options.number(0.0),
+                   help="frames per second of video jobs that give no \"fps\" (default: the pipeline's)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run batches on Ray actors: a cluster address, or 'local' to start one here")
-    p.add_argument("--workers", type=int, default=1,
-                   help="CPU actors with --ray (with --device cuda: one actor per GPU of the cluster)")
+    p.add_argument("--workers", type=options.integer(1, MAX_WORKERS), default=1,
+                   help="CPU actors with --ray (default 1; with --device cuda: one actor per GPU of the cluster)")
     p.add_argument("--contact-sheet", action="store_true",
-                   help="also write OUT_DIR/contact_sheet.png: every image labelled with prompt, threshold, steps")
+                   help="also write OUT_DIR/contact_sheet.png: every image (a strip of frames per video) labelled "
+                        "with prompt, policy and threshold, coefficient set and computed steps")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -68,45 +72,79 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     """Everything cheap to check, before any lock, export or model load."""
-    if args.batch_size < 1:
-        raise TeaCacheError(f"--batch-size {args.batch_size} must be >= 1")
-    if args.workers < 1:
-        raise TeaCacheError(f"--workers {args.workers} must be >= 1")
     if args.workers > 1 and not args.ray:
         raise TeaCacheError(f"--workers {args.workers} runs Ray actors: add --ray local (or a cluster address)")
-    if args.threshold is not None and not args.threshold >= 0:
-        raise TeaCacheError(f"--threshold {args.threshold} must be a number >= 0 (0 never skips)")
-    run_policy(args)  # the policy's parameters, checked before any export
+    if args.fps is not None:
+        from .encode import check_fps
+
+        check_fps(args.fps)
+    policy = run_policy(args)  # the policy's parameters, checked before any export
+    if args.coefficients and policy is not None and "coefficients" not in policy.param_names():
+        raise TeaCacheError(f"--coefficients {args.coefficients}: the policy {policy!r} takes no coefficients; "
+                            f"leave it out")
     if not args.jobs.is_file():
         raise TeaCacheError(f"job file {args.jobs} does not exist: give a JSONL file, one job per line")
+    if args.jobs.resolve() == (args.out / RESULTS).resolve():
+        raise TeaCacheError(f"the job file {args.jobs} is --out's {RESULTS}, the renderer's record of results: give "
+                            f"the job file the jobs came from")
     if args.ray:
         from .ray_pool import import_ray
 
         import_ray()
 
 
-def run_policy(args, artifact: policies.ArtifactPolicies | None = None) -> policies.Policy:
+def check_out_place(out: Path, model_dir: Path) -> None:
+    """--out outside the model's folder: files written there would join the model's content
+    hash, and every run would export the model again."""
+    out, model = out.resolve(), model_dir.resolve()
+    if out == model or model in out.parents:
+        raise TeaCacheError(f"--out {out} is inside the model folder {model}: the render's files would change the "
+                            f"model's content hash (a new export every run); choose a folder outside it")
+
+
+def run_policy(args, artifact=None, settings=None):
     """The policy of jobs that name none: ``--policy`` (with ``--threshold`` as its threshold),
-    else TeaCache at ``--threshold``, else the artifact's default (None before it is known)."""
+    else TeaCache at ``--threshold``, else the artifact's default (None before it is known);
+    with ``--coefficients NAME``, that coefficient set (once ``settings`` knows the artifact)."""
+    from ... import policies
+
     given = policy_options.from_args(args)
     if given is None:
-        if args.threshold is not None:
-            return policies.TeaCache(threshold=args.threshold)
-        return None if artifact is None else policies.make(artifact.name, **artifact.params)
-    if args.threshold is not None:
+        if args.threshold is not None or args.coefficients:
+            given = policies.TeaCache(threshold=args.threshold)
+        elif artifact is not None:
+            given = policies.make(artifact.name, **artifact.params)
+    elif args.threshold is not None:
         if not given.has_threshold:
             raise TeaCacheError(f"--threshold {args.threshold:g}: the policy {given!r} has no threshold; leave it out")
         given = given.replace(threshold=args.threshold)
+    if given is not None and args.coefficients and settings is not None:
+        given = settings.with_set(given, args.coefficients)
     return given
 
 
-def check_batch_size(manifest, art_dir: Path, batch_size: int) -> None:
+def fit_batch_size(manifest, art_dir: Path, batch_size: int, log) -> int:
+    """``batch_size``, capped to the artifact's batch profile (with a note)."""
     lo, opt, hi = manifest.axes.get("batch", (1, batch_size, batch_size))
     if batch_size > hi:
-        raise TeaCacheError(
-            f"--batch-size {batch_size} exceeds the batch profile [{lo}, {hi}] of {art_dir}: use "
-            f"--batch-size {hi} or less, or re-export with --axis batch={lo}:{opt}:{batch_size}"
-        )
+        log(f"[render] --batch-size {batch_size} is above the batch profile [{lo}, {hi}] of {art_dir}: batches of "
+            f"{hi} (for larger ones, re-export with --axis batch={lo}:{opt}:{batch_size})")
+        return hi
+    return batch_size
+
+
+def run_settings(jobs) -> list[dict]:
+    """The caching settings of ``jobs`` for the summary: per policy (its parameters other than
+    the threshold and coefficients) and coefficient set, the thresholds and the job count."""
+    groups: dict[str, dict] = {}
+    for job in jobs:
+        params = {k: v for k, v in job.policy.get("params", {}).items() if k not in ("threshold", "coefficients")}
+        entry = {"policy": job.policy.get("name"), "params": params, "coefficients": job.coefficients}
+        group = groups.setdefault(json.dumps(entry, sort_keys=True), {**entry, "thresholds": set(), "jobs": 0})
+        group["jobs"] += 1
+        if job.threshold is not None:
+            group["thresholds"].add(job.threshold)
+    return [{**g, "thresholds": sorted(g["thresholds"])} for g in groups.values()]
 
 
 @contextlib.contextmanager
@@ -129,22 +167,43 @@ def stop_on_signals(note):
             signal.signal(s, h)
 
 
-def result_line(job: Job | BadJob, outcome: Outcome | None, out: OutputDir) -> dict:
-    """The results.jsonl record of a finished job (its output written first)."""
+def result_line(job, outcome, out) -> dict:
+    """The results.jsonl record of a finished job (its output files written first): what it
+    was made with (policy, threshold, coefficient set, the key of everything that determines
+    it), its status, files and steps."""
+    from .jobs import BadJob, Job
+
     record = {"id": job.id, "line": job.line}
     if isinstance(job, Job):
-        record.update(threshold=job.threshold, steps=job.steps, policy=dict(job.policy))
+        record.update(threshold=job.threshold, steps=job.steps, policy=dict(job.policy),
+                      coefficients=job.coefficients, key=job.key)
+    error = job.error if isinstance(job, BadJob) else outcome.error
     if outcome is not None and outcome.ok:
         name = f"{job.id}.{outcome.suffix}"
-        return {**record, "status": "ok", "output": name, "sha256": out.write_output(name, outcome.data),
-                "computed_steps": outcome.computed_steps, "skipped_steps": outcome.skipped_steps,
-                "seconds": round(outcome.seconds, 4)}
-    error = job.error if isinstance(job, BadJob) else outcome.error
+        preview = f"{job.id}.gif" if outcome.preview is not None else None
+        try:  # a symlink, FIFO or folder in an output's place fails this job, never the run
+            for n in filter(None, (name, preview)):
+                out.own_file(n)
+        except TeaCacheError as exc:
+            error = str(exc)
+        else:
+            files = {"preview": preview, "preview_sha256": out.write_output(preview, outcome.preview)} if preview else {}
+            return {**record, "status": "ok", "output": name, "sha256": out.write_output(name, outcome.data), **files,
+                    "computed_steps": outcome.computed_steps, "skipped_steps": outcome.skipped_steps,
+                    "seconds": round(outcome.seconds, 4)}
     return {**record, "status": "failed", "output": None, "sha256": None, "computed_steps": [],
-            "skipped_steps": [], "seconds": round(outcome.seconds, 4) if outcome else 0.0, "error": error}
+            "skipped_steps": [], "seconds": round(outcome.seconds, 4) if outcome else 0.0,
+            "error": cut(error)}
 
 
-def make_pool(args, spec: WorkerSpec):
+MAX_ERROR = 2000  # characters of an error kept in results.jsonl and printed
+
+
+def cut(text: str) -> str:
+    return text if len(text) <= MAX_ERROR else f"{text[:MAX_ERROR]}... ({len(text)} characters)"
+
+
+def make_pool(args, spec):
     if args.ray:
         from .ray_pool import RayPool
 
@@ -154,7 +213,19 @@ def make_pool(args, spec: WorkerSpec):
     return LocalPool(spec)
 
 
-def render(args, log=None) -> Summary:
+def render(args, log=None):
+    from ... import policies
+    from ...manifest import load_manifest
+    from ..drivers import default_render_model, render_driver_for
+    from .artifacts import check_model_matches, ensure_artifacts
+    from .batching import batch_key, make_batches, pending
+    from .jobs import BadJob, Job, JobReader
+    from .output import OutputDir
+    from .progress import Progress, Summary
+    from .settings import RunSettings
+    from .sheet import contact_sheet
+    from .worker import WorkerSpec
+
     log = log or functools.partial(print, file=sys.stderr)
     t0 = time.perf_counter()
     check_args(args)
@@ -162,29 +233,45 @@ def render(args, log=None) -> Summary:
     if not model_dir.is_dir():
         raise TeaCacheError(f"--model {model_dir} is not a folder: give a diffusers pipeline folder")
     driver = render_driver_for(model_dir)
+    check_out_place(args.out, model_dir)
+    fields, defaults = driver.job_fields(model_dir), dict(driver.defaults(model_dir))
+    if args.fps is not None:
+        if "fps" not in fields:
+            raise TeaCacheError(f"--fps {args.fps:g}: the model at {model_dir} renders images, not videos; leave it out")
+        defaults["fps"] = args.fps
     with OutputDir(args.out) as out:
         art = args.artifacts or ensure_artifacts(driver, model_dir, batch_size=args.batch_size, backend=args.backend,
                                                  cache_dir=args.cache_dir or default_cache_dir(), log=log)
         manifest = load_manifest(art)
-        check_batch_size(manifest, art, args.batch_size)
+        if args.artifacts:
+            check_model_matches(manifest, art, driver, model_dir)
+        batch_size = fit_batch_size(manifest, art, args.batch_size, log)
         artifact = policies.artifact_policies(manifest, str(Path(art) / "manifest.json"))
-        policy = run_policy(args, artifact)
+        settings = RunSettings.for_artifact(manifest, artifact, {
+            "model": str(model_dir), "weights": manifest.weights_hash, "graphs": manifest.content,
+            "precision": manifest.precision, "backend": args.backend, "device": args.device.split(":")[0],
+            "decisions": args.decisions})
+        policy = run_policy(args, artifact, settings)
         policy.bind(artifact)  # the run's policy fits the artifact: checked before any job
-        reader = JobReader(driver.job_fields(model_dir), driver.defaults(model_dir), policy,
-                           functools.partial(driver.check_job, model_dir), bind=lambda p: p.bind(artifact))
+        reader = JobReader(fields, defaults, policy, functools.partial(driver.check_job, model_dir), settings)
         parsed = list(reader.read(args.jobs))
         good = [j for j in parsed if isinstance(j, Job)]
-        # Finished: the last result of the id is ok, its output intact, and made with the job's policy.
+        # Finished: the last result of the id is ok, its output intact, and made for the same
+        # key (prompt, seed, steps, guidance, policy with its threshold and coefficients, model,
+        # graphs, backend, decision mode): an edited job or another setting renders again.
         results = out.results()
         finished = out.finished(results)
-        done = {j.id for j in good if j.id in finished and results[j.id].get("policy") == j.policy}
-        summary = Summary(jobs=len(parsed), already_done=len(done))
+        done = {j.id for j in good if j.id in finished and results[j.id].get("key") == j.key}
+        # One decision per batch: a batch cut by a kill between its result lines decides again whole.
+        batches = pending(make_batches(good, batch_key(driver.batch_key, args.decisions), batch_size), done,
+                          whole=args.decisions == "batch")
+        done -= {j.id for b in batches for j in b}
+        summary = Summary(jobs=len(parsed), already_done=len(done), settings=run_settings(good))
         bad = [j for j in parsed if isinstance(j, BadJob)]
         out.append(result_line(j, None, out) for j in bad)
         summary.failed += len(bad)
         for j in bad:
-            log(f"[render] failed: {j.error}")
-        batches = pending(make_batches(good, batch_key(driver.batch_key, args.decisions), args.batch_size), done)
+            log(f"[render] failed: {cut(j.error)}")
         todo = sum(len(b) for b in batches)
         log(f"[render] {len(parsed)} jobs: {len(done)} already done, {len(bad)} bad, {todo} to render "
             f"in {len(batches)} batches ({args.decisions} decisions, {driver.name} model, {art})")
@@ -198,12 +285,16 @@ def render(args, log=None) -> Summary:
         try:
             with stop_on_signals(progress.note) as stopping:
                 for batch, outcomes in (pool.run(batches, stopping) if pool else ()):
-                    out.append(result_line(job, o, out) for job, o in zip(batch, outcomes))
+                    for job, o in zip(batch, outcomes):
+                        record = result_line(job, o, out)
+                        out.append([record])
+                        if o.ok and record["status"] != "ok":  # its output could not be written
+                            o.error = record["error"]
                     summary.add(outcomes)
                     progress.update(outcomes)
                     for o in outcomes:
                         if not o.ok:
-                            progress.note(f"[render] {o.id} failed: {o.error}")
+                            progress.note(f"[render] {o.id} failed: {cut(o.error)}")
                         elif o.never_skipped and o.never_skipped.split(":")[0] not in idle:
                             idle.add(o.never_skipped.split(":")[0])  # once per policy setting, not per job
                             progress.note(f"[render] {o.id}: {o.never_skipped}")
@@ -224,17 +315,21 @@ def render(args, log=None) -> Summary:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad option (one line, already printed)
+        return exc.code
+    quiet.install()
     try:
         summary = render(args)
+        options.emit(json.dumps(summary.to_dict(), allow_nan=False) if args.json else summary.text(), "the summary")
     except TeaCacheError as exc:
-        print(f"teacache-render: error: {exc}", file=sys.stderr)
+        print(f"teacache-render: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("teacache-render: stopped at once; finished jobs are recorded, the batch in flight is lost: "
               "re-run the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(json.dumps(summary.to_dict()) if args.json else summary.text())
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED_JOBS if summary.failed else 0

@@ -14,10 +14,10 @@ from typing import Sequence
 from ... import policies
 from ...errors import TeaCacheError
 from ..drivers import render_drivers
-from .encode import encode
+from .batching import DECISIONS
+from .encode import Failed, encode
 from .jobs import Job
 
-DECISIONS = ("sample", "batch")
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,12 @@ class WorkerSpec:
 
 @dataclass
 class Outcome:
-    """One job's result: the encoded output, or the error that stopped its batch."""
+    """One job's result: the encoded output, or the error that stopped it (or its batch)."""
 
     id: str
     data: bytes | None = None
     suffix: str = ""
+    preview: bytes | None = None  # the animated GIF beside a video
     computed_steps: list[int] = field(default_factory=list)
     skipped_steps: list[int] = field(default_factory=list)
     seconds: float = 0.0  # the job's share of its batch's wall time
@@ -74,14 +75,15 @@ class Worker:
         t0 = time.perf_counter()
         try:
             outputs, steps, idle = self._run(batch)
-            encoded = [encode(out) for out in outputs]
+            encoded = [out if isinstance(out, Failed) else encode(out) for out in outputs]
         except TeaCacheError as exc:
             return self._failed(batch, str(exc), t0)
         except Exception as exc:  # a backend error on one batch must not end a night's render
-            return self._failed(batch, f"{type(exc).__name__}: {exc}", t0)
+            return self._failed(batch, f"{type(exc).__name__}: {str(exc)[:2000]}", t0)
         share = (time.perf_counter() - t0) / len(batch)
-        return [Outcome(job.id, data, suffix, computed, skipped, share, never_skipped=why)
-                for job, (data, suffix), (computed, skipped), why in zip(batch, encoded, steps, idle)]
+        return [Outcome(job.id, seconds=share, error=e.error) if isinstance(e, Failed) else
+                Outcome(job.id, e.data, e.suffix, e.preview, computed, skipped, share, never_skipped=why)
+                for job, e, (computed, skipped), why in zip(batch, encoded, steps, idle)]
 
     def _run(self, batch: Sequence[Job]) -> tuple[list, list[tuple[list[int], list[int]]], list]:
         """(one output per job, (computed steps, skipped steps) per job, never-skipped cause per job)."""

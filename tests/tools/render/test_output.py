@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from teacache_trt.errors import TeaCacheError
-from teacache_trt.tools.render.output import LOCK, RESULTS, OutputDir
+from teacache_trt.tools.render.output import LOCK, RESULTS, TAG, OutputDir
 
 HOLD = """
 import sys, time
@@ -49,11 +50,15 @@ def test_a_lock_left_by_a_killed_run_never_blocks(tmp_path):
 def test_a_cut_line_and_temporary_files_are_removed(tmp_path):
     good = json.dumps({"id": "a", "status": "ok", "output": "a.png", "sha256": "x"}) + "\n"
     (tmp_path / RESULTS).write_text(good + '{"id": "b", "sta')
-    (tmp_path / ".b.png.k2j3.tmp").write_bytes(b"half")
-    (tmp_path / "keep.tmp").write_bytes(b"not ours")
+    ours = f".b.png.{TAG}k2j3ab_9.tmp"  # what atomic_write_bytes(..., tag=TAG) leaves when killed
+    (tmp_path / ours).write_bytes(b"half")
+    users = ["keep.tmp", ".notes.tmp", ".draft.v2.tmp", ".b.png.k2j3ab_9.tmp"]  # the user's own, or another writer's
+    for name in users:
+        (tmp_path / name).write_bytes(b"not ours")
     with OutputDir(tmp_path) as out:
         assert (tmp_path / RESULTS).read_text() == good
-        assert not (tmp_path / ".b.png.k2j3.tmp").exists() and (tmp_path / "keep.tmp").exists()
+        assert not (tmp_path / ours).exists()
+        assert all((tmp_path / name).read_bytes() == b"not ours" for name in users)
         out.append([{"id": "b", "status": "failed"}])
     lines = (tmp_path / RESULTS).read_text().splitlines()
     assert [json.loads(l)["id"] for l in lines] == ["a", "b"]
@@ -81,3 +86,35 @@ def test_results_lines_are_fsynced_one_by_one(tmp_path, monkeypatch):
     with OutputDir(tmp_path) as out:
         out.append([{"id": "a"}, {"id": "b"}, {"id": "c"}])
     assert len(synced) == 3
+
+
+# --- the renderer's own files are never followed out of --out --------------------------------------
+@pytest.mark.parametrize("name", [LOCK, RESULTS])
+def test_a_symlink_in_place_of_the_lock_or_results_is_refused(tmp_path, name):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("line 1\nthe user's last line, no newline")
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink(victim, out / name)
+    with pytest.raises(TeaCacheError, match=rf"{re.escape(name)} is a symlink \(to {re.escape(str(victim))}\).*remove it"):
+        with OutputDir(out):
+            pass
+    assert victim.read_text() == "line 1\nthe user's last line, no newline"  # not truncated, not overwritten
+
+
+def test_a_fifo_in_place_of_the_results_is_refused_without_hanging(tmp_path):
+    os.mkfifo(tmp_path / RESULTS)
+    with pytest.raises(TeaCacheError, match="is a FIFO or device"):
+        with OutputDir(tmp_path):
+            pass
+
+
+def test_an_output_name_taken_by_a_symlink_is_refused(tmp_path):
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"mine")
+    out = tmp_path / "out"
+    with OutputDir(out) as o:
+        os.symlink(victim, out / "a.png")
+        with pytest.raises(TeaCacheError, match="a.png is a symlink"):
+            o.write_output("a.png", b"png")
+    assert victim.read_bytes() == b"mine" and os.path.islink(out / "a.png")

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from render_helpers import latest, pixels, results
+from render_helpers import latest, pixels, probe, results
 
 from teacache_trt.tools.render import cli
 from teacache_trt.tools.render.output import sha256_of
@@ -75,8 +75,11 @@ def test_flux_pipeline_folder_end_to_end(flux_folder, tmp_path, capsys):
 
 
 def test_cogvideox_pipeline_folder_renders_mp4_with_batched_cfg(exported, tmp_path):
-    """Video: one MP4 per job; batched CFG (the cond and uncond rows of a prompt decide together)."""
+    """Video: one MP4 per job (H.264 yuv420p at the job's fps, else the pipeline's: 8 for
+    CogVideoX) with a GIF preview beside it, a contact sheet with a strip of frames per job;
+    batched CFG (the cond and uncond rows of a prompt decide together)."""
     pytest.importorskip("imageio_ffmpeg", reason="video output is an extra: pip install -e '.[video]'")
+    from PIL import Image
     from safetensors.torch import save_file
 
     from models.cogvideox import FRAMES, HEIGHT, TEXT, WIDTH, make_pipeline
@@ -90,13 +93,32 @@ def test_cogvideox_pipeline_folder_renders_mp4_with_batched_cfg(exported, tmp_pa
                    "negative_prompt_embeds": torch.randn(1, TEXT, 32, generator=g)}, tmp_path / f"v{i}.safetensors")
         lines.append({"id": f"v{i}", "prompt_embeds": f"v{i}.safetensors", "seed": i, "steps": 8, "guidance": 6.0,
                       "threshold": [0.0, 0.3, 0.6][i], "height": HEIGHT, "width": WIDTH, "frames": FRAMES})
+    lines[2]["fps"] = 12
     (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     for name, size in (("by2", "2"), ("alone", "1")):
         assert cli.main([str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / name), "--model", str(tmp_path / "model"),
-                         "--artifacts", str(ex.art_dir), "--batch-size", size, "--no-progress"]) == 0
+                         "--artifacts", str(ex.art_dir), "--batch-size", size, "--no-progress", "--contact-sheet"]) == 0
     by2, alone = latest(tmp_path / "by2"), latest(tmp_path / "alone")
     for i in range(3):
         r = by2[f"v{i}"]
         assert r["output"] == f"v{i}.mp4" and (tmp_path / "by2" / r["output"]).read_bytes()[4:8] == b"ftyp"
         assert r["computed_steps"] == alone[f"v{i}"]["computed_steps"]
+        info = probe((tmp_path / "by2" / r["output"]).read_bytes(), tmp_path / "probe.mp4")
+        assert info["pix_fmt"] == "yuv420p" and info["fps"] == (12.0 if i == 2 else 8.0)
+        assert r["preview"] == f"v{i}.gif" and sha256_of(tmp_path / "by2" / r["preview"]) == r["preview_sha256"]
     assert by2["v0"]["skipped_steps"] == []
+    with Image.open(tmp_path / "by2" / "contact_sheet.png") as sheet:  # a strip of frames per video job
+        assert sheet.height >= 3 * 96 and sheet.width > 96 * min(FRAMES, 8)
+    # --fps sets the jobs that give none; a changed fps is a changed result, rendered again
+    assert cli.main([str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / "by2"), "--model", str(tmp_path / "model"),
+                     "--artifacts", str(ex.art_dir), "--batch-size", "2", "--no-progress", "--fps", "24"]) == 0
+    again = latest(tmp_path / "by2")
+    assert [probe((tmp_path / "by2" / again[f"v{i}"]["output"]).read_bytes(), tmp_path / "p.mp4")["fps"]
+            for i in range(3)] == [24.0, 24.0, 12.0]
+    assert len(results(tmp_path / "by2")) == 5  # v2 (its own fps) was done
+    # latents that overflow to NaN / inf (CFG at guidance 1e308) fail the job, with the step
+    (tmp_path / "nan.jsonl").write_text(json.dumps({**lines[0], "id": "nan", "guidance": 1e308}) + "\n")
+    assert cli.main([str(tmp_path / "nan.jsonl"), "--out", str(tmp_path / "nan"), "--model", str(tmp_path / "model"),
+                     "--artifacts", str(ex.art_dir), "--no-progress"]) == 1
+    error = latest(tmp_path / "nan")["nan"]["error"]
+    assert "the latents became NaN or infinite at step " in error and "lower the guidance" in error

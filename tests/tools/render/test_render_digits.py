@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,7 +31,9 @@ def test_render_writes_images_results_summary_and_sheet(tmp_path, render_cli, ca
     assert by_id["j000"]["skipped_steps"] == []  # threshold 0 never skips
     assert by_id["j003"]["skipped_steps"]  # threshold 0.8 skips
     assert summary["mean_computed_steps"] == pytest.approx(sum(len(r["computed_steps"]) for r in lines) / 6, abs=1e-3)
-    assert json.loads((out / "summary.json").read_text())["rendered"] == 6
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["rendered"] == 6 and "computed_steps" not in saved  # a count has a name of its own
+    assert saved["computed_step_count"] == sum(len(r["computed_steps"]) for r in lines) and saved["step_count"] == 6 * STEPS
     assert (out / "contact_sheet.png").is_file()
 
 
@@ -42,6 +45,10 @@ def test_rerun_skips_finished_jobs_and_redoes_changed_outputs(tmp_path, render_c
     assert render_cli(jobs, out, "--batch-size", "5", "--json") == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["already_done"] == 5 and summary["rendered"] == 0 and len(results(out)) == 5
+    assert summary["images_per_s"] is None and summary["mean_computed_steps"] is None  # no rate over nothing
+    assert render_cli(jobs, out, "--batch-size", "5") == 0
+    text = capsys.readouterr().out
+    assert "nothing rendered in this run (every job was done before, or failed)" in text and "images/s" not in text
     before = {job_id: pixels(out, job_id) for job_id in ("j001", "j002")}
     (out / "j001.png").write_bytes(b"not the image")
     (out / "j002.png").unlink()
@@ -84,19 +91,30 @@ def test_a_second_render_into_the_same_folder_refuses(tmp_path, render_cli, caps
 
 
 @pytest.mark.parametrize("options, message", [
-    (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
+    (["--batch-size", "0"], "--batch-size: 0 is out of range: need an integer in [1, 1024]"),
+    (["--batch-size", "99999999999999999999"], "--batch-size: 99999999999999999999 is out of range"),
     (["--workers", "2"], "--workers 2 runs Ray actors: add --ray local"),
-    (["--threshold", "-1"], "--threshold -1.0 must be a number >= 0"),
-    # the export on first use follows --batch-size; a given artifact folder is checked
-    (["--batch-size", "500", "--artifacts", "{art}"], "--batch-size 500 exceeds the batch profile [1, 200]"),
+    (["--threshold", "-1"], "--threshold: '-1' must be a finite number >= 0"),
+    (["--threshold", "inf"], "--threshold: 'inf' must be a finite number >= 0"),
+    (["--device", "meta"], "--device: 'meta' is not a device: use cpu, cuda or cuda:N"),
+    (["--fps", "12"], "--fps 12: the model at"),  # the digits model draws images
+    (["--coefficients", "upstream", "--policy", "schedule", "--policy-param", "steps=[0]"], "takes no coefficients"),
     (["--model", "/nonexistent"], "is not a folder"),
 ])
-def test_bad_invocations_exit_2_with_one_line(tmp_path, render_cli, digits_art, capsys, options, message):
+def test_bad_invocations_exit_2_with_one_line(tmp_path, render_cli, capsys, options, message):
     jobs = write_jobs(tmp_path / "jobs.jsonl", 1)
-    assert render_cli(jobs, tmp_path / "out", *(o.format(art=digits_art) for o in options)) == 2
+    assert render_cli(jobs, tmp_path / "out", *options) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("teacache-render: error: ") and message in err[-1], err
+    assert len(err) == 1 and err[0].startswith("teacache-render: error: ") and message in err[0], err
     assert not (tmp_path / "out" / "j000.png").exists()
+
+
+def test_a_batch_size_above_the_profile_is_capped_with_a_note(tmp_path, render_cli, digits_art, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 3)
+    assert render_cli(jobs, tmp_path / "out", "--batch-size", "500", "--artifacts", str(digits_art)) == 0
+    err = capsys.readouterr().err
+    assert "--batch-size 500 is above the batch profile [1, 200]" in err and "batches of 200" in err
+    assert len(results(tmp_path / "out")) == 3
 
 
 def test_missing_job_file_and_missing_ray(tmp_path, render_cli, capsys, monkeypatch):
@@ -179,3 +197,34 @@ def test_bad_policy_options_exit_2_before_any_export(tmp_path, capsys, options, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("teacache-render: error: ") and message in err[-1], err
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_threshold_means_the_calibrated_set_by_default_and_every_output_says_which(tmp_path, render_cli,
+                                                                                     digits_art, capsys):
+    """The bundled model's artifact carries its calibration (what teacache-eval's calibrated rows
+    use), the upstream FLUX.1 set stays selectable, and results, summary and sheet name the set."""
+    from teacache_trt.digits.driver import shipped_calibration
+    from teacache_trt.digits.pipeline import DEFAULT_MODEL_DIR
+    from teacache_trt.manifest import load_manifest
+    from teacache_trt.tools.render.sheet import label_lines
+
+    teacache = load_manifest(digits_art).policy_data["teacache"]
+    assert teacache["coefficients"] == shipped_calibration(DEFAULT_MODEL_DIR)[0]
+    assert teacache["source"].startswith("teacache-calibrate --driver digits")
+    assert teacache["history"][-1]["source"] == "variant FLUX.1"  # the upstream set, restorable
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "d", "prompt": "3", "seed": 0, "steps": 20, "threshold": 0.1}) + "\n")
+    assert render_cli(jobs, tmp_path / "cal", "--json", "--contact-sheet") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert render_cli(jobs, tmp_path / "up", "--coefficients", "upstream") == 0
+    text = capsys.readouterr().out
+    cal, up = latest(tmp_path / "cal")["d"], latest(tmp_path / "up")["d"]
+    assert cal["coefficients"] == "calibrated" and len(cal["computed_steps"]) < 15  # the same meaning as eval's rows
+    assert up["coefficients"] == "upstream FLUX.1" and len(up["computed_steps"]) == 20  # 0.1 is tiny for FLUX.1's
+    assert summary["settings"] == [{"policy": "teacache", "params": {}, "coefficients": "calibrated",
+                                    "thresholds": [0.1], "jobs": 1}]
+    assert "[render] teacache, coefficients upstream FLUX.1, threshold 0.1: 1 job" in text
+    assert label_lines(SimpleNamespace(prompt="3", id="d", steps=20), cal) == [
+        "3", "teacache 0.1", "coef. calibrated", f"{len(cal['computed_steps'])}/20 computed"]
+    assert (tmp_path / "cal" / "contact_sheet.png").is_file()
