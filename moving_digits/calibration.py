@@ -2,11 +2,9 @@
 through the real pipeline (cond and uncond calls, as the renders make them)."""
 from __future__ import annotations
 
-from .data import DIRECTION_NAMES, MAX_FRAMES, NUM_CLASSES, SPEEDS
+from pathlib import Path
 
-CALIBRATION_FILE = "teacache_calibration.json"  # shipped next to the weights in model/
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 4.0
+from .constants import DEFAULT_GUIDANCE, DEFAULT_MODEL_DIR, DEFAULT_STEPS, DIRECTION_NAMES, MAX_FRAMES, NUM_CLASSES, SPEEDS
 
 
 def calibration_prompts(clips: int = 2 * NUM_CLASSES) -> tuple[list[int], list[str], list[int]]:
@@ -21,9 +19,9 @@ def video_driver(steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUI
                  num_frames: int = MAX_FRAMES, model_dir=None):
     """(transformer, seed) -> one pipeline call over ``clips`` clips."""
     from .conditioning import PromptEmbedder
-    from .pipeline import DEFAULT_MODEL_DIR, MovingDigitsPipeline, load_scheduler
+    from .pipeline import MovingDigitsPipeline, load_scheduler
 
-    model_dir = model_dir or DEFAULT_MODEL_DIR
+    model_dir = Path(model_dir or DEFAULT_MODEL_DIR)
     embedder = PromptEmbedder.from_pretrained(model_dir)
     digits, directions, speeds = calibration_prompts(clips)
 

@@ -17,12 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from .. import options
-from ..manifest import atomic_write_bytes
-from .calibration import DEFAULT_GUIDANCE, DEFAULT_STEPS
-from .data import DIRECTION_NAMES, MAX_FRAMES, MIN_FRAMES, NUM_CLASSES, SPEEDS
+from ..files import atomic_write_bytes
+from .constants import DEFAULT_GUIDANCE, DEFAULT_STEPS, DIRECTION_NAMES, MAX_FRAMES, MIN_FRAMES, NUM_CLASSES, SPEEDS
 
 PROG = "python -m teacache_trt.moving_digits.check"
 MIN_ACCURACY = 0.9
@@ -37,6 +34,8 @@ def all_conditions() -> tuple[list[int], list[str], list[int]]:
 
 def check(model_dir=None, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE, frames: int = MAX_FRAMES,
           seed: int = 0, batch: int = 40, strip: str | None = None) -> dict:
+    import torch
+
     from .classifier import frame_accuracy
     from .motion import motion_report
     from .pipeline import MovingDigitsPipeline, filmstrip
@@ -80,6 +79,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     def body() -> int:
+        import torch
+
         torch.set_num_threads(2)
         report = check(a.model, a.steps, a.guidance, a.frames, a.seed, strip=a.strip)
         print(json.dumps(report, indent=2))

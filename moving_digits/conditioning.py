@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from .data import DIRECTION_NAMES, NUM_CLASSES, SPEEDS
-
-WEIGHTS_NAME = "prompt_embedder.safetensors"
-CONFIG_NAME = "prompt_embedder_config.json"
-SLOTS = ("digit", "direction", "speed")  # one text token each, in this order
-NUM_TEXT_TOKENS = len(SLOTS)
+from ..files import atomic_write_bytes
+from .constants import DIRECTION_NAMES, EMBEDDER_CONFIG, EMBEDDER_WEIGHTS, NUM_CLASSES, SPEEDS
 
 
 class PromptEmbedder(nn.Module):
@@ -52,19 +49,17 @@ class PromptEmbedder(nn.Module):
 
     # --- persistence: safetensors + json, beside the transformer/ folder ---
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         os.makedirs(directory, exist_ok=True)
         state = {k: (v.to(dtype) if dtype is not None else v).contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(directory, WEIGHTS_NAME))
-        with open(os.path.join(directory, CONFIG_NAME), "w") as f:
-            json.dump(self.config, f, indent=2)
+        atomic_write_bytes(Path(directory) / EMBEDDER_WEIGHTS, save(state))
+        atomic_write_bytes(Path(directory) / EMBEDDER_CONFIG, json.dumps(self.config, indent=2).encode())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, torch_dtype: torch.dtype = torch.float32) -> "PromptEmbedder":
         from safetensors.torch import load_file
 
-        with open(os.path.join(directory, CONFIG_NAME)) as f:
-            module = cls(**json.load(f))
-        module.load_state_dict({k: v.float() for k, v in load_file(os.path.join(directory, WEIGHTS_NAME)).items()})
+        module = cls(**json.loads((Path(directory) / EMBEDDER_CONFIG).read_bytes()))
+        module.load_state_dict({k: v.float() for k, v in load_file(Path(directory) / EMBEDDER_WEIGHTS).items()})
         return module.to(torch_dtype).eval()

@@ -2,10 +2,12 @@
 32x32 canvas in a straight line.
 
 A clip is fixed by a digit image, a direction (one of eight compass points), a speed (1 or 2
-pixels per frame), a frame count and a start position.  Shifts are whole pixels and the
-trajectory always stays inside the canvas, so every frame holds the whole digit, unchanged:
-the digit's centre of mass moves by exactly the velocity per frame (what the motion check
-measures on generated clips).
+pixels per frame) and a frame count.  The path is centred on the canvas (the digit passes its
+middle half-way through the clip), so the conditions alone say where the digit is in every
+frame and the model spends its few CPU-minutes of training on drawing the digit and moving it,
+not on choosing a start.  Shifts are whole pixels and the path stays inside the canvas, so
+every frame holds the whole digit, unchanged: its centre of mass moves by exactly the velocity
+per frame (what the motion check measures on generated clips).
 
 The transformer works on "latents" shaped like Wan's, (B, 16, F, H, W): here a lossless 4x4
 space-to-depth of the pixels (16 channels at 8x8), standing in for Wan's VAE (which maps 8x8
@@ -19,18 +21,20 @@ import functools
 import torch
 import torch.nn.functional as F
 
-CANVAS = 32  # pixels per side of a frame
-DIGIT = 16  # pixels per side of a digit (sklearn's 8x8, upsampled 2x)
-SPACE_TO_DEPTH = 4  # pixel block folded into latent channels
-LATENT_CHANNELS = SPACE_TO_DEPTH**2  # = 16 = transformer in_channels
-LATENT_SIZE = CANVAS // SPACE_TO_DEPTH  # = 8
-MIN_FRAMES, MAX_FRAMES = 5, 9  # clip lengths the model is trained on
-NUM_CLASSES = 10
-# Compass points, y pointing down the image: the unit step per frame of each.
-DIRECTIONS = {"E": (1, 0), "NE": (1, -1), "N": (0, -1), "NW": (-1, -1),
-              "W": (-1, 0), "SW": (-1, 1), "S": (0, 1), "SE": (1, 1)}
-DIRECTION_NAMES = tuple(DIRECTIONS)
-SPEEDS = (1, 2)  # pixels per frame along each moving axis
+from .constants import (  # noqa: F401 - the sizes and conditions, re-exported for the package
+    CANVAS,
+    DIGIT,
+    DIRECTION_NAMES,
+    DIRECTIONS,
+    LATENT_CHANNELS,
+    LATENT_SIZE,
+    MAX_FRAMES,
+    MIN_FRAMES,
+    NUM_CLASSES,
+    SPACE_TO_DEPTH,
+    SPEEDS,
+)
+
 BACKGROUND = -1.0
 
 
@@ -60,13 +64,13 @@ def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
     return images.clone(), labels.clone()
 
 
-def start_range(v: int, frames: int) -> tuple[int, int]:
-    """The start coordinates (inclusive) that keep a digit moving v px/frame inside the canvas."""
+def centred_start(v: int, frames: int) -> int:
+    """The start coordinate of a path moving v px/frame whose middle is the canvas's middle."""
     travel = v * (frames - 1)
-    lo, hi = max(0, -travel), min(CANVAS - DIGIT, CANVAS - DIGIT - travel)
-    if lo > hi:
+    start = (CANVAS - DIGIT) // 2 - travel // 2
+    if not (0 <= start <= CANVAS - DIGIT and 0 <= start + travel <= CANVAS - DIGIT):
         raise ValueError(f"{abs(v)} px/frame over {frames} frames leaves the {CANVAS}-pixel canvas")
-    return lo, hi
+    return start
 
 
 def render_clip(digit: torch.Tensor, start: tuple[int, int], vel: tuple[int, int], frames: int) -> torch.Tensor:
@@ -87,11 +91,8 @@ def random_clips(images: torch.Tensor, labels: torch.Tensor, batch: int, frames:
     clips = []
     for i in range(batch):
         vel = velocity(DIRECTION_NAMES[dirs[i]], SPEEDS[speeds[i]])
-        start = []
-        for v in vel:
-            lo, hi = start_range(v, frames)
-            start.append(int(torch.randint(lo, hi + 1, (1,), generator=generator)))
-        clips.append(render_clip(images[idx[i]], tuple(start), vel, frames))
+        start = tuple(centred_start(v, frames) for v in vel)
+        clips.append(render_clip(images[idx[i]], start, vel, frames))
     return torch.stack(clips), labels[idx], dirs, speeds
 
 

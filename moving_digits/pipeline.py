@@ -25,19 +25,20 @@ import torch
 from diffusers.utils import BaseOutput
 
 from ..errors import TeaCacheError
+from .checks import check_conditions
 from .conditioning import PromptEmbedder
-from .data import (
+from .constants import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_MODEL_DIR,
+    DEFAULT_STEPS,
     DIRECTION_NAMES,
     LATENT_CHANNELS,
     LATENT_SIZE,
     MAX_FRAMES,
-    MIN_FRAMES,
-    NUM_CLASSES,
     SPEEDS,
-    to_pixels,
 )
+from .data import to_pixels
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
 SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
 
@@ -48,33 +49,6 @@ class MovingDigitsPipelineOutput(BaseOutput):
     frames per clip ('pil'), or latents (B,16,F,8,8) ('latent')."""
 
     frames: object
-
-
-def check_conditions(digits: Sequence[int], directions: Sequence[str], speeds: Sequence[int], num_frames: int) -> None:
-    """Bad conditions fail here, before any model runs, naming the value and the fix."""
-    if not len(digits):
-        raise TeaCacheError("no digits given: pass one digit 0..9 per clip")
-    if not len(directions) == len(speeds) == len(digits):
-        raise TeaCacheError(f"{len(digits)} digits, {len(directions)} directions and {len(speeds)} speeds: "
-                            f"give one of each per clip")
-    for d in digits:
-        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d < NUM_CLASSES:
-            raise TeaCacheError(f"digit {d!r} does not exist: the model draws the digits 0 .. {NUM_CLASSES - 1}")
-    for r in directions:
-        if r not in DIRECTION_NAMES:
-            raise TeaCacheError(f"direction {r!r} is not a compass point the model knows: give one of "
-                                f"{', '.join(DIRECTION_NAMES)}")
-    for s in speeds:
-        if isinstance(s, bool) or s not in SPEEDS:
-            raise TeaCacheError(f"speed {s!r} is out of range: the model moves digits {' or '.join(map(str, SPEEDS))} "
-                                f"pixels per frame")
-    check_frames(num_frames)
-
-
-def check_frames(value, name: str = "num_frames") -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not MIN_FRAMES <= value <= MAX_FRAMES:
-        raise TeaCacheError(f"{name}={value!r} is outside what the model was trained on: give "
-                            f"{MIN_FRAMES} to {MAX_FRAMES} frames")
 
 
 class MovingDigitsPipeline:
@@ -157,8 +131,8 @@ class MovingDigitsPipeline:
         directions: str | Sequence[str] = "E",
         speeds: int | Sequence[int] = 1,
         num_frames: int = MAX_FRAMES,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 4.0,
+        num_inference_steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
         generator=None,
         seed: int | None = None,
         latents: torch.Tensor | None = None,

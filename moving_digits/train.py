@@ -35,9 +35,10 @@ import torch.nn.functional as F
 
 from .. import options
 from ..dtypes import PRECISIONS
-from ..manifest import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .conditioning import PromptEmbedder
-from .data import LATENT_CHANNELS, MAX_FRAMES, MIN_FRAMES, load_digits, random_clips, to_latents
+from .constants import LATENT_CHANNELS, MAX_FRAMES, MIN_FRAMES
+from .data import load_digits, random_clips, to_latents
 
 # 2.7 M parameters: 4 blocks of width 192 (6 heads of 32; the RoPE splits a head into 12
 # frame, 10 row and 10 column channels).  Everything else is Wan2.1's own configuration
@@ -78,9 +79,15 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
     return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def sample_t(batch: int, generator: torch.Generator) -> torch.Tensor:
-    """Logit-normal t: more samples at mid noise levels, where the task is hardest."""
-    return torch.sigmoid(torch.randn(batch, generator=generator))
+def shift_sigma(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """The flow schedulers' time shift: shift > 1 moves noise levels towards pure noise."""
+    return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def sample_t(batch: int, generator: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+    """Logit-normal t (more samples at mid noise levels, where the task is hardest), shifted
+    like the sampler's noise levels."""
+    return shift_sigma(torch.sigmoid(torch.randn(batch, generator=generator)), shift)
 
 
 def draw_frames(generator: torch.Generator) -> int:
@@ -111,7 +118,7 @@ def drop_conditions(digits, directions, speeds, null, p: float, generator: torch
 
 def train(
     out: str,
-    steps: int = 2500,
+    steps: int = 3000,
     batch_size: int = 32,
     lr: float = 1e-3,
     warmup: int = 100,
@@ -121,8 +128,10 @@ def train(
     minutes: float = 45.0,
     save_dtype: str = "fp16",
     threads: int = 2,
+    t_shift: float = 1.0,
     config: dict | None = None,
     progress: bool = True,
+    checkpoint_every: int = 0,
 ) -> dict:
     from tqdm import tqdm
 
@@ -161,7 +170,7 @@ def train(
         pixels, digits, directions, speeds = random_clips(images, labels, batch_size, frames, gen)
         digits, directions, speeds = drop_conditions(digits, directions, speeds, embedder.null, cond_dropout, gen)
         x0 = to_latents(pixels)
-        t = sample_t(batch_size, gen)
+        t = sample_t(batch_size, gen, t_shift)
         noise = torch.randn(x0.shape, generator=gen)
 
         for g in opt.param_groups:
@@ -179,6 +188,10 @@ def train(
         bar.update(1)
         if step % 10 == 0 or step == steps:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", frames=frames)
+        if checkpoint_every and step % checkpoint_every == 0 and step < steps:
+            save(os.path.join(out, "checkpoints", f"step_{step:05d}"), ema_transformer, ema_embedder, save_dtype,
+                 dict(steps_done=step, train_seconds=round(time.time() - start, 1),
+                      loss=round(sum(losses[-100:]) / len(losses[-100:]), 5)))
     bar.close()
     elapsed = time.time() - start
     final_loss = sum(losses[-100:]) / max(1, len(losses[-100:]))
@@ -188,7 +201,7 @@ def train(
         train_seconds=round(elapsed, 1), final_loss=round(final_loss, 5),
         final_loss_window="mean of the last 100 steps' batch losses",
         batch_size=batch_size, frames=[MIN_FRAMES, MAX_FRAMES], lr=lr, warmup=warmup,
-        cond_dropout=cond_dropout, ema_decay=ema_decay, threads=threads, torch_version=torch.__version__,
+        cond_dropout=cond_dropout, ema_decay=ema_decay, t_shift=t_shift, threads=threads, torch_version=torch.__version__,
         transformer_parameters=n_params, prompt_embedder_parameters=count_parameters(embedder),
         save_dtype=save_dtype,
     )
@@ -248,16 +261,19 @@ def main(argv=None) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=options.output_folder,
                    help="output folder (gets transformer/, scheduler/, the prompt embedder)")
-    p.add_argument("--steps", type=options.integer(1), default=2500, help="optimizer steps; fixes the LR schedule")
+    p.add_argument("--steps", type=options.integer(1), default=3000, help="optimizer steps; fixes the LR schedule")
     p.add_argument("--batch-size", type=options.integer(1), default=32)
     p.add_argument("--lr", type=options.number(0.0), default=1e-3)
     p.add_argument("--seed", type=options.integer(0), default=0)
     p.add_argument("--minutes", type=options.number(0.0), default=45.0, help="wall-time cap (a safety stop)")
     p.add_argument("--save-dtype", choices=["fp16", "fp32"], default="fp16")
     p.add_argument("--threads", type=options.integer(1), default=2)
+    p.add_argument("--t-shift", type=options.number(0.0), default=1.0)
+    p.add_argument("--checkpoint-every", type=options.integer(0), default=0,
+                   help="also save the averaged weights every N steps under DIR/checkpoints/ (0: never)")
     a = p.parse_args(argv)
     train(str(a.out), steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, minutes=a.minutes,
-          save_dtype=a.save_dtype, threads=a.threads)
+          save_dtype=a.save_dtype, threads=a.threads, t_shift=a.t_shift, checkpoint_every=a.checkpoint_every)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ class ExportPlan:
     # variant's, and where they come from (the manifest's source; "teacache-calibrate ..." for a fit)
     coefficients: Sequence[float] | None = None
     coefficients_source: str = ""
+    # Other policies' data the model ships with, by policy ({"magcache": {...}}: its own MagCache
+    # calibration), written into the artifact's manifest over what the family publishes
+    policy_data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class RenderDriver(Protocol):

@@ -27,7 +27,15 @@ from teacache_trt.moving_digits import (
     get_classifier,
     motion_report,
 )
-from teacache_trt.moving_digits.calibration import CALIBRATION_FILE, DEFAULT_GUIDANCE, DEFAULT_STEPS
+from teacache_trt.moving_digits.constants import (
+    CALIBRATION_FILE,
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    LATENT_SIZE,
+    MAGCACHE_FILE,
+    NUM_TEXT_TOKENS,
+)
+from teacache_trt.policies import MagCache
 
 # The shipped sampling settings on one clip per digit, every direction and both speeds among
 # them.  Ten clips keep this under ~15 s; the README gives the same measurement on 160 clips.
@@ -63,9 +71,6 @@ def test_bundled_weights_are_small_fp16_and_a_wan_transformer():
 
 
 def test_the_wan_family_knows_the_model_and_its_profile():
-    from teacache_trt.moving_digits.conditioning import NUM_TEXT_TOKENS
-    from teacache_trt.moving_digits.data import LATENT_SIZE
-
     wan = get_family("wan")
     config = json.loads((DEFAULT_MODEL_DIR / "transformer" / "config.json").read_text())
     assert wan.variant_for(config) == "moving-digits"
@@ -136,6 +141,39 @@ def test_compiled_pipeline_decides_as_the_reference(video_art, pipe):
     assert computed == ref.computed(), (computed, ref.computed())
     assert 2 < len(computed["cond"]) < steps  # some steps skipped, not only the forced ones computed
     assert (got - want).abs().max().item() <= 1e-4
+
+
+def test_the_bundled_export_carries_the_shipped_calibrations(video_art):
+    """teacache-render's export of the bundled model records the TeaCache coefficients and the
+    MagCache ratios calibrated for it (the files beside its weights)."""
+    from teacache_trt.manifest import load_manifest
+
+    data = load_manifest(video_art).policy_data
+    shipped = json.loads((DEFAULT_MODEL_DIR / CALIBRATION_FILE).read_text())
+    assert data["teacache"]["coefficients"] == shipped["coefficients"]
+    assert data["teacache"]["source"].startswith("teacache-calibrate --driver video")
+    ratios = json.loads((DEFAULT_MODEL_DIR / MAGCACHE_FILE).read_text())
+    assert sorted(ratios["mag_ratios"]) == ["cond", "uncond"] and ratios["steps"] == DEFAULT_STEPS
+    assert data["magcache"]["mag_ratios"] == ratios["mag_ratios"]
+    assert data["magcache"]["source"].startswith("teacache-calibrate --policy magcache --driver video")
+
+
+def test_magcache_decides_with_the_shipped_ratios(video_art, pipe):
+    """MagCache in the compiled pipeline: each branch computes the steps its own shipped ratios
+    schedule, and the clips stay close to the uncached ones."""
+    call = dict(digits=[6, 9], directions=["W", "NE"], speeds=[1, 2], num_frames=MIN_FRAMES,
+                num_inference_steps=DEFAULT_STEPS, guidance_scale=DEFAULT_GUIDANCE, seed=4)
+    compiled = MovingDigitsPipeline(pipe.transformer, pipe.prompt_embedder,
+                                    type(pipe.scheduler).from_config(pipe.scheduler.config))
+    t = teacache_trt.enable(compiled, video_art, policy=MagCache(threshold=0.06))
+    got = compiled(**call).frames
+    bound = t._settings().bound
+    for context in ("cond", "uncond"):
+        want = bound.schedule(DEFAULT_STEPS, context)
+        assert t.stats["contexts"][context]["computed_steps"] == want
+        assert len(want) < DEFAULT_STEPS
+    uncached = pipe(**call).frames
+    assert (got - uncached).abs().mean().item() < 0.1  # pixels in [-1, 1]
 
 
 def test_calibration_finds_the_video_driver(video_art):

@@ -11,7 +11,8 @@ folder whenever it is up to date, so only the first render of a model pays for t
   cache entry); a folder that held an artifact before is left as the export left it.
 - A driver's plan may carry the TeaCache coefficients its model ships with (the bundled digits
   model: its calibration): they become the artifact's, the variant's own staying selectable
-  (``--coefficients upstream``) and in the coefficients' history.
+  (``--coefficients upstream``) and in the coefficients' history.  Likewise other policies'
+  data it ships (the bundled video model: its MagCache ratios) replaces the family's.
 """
 from __future__ import annotations
 
@@ -54,6 +55,8 @@ def ensure_artifacts(driver, model_dir: Path, *, batch_size: int, backend: str, 
             export_model(src, art, axes=plan.axes, build=build, coefficients=coefficients, log=log)
             if coefficients is not None and plan.coefficients_source:
                 _name_source(art, coefficients, plan.coefficients_source)
+            if plan.policy_data:
+                _ship_policy_data(art, plan.policy_data)
         except BaseException:
             if not had_artifact and not (art / MANIFEST_NAME).is_file():
                 shutil.rmtree(art, ignore_errors=True)  # never an empty cache folder
@@ -92,6 +95,23 @@ def _name_source(art: Path, coefficients: list[float], source: str) -> None:
     with artifact.writing(art):
         manifest = load_manifest(art)
         manifest.policy_data["teacache"]["source"] = source
+        save_manifest(art, manifest)
+
+
+def _ship_policy_data(art: Path, data) -> None:
+    """Write the plan's policy data into the manifest where it differs, checked as the runtime
+    checks it (data it would refuse is never written)."""
+    from ... import artifact
+    from ...manifest import load_manifest, save_manifest
+    from ...policies import artifact_policies
+
+    wanted = {name: dict(entry) for name, entry in data.items()}
+    if all(load_manifest(art).policy_data.get(name) == entry for name, entry in wanted.items()):
+        return
+    with artifact.writing(art):
+        manifest = load_manifest(art)
+        manifest.policy_data.update(wanted)
+        artifact_policies(manifest)
         save_manifest(art, manifest)
 
 
