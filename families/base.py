@@ -224,6 +224,9 @@ class Family:
     signal: ClassVar[str]  # the default signal, in words (a Variant may choose another)
     signal_dims: ClassVar[dict[int, str]]  # dynamic dims of the signal (and prev_signal)
     cached: ClassVar[tuple[str, ...]]
+    # the model input the sampler denoises: what a policy comparing the model's input and output
+    # (EasyCache) measures; its output is the head's
+    latent_input: ClassVar[str] = "hidden_states"
     note: ClassVar[str] = ""
     timestep_scale: ClassVar[TimestepScale] = TimestepScale()
 

@@ -46,6 +46,8 @@ class ContextState:
     context_inputs: list | None = None
     # the step plan (input shape) prev_signal and residual were last checked against
     plan_key: tuple | None = None
+    # the io_sums feature's buffers (runtime.io_sums.IOSums), for a policy that needs it
+    io: Any = None
 
     def __post_init__(self):
         if self.n_groups < 1:

@@ -38,17 +38,18 @@ from ..dtypes import PRECISIONS, TORCH_DTYPES
 from ..errors import TeaCacheError, shown
 from ..families import get_family
 from ..manifest import CONTEXT_GRAPH, MANIFEST_NAME, Manifest, graph_names
-from ..policies import SIGNAL_SUMS, Features, Policy, check_threshold
+from ..policies import IO_SUMS, SIGNAL_SUMS, Features, Policy, check_threshold
 from ..shapes import bind, propagate
 from .backends import make_runner
 from .controller import ContextState, merge_stats
+from .io_sums import IOSums
 from .plan import StepPlan
 
 DEFAULT_CONTEXT = "default"
 DECISIONS = ("batch", "sample")
 BATCH_AXIS = "batch"  # the dim name the exporter gives every per-row dim 0
 MAX_PLANS = 8  # input shapes whose buffers are kept; the least recently used goes first
-PROVIDED_FEATURES = frozenset({SIGNAL_SUMS})  # what this runtime reads back for a policy
+PROVIDED_FEATURES = frozenset({SIGNAL_SUMS, IO_SUMS})  # what this runtime reads back for a policy
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -111,6 +112,9 @@ class CompiledTransformer(torch.nn.Module):
         # What the manifest records for the policies (checked), and the policy of this
         # thread's generations (other threads start from it; see the module doc).
         self._artifact = policies.artifact_policies(manifest, str(self.art_dir / MANIFEST_NAME))
+        # The model input the sampler denoises (what io_sums compares), where the graphs take it.
+        self._latent = self.family.latent_input if any(
+            s.name == self.family.latent_input for g in manifest.graphs.values() for s in g.inputs) else None
         given = _initial_policy(self._artifact, policy, threshold, clamp)
         self._defaults = _Settings(given, self._bind(given))
         # Every graph runs on this stream; callers' streams hand over to it (forward).  Without
@@ -185,6 +189,10 @@ class CompiledTransformer(torch.nn.Module):
         if missing:
             raise TeaCacheError(f"{policy!r} needs {missing} from the graphs, which this runtime does not read "
                                 f"(it reads {sorted(PROVIDED_FEATURES)}): choose another policy")
+        if IO_SUMS in policy.needs and self._latent is None:
+            raise TeaCacheError(f"{policy!r} compares the model's latent input {self.family.latent_input!r}, which the "
+                                f"{self.manifest.family} graphs do not take: set latent_input on the family to the "
+                                f"name of the input the sampler denoises, or choose another policy")
         return policy.bind(self._artifact)
 
     @property
@@ -312,6 +320,8 @@ class CompiledTransformer(torch.nn.Module):
                 n_groups=n, num_steps=thread.num_steps,
                 policy=policy.start(thread.num_steps, name, n, self._group_thresholds(settings)),
                 reads_sums=SIGNAL_SUMS in policy.needs)
+            if IO_SUMS in policy.needs:
+                state.io = IOSums(self._device)
         elif self.decisions == "sample":
             self._check_rows(rows, state.n_groups, (thread.settings or self._defaults).sample_thresholds)
         return state
@@ -403,6 +413,8 @@ class CompiledTransformer(torch.nn.Module):
         features.elements_per_row = plan.elements_per_row
         # A static policy reads nothing back: its decisions were fixed when the context started.
         features.l1_diff, features.l1_prev = plan.read_sums() if has_prev and state.reads_sums else (None, None)
+        if state.io is not None:
+            state.io.read(pool[self._latent], features)
         flags = state.policy.decide(state.step, features, 1 - state.has_residual)
         state.record(flags)
         compute = bool(flags.any())
@@ -410,6 +422,8 @@ class CompiledTransformer(torch.nn.Module):
             self._run_blocks(plan, state, pool, flags, groups)
         pool.update(state.residual)
         out = self.runners["head"].infer_into(pool, plan.new_output())["output"]
+        if state.io is not None:
+            state.io.computed(plan, out, flags, groups)
         if self.observers:
             pool["output"] = out
             for observe in self.observers:

@@ -14,7 +14,7 @@ import importlib
 import pkgutil
 
 from .base import (
-    FEATURES, RESIDUAL_NORMS, SIGNAL_SUMS, ArtifactPolicies, Features, Policy, PolicyState, StaticState,
+    FEATURES, IO_SUMS, RESIDUAL_NORMS, SIGNAL_SUMS, ArtifactPolicies, Features, Policy, PolicyState, StaticState,
     artifact_policies, check_threshold, default_policy, from_spec, make, register, registered,
 )
 
@@ -25,7 +25,7 @@ for _cls in registered().values():
     globals()[_cls.__name__] = _cls
 
 __all__ = [
-    "FEATURES", "RESIDUAL_NORMS", "SIGNAL_SUMS", "ArtifactPolicies", "Features", "Policy", "PolicyState",
+    "FEATURES", "IO_SUMS", "RESIDUAL_NORMS", "SIGNAL_SUMS", "ArtifactPolicies", "Features", "Policy", "PolicyState",
     "StaticState", "artifact_policies", "check_threshold", "default_policy", "from_spec", "make", "register",
     "registered", *sorted(c.__name__ for c in registered().values()),
 ]

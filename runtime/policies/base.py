@@ -36,10 +36,16 @@ from ..errors import TeaCacheError
 
 # What a policy can ask the graphs for at each call (``Policy.needs``):
 SIGNAL_SUMS = "signal_sums"
+IO_SUMS = "io_sums"
 RESIDUAL_NORMS = "residual_norms"
 FEATURES = {
     SIGNAL_SUMS: "the embed graph's per-row sums l1_diff = Σ|s - s_prev| and l1_prev = Σ|s_prev| of the "
                  "signal, read to the host at every call (Features.l1_diff / l1_prev)",
+    IO_SUMS: "per-row sums over the model's latent input x and its output o, reduced on the runtime's device and "
+             "read to the host once per call: Σ|x - x_prev| against the context's previous call, and for the "
+             "rows the previous call computed, Σ|x - x_c|, Σ|o - o_c| and Σ|o| against the row's computed "
+             "call before it (Features.input_step, computed_input_diff / computed_output_diff / "
+             "computed_output_abs)",
     RESIDUAL_NORMS: "per-row norms of the cached residual (reserved: this runtime does not read them yet; "
                     "a policy that needs them is refused when it is set)",
 }
@@ -54,9 +60,18 @@ class Features:
     ``group_of_row`` maps each batch row to its decision group; ``elements_per_row`` is the
     signal's element count per row (means over a group's elements); ``l1_diff`` / ``l1_prev``
     are None without a previous signal to compare with, or when not needed.
+
+    ``io_sums`` (per row, fp32): ``input_step`` = Σ|x - x_prev| of the latent input against the
+    context's previous call (None on its first call at this shape).  The previous call's output
+    is known only after its head ran, so what it computed arrives with this call:
+    ``computed_input_diff`` = Σ|x_m - x_c|, ``computed_output_diff`` = Σ|o_m - o_c| and
+    ``computed_output_abs`` = Σ|o_m|, where m is the previous call and c the row's computed call
+    before it (None when the previous call computed no row; NaN in rows m did not compute, and
+    in the two differences of rows for which m was the first computed call).
     """
 
-    __slots__ = ("plan", "group_of_row", "elements_per_row", "l1_diff", "l1_prev")
+    __slots__ = ("plan", "group_of_row", "elements_per_row", "l1_diff", "l1_prev", "input_step",
+                 "computed_input_diff", "computed_output_diff", "computed_output_abs")
 
     def __init__(self):
         self.plan = None
@@ -64,6 +79,10 @@ class Features:
         self.elements_per_row = 1
         self.l1_diff: np.ndarray | None = None
         self.l1_prev: np.ndarray | None = None
+        self.input_step: np.ndarray | None = None
+        self.computed_input_diff: np.ndarray | None = None
+        self.computed_output_diff: np.ndarray | None = None
+        self.computed_output_abs: np.ndarray | None = None
 
 
 class PolicyState:
