@@ -142,7 +142,7 @@ setup(
             "teacache-export=teacache_trt.export.cli:main",
             "teacache-bench=teacache_trt.tools.bench:main",
             "teacache-calibrate=teacache_trt.tools.calibrate:main",
-            "teacache-eval=teacache_trt.digits.harness:main",
+            "teacache-eval=teacache_trt.tools.eval:main",
             "teacache-render=teacache_trt.tools.render.cli:main",
         ],
         # Generation drivers for the tools (calibration, rendering): see tools/drivers.py.

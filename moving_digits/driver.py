@@ -36,6 +36,7 @@ BATCH = (1, 8, 40)
 JOB_DEFAULTS = {"direction": "E", "speed": 1, "frames": MAX_FRAMES}
 PROMPTS = tuple(str(d) for d in range(NUM_CLASSES))
 FPS = 6.0  # frames per second of the written videos: a 9-frame clip lasts 1.5 s
+DISPLAY_SCALE = 4  # written frames are 128x128, each model pixel a sharp 4x4 block (players blur 32x32 ones)
 
 
 def job_conditions(job) -> tuple[int, str, int, int]:
@@ -108,6 +109,12 @@ class VideoDriver:
 
         return video_driver(steps)
 
+    # --- evaluation (teacache-eval --model video) -----------------------------------------
+    def evaluate(self, argv) -> int:
+        from .harness import main
+
+        return main(argv)
+
     # --- rendering -----------------------------------------------------------------------
     def handles(self, model_dir: Path) -> bool:
         """A moving-digits model folder: the bundled one or one written by ``moving_digits.train``."""
@@ -166,6 +173,7 @@ class VideoDriver:
                      guidance_scale=first.guidance, generator=generators, output_type="latent").frames
         finite = torch.isfinite(final).flatten(1).all(1).tolist()
         clips = to_pil(to_pixels(torch.nan_to_num(final.float().cpu())).clamp(-1.0, 1.0))
+        clips = [[f.resize((f.width * DISPLAY_SCALE, f.height * DISPLAY_SCALE), 0) for f in clip] for clip in clips]
         return [Video(clip, FPS) if ok else Failed(
             f"the latents became NaN or infinite (guidance {job.guidance:g}, {job.steps} steps): the frames would "
             f"be blank; lower the guidance") for job, clip, ok in zip(jobs, clips, finite)]

@@ -237,3 +237,63 @@ def test_training_script_writes_a_loadable_model(tmp_path):
     assert DRIVER.handles(tmp_path)
     frames = MovingDigitsPipeline.from_pretrained(tmp_path)(1, num_frames=MIN_FRAMES, num_inference_steps=1).frames
     assert frames.shape == (1, 1, MIN_FRAMES, 32, 32)
+
+
+def test_teacache_render_model_video_writes_mp4s_a_sheet_and_records_bad_jobs(tmp_path, video_cache, capsys):
+    """``teacache-render JOBS --model video``: good jobs become videos (MP4 + GIF preview, or the
+    GIF alone without imageio-ffmpeg) with a contact sheet of labelled strips; a frame count
+    outside the profile, a digit that does not exist and a motion out of range are recorded
+    as failed with the fix, and the run goes on."""
+    from teacache_trt.tools.drivers import model_folder
+    from teacache_trt.tools.render import cli
+    from teacache_trt.tools.render.encode import mp4_available
+
+    assert model_folder("video") == DEFAULT_MODEL_DIR and model_folder(None).name == "model"
+    lines = [{"id": "ok-teacache", "prompt": "4", "seed": 1, "steps": 4, "frames": MIN_FRAMES, "threshold": 0.1},
+             {"id": "ok-magcache", "prompt": "8", "seed": 2, "steps": 4, "frames": MIN_FRAMES, "direction": "N",
+              "speed": 2, "policy": {"name": "magcache", "params": {"threshold": 0.06}}},
+             {"id": "frames", "prompt": "4", "frames": MAX_FRAMES + 1},
+             {"id": "digit", "prompt": "a"},
+             {"id": "motion", "prompt": "4", "speed": 3}]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    status = cli.main([str(jobs), "--model", "video", "--out", str(out), "--cache-dir", str(video_cache),
+                       "--no-progress", "--contact-sheet"])
+    assert status == 1  # some jobs failed
+    records = {r["id"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    suffix = "mp4" if mp4_available() else "gif"
+    for job in ("ok-teacache", "ok-magcache"):
+        assert records[job]["status"] == "ok" and records[job]["output"] == f"{job}.{suffix}"
+        assert (out / f"{job}.gif").is_file()
+    assert records["ok-magcache"]["policy"]["name"] == "magcache"
+    assert "outside what the model was trained on" in records["frames"]["error"]
+    assert "is not a digit" in records["digit"]["error"]
+    assert "speed 3 is out of range" in records["motion"]["error"]
+    assert all(records[j]["status"] == "failed" for j in ("frames", "digit", "motion"))
+    assert (out / "contact_sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_harness_scores_every_policy_at_equal_compute(tmp_path, video_art):
+    """A short teacache-eval --model video: every policy's rows, uniform and fewer-step rows at
+    each computed level, the uncached row exact, and the table, plot and side-by-side GIF."""
+    from PIL import Image
+
+    from teacache_trt.moving_digits import harness
+
+    result = harness.evaluate(video_art, steps=8, frames=MIN_FRAMES, per_class=1, repeats=1, log=lambda m: None,
+                              sweeps={"teacache": [0.2], "magcache": [0.1], "easycache": [0.1]})
+    rows = result["rows"]
+    assert [r.policy for r in rows[:4]] == ["uncached", "teacache", "magcache", "easycache"]
+    assert rows[0].psnr == 99 and rows[0].temporal == 0 and rows[0].computed == 8
+    levels = {round(r.computed) for r in rows if r.policy in harness.CACHING} - {8}
+    for policy in ("uniform", "fewer-steps"):
+        assert {round(r.computed) for r in rows if r.policy == policy} == levels
+    for r in rows[1:]:
+        assert r.wall_ratio > 0 and r.ratio_range[0] <= r.wall_ratio <= r.ratio_range[1]
+        assert 0 <= r.accuracy <= 1 and 0 <= r.motion <= 1 and r.temporal >= 0
+    paths = harness.write_outputs(result, tmp_path)
+    assert "| magcache | 0.1 |" in paths["table"].read_text()
+    with Image.open(paths["worst_gif"]) as gif:
+        assert gif.n_frames == MIN_FRAMES and gif.size == ((2 * 32 + 2) * harness.GIF_SCALE, 32 * harness.GIF_SCALE)
+    assert json.loads(paths["json"].read_text())["worst_case"]["policy"] in harness.CACHING
