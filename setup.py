@@ -106,7 +106,7 @@ setup(
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
     package_data={"teacache_trt.digits": ["model/*", "model/*/*", "jobs.jsonl"],
-                  "teacache_trt.moving_digits": ["model/*", "model/*/*"]},
+                  "teacache_trt.moving_digits": ["model/*", "model/*/*", "jobs.jsonl"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExt},
     install_requires=[
@@ -122,8 +122,7 @@ setup(
         "numpy>=1.24",
         "safetensors>=0.4",
         "pillow>=9",
-        "scikit-learn>=1.3",
-        "matplotlib>=3.6",
+        "matplotlib>=3.6",  # teacache-bench --report's plot (and the demo's)
         "tqdm>=4.60",
     ],
     extras_require={
@@ -132,10 +131,14 @@ setup(
         "onnxruntime-gpu": ["onnxruntime-gpu>=1.20"],
         "ray": ["ray>=2.9"],
         "video": ["imageio-ffmpeg>=0.4.9"],
+        # The digits demo (teacache_trt.digits: teacache-eval, training): its classifier and
+        # data set; scripts/setup.sh installs it for the main job (scripts/run.sh).
+        "demo": ["scikit-learn>=1.3"],
         # The Ray and video tests run in CI: Ray adds ~80 MB and ~25 s to a fresh set-up.
         # opencv: diffusers' ConsisIDPipeline imports it (keypoint drawing) even when unused.
+        # scikit-learn: the digits tests.
         "test": ["pytest>=7", "hypothesis>=6", "tensorrt-rtx-cu13>=1.0", "polygraphy>=0.49", "ray>=2.9",
-                 "imageio-ffmpeg>=0.4.9", "opencv-python-headless>=4.8"],
+                 "imageio-ffmpeg>=0.4.9", "opencv-python-headless>=4.8", "scikit-learn>=1.3"],
     },
     entry_points={
         "console_scripts": [

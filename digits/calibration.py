@@ -5,11 +5,11 @@ import torch
 
 from .data import NUM_CLASSES
 
-from .constants import CALIBRATION_FILE  # noqa: F401,E402 - shipped next to the weights in model/
+from .constants import BUDGET_FILE, CALIBRATION_FILE, MAGCACHE_FILE  # noqa: F401 - shipped next to the weights in model/
 
 
 def digits_driver(steps: int = 20, guidance_scale: float = 3.0, per_class: int = 2, model_dir=None):
-    """(transformer, seed) -> one pipeline call over ``per_class`` digits of every class."""
+    """(transformer, seed) -> the images of one pipeline call over ``per_class`` digits of every class."""
     from .conditioning import LabelEmbedder
     from .pipeline import DEFAULT_MODEL_DIR, DigitsPipeline
 
@@ -19,6 +19,6 @@ def digits_driver(steps: int = 20, guidance_scale: float = 3.0, per_class: int =
     def generate(transformer, seed: int) -> None:
         transformer.reset(steps)  # a fresh generation: this pipeline object is not enable()d
         pipe = DigitsPipeline(transformer, embedder)
-        pipe(labels, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
+        return pipe(labels, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed).images
 
     return generate

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IMAGE_SIZE, load_digits_16, split_indices
+from .data import IMAGE_SIZE, load_digits_16, sklearn, split_indices
 
 
 def _all_shifts(images: torch.Tensor, max_shift: int = 1) -> list[torch.Tensor]:
@@ -45,8 +45,7 @@ class DigitClassifier:
 @functools.lru_cache(maxsize=None)
 def get_classifier(seed: int = 0) -> DigitClassifier:
     """Train (once per process and seed) and return the classifier with its held-out accuracy."""
-    from sklearn.svm import SVC
-
+    SVC = sklearn("svm").SVC
     images, labels = load_digits_16()
     train_idx, test_idx = split_indices(len(images), test_fraction=0.2, seed=seed)
     x_train = torch.cat(_all_shifts(images[train_idx]))

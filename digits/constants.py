@@ -15,6 +15,8 @@ NUM_TEXT_TOKENS = 4  # label tokens fed as encoder_hidden_states
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"  # the bundled weights
 CALIBRATION_FILE = "teacache_calibration.json"  # shipped next to the weights in model/
+BUDGET_FILE = "budget_search.json"  # teacache-calibrate --policy budget --json, shipped beside it
+MAGCACHE_FILE = "magcache_calibration.json"  # teacache-calibrate --policy magcache --json, likewise
 
 # The exported profile: CFG runs cond and uncond as separate calls of up to 100 digits each
 # (the quality harness renders 100 at once); a sub-batch of one prompt needs batch min 1.

@@ -9,10 +9,12 @@ VAE latents.
 from __future__ import annotations
 
 import functools
+import importlib
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import TeaCacheError
 from .constants import (  # noqa: F401 - the sizes, defined where they import without torch
     IMAGE_SIZE, NULL_LABEL, NUM_CHANNELS, NUM_CLASSES, NUM_IMAGE_TOKENS, NUM_TEXT_TOKENS, PATCH_SIZE, TOKEN_CHANNELS,
 )
@@ -26,11 +28,21 @@ def upsample_to_16(images8: torch.Tensor) -> torch.Tensor:
     return x.clamp(-1.0, 1.0)
 
 
+def sklearn(module: str):
+    """``sklearn.<module>``: the demo's data set and classifier come from scikit-learn, which
+    the ``demo`` extra installs (a plain ``pip install teacache-trt`` leaves it out)."""
+    try:
+        return importlib.import_module(f"sklearn.{module}")
+    except ImportError as exc:
+        raise TeaCacheError(
+            f"the digits demo needs scikit-learn ({exc}): pip install -e '.[demo]' "
+            f"(scripts/setup.sh installs it)"
+        ) from exc
+
+
 @functools.lru_cache(maxsize=1)
 def _load_cached() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
+    bunch = sklearn("datasets").load_digits()
     images8 = torch.from_numpy(bunch.images).float().unsqueeze(1)  # (N,1,8,8)
     labels = torch.from_numpy(bunch.target).long()
     return upsample_to_16(images8), labels

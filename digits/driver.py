@@ -3,11 +3,12 @@ calibration generations come from the real DigitsPipeline over every class, and
 ``teacache-render`` renders digit jobs (prompt ``"0"`` .. ``"9"``) through it."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import TeaCacheError, shown
 from ..tools.drivers import ExportPlan
-from .constants import CALIBRATION_FILE, DEFAULT_MODEL_DIR, DIGITS_AXES, NUM_CLASSES
+from .constants import BUDGET_FILE, CALIBRATION_FILE, DEFAULT_MODEL_DIR, DIGITS_AXES, MAGCACHE_FILE, NUM_CLASSES
 
 # torch and the pipeline are imported where they are used: the tools load this driver (an
 # entry point) to find the one for a model, which must stay quick.
@@ -51,11 +52,13 @@ class DigitsDriver:
     def export_plan(self, model_dir: Path, batch_size: int) -> ExportPlan:
         """The digits profile, and the model's own calibration (``teacache_calibration.json``
         beside the weights) as the artifact's TeaCache coefficients: a threshold means the
-        same in teacache-render as in teacache-eval's calibrated rows."""
+        same in teacache-render as in teacache-eval's calibrated rows.  The budget search and
+        MagCache ratios shipped beside them go into the manifest's policy data."""
         lo, opt, hi = DIGITS_AXES["batch"]
         coefficients, source = shipped_calibration(Path(model_dir))
         return ExportPlan(Path(model_dir) / "transformer", {**DIGITS_AXES, "batch": (lo, opt, max(hi, batch_size))},
-                          coefficients=coefficients, coefficients_source=source)
+                          coefficients=coefficients, coefficients_source=source,
+                          policy_data=shipped_policy_data(Path(model_dir)))
 
     def check_job(self, model_dir: Path, job) -> None:
         if job.prompt not in PROMPTS:
@@ -102,8 +105,6 @@ class DigitsDriver:
 def shipped_calibration(model_dir: Path) -> tuple[list[float] | None, str]:
     """The coefficients ``teacache-calibrate --driver digits --json`` wrote beside the model's
     weights, with words for the manifest's source; (None, "") where the folder has none."""
-    import json
-
     path = Path(model_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None, ""
@@ -116,6 +117,31 @@ def shipped_calibration(model_dir: Path) -> tuple[list[float] | None, str]:
                             f"write one with teacache-calibrate ART_DIR --driver digits --json {path}") from None
     return coefficients, (f"teacache-calibrate --driver digits (shipped with the model as {CALIBRATION_FILE}, "
                           f"held-out R² {r2:.3f})")
+
+
+def shipped_policy_data(model_dir: Path) -> dict:
+    """The calibrations shipped beside the weights, as the manifest's ``policy_data`` entries:
+    the budget search (what ``teacache-calibrate --policy budget --json`` wrote) and MagCache's
+    ratios (``--policy magcache --json``); nothing for a file the folder does not have."""
+    from ..tools import budget_search, calibrate_magcache
+
+    out = {}
+    path = Path(model_dir) / BUDGET_FILE
+    if path.is_file():
+        search = budget_search.read_json(path)
+        out["budget"] = {"searches": {str(search.steps): search.manifest_entry(
+            f"{BUDGET_FILE} shipped with the model (teacache-calibrate --policy budget)")}}
+    path = Path(model_dir) / MAGCACHE_FILE
+    if path.is_file():
+        try:
+            data = json.loads(path.read_bytes())
+            data.pop("policy", None)
+            ratios = calibrate_magcache.MagCacheCalibration(**data)
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise TeaCacheError(f"{path} is not a MagCache calibration ({type(exc).__name__}: {str(exc)[:200]}): write "
+                                f"one with teacache-calibrate ART_DIR --policy magcache --json {path}") from None
+        out["magcache"] = calibrate_magcache.manifest_data(ratios, {})
+    return out
 
 
 DRIVER = DigitsDriver()

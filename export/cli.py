@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from .. import quiet
 from ..options import PRECISION_NAMES, Parser, run
@@ -87,15 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", metavar="ART_DIR",
                    help="verify every file of an exported artifact against its manifest (full sha256), then exit")
     p.add_argument("--list-axes", action="store_true",
-                   help="print the family's axes with their ranges (defaults, or as --axis/--batch set them), then exit")
+                   help="print the axes with their ranges (defaults, or as --axis/--batch set them), then exit: "
+                        "a model's (MODEL_DIR: its config's limits applied), or a family's (--family NAME, no model)")
+    p.add_argument("--list-families", action="store_true",
+                   help="print every family: its diffusers class, variants, default thresholds and where the "
+                        "coefficients come from, then exit (no model needed)")
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.check is None and (args.model_dir is None or (args.out is None and not args.list_axes)):
-        parser.error("give MODEL_DIR and --out ART_DIR to export, or --check ART_DIR to verify an export")
+    listing = args.list_families or (args.list_axes and (args.model_dir or args.family or args.family_module))
+    if args.check is None and not listing and (args.model_dir is None or args.out is None):
+        parser.error("give MODEL_DIR and --out ART_DIR to export, --check ART_DIR to verify an export, "
+                     "--list-families, or --list-axes with MODEL_DIR or --family NAME")
     quiet.install()
     return run("teacache-export", lambda: _main(args))
 
@@ -105,6 +112,8 @@ def _main(args) -> int:
 
     if args.check is not None:
         return check(args.check)
+    if args.list_families:
+        return list_families()
     axes = dict(args.axis)
     if args.batch:
         axes["batch"] = args.batch
@@ -117,20 +126,41 @@ def _main(args) -> int:
 
 
 def list_axes(model_dir, family, family_module, overrides) -> int:
-    """The axes of the model's family for its config, as an export would take them."""
+    """The axes of the model's family for its config, as an export would take them; without a
+    model folder, the family's own defaults (a config may change them: patch sizes, tables)."""
     from ..families import find_model_dir, read_config
     from .exporter import config_values, resolve_axes, resolve_family, static_axes
 
-    src = find_model_dir(model_dir)
-    config = read_config(src)
+    if model_dir is None:
+        fam = resolve_family({}, family, family_module)
+        src, config = Path("."), None
+        print(f"# {fam.name} ({fam.class_name}): the family's defaults; a model's config may change them "
+              f"(teacache-export MODEL_DIR --list-axes)")
+    else:
+        src = find_model_dir(model_dir)
+        config = read_config(src)
     with config_values(src):
-        fam = resolve_family(config, family, family_module)
+        if config is not None:
+            fam = resolve_family(config, family, family_module)
         axes = resolve_axes(fam, overrides, config)
         fixed = static_axes(axes)
-        for a in fam.axes_for(config):
+        for a in fam.default_axes(config):
             lo, opt, hi = axes[a.name]
             note = "  (fixed in the graphs)" if a.name in fixed else ""
             print(f"{a.name}={lo}:{opt}:{hi}  {a.help}{note}")
+    return 0
+
+
+def list_families() -> int:
+    """Every registered family: class, variants with their default threshold and coefficient source."""
+    from ..families import all_families
+
+    for fam in sorted(all_families(), key=lambda f: f.name):
+        print(f"{fam.name} ({fam.class_name})")
+        width = max(len(v) for v in fam.variants)
+        for v in fam.variants.values():
+            source = v.source or fam.coefficients_source or "not stated"
+            print(f"  {v.name:<{width}}  threshold {v.default_threshold:<5g} coefficients: {source}")
     return 0
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -21,20 +22,57 @@ from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..files import os_errors
 from ..manifest import (
-    CONTEXT_GRAPH, FORMAT_VERSION, GraphSpec, Manifest, PolicySpec, SignalSpec, config_fingerprint,
+    FORMAT_VERSION, GraphSpec, Manifest, PolicySpec, SignalSpec, config_fingerprint,
     graph_names, sha256_file, sha256_json,
 )
 from ..families import (
-    Family, Variant, check_coefficients, find_model_dir, get_family, load_family_module, plain_config, read_config,
+    Family, Part, Variant, check_coefficients, find_model_dir, get_family, load_family_module, plain_config,
+    read_config,
 )
 from ..families import base as family_base
+from ..families import inputs as family_inputs
 from ..families.model_io import module_dtype
 from ..shapes import propagate
 from ..engines.flavours import installed, no_gpu_reason, resolve_flavour
 from . import verify as V
-from .onnx_export import OPSET, export_part, graph_files
+from .onnx_export import OPSET, dynamic_dims, export_part, graph_files
 
 Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """One export, settled and checked before the model loads: what the staged export, the
+    graphs and the manifest are made from."""
+
+    family: type[Family]
+    config: dict[str, Any]
+    source: Path  # the model folder ("<in-memory>" for a model object)
+    variant: str
+    precision: str
+    axes: dict[str, list[int]]  # axis -> [min, opt, max]
+    weights_hash: str
+    export_key: str
+    verify: bool = True
+    flavour: str = "none"  # engines to build in the staging folder
+    family_module: str = ""  # the --family-module it came from, for the manifest
+    coefficients: list[float] | None = None  # TeaCache coefficients replacing the variant's
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return precision_dtype(self.precision)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What the export checks its graphs against: the model, the parts split from it, and the
+    config and precision they were exported at."""
+
+    family: type[Family]
+    model: torch.nn.Module
+    parts: Mapping[str, Part]
+    config: Mapping[str, Any]
+    precision: str
 
 
 # --- locating and loading the model ---------------------------------------------------------
@@ -113,12 +151,19 @@ def resolve_axes(fam: type[Family], overrides: Mapping[str, tuple[int, int, int]
                 raise TeaCacheError(
                     f"axis {name}={lo}:{opt}:{hi}: {v} is not a multiple of {axis.multiple_of} ({axis.help})"
                 )
+        limit = fam.axis_limits(config).get(name) if config is not None else None
+        if limit is not None and hi > limit.max:
+            top = limit.max - limit.max % axis.multiple_of
+            raise TeaCacheError(
+                f"axis {name}={lo}:{opt}:{hi} exceeds what this config supports: {name} at most {limit.max} "
+                f"({limit.why}; config key {limit.key}={limit.value!r}); use --axis "
+                f"{name}={min(lo, top)}:{min(opt, top)}:{top}, or export a model whose {limit.key} is larger")
         axes[name] = [lo, opt, hi]
     return axes
 
 
 def _axes(fam: type[Family], config: Mapping[str, Any] | None):
-    return fam.axes if config is None else fam.axes_for(config)
+    return fam.default_axes(config)
 
 
 def static_axes(axes: Mapping[str, list[int]]) -> list[str]:
@@ -134,7 +179,7 @@ def trace_point(fam: type[Family], axes: Mapping[str, list[int]],
     Per axis the smallest size >= 2 in its range (1 for a static axis), distinct from the
     sizes already chosen where the range allows: torch.export may tie two dims that trace
     at the same size.  Tracing and the first verification then cost what the weights cost,
-    whatever the profile's opt (a real-size opt does not fit in RAM: DESIGN §7).
+    whatever the profile's opt (a real-size opt does not fit in RAM: docs/traps.md).
     """
     point: dict[str, int] = {}
     for a in _axes(fam, config):
@@ -262,6 +307,10 @@ def export_model(
         variant = fam.variant(variant or fam.variant_for(config)).name
         axes_r = resolve_axes(fam, axes, config)
     artifact.check_out_dir(out, force)
+    chosen = fam.variants[variant]
+    if chosen.stand_in and coefficients is None:
+        log(f"[export] note: variant {variant}: its TeaCache coefficients are a stand-in ({chosen.source}); "
+            f"pass --coefficients, or calibrate the artifact (teacache-calibrate) before trusting its speed/quality")
     from_dir = model is None  # the model is loaded below; the build hint needs to know where it came from
     if from_dir:
         log(f"[load] {fam.class_name} from {src} ({precision})")
@@ -299,17 +348,19 @@ def export_model(
             if module_dtype(model) != dtype:
                 model = copy.deepcopy(model).to(dtype)  # never convert the caller's model in place
             model = model.eval()
-            manifest = _export_staged(fam, model, config, src, variant, precision, dtype, axes_r,
-                                      weights_hash, export_key, out, verify, flavour, log, family_module or "",
-                                      coefficients)
+            settings = ExportSettings(fam, config, src, variant, precision, axes_r, weights_hash, export_key,
+                                      verify=verify, flavour=flavour, family_module=family_module or "",
+                                      coefficients=coefficients)
+            manifest = _export_staged(settings, model, out, log)
     if flavour == "none" and build == "auto":
-        log(f"[build] no engines: {no_gpu_reason() or 'neither tensorrt nor tensorrt-rtx is installed'}; "
-            f"{_build_later(model_dir, out, from_dir, family, family_module, asked_variant, precision, axes)}")
+        later = _build_later(model_dir, out, from_dir=from_dir, family=family, family_module=family_module,
+                             variant=asked_variant, precision=precision, axes=axes)
+        log(f"[build] no engines: {no_gpu_reason() or 'neither tensorrt nor tensorrt-rtx is installed'}; {later}")
     log(f"[done] {out} in {time.perf_counter() - t_start:.1f}s")
     return manifest
 
 
-def _build_later(model_dir, out, from_dir: bool, family, family_module, variant, precision, axes) -> str:
+def _build_later(model_dir, out, *, from_dir: bool, family, family_module, variant, precision, axes) -> str:
     """How to build the engines that ``--build auto`` skipped: the same export with
     ``--build tensorrt-rtx`` (it reuses the graphs and builds ahead of time, no GPU needed)."""
     import shlex
@@ -332,8 +383,8 @@ def _build_later(model_dir, out, from_dir: bool, family, family_module, variant,
 
 def _graph_code(fam) -> list[Path]:
     here = Path(__file__).resolve().parent
-    return [Path(inspect.getfile(fam)), Path(inspect.getfile(family_base)), here / "onnx_export.py",
-            Path(inspect.getfile(propagate))]
+    return [Path(inspect.getfile(fam)), Path(inspect.getfile(family_base)), Path(inspect.getfile(family_inputs)),
+            here / "onnx_export.py", Path(inspect.getfile(propagate))]
 
 
 def _reusable(out: Path, previous: Manifest | None, export_key: str, force: bool, log: Log) -> bool:
@@ -373,8 +424,7 @@ def published_data(variant: Variant) -> dict:
     return {"magcache": variant.magcache.policy_data()} if variant.magcache is not None else {}
 
 
-def _export_staged(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, flavour, log, family_module, coefficients=None) -> Manifest:
+def _export_staged(settings: ExportSettings, model, out: Path, log: Log) -> Manifest:
     """Export, verify and build in a staging folder; only the complete set becomes ``out``'s
     artifact, in one step, so a failed or killed export loses nothing."""
     import shutil
@@ -384,12 +434,12 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
     staging = artifact.new_staging(out)
     try:
         with os_errors(f"writing the export to {out}"):
-            manifest = _export_graphs(fam, model, config, src, variant, precision, dtype, axes,
-                                      weights_hash, export_key, staging, verify, log, family_module, coefficients)
-            if flavour != "none":
+            manifest = _export_graphs(settings, model, staging, log)
+            if settings.flavour != "none":
                 from ..engines.build import build_engines
 
-                build_engines(staging, manifest, flavour, {g: staging / manifest.graphs[g].file for g in graph_names(manifest.graphs)},
+                build_engines(staging, manifest, settings.flavour,
+                              {g: staging / manifest.graphs[g].file for g in graph_names(manifest.graphs)},
                               timing_dir=out, force=True, log=log)
             write_trtexec_files(staging, manifest)
             manifest.files.update({p.name: integrity.record(p) for p in sorted(staging.iterdir())
@@ -400,33 +450,36 @@ def _export_staged(fam, model, config, src, variant, precision, dtype, axes, wei
     return manifest
 
 
-def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash,
-                   export_key, out, verify, log, family_module, coefficients=None) -> Manifest:
-    parts = fam.parts(model, fam.variant(variant))
+def _export_graphs(settings: ExportSettings, model, out: Path, log: Log) -> Manifest:
+    fam, config, axes, dtype = settings.family, settings.config, settings.axes, settings.dtype
+    parts = fam.parts(model, fam.variant(settings.variant))
     traced = trace_point(fam, axes, config)
     static = static_axes(axes)
     if static:
         log(f"[export] {', '.join(f'{a}=1' for a in static)} is fixed in the graphs: the profile "
             f"allows no other size, and torch.export cannot trace a dynamic dim at size 1")
     feed = fam.example_inputs(config, traced, dtype)
-    dims = fam.input_dims(config)
+    # Dynamic dims of every tensor a part may take: the model inputs' from the family, the
+    # signal's, then each exported graph's outputs as the exporter named them.
+    pool_dims = {**fam.input_dims(config), "prev_signal": dict(fam.signal_dims)}
     graphs: dict[str, GraphSpec] = {}
     pool = dict(feed)
     names = graph_names(parts)
+    dims_notes = FixedDims(fam, traced, static)
     for i, name in enumerate(names, 1):
         part = parts[name]
         if name == "embed":
             signal_shape = _signal_shape(part, pool, traced)
             pool["prev_signal"] = torch.randn(signal_shape, dtype=dtype)
-            part_dims = {**dims, "prev_signal": dict(fam.signal_dims)}
-        elif name == CONTEXT_GRAPH:  # model inputs only, like the embed
-            part_dims = dims
-        else:
-            part_dims = part.dynamic
+        part_dims = {n: part.dynamic.get(n, pool_dims.get(n, {})) for n in part.input_names}
+        dims_notes.note_inputs(name, part, pool, part_dims, pool_dims)
         path = out / f"{name}.onnx"
         log(f"[export {i}/{len(names)}] {name}.onnx at {traced} ...")
         t0 = time.perf_counter()
-        written = export_part(part, pool, part_dims, path, static)
+        with dims_notes.explained(name):
+            written = export_part(part, pool, part_dims, path, static)
+        dims_notes.note_outputs(name, written.outputs)
+        pool_dims.update({spec.name: dynamic_dims(spec, axes) for spec in written.outputs})
         t_hash = time.perf_counter()
         graphs[name] = GraphSpec(file=path.name, sha256=_files_hash(written.files),
                                  inputs=written.inputs, outputs=written.outputs)
@@ -436,21 +489,86 @@ def _export_graphs(fam, model, config, src, variant, precision, dtype, axes, wei
             + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()) + f"; {size / 1e6:.1f} MB)")
         if name != names[-1]:
             pool.update(_run_part(name, part, pool, traced))  # the next part's example inputs
-    profiles(graphs, fam, config, axes, dtype)
-    v = fam.variants[variant]
+    with dims_notes.explained():
+        profiles(graphs, fam, config, axes, dtype)
+    v = fam.variants[settings.variant]
     manifest = Manifest(
-        family=fam.name, variant=variant, class_name=fam.class_name, precision=precision,
-        config=config, config_hash=config_fingerprint(fam.config_of(model)), weights_hash=weights_hash,
-        source=str(src), axes=axes, graphs=graphs,
+        family=fam.name, variant=settings.variant, class_name=fam.class_name, precision=settings.precision,
+        config=config, config_hash=config_fingerprint(fam.config_of(model)), weights_hash=settings.weights_hash,
+        source=str(settings.source), axes=axes, graphs=graphs,
         signal=SignalSpec(fam.signal_for(v), list(fam.cached), fam.note),
         policy=PolicySpec("teacache", {"threshold": v.default_threshold}),
-        policy_data={"teacache": teacache_data(v, coefficients), **published_data(v)},
-        versions=versions(), export_key=export_key, family_module=family_module,
+        policy_data={"teacache": teacache_data(v, settings.coefficients), **published_data(v)},
+        versions=versions(), export_key=settings.export_key, family_module=settings.family_module,
     )
-    if verify:
-        _verify(fam, model, parts, manifest, out, config, verify_points(fam, axes, traced, config),
-                dtype, precision, log)
+    if settings.verify:
+        with dims_notes.explained():
+            _verify(Verification(fam, model, parts, config, settings.precision), manifest, out,
+                    verify_points(fam, axes, traced, config), log)
     return manifest
+
+
+class FixedDims:
+    """Graph inputs exported with a dim fixed that should follow an axis, and why: what an
+    export failing on a fixed size (a torch.export constraint on an axis, or a later size that
+    does not fit a graph) most likely needs changed.
+
+    - a part's ``dynamic`` entry that leaves out dims the graphs make dynamic;
+    - a model input whose ``Input`` shape has a number where the traced size is an axis's (the
+      trace point gives every dynamic axis its own size);
+    - a tensor an earlier graph produced with its batch dim (dim 0: tensors pass batch first)
+      fixed, for one of these reasons in turn.
+    """
+
+    def __init__(self, fam: type[Family], traced: Mapping[str, int], static):
+        self.fam = fam
+        self.axis_of_size = {size: axis for axis, size in traced.items() if axis not in static and size > 1}
+        self.batch = traced.get("batch") if "batch" not in static else None
+        self.notes: list[str] = []
+        self.fixed_batch: dict[str, str] = {}  # tensor -> the graph that produced it with dim 0 fixed
+
+    def note_inputs(self, graph: str, part: Part, pool, part_dims, pool_dims) -> None:
+        declared = {i.name: i for i in self.fam.inputs}
+        for n in part.input_names:
+            where = f"the {graph} graph's input {n!r}"
+            if n in part.dynamic:
+                dropped = {d: a for d, a in pool_dims.get(n, {}).items() if d not in part.dynamic[n]}
+                if dropped:
+                    self.notes.append(f"{where}: {type(part).__name__}.dynamic[{n!r}] leaves out dims {dropped} that "
+                                      f"the graphs make dynamic; drop that entry (the dims of tensors between "
+                                      f"graphs come from the graphs) or include them")
+                continue
+            if n in declared:
+                shape = declared[n].shape
+                numbers = {d: self.axis_of_size[size] for d, size in enumerate(pool[n].shape)
+                           if d < len(shape) and isinstance(shape[d], int) and size in self.axis_of_size}
+                if numbers:
+                    self.notes.append(f"{where}: the family's Input({n!r}) has a number at dims {sorted(numbers)}, "
+                                      f"traced at the size of {sorted(set(numbers.values()))}; name the axis there")
+            elif n in self.fixed_batch:
+                self.notes.append(f"{where}: the {self.fixed_batch[n]} graph produced it with its batch dim (0) "
+                                  f"fixed (see above)")
+            elif (n in getattr(self.fam, "model_inputs", ()) and self.batch is not None and pool[n].ndim
+                  and pool[n].shape[0] == self.batch and 0 not in part_dims.get(n, {})):
+                self.notes.append(f"{where}: the family's input_dims() leaves its batch dim (0) fixed")
+
+    def note_outputs(self, graph: str, outputs) -> None:
+        for spec in outputs:
+            if self.batch is not None and spec.shape and spec.shape[0] == self.batch:
+                self.fixed_batch[spec.name] = graph
+
+    @contextlib.contextmanager
+    def explained(self, graph: str | None = None):
+        try:
+            yield
+        except TeaCacheError as exc:
+            text = str(exc)
+            if not self.notes or not ("Constraints violated" in text or "fixed in the graph" in text):
+                raise
+            raise TeaCacheError(
+                f"a size that should follow an axis is fixed in the graphs. Likely cause: {'; '.join(self.notes)}. "
+                f"Tensors pass between the graphs batch first, and every dim that follows an axis must stay "
+                f"dynamic from the model inputs on (docs/custom-families.md). The failure: {text}") from exc
 
 
 def _run_part(name: str, part, pool, point) -> dict[str, torch.Tensor]:
@@ -474,13 +592,15 @@ def _signal_shape(embed, pool, point) -> tuple[int, ...]:
     return tuple(_run_part("embed", embed, probe, point)["signal"].shape)
 
 
-def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, log) -> None:
+def _verify(subject: Verification, manifest: Manifest, out: Path, points, log: Log) -> None:
     """Each graph against its PyTorch part at every point, and the composed parts against
     the model's own forward.  One ONNX Runtime session per graph, dropped before the next
-    graph's (the block graph holds the weights)."""
+    graph's (the block graph holds the weights); attention too large for RAM at a point runs
+    in query chunks (``V.verify_graph``)."""
     runs = []
+    fam, precision = subject.family, subject.precision
     for k, point in enumerate(points):
-        runs.append(_reference(fam, model, parts, manifest, config, point, dtype, precision, seed=k + 1))
+        runs.append(_reference(subject, manifest, point, seed=k + 1))
         log(f"[verify {k + 1}/{len(points)}] PyTorch parts composed vs {fam.class_name}.forward at "
             f"{point}: max abs {runs[-1][2]:.3g}")
     on_cpu = precision in V.ORT_CPU_PRECISIONS
@@ -493,14 +613,14 @@ def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, 
         rows = [{"axes": dict(point)} for point in points]
         if on_cpu:
             t0 = time.perf_counter()
-            session = V.ort_session(out / graph.file, name)
-            for row, point, (feeds, refs, _) in zip(rows, points, runs):
-                got = V.run_ort(session, feeds, name, point)
-                row.update(graph_verified=True, method="ONNX Runtime CPU vs the PyTorch part",
-                           **V.check(f"{name} graph at {point}", got, refs[name], precision))
-            del session
-            log(f"[verify] {name} graph vs PyTorch at {len(points)} points: max abs "
-                f"{max(r['max_abs'] for r in rows):.3g} ({time.perf_counter() - t0:.1f}s)")
+            checked = V.verify_graph(out / graph.file, name, points, [feeds for feeds, _, _ in runs],
+                                     [refs[name] for _, refs, _ in runs], precision, log)
+            for row, fields in zip(rows, checked):
+                row.update(fields)
+            ran = [r for r in rows if r["graph_verified"]]
+            log(f"[verify] {name} graph vs PyTorch at {len(ran)} point{'s' * (len(ran) > 1)}: max abs "
+                f"{max(r['max_abs'] for r in ran):.3g}, max rel {max(r['max_rel'] for r in ran):.3g} "
+                f"({time.perf_counter() - t0:.1f}s)")
         else:
             for row in rows:
                 row.update(graph_verified=False,
@@ -511,10 +631,13 @@ def _verify(fam, model, parts, manifest, out, config, points, dtype, precision, 
         graph.verification = rows
 
 
-def _reference(fam, model, parts, manifest, config, point, dtype, precision, seed):
+def _reference(subject: Verification, manifest: Manifest, point, seed: int):
     """The PyTorch side at ``point``: every part's inputs (one pool), each part's outputs, and
     the max abs error of the composed parts against the model's own forward.  Output shapes
     are checked against the manifest's shape expressions on the way."""
+    fam, model, parts, config, precision = (subject.family, subject.model, subject.parts, subject.config,
+                                            subject.precision)
+    dtype = precision_dtype(precision)
     feed = fam.example_inputs(config, point, dtype, seed=seed)
     names = graph_names(manifest.graphs)
     shapes = propagate([manifest.graphs[g] for g in names], {n: t.shape for n, t in feed.items()})

@@ -20,7 +20,7 @@ from ..errors import TeaCacheError
 from ..families import AUTO, Part
 from ..manifest import TensorSpec
 
-OPSET = 18  # dynamo exporter; TorchScript fails on aten::rms_norm (DESIGN §7)
+OPSET = 18  # dynamo exporter; TorchScript fails on aten::rms_norm (docs/traps.md)
 EXTERNAL_DATA_ABOVE = 2 * 1024**3  # protobuf's 2 GB limit
 
 
@@ -51,6 +51,13 @@ def _dims(part: Part, dims: Mapping[str, Mapping[int, str]], static: Collection[
                 spec[index] = named.setdefault(axis, torch.export.Dim(axis, min=1))
         shapes.append(spec or None)
     return tuple(shapes)
+
+
+def dynamic_dims(spec: TensorSpec, axes: Collection[str]) -> dict[int, str]:
+    """The dynamic dims of an exported tensor, as a later graph taking it is exported with
+    them: a dim named after an axis stays that axis; a derived one (an expression, a name
+    torch.export made up, or one left unnamed, which reads as 0) is AUTO."""
+    return {i: d if d in axes else AUTO for i, d in enumerate(spec.shape) if not (isinstance(d, int) and d > 0)}
 
 
 @contextlib.contextmanager

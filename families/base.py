@@ -10,19 +10,31 @@ neither of them.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping
 
 import torch
 
 from ..dtypes import precision_dtype
-from ..errors import TeaCacheError
+from ..errors import TeaCacheError, shown
+from .inputs import Axis, Input, check_fixed, config_sizes
 from .magcache_ratios import PublishedRatios
 from .model_io import find_model_dir, plain_config, read_config
 
-AUTO = "auto"  # a dynamic dim whose name the exporter picks (it is derived from others)
 ACCUMULATE = ("raw", "abs")  # acc += poly(d) (upstream TeaCache), acc += |poly(d)| (vLLM-Omni)
+
+
+class _AnyValue:
+    """``Family.ignored_kwargs`` value: the keyword is dropped whatever its value."""
+
+    def __repr__(self):
+        return "ANY_VALUE"
+
+
+ANY_VALUE = _AnyValue()
 
 
 def _is_number(v: Any) -> bool:
@@ -95,6 +107,11 @@ class Variant:
     # MagCache's published ratios and settings for this model (families/magcache_ratios.py),
     # written into the manifest for ``policies.MagCache``; None where none are published.
     magcache: PublishedRatios | None = None
+    # Where the coefficients come from, in words (``teacache-export --list-families``); empty:
+    # the family's ``coefficients_source``.  ``stand_in``: no set was ever fitted for this model,
+    # the coefficients are another model's starting point, and the export says so.
+    source: str = ""
+    stand_in: bool = False
 
     def __post_init__(self):
         check_coefficients(self.coefficients, f"variant {self.name}")
@@ -106,29 +123,50 @@ class Variant:
 
 @dataclass(frozen=True)
 class TimestepScale:
-    """How a model reads its ``timestep`` input, for loops that sample without a pipeline.
+    """How a model reads its ``timestep`` input and which way its output moves the latents, for
+    loops that sample without a pipeline (calibration, the benchmark) and for example inputs.
 
-    ``flow``: a flow-matching sigma going 1 -> 0, passed as ``sigma * scale`` (FLUX takes sigma
-    and multiplies by 1000 itself: scale 1; HunyuanVideo takes the scheduler's sigma*1000:
-    scale 1000); the Euler update is ``x += (sigma_next - sigma) * output``.
+    Two independent choices, over a flow-matching sigma going 1 (noise) -> 0 (data):
+
+    - the ``timestep`` the model reads: ``sigma * scale`` (FLUX takes sigma and multiplies by
+      1000 itself: scale 1; HunyuanVideo and Open-Sora's RFLOW take ``1000 * sigma``: scale
+      1000), or with ``reverse`` ``(1 - sigma) * scale`` (Mochi reads ``(1 - sigma) * 1000``,
+      Lumina ``1 - sigma``: 0 = noise);
+    - the update: the output points from data toward noise (FLUX: ``v = noise - x0``, the
+      Euler step is ``x += (sigma_next - sigma) * output``), or with ``toward_data`` from
+      noise toward data (``x += |sigma_next - sigma| * output``: Open-Sora's RFLOW
+      ``z = z + v * dt`` with dt > 0, Mochi's inverted sigmas, Lumina's negated output).
+      ``None`` (the default) follows ``reverse``, the pairing the built-in families have.
+
+    So Open-Sora's RFLOW is ``TimestepScale("flow", 1000.0, toward_data=True)``.
     ``ddpm``: integer timesteps 999 -> 0 (CogVideoX); the update is a small fixed step, which
     keeps latents moving like a sampler (the tools need realistic signal changes, not images).
-    ``reverse``: the model reads ``1 - sigma`` (0 = noise), as Mochi (``(1 - sigma) * 1000``)
-    and Lumina (``1 - sigma``) do; their pipelines then move the latents by ``+|dt| * output``
-    (Mochi's scheduler inverts its sigmas, Lumina's pipeline negates the output).
     """
 
     kind: str = "flow"
     scale: float = 1.0
     reverse: bool = False
+    toward_data: bool | None = None
 
     def __post_init__(self):
         if self.kind not in ("flow", "ddpm"):
             raise TeaCacheError(f"TimestepScale kind {self.kind!r} is not 'flow' or 'ddpm'")
+        if not _is_number(self.scale) or self.scale <= 0:
+            raise TeaCacheError(f"TimestepScale scale {self.scale!r} must be a finite number > 0 (the timestep "
+                                f"the model reads at sigma = 1: 1.0 or 1000.0)")
+        for name in ("reverse", "toward_data"):
+            value = getattr(self, name)
+            if not (isinstance(value, bool) or (name == "toward_data" and value is None)):
+                raise TeaCacheError(f"TimestepScale {name}={value!r} must be True or False")
 
     @property
     def integer(self) -> bool:
         return self.kind == "ddpm"
+
+    @property
+    def moves_toward_data(self) -> bool:
+        """Whether ``x += |dt| * output`` (True) or ``x += (sigma_next - sigma) * output``."""
+        return self.reverse if self.toward_data is None else self.toward_data
 
     def timesteps(self, steps: int) -> list[float | int]:
         """The ``timestep`` value a pipeline passes at each of ``steps`` steps."""
@@ -145,33 +183,45 @@ class TimestepScale:
         if self.kind == "ddpm":
             return [-1.0 / steps] * steps
         sigmas = [1.0 - i / steps for i in range(steps)] + [0.0]
-        sign = -1.0 if self.reverse else 1.0
-        return [sign * (sigmas[i + 1] - sigmas[i]) for i in range(steps)]
+        sign = 1.0 if self.moves_toward_data else -1.0
+        return [sign * abs(sigmas[i + 1] - sigmas[i]) for i in range(steps)]
 
 
 @dataclass(frozen=True)
-class Axis:
-    """A dynamic axis of the model inputs, with its default optimization-profile range."""
+class AxisLimit:
+    """The largest size of an axis that a config supports (a RoPE or positional table's
+    length): default profiles stop there, and a range beyond it is refused before the export."""
 
-    name: str
-    min: int
-    opt: int
     max: int
-    multiple_of: int = 1
-    help: str = ""
+    key: str  # the config key that sets the limit
+    value: Any  # that key's value in the config
+    why: str  # the table or size behind it, in words
 
 
-def patched_axes(axes: tuple[Axis, ...], patch: int) -> tuple[Axis, ...]:
-    """``axes`` with every latent-size axis (``multiple_of`` > 1) starting at and stepping by the
-    config's ``patch`` size: the smallest input is one patch."""
-    return tuple(a if a.multiple_of == 1 else Axis(a.name, patch, a.opt, a.max, patch, a.help) for a in axes)
+def clamped_axes(axes: tuple[Axis, ...], limits: Mapping[str, AxisLimit]) -> tuple[Axis, ...]:
+    """``axes`` with each default range cut at its limit (rounded down to the axis' multiple)."""
+    out = []
+    for a in axes:
+        limit = limits.get(a.name)
+        if limit is not None and a.max > limit.max:
+            hi = limit.max - limit.max % a.multiple_of
+            if hi < a.min:
+                raise TeaCacheError(
+                    f"{limit.key}={limit.value!r} allows {a.name} up to {limit.max} ({limit.why}), below the "
+                    f"smallest input {a.min}: this config cannot be exported; check {limit.key} in config.json")
+            a = replace(a, opt=min(a.opt, hi), max=hi, help=f"{a.help}; at most {limit.max} ({limit.key}={limit.value})")
+        out.append(a)
+    return tuple(out)
 
 
 class Part(torch.nn.Module):
-    """One of the three graphs: named tensors in, named tensors out.
+    """One of the graphs: named tensors in, named tensors out.
 
-    ``dynamic`` maps an input name to ``{dim index: axis name or AUTO}``; every other dim is
-    fixed by the model config.
+    The dynamic dims of a part's inputs need no declaring: model inputs take theirs from the
+    family's ``inputs``, ``prev_signal`` from ``signal_dims``, and the tensors an earlier graph
+    produced from that graph's exported outputs (a dim named after an axis stays that axis, a
+    derived one is AUTO).  ``dynamic`` (``{input: {dim index: axis name or AUTO}}``) overrides
+    that per input, for the rare tensor whose exported dims say less than the next graph needs.
     """
 
     input_names: tuple[str, ...] = ()
@@ -190,8 +240,37 @@ class Part(torch.nn.Module):
         return dict(zip(self.output_names, outs))
 
 
+class NormOutHead(Part):
+    """The head of models whose output layers are ``proj_out(norm_out(x, temb))`` over the
+    cached tokens, with nothing to unpatchify (FLUX, FLUX.2, Qwen-Image)."""
+
+    input_names = ("hidden", "residual", "temb")
+    output_names = ("output",)
+
+    def forward(self, hidden, residual, temb):
+        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
+
+
+@functools.cache
+def _positional_parameters(model_class: type) -> tuple[str, ...]:
+    try:
+        params = list(inspect.signature(model_class.forward).parameters.values())
+    except (TypeError, ValueError, AttributeError):  # a builtin or C forward: keywords only
+        return ()
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in params if p.kind in positional]
+    return tuple(names[1:] if names[:1] == ["self"] else names)
+
+
+def _same(value: Any, exported: Any) -> bool:
+    try:
+        return bool(value == exported)
+    except Exception:  # noqa: BLE001 - a tensor of several values, an incomparable object
+        return False
+
+
 def criterion_sums(signal: torch.Tensor, prev_signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample ``Σ|s − s_prev|`` and ``Σ|s_prev|`` in fp32 (DESIGN §3).
+    """Per-sample ``Σ|s − s_prev|`` and ``Σ|s_prev|`` in fp32 (docs/graph-contract.md).
 
     Sums, not means, so that both the batch-wide ratio (Σ over the batch of each) and the
     per-sample ratios come out exactly from the same two vectors.
@@ -207,16 +286,45 @@ def criterion_sums(signal: torch.Tensor, prev_signal: torch.Tensor) -> tuple[tor
 
 
 class Family:
-    """A diffusers DiT class and everything the project knows about it."""
+    """A diffusers DiT class and everything the project knows about it.
+
+    A family declares its model inputs once, as ``inputs`` (see :mod:`.inputs`)::
+
+        inputs = (
+            Input("hidden_states", ("batch", "img_seq", "in_channels"), "latents"),
+            Input("encoder_hidden_states", ("batch", "txt_seq", "joint_attention_dim")),
+            Input("timestep", ("batch",), "timestep"),
+            Input("guidance", ("batch",), "constant", value=3.5, when="guidance_embeds"),
+        )
+
+    and ``model_inputs``, ``optional_inputs``, ``input_dims`` and ``example_inputs`` follow; the
+    parts' dynamic dims follow from those and the exported graphs.  A family overrides only
+    what is special: ``example_inputs`` calling ``super()`` and adjusting one tensor, an axis
+    in ``auto_axes``, an ``Axis(fixed=True)`` from ``axes_for``, a size its config holds in
+    another form from ``config_sizes``, ``feed_from_kwargs`` calling ``super()`` for a keyword
+    the model names otherwise or refuses.  A family written without
+    ``inputs`` states ``model_inputs`` (and ``optional_inputs``) and overrides ``input_dims``
+    and ``example_inputs`` itself, and its parts may state ``dynamic``: both ways export alike.
+    """
 
     name: ClassVar[str]
     class_name: ClassVar[str]  # diffusers class, as in config.json's _class_name
-    model_inputs: ClassVar[tuple[str, ...]]  # graph-input names of the context and embed graphs (not prev_signal)
+    # the model inputs of the context and embed graphs (not prev_signal), in graph order
+    inputs: ClassVar[tuple[Input, ...]] = ()
+    # axes torch.export sizes itself (Dim.AUTO) wherever a model input has them: named dims
+    # there would meet the model's own shape guards (a patch size that must divide them)
+    auto_axes: ClassVar[tuple[str, ...]] = ()
+    model_inputs: ClassVar[tuple[str, ...]]  # graph-input names, from ``inputs``
     # diffusers forward keywords the adapter maps to graph inputs (default: model_inputs);
     # any other non-None keyword changes the model's output and is refused at run time
     forward_kwargs: ClassVar[tuple[str, ...]] = ()
-    # inputs present only when a config key is truthy, e.g. {"guidance": "guidance_embeds"}
-    optional_inputs: ClassVar[dict[str, str]] = {}
+    # forward keywords the graphs have baked in: name -> the value they were exported with
+    # (ANY_VALUE: any value, e.g. a size the latents already carry).  The drop-in drops such a
+    # keyword given with that value (or None) and refuses another value by name.
+    ignored_kwargs: ClassVar[Mapping[str, Any]] = {}
+    # inputs present only when a config key is truthy (or a test of the config holds), from
+    # ``inputs`` (``Input.when``)
+    optional_inputs: ClassVar[dict[str, Any]] = {}
     # config key counting the blocks whose first one gives the signal (None: not needed)
     signal_block_count: ClassVar[str | None] = None
     variants: ClassVar[dict[str, Variant]]
@@ -225,10 +333,21 @@ class Family:
     signal_dims: ClassVar[dict[int, str]]  # dynamic dims of the signal (and prev_signal)
     cached: ClassVar[tuple[str, ...]]
     # the model input the sampler denoises: what a policy comparing the model's input and output
-    # (EasyCache) measures; its output is the head's
+    # (EasyCache) measures; its output is the head's.  From ``inputs``: the ``latents`` one
     latent_input: ClassVar[str] = "hidden_states"
     note: ClassVar[str] = ""
     timestep_scale: ClassVar[TimestepScale] = TimestepScale()
+    # where the variants' coefficients come from, in words (a Variant's ``source`` overrides)
+    coefficients_source: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "inputs" in cls.__dict__:
+            cls.model_inputs = tuple(i.name for i in cls.inputs)
+            cls.optional_inputs = {i.name: i.when for i in cls.inputs if i.when}
+            latents = [i.name for i in cls.inputs if i.kind == "latents"]
+            if latents and "latent_input" not in cls.__dict__:
+                cls.latent_input = latents[0]
 
     # --- model side -----------------------------------------------------------------
     # How the model is built, saved, described and called: a diffusers model here;
@@ -304,6 +423,12 @@ class Family:
         return next(iter(cls.variants))
 
     @classmethod
+    def expert_variant(cls, config: Mapping[str, Any], expert: str) -> str | None:
+        """The variant of a two-expert pipeline's ``expert`` (``transformer``: high noise,
+        ``transformer_2``: low noise) for this config; None: ``variant_for``'s."""
+        return None
+
+    @classmethod
     def variant(cls, name: str | None) -> Variant:
         """The named variant (None: the first one), or a TeaCacheError listing the choices."""
         if name is None:
@@ -322,6 +447,8 @@ class Family:
     @classmethod
     def inputs_for(cls, config: Mapping[str, Any]) -> tuple[str, ...]:
         """The model inputs of this config's graphs (in graph order)."""
+        if cls.inputs:
+            return tuple(i.name for i in cls.inputs if i.present(config))
         return tuple(n for n in cls.model_inputs
                      if n not in cls.optional_inputs or config.get(cls.optional_inputs[n]))
 
@@ -337,14 +464,35 @@ class Family:
     def example_inputs(
         cls, config: Mapping[str, Any], dims: Mapping[str, int], dtype: torch.dtype, seed: int = 0
     ) -> dict[str, torch.Tensor]:
-        """Random model inputs (graph names) at the given axis sizes."""
-        raise NotImplementedError
+        """Random model inputs (graph names) at the given axis sizes, from ``inputs``."""
+        declared = cls._declared()
+        check_fixed(cls.name, cls.axes_for(config), dims)
+        g = torch.Generator().manual_seed(seed)
+        sizes = {**cls.config_sizes(config), **dims}  # an axis wins over a config key
+        return {i.name: i.example(sizes, config, dtype, g, cls.timestep_scale) for i in declared if i.present(config)}
+
+    @classmethod
+    def config_sizes(cls, config: Mapping[str, Any]) -> dict[str, int]:
+        """The sizes besides the axes that ``inputs`` shapes may name: the config's integers; a
+        family adds those the config holds in another form (a list, a condition)."""
+        return config_sizes(config)
 
     @classmethod
     def input_dims(cls, config: Mapping[str, Any]) -> dict[str, dict[int, str]]:
-        """Dynamic dims of the model inputs: name -> {dim index: axis name} (inputs absent from
-        this config may be listed; the exporter only reads the embed graph's inputs)."""
-        raise NotImplementedError
+        """Dynamic dims of the model inputs: name -> {dim index: axis name or AUTO} (inputs absent
+        from this config may be listed; the exporter only reads the graphs' inputs)."""
+        declared = cls._declared()
+        axes = {a.name: a for a in cls.axes_for(config)}
+        return {i.name: i.dynamic_dims(axes, cls.auto_axes) for i in declared}
+
+    @classmethod
+    def _declared(cls) -> tuple[Input, ...]:
+        if not cls.inputs:
+            raise TeaCacheError(
+                f"family {cls.__qualname__} declares no inputs: give it `inputs = (Input(...), ...)` "
+                f"(teacache_trt.families.Input), or override input_dims() and example_inputs()"
+            )
+        return cls.inputs
 
     # --- runtime side ---------------------------------------------------------------
     @classmethod
@@ -355,12 +503,78 @@ class Family:
 
     @classmethod
     def feed_from_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The diffusers forward's keyword arguments -> graph inputs by name."""
-        return {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        """The diffusers forward's keyword arguments -> graph inputs by name.
+
+        The declared inputs the caller passed, as the pipelines pass them:
+
+        - a per-sample input (shape ``("batch",)``: timesteps, guidance) given once for the
+          batch (a number, a 0-d or one-element tensor) becomes one value per sample on the
+          latents' device, as the model would broadcast it, at its declared dtype if it has one
+          (a scheduler's int64 timesteps for a model that takes fp32);
+        - a mask given as integers or bools (a tokenizer's) is cast to the latents' dtype
+          (0/1 stay exact).
+
+        What is not a tensor at all is left for the runtime to refuse by name.
+        """
+        if not cls.inputs:  # a family that states model_inputs only
+            return {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        feed = {i.name: kwargs[i.name] for i in cls.inputs if kwargs.get(i.name) is not None}
+        latents = next((feed[i.name] for i in cls.inputs if i.kind == "latents" and i.name in feed), None)
+        if not isinstance(latents, torch.Tensor):
+            return feed
+        for i in cls.inputs:
+            value = feed.get(i.name)
+            if i.shape == ("batch",) and (isinstance(value, torch.Tensor) or _is_number(value)):
+                value = torch.as_tensor(value, device=latents.device)
+                if value.numel() == 1:
+                    value = value.reshape(1).expand(latents.shape[0])
+                feed[i.name] = value if i.dtype is None else value.to(i.dtype)
+            elif i.kind == "mask" and isinstance(value, torch.Tensor) and not value.dtype.is_floating_point:
+                feed[i.name] = value.to(latents.dtype)
+        return feed
 
     @classmethod
     def accepted_kwargs(cls) -> frozenset[str]:
         return frozenset(cls.forward_kwargs or cls.model_inputs)
+
+    @classmethod
+    def forward_parameters(cls) -> tuple[str, ...]:
+        """The model forward's parameters a caller may pass by position, in order (the drop-in
+        maps a positional call onto them): read off ``model_class().forward``."""
+        return _positional_parameters(cls.model_class())
+
+    @classmethod
+    def call_arguments(cls, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A call ``forward(*args, **kwargs)`` as keywords, positions mapped by
+        ``forward_parameters`` as Python would bind them on the model."""
+        if not args:
+            return kwargs
+        names = cls.forward_parameters()
+        if len(args) > len(names):
+            raise TeaCacheError(
+                f"{len(args)} positional arguments given, but {cls.class_name}.forward takes at most "
+                f"{len(names)} by position ({', '.join(names) or 'none'}): pass the others by keyword")
+        bound = dict(zip(names, args))
+        twice = sorted(set(bound) & set(kwargs))
+        if twice:
+            raise TeaCacheError(f"{twice} given both by position and by keyword: {cls.class_name}.forward takes "
+                                f"positions in the order {list(names)}")
+        return {**bound, **kwargs}
+
+    @classmethod
+    def drop_ignored(cls, kwargs: dict[str, Any]) -> None:
+        """Remove the ``ignored_kwargs`` from ``kwargs`` (in place); one given with a value
+        other than the exported one is refused: the graphs cannot follow it."""
+        for name, exported in cls.ignored_kwargs.items():
+            if name not in kwargs:
+                continue
+            value = kwargs.pop(name)
+            if value is None or exported is ANY_VALUE or _same(value, exported):
+                continue
+            raise TeaCacheError(
+                f"keyword {name}={shown(value, 60)}: the {cls.class_name} graphs were exported with "
+                f"{name}={exported!r} (the family's ignored_kwargs), so another value cannot be followed: "
+                f"pass {exported!r}, or export the model with that setting")
 
     @classmethod
     def kwargs_from_feed(cls, feed: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -374,8 +588,30 @@ class Family:
         return cls.axes
 
     @classmethod
+    def axis_limits(cls, config: Mapping[str, Any]) -> dict[str, AxisLimit]:
+        """The largest size per axis this config supports, where a table in the model fixes one
+        (a RoPE table of ``rope_max_seq_len`` positions); axes without a limit are absent."""
+        return {}
+
+    @classmethod
+    def job_axes(cls, config: Mapping[str, Any], size: Mapping[str, int]) -> dict[str, int]:
+        """The axis sizes of a generation of ``size`` (pixel ``height`` and ``width``, video
+        ``frames``; any may be absent) with this config, in the axes' units (latents): what
+        ``teacache-render`` widens its first-use profile to.  {}: the family does not say (its
+        default profile stays; ``--axis`` sets one)."""
+        return {}
+
+    @classmethod
+    def default_axes(cls, config: Mapping[str, Any] | None = None) -> tuple[Axis, ...]:
+        """The default profile: ``axes_for(config)`` cut at ``axis_limits(config)`` (the
+        family's own ``axes`` without a config)."""
+        if config is None:
+            return cls.axes
+        return clamped_axes(cls.axes_for(config), cls.axis_limits(config))
+
+    @classmethod
     def axis(cls, name: str, config: Mapping[str, Any] | None = None) -> Axis:
-        axes = cls.axes if config is None else cls.axes_for(config)
+        axes = cls.default_axes(config)
         for a in axes:
             if a.name == name:
                 return a

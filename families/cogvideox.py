@@ -18,15 +18,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, patched_axes, text_axis
 from .registry import register
-
-# Latent frames/height/width are AUTO dims: the exporter's named dims (min 1) make
-# torch.export reject the model's own shape guards (patch rows != 1; CogVideoX 1.5's
-# patchify needs sizes divisible by the patch), and torch.onnx leaves the roots of derived
-# dims (2*frames) unnamed in the graph.  The profiles still come from the axes; the runtime's
-# axis-range check sees batch and txt_seq only, and engines hold the rest to their profile.
-VIDEO_DIMS = {0: "batch", 1: AUTO, 3: AUTO, 4: AUTO}
 
 
 def fixed_sizes(config) -> dict[str, int] | None:
@@ -43,6 +37,16 @@ def fixed_sizes(config) -> dict[str, int] | None:
     tcr = config.get("temporal_compression_ratio", 4)
     return {"frames": (config["sample_frames"] - 1) // tcr + 1, "height": config["sample_height"],
             "width": config["sample_width"], "txt_seq": config["max_text_seq_length"]}
+
+
+ROPE = "use_rotary_positional_embeddings"
+
+
+def rope_table(k: int):
+    """Half ``k`` (0: cos, 1: sin) of the RoPE tables an example feeds: over the whole latent
+    grid and in fp32 at every precision, as the pipelines pass them (the model's
+    apply_rotary_emb rotates in fp32; an fp16 table would round the angles)."""
+    return lambda config, sizes: rotary_tables(config, sizes["frames"], sizes["height"], sizes["width"])[k]
 
 
 class CogVideoXEmbed(Part):
@@ -86,13 +90,6 @@ class CogVideoXBlocks(Part):
         super().__init__(model)
         self.rope = rope
         self.input_names = ("hidden", "encoder_hidden", "temb") + (("rope_cos", "rope_sin") if rope else ())
-        self.dynamic = {
-            "hidden": {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO},
-            "encoder_hidden": {0: "batch", 1: "txt_seq"},
-            "temb": {0: "batch"},
-            "rope_cos": {0: AUTO},
-            "rope_sin": {0: AUTO},
-        }
 
     def forward(self, hidden, encoder_hidden, temb, rope_cos=None, rope_sin=None):
         h, e = hidden.flatten(1, 3), encoder_hidden  # the model's (F', H', W') token order
@@ -106,8 +103,6 @@ class CogVideoXBlocks(Part):
 class CogVideoXHead(Part):
     input_names = ("hidden", "residual", "temb")
     output_names = ("output",)
-    dynamic = {"hidden": {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO},
-               "residual": {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO}, "temb": {0: "batch"}}
 
     def forward(self, hidden, residual, temb):
         m = self.model
@@ -133,7 +128,7 @@ def unpatchify(tokens, grid, p: int, p_t: int | None, channels: int) -> torch.Te
 
 
 def _variant(name, coefficients):
-    # 0.1 is upstream's "slow" setting for every CogVideoX (DESIGN §5: 1.3x for 1.5 T2V, 1.5x
+    # 0.1 is upstream's "slow" setting for every CogVideoX (docs/families.md: 1.3x for 1.5 T2V, 1.5x
     # for 1.5 I2V, 1.6x for the 5b-based ConsisID).  Its "fast" 0.2 (1.8-2.5x) costs far more
     # fidelity: a published CogVideoX1.5 comparison (PromptTea's README) has the slow setting
     # at 36 dB PSNR against the uncached video and the fast one at 15 dB.  A default should
@@ -145,7 +140,20 @@ def _variant(name, coefficients):
 class CogVideoX(Family):
     name = "cogvideox"
     class_name = "CogVideoXTransformer3DModel"
-    model_inputs = ("hidden_states", "encoder_hidden_states", "timestep", "rotary_cos", "rotary_sin", "ofs")
+    inputs = (
+        Input("hidden_states", ("batch", "frames", "in_channels", "height", "width"), "latents"),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "text_embed_dim")),
+        Input("timestep", ("batch",), "timestep"),  # int64, and so in the graph (TensorRT: an Int64 binding)
+        Input("rotary_cos", kind="table", make=rope_table(0), dtype=torch.float32, when=ROPE, dims={0: AUTO}),
+        Input("rotary_sin", kind="table", make=rope_table(1), dtype=torch.float32, when=ROPE, dims={0: AUTO}),
+        Input("ofs", ("batch",), "constant", value=2.0, when="ofs_embed_dim"),  # what the I2V pipeline passes
+    )
+    # The exporter's named dims (min 1) make torch.export reject the model's own shape guards
+    # (patch rows != 1; CogVideoX 1.5's patchify needs sizes divisible by the patch), and
+    # torch.onnx leaves the roots of derived dims (2*frames) unnamed in the graph.  The
+    # profiles still come from the axes; the runtime's axis-range check sees batch and txt_seq
+    # only, and engines hold the rest to their profile.
+    auto_axes = ("frames", "height", "width")
     variants = {v.name: v for v in (
         _variant("CogVideoX-2b", (-31.0658903, 25.4732368, -5.92380459, 1.75769064, -0.00361568434)),
         # also CogVideoX-5b-I2V and ConsisID
@@ -158,18 +166,15 @@ class CogVideoX(Family):
     # From one frame of one patch and one text token up; opt at the checkpoint's own size.
     axes = (
         Axis("batch", 1, 2, 4, help="batch size; CFG doubles it (the pipelines batch cond and uncond)"),
-        Axis("frames", 1, 13, 13, help="latent frames: (video frames - 1)/4 + 1; 49 frames -> 13"),
-        Axis("height", 2, 60, 96, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
-        Axis("width", 2, 90, 160, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
-        Axis("txt_seq", 1, 226, 226, help="text tokens (T5, padded to max_sequence_length=226)"),
+        *latent_axes(frames=(13, 13), height=(60, 96), width=(90, 160), patch=2),
+        text_axis("T5", 226),
     )
     signal = "time_embedding(time_proj(timestep)) [+ ofs_embedding(ofs_proj(ofs))], the blocks' temb"
     signal_dims = {0: "batch"}
     forward_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "ofs",
                       "image_rotary_emb")
-    optional_inputs = {"ofs": "ofs_embed_dim", "rotary_cos": "use_rotary_positional_embeddings",
-                       "rotary_sin": "use_rotary_positional_embeddings"}
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4CogVideoX1.5 (its 2b, 5b and 1.5 sets)"
     timestep_scale = TimestepScale("ddpm")  # int64 timesteps 999 -> 0
     note = ("Only the video-token residual is cached. Upstream TeaCache caches the text residual "
             "too (its diffusers applied norm_final to [text, video]); in this diffusers the blocks' "
@@ -203,20 +208,14 @@ class CogVideoX(Family):
         fixed = fixed_sizes(config)
         batch = cls.axes[0]
         if fixed is not None:
-            why = "fixed by the model's positional table (sample_* and max_text_seq_length)"
-            return (batch, *(Axis(n, v, v, v, help=why) for n, v in fixed.items()))
+            table = "learned" if config.get("use_learned_positional_embeddings") else "sin-cos"
+            why = f"the model's {table} positional table is built for this size: sample_* and max_text_seq_length"
+            return (batch, *(Axis(n, v, v, v, help=why, fixed=True) for n, v in fixed.items()))
         p, p_t = config.get("patch_size", 2), config.get("patch_size_t")
         if p_t:  # CogVideoX 1.5: 81 frames -> 21 latent frames, padded to 22; 768x1360
-            return (
-                batch,
-                Axis("frames", p_t, 22, 42, multiple_of=p_t,
-                     help="latent frames, padded to a multiple of patch_size_t (81 frames -> 22)"),
-                Axis("height", p, 96, 170, multiple_of=p, help="latent height: pixels/8"),
-                Axis("width", p, 170, 170, multiple_of=p, help="latent width: pixels/8"),
-                cls.axes[4],
-            )
-        return tuple(a if a.multiple_of == 1 else Axis(a.name, p, a.opt, a.max, p, a.help)
-                     for a in cls.axes)
+            frames = latent_axes(frames=(22, 42), height=(96, 170), width=(170, 170), patch=p, patch_t=p_t)
+            return (batch, *frames, cls.axes[4])
+        return patched_axes(cls.axes, p)
 
     @classmethod
     def parts(cls, model, variant=None):
@@ -226,63 +225,16 @@ class CogVideoX(Family):
                 "head": CogVideoXHead(model)}
 
     @classmethod
-    def input_dims(cls, config):
-        if fixed_sizes(config) is None:
-            video, text = VIDEO_DIMS, {0: "batch", 1: "txt_seq"}
-        else:
-            video, text = {0: "batch"}, {0: "batch"}
-        return {
-            "hidden_states": video,
-            "encoder_hidden_states": text,
-            "timestep": {0: "batch"},
-            "ofs": {0: "batch"},
-            "rotary_cos": {0: AUTO},  # video tokens
-            "rotary_sin": {0: AUTO},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        fixed = fixed_sizes(config) or {}
-        for name, size in fixed.items():
-            if dims[name] != size:
-                raise TeaCacheError(
-                    f"{name}={dims[name]}: this CogVideoX config adds a "
-                    f"{'learned' if config.get('use_learned_positional_embeddings') else 'sin-cos'} "
-                    f"positional table built for frames={fixed['frames']}, height={fixed['height']}, "
-                    f"width={fixed['width']} (latent) and txt_seq={fixed['txt_seq']}, which the export "
-                    f"cannot make dynamic: use --axis {name}={size}:{size}:{size}"
-                )
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        feed = {
-            "hidden_states": torch.randn(b, f, config["in_channels"], h, w, generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["text_embed_dim"], generator=g).to(dtype),
-            # Scheduler timesteps are int64 and stay so in the graph (TensorRT: Int64 binding).
-            "timestep": torch.randint(0, 1000, (b,), generator=g),
-        }
-        if config.get("ofs_embed_dim"):
-            feed["ofs"] = torch.full((b,), 2.0, dtype=dtype)  # what the I2V pipeline passes
-        if config.get("use_rotary_positional_embeddings"):
-            # fp32 at every precision: pipelines pass them so, and the model's apply_rotary_emb
-            # rotates in fp32 (an fp16 table would round the angles).
-            feed["rotary_cos"], feed["rotary_sin"] = rotary_tables(config, f, h, w)
-        return feed
-
-    @classmethod
     def feed_from_kwargs(cls, kwargs):
         if kwargs.get("timestep_cond") is not None:
             raise TeaCacheError(
                 "timestep_cond was given: CogVideoX's time embedding has no condition projection "
                 "(the diffusers model fails on it too); call without timestep_cond"
             )
-        hidden = kwargs["hidden_states"]
-        batch = hidden.shape[0]
-        feed = {"hidden_states": hidden, "encoder_hidden_states": kwargs["encoder_hidden_states"],
-                "timestep": _per_sample(kwargs["timestep"], batch, hidden.device)}
-        if kwargs.get("ofs") is not None:
-            # The I2V pipeline passes one value, shape (1,), for the whole batch.
-            ofs = _per_sample(kwargs["ofs"], batch, hidden.device)
-            feed["ofs"] = ofs if ofs.dtype.is_floating_point else ofs.to(hidden.dtype)
+        feed = super().feed_from_kwargs(kwargs)  # timestep and ofs one per sample
+        ofs = feed.get("ofs")  # the I2V pipeline passes one value for the batch, maybe an integer
+        if isinstance(ofs, torch.Tensor) and not ofs.dtype.is_floating_point:
+            feed["ofs"] = ofs.to(kwargs["hidden_states"].dtype)
         rope = kwargs.get("image_rotary_emb")
         if rope is not None:
             feed["rotary_cos"], feed["rotary_sin"] = rope
@@ -295,12 +247,6 @@ class CogVideoX(Family):
         if "rotary_cos" in feed:
             kwargs["image_rotary_emb"] = (feed["rotary_cos"], feed["rotary_sin"])
         return kwargs
-
-
-def _per_sample(value, batch: int, device) -> torch.Tensor:
-    """A number, a 0-d or a 1-element tensor -> (batch,), as the model would broadcast it."""
-    t = torch.as_tensor(value, device=device)
-    return t.reshape(-1).expand(batch) if t.numel() == 1 else t
 
 
 def rotary_tables(config, frames: int, height: int, width: int):

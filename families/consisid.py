@@ -3,7 +3,7 @@
 Signal, cache and TeaCache rule as CogVideoX (upstream TeaCache4ConsisID): the timestep
 embedding ``time_embedding(time_proj(t))`` with the CogVideoX-5B coefficients; the first and
 the last step compute.  Upstream's step counter wraps one step early (its ``cnt == num_steps-1``
-test never fires and the state leaks into the next generation, DESIGN §7): the same schedule
+test never fires and the state leaks into the next generation, docs/families.md): the same schedule
 within one generation, not copied.  Upstream caches the text residual too; the model applies
 ``norm_final`` to [text, video] and keeps the video rows, and a LayerNorm works per token, so
 the text residual cannot change the output: only the video residual is cached.
@@ -25,6 +25,7 @@ import torch
 
 from ..errors import TeaCacheError
 from .base import Variant
+from .inputs import Input
 from .cogvideox import CogVideoX, CogVideoXBlocks, CogVideoXEmbed, CogVideoXHead
 from .registry import register
 
@@ -55,7 +56,6 @@ class ConsisIDBlocks(CogVideoXBlocks):
         super().__init__(model, rope=True)
         if face:
             self.input_names = self.input_names + ("face",)
-            self.dynamic = {**self.dynamic, "face": {0: "batch"}}
 
     def forward(self, hidden, encoder_hidden, temb, rope_cos, rope_sin, face=None):
         m = self.model
@@ -72,16 +72,19 @@ class ConsisIDBlocks(CogVideoXBlocks):
 class ConsisID(CogVideoX):
     name = "consisid"
     class_name = "ConsisIDTransformer3DModel"
-    model_inputs = ("hidden_states", "encoder_hidden_states", "timestep", "rotary_cos", "rotary_sin",
-                    "id_cond", "id_vit_hidden")
+    inputs = (
+        *(i for i in CogVideoX.inputs if i.name != "ofs"),
+        Input("id_cond", ("batch", "LFE_id_dim"), when="is_train_face"),
+        Input("id_vit_hidden", ("batch", "LFE_num_scale", VIT_TOKENS, "LFE_vit_dim"), when="is_train_face"),
+    )
     forward_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "timestep_cond", "image_rotary_emb",
                       "id_cond", "id_vit_hidden")
-    optional_inputs = {"id_cond": "is_train_face", "id_vit_hidden": "is_train_face"}
     variants = {
         # CogVideoX-5B's coefficients (ConsisID is CogVideoX-5B-I2V fine-tuned).  0.1 is upstream's
         # slowest setting (1.6x; 0.15 -> 2.1x, 0.2 -> 2.5x), the default as for CogVideoX.
         "ConsisID": Variant("ConsisID", CogVideoX.variants["CogVideoX-5b"].coefficients, default_threshold=0.1),
     }
+    coefficients_source = "upstream TeaCache4ConsisID (CogVideoX-5B's set)"
     note = ("Only the video-token residual is cached (face cross-attention included). Upstream TeaCache "
             "caches the text residual too; norm_final normalises each token alone, so the text rows "
             "cannot change the video output.")
@@ -104,20 +107,6 @@ class ConsisID(CogVideoX):
         face = bool(model.config.is_train_face)
         return {"embed": ConsisIDEmbed(model, face), "blocks": ConsisIDBlocks(model, face),
                 "head": CogVideoXHead(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {**super().input_dims(config), "id_cond": {0: "batch"}, "id_vit_hidden": {0: "batch"}}
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        feed = super().example_inputs(config, dims, dtype, seed)
-        if config.get("is_train_face"):
-            g = torch.Generator().manual_seed(seed + 1000)
-            b, scales = dims["batch"], config.get("LFE_num_scale", 5)
-            feed["id_cond"] = torch.randn(b, config["LFE_id_dim"], generator=g).to(dtype)
-            feed["id_vit_hidden"] = torch.randn(b, scales, VIT_TOKENS, config["LFE_vit_dim"], generator=g).to(dtype)
-        return feed
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):

@@ -33,11 +33,16 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AxisLimit, Family, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 
 BASE_FPS = 24  # CosmosRotaryPosEmbed's base_fps: a constructor default the config does not carry
-VIDEO_DIMS = {0: "batch", 2: AUTO, 3: AUTO, 4: AUTO}  # frames/height/width: see cogvideox.VIDEO_DIMS
+
+
+def video2world(config) -> bool:
+    """Video2World: one more input channel (the condition mask) than output channels."""
+    return config["in_channels"] == config["out_channels"] + 1
 
 
 def nearest_resize(mask: torch.Tensor, size) -> torch.Tensor:
@@ -130,15 +135,6 @@ class CosmosBlocks(Part):
         self.learnable = model.config.extra_pos_embed_type == "learnable"
         self.input_names = ("hidden", "encoder_hidden", "temb", "embedded_timestep", "rotary_cos",
                             "rotary_sin") + (("extra_pos",) if self.learnable else ())
-        self.dynamic = {
-            "hidden": {0: "batch", 1: AUTO},  # video tokens
-            "encoder_hidden": {0: "batch", 1: "txt_seq"},
-            "temb": {0: "batch"},
-            "embedded_timestep": {0: "batch"},
-            "rotary_cos": {0: AUTO},
-            "rotary_sin": {0: AUTO},
-            "extra_pos": {1: AUTO},
-        }
 
     def forward(self, hidden, encoder_hidden, temb, embedded_timestep, rotary_cos, rotary_sin, extra_pos=None):
         h = hidden
@@ -153,13 +149,6 @@ class CosmosHead(Part):
     # hidden_states (the model's latent input) only lends its frames/height/width to the unpatchify.
     input_names = ("hidden_states", "hidden", "residual", "temb", "embedded_timestep")
     output_names = ("output",)
-    dynamic = {
-        "hidden_states": VIDEO_DIMS,
-        "hidden": {0: "batch", 1: AUTO},
-        "residual": {0: "batch", 1: AUTO},
-        "temb": {0: "batch"},
-        "embedded_timestep": {0: "batch"},
-    }
 
     def forward(self, hidden_states, hidden, residual, temb, embedded_timestep):
         m = self.model
@@ -177,11 +166,22 @@ class CosmosHead(Part):
 class Cosmos(Family):
     name = "cosmos"
     class_name = "CosmosTransformer3DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "fps", "padding_mask",
-                    "condition_mask")
+    inputs = (
+        # Video2World's condition mask is a channel of its own input, not of the latents.
+        Input("hidden_states", ("batch", "latent_channels", "frames", "height", "width"), "latents"),
+        # EDM: 0.25 * ln(sigma), sigma in [0.002, 80]; the pipelines cast it to the model's dtype
+        Input("timestep", ("batch",), "timestep", span=(-1.55, 1.05)),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "text_embed_dim")),
+        # The pipelines' fps=30: always fp32, as the model computes its RoPE
+        Input("fps", (1,), "constant", value=30.0, dtype=torch.float32),
+        # what the pipelines pass (resized to the latents)
+        Input("padding_mask", (1, 1, "height", "width"), "constant", when="concat_padding_mask"),
+        Input("condition_mask", ("batch", 1, "frames", "height", "width"), "table",
+              make=lambda config, sizes: first_frame_mask(sizes), when=video2world),
+    )
+    auto_axes = ("frames", "height", "width")  # as CogVideoX's: the patch embedding's shape guards
     # block_controlnet_hidden_states is taken only to be refused with its own message.
-    forward_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "fps", "padding_mask",
-                      "condition_mask", "block_controlnet_hidden_states")
+    forward_kwargs = (*(i.name for i in inputs), "block_controlnet_hidden_states")
     variants: ClassVar = {
         "Cosmos-1.0": Variant(
             "Cosmos-1.0",
@@ -195,16 +195,15 @@ class Cosmos(Family):
     # (8x temporal and spatial compression); either orientation; T5 prompts of 512 tokens.
     axes = (
         Axis("batch", 1, 1, 2, help="batch size of one call (the pipelines call cond and uncond separately)"),
-        Axis("frames", 1, 16, 16, help="latent frames: (video frames - 1)/8 + 1; 121 frames -> 16"),
-        Axis("height", 2, 88, 160, multiple_of=2, help="latent height: pixels/8 (704 -> 88)"),
-        Axis("width", 2, 160, 160, multiple_of=2, help="latent width: pixels/8 (1280 -> 160)"),
-        Axis("txt_seq", 1, 512, 512, help="text tokens (T5, max_sequence_length=512)"),
+        *latent_axes(frames=(16, 16), height=(88, 160), width=(160, 160), patch=2, temporal=8),
+        text_axis("T5", 512),
     )
     signal = ("transformer_blocks[0].norm1(patch_embed(x), embedded_timestep, temb)[0], before the "
               "learned positional embedding")
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Cosmos (Cosmos-1.0)"
     # The pipelines pass EDM's 0.25 * ln(sigma) (about -1.55 .. 1.1 for sigma 0.002 .. 80); the
     # tools' sampler moves a flow timestep 1 -> 0 through the same range.
     timestep_scale = TimestepScale("flow", 1.0)
@@ -248,19 +247,16 @@ class Cosmos(Family):
         return tuple(out)
 
     @classmethod
-    def parts(cls, model, variant=None):
-        return {"embed": CosmosEmbed(model, cls._condition(model.config)), "blocks": CosmosBlocks(model),
-                "head": CosmosHead(model)}
-
-    @staticmethod
-    def _condition(config) -> bool:
-        """Video2World: one more input channel (the condition mask) than output channels."""
-        return config["in_channels"] == config["out_channels"] + 1
+    def axis_limits(cls, config):
+        sizes = tuple(config.get("max_size") or (128, 240, 240))
+        return {axis: AxisLimit(n, "max_size", list(sizes), "the learned positional table and the RoPE positions "
+                                                              "cover max_size latents")
+                for axis, n in zip(("frames", "height", "width"), sizes)}
 
     @classmethod
-    def inputs_for(cls, config):
-        keep = {"padding_mask": bool(config.get("concat_padding_mask")), "condition_mask": cls._condition(config)}
-        return tuple(n for n in cls.model_inputs if keep.get(n, True))
+    def parts(cls, model, variant=None):
+        return {"embed": CosmosEmbed(model, video2world(model.config)), "blocks": CosmosBlocks(model),
+                "head": CosmosHead(model)}
 
     @classmethod
     def call_model(cls, model, kwargs):
@@ -273,35 +269,9 @@ class Cosmos(Family):
         return super().load_model(model_dir, precision)
 
     @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": VIDEO_DIMS,
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "padding_mask": {2: AUTO, 3: AUTO},  # (1, 1, latent height, latent width)
-            "condition_mask": VIDEO_DIMS,
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        condition = cls._condition(config)
-        channels = config["in_channels"] - (1 if condition else 0)
-        feed = {
-            "hidden_states": torch.randn(b, channels, f, h, w, generator=g).to(dtype),
-            # EDM: 0.25 * ln(sigma), sigma in [0.002, 80]; the pipelines cast it to the model's dtype
-            "timestep": (torch.rand(b, generator=g) * 2.6 - 1.55).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["text_embed_dim"], generator=g).to(dtype),
-            # The pipelines' fps=30: always fp32, as the model computes its RoPE
-            "fps": fps_tensor(30),
-        }
-        if config.get("concat_padding_mask"):
-            feed["padding_mask"] = torch.zeros(1, 1, h, w, dtype=dtype)  # what the pipelines pass (resized)
-        if condition:
-            feed["condition_mask"] = (torch.arange(f) < 1).to(dtype)[None, None, :, None, None].expand(
-                b, 1, f, h, w).contiguous()
-        return feed
+    def config_sizes(cls, config):
+        condition = 1 if video2world(config) else 0
+        return {**super().config_sizes(config), "latent_channels": config["in_channels"] - condition}
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
@@ -310,34 +280,28 @@ class Cosmos(Family):
                 "block_controlnet_hidden_states given: ControlNet residuals (Cosmos Transfer) change every "
                 "block's output and are not inputs of the exported graphs"
             )
-        hidden = kwargs["hidden_states"]
-        b, _, frames, height, width = hidden.shape
-        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
-        if timestep.ndim == 5:
-            raise TeaCacheError(
-                f"timestep has shape {tuple(timestep.shape)}: per-frame timesteps (Cosmos Predict2 Video2World) "
-                f"are not exported by this adapter; pass one timestep per sample"
-            )
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(b)
-        text = kwargs["encoder_hidden_states"]
-        if isinstance(text, (tuple, list)):
+        if isinstance(kwargs.get("encoder_hidden_states"), (tuple, list)):
             raise TeaCacheError(
                 "encoder_hidden_states is a tuple (text, image context: Cosmos Predict2.5): not exported; "
                 "pass the text embeddings as one tensor"
             )
-        feed = {"hidden_states": hidden, "timestep": timestep, "encoder_hidden_states": text}
+        feed = super().feed_from_kwargs(kwargs)  # the timestep one per sample
+        timestep = feed.get("timestep")
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 5:
+            raise TeaCacheError(
+                f"timestep has shape {tuple(timestep.shape)}: per-frame timesteps (Cosmos Predict2 Video2World) "
+                f"are not exported by this adapter; pass one timestep per sample"
+            )
+        hidden = kwargs["hidden_states"]
         feed["fps"] = fps_tensor(kwargs.get("fps"), hidden.device)
-        mask = kwargs.get("padding_mask")
+        mask = feed.get("padding_mask")
         if mask is not None:
             if mask.ndim != 4 or mask.shape[0] != 1:
                 raise TeaCacheError(
                     f"padding_mask has shape {tuple(mask.shape)}: the model repeats it over the batch and takes "
                     f"one (1, 1, height, width) mask, as the Cosmos pipelines pass it"
                 )
-            feed["padding_mask"] = nearest_resize(mask, (height, width))
-        if kwargs.get("condition_mask") is not None:
-            feed["condition_mask"] = kwargs["condition_mask"]
+            feed["padding_mask"] = nearest_resize(mask, hidden.shape[-2:])
         return feed
 
     @classmethod
@@ -361,6 +325,13 @@ def learned_positions(model, frames: int, height: int, width: int) -> torch.Tens
     norm = torch.linalg.vector_norm(emb, dim=-1, keepdim=True, dtype=torch.float32)
     norm = torch.add(pe.eps, norm, alpha=math.sqrt(1 / emb.shape[-1]))
     return emb / norm
+
+
+def first_frame_mask(sizes) -> torch.Tensor:
+    """Video2World's condition mask as its pipeline passes it for one conditioning frame: 1 on
+    the first latent frame, 0 on the others."""
+    frames = (torch.arange(sizes["frames"]) < 1).float()
+    return frames[None, None, :, None, None].expand(sizes["batch"], 1, -1, sizes["height"], sizes["width"]).contiguous()
 
 
 def fps_tensor(fps, device=None) -> torch.Tensor:

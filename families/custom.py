@@ -7,25 +7,11 @@ cached streams, the axes and the coefficients.  What diffusers gives for free, a
 :class:`ModuleFamily` supplies those from a folder of ``config.json`` (the constructor's
 keyword arguments) and ``model.safetensors`` (the state dict)::
 
-    # my_dit_family.py
-    from teacache_trt.families import Axis, ModuleFamily, Variant
-    from my_project import MyDiT
+    teacache-export MODEL_DIR --out ART --family-module examples/custom_family/family.py:TinyDiTFamily
+    teacache_trt.load_transformer(ART, family_module="examples/custom_family/family.py:TinyDiTFamily")
 
-    class MyDiTFamily(ModuleFamily):
-        name = "my_dit"
-        module_class = MyDiT                 # built as MyDiT(**config); it keeps config in .config
-        model_inputs = ("x", "timestep", "y")
-        variants = {"v1": Variant("v1", (217.5, -118.3, 26.9, -0.0459, 0.0484), default_threshold=0.1)}
-        axes = (Axis("batch", 1, 2, 2), Axis("tokens", 16, 256, 1024))
-        signal = "blocks[0] modulated input"
-        signal_dims = {0: "batch", 1: "tokens"}
-        cached = ("x",)
-        def parts(cls, model, variant=None): ...        # embed / blocks / head
-        def input_dims(cls, config): ...                # {input: {dim: axis}}
-        def example_inputs(cls, config, dims, dtype, seed=0): ...
-
-    teacache-export MODEL_DIR --out ART --family-module my_dit_family.py:MyDiTFamily
-    teacache_trt.load_transformer(ART, family_module="my_dit_family.py:MyDiTFamily")
+docs/custom-families.md says what a declaration needs; ``examples/custom_family/`` is a
+complete one (a model built from a config object, returning a dataclass).
 
 ``--family-module`` takes ``path/to/file.py:ClassName`` or ``package.module:ClassName``.  Loading
 the module runs its code, so it happens only where the user names it: the manifest records
@@ -33,6 +19,7 @@ the name for error messages but the runtime never imports it on its own.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -50,9 +37,10 @@ from .base import Family
 from .model_io import find_model_dir, read_config
 from .registry import all_families, register
 
-# What a Family subclass must define (the base class leaves these unset or raising).
-REQUIRED = ("name", "class_name", "model_inputs", "variants", "axes", "signal", "signal_dims", "cached")
-OVERRIDDEN = ("parts", "input_dims", "example_inputs")
+# What a Family subclass must define (the base class leaves these unset or raising); a family
+# without ``inputs`` states ``model_inputs`` and overrides both input hooks instead.
+REQUIRED = ("name", "class_name", "variants", "axes", "signal", "signal_dims", "cached")
+INPUT_HOOKS = ("input_dims", "example_inputs")
 
 
 class ModuleFamily(Family):
@@ -62,11 +50,17 @@ class ModuleFamily(Family):
     ``_`` left out); the module keeps its config in a ``config`` attribute (a dict, or an object
     with ``to_dict()``) so that exports can record and compare it; override ``config_of`` where
     it keeps it elsewhere.  Its ``forward`` takes the graph inputs as keywords
-    (``kwargs_from_feed``) and returns the output tensor.
+    (``kwargs_from_feed``) and returns ``output_type``.
     """
 
     module_class: ClassVar[type[torch.nn.Module]]
     weights_name: ClassVar[str] = "model.safetensors"
+    # What the module's forward returns, so that the drop-in returns the same: torch.Tensor (the
+    # output itself), tuple (``(output,)``), or a dataclass whose first field is the output (built
+    # as ``output_type(output)``; its other fields need defaults).  The export checks it against
+    # what the module returned.  A caller's ``return_dict=False`` gets ``(output,)`` whatever
+    # this says, as from a diffusers model.
+    output_type: ClassVar[type] = torch.Tensor
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -128,12 +122,43 @@ class ModuleFamily(Family):
 
     @classmethod
     def call_model(cls, model: torch.nn.Module, kwargs: Mapping[str, Any]) -> torch.Tensor:
+        """The output tensor of the module's forward, whose result must be of ``output_type``."""
         out = model(**kwargs)
-        return out if isinstance(out, torch.Tensor) else out[0]
+        want = cls.output_type
+        if isinstance(out, torch.Tensor) != (want is torch.Tensor) or not (
+                isinstance(out, torch.Tensor) or isinstance(out, want)):
+            raise TeaCacheError(
+                f"{type(model).__name__}.forward returned a {type(out).__module__}.{type(out).__qualname__}, but the "
+                f"family {cls.__qualname__} declares output_type = {want.__qualname__}: set output_type = "
+                f"{_type_name(out)}, so that the drop-in transformer returns what the module returns")
+        return _output_tensor(out)
 
     @classmethod
     def wrap_output(cls, output: torch.Tensor, return_dict: bool):
-        return output  # the module's forward returns the tensor itself
+        """What the module's forward returns for ``output`` (``output_type``); ``(output,)`` for
+        a caller that passes ``return_dict=False``."""
+        want = cls.output_type
+        if not return_dict or want is tuple:
+            return (output,)
+        if want is torch.Tensor:
+            return output
+        return want(output)
+
+
+def _output_tensor(out) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if dataclasses.is_dataclass(out):
+        return getattr(out, dataclasses.fields(out)[0].name)
+    return out[0]
+
+
+def _type_name(out) -> str:
+    if isinstance(out, tuple) and type(out) is tuple:
+        return "tuple"
+    if dataclasses.is_dataclass(out):
+        return type(out).__qualname__
+    return f"{type(out).__qualname__} (a tensor, a tuple or a dataclass; or override call_model and wrap_output)"
 
 
 def load_family_module(spec: str) -> type[Family]:
@@ -161,8 +186,16 @@ def load_family_module(spec: str) -> type[Family]:
 
 def check_family(cls: type[Family]) -> None:
     """Every attribute and method a family must define, before any model loads."""
+    def inherited(method: str) -> bool:
+        return getattr(cls, method).__func__ is getattr(Family, method).__func__
+
     missing = [n for n in REQUIRED if not hasattr(cls, n)]
-    missing += [f"{n}()" for n in OVERRIDDEN if getattr(cls, n).__func__ is getattr(Family, n).__func__]
+    if not cls.inputs:
+        if hasattr(cls, "model_inputs"):
+            missing += [f"{n}()" for n in INPUT_HOOKS if inherited(n)]
+        else:
+            missing.insert(0, "inputs")
+    missing += ["parts()"] if inherited("parts") else []
     if missing:
         raise TeaCacheError(
             f"family class {cls.__qualname__} does not define {', '.join(missing)}: see "
@@ -188,6 +221,12 @@ def _import_file(path: Path):
         raise TeaCacheError(f"family module file {path} is not a Python file: give path/to/file.py:ClassName")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before exec: inspect.getfile and dataclasses look it up
+    # The file's folder goes first on sys.path, as for a script run with ``python file.py``:
+    # a family file imports its model from a sibling file (``from my_dit import MyDiT``).  It
+    # stays there, for imports the family makes later (inside parts(), build()).
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import AUTO, Axis, Family, Part, Variant, criterion_sums
 from . import magcache_ratios
+from .base import Family, NormOutHead, Part, Variant, criterion_sums
+from .inputs import Axis, Input
 from .registry import register
 
 
@@ -52,13 +53,6 @@ class FluxEmbed(Part):
 class FluxBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "temb", "rotary_cos", "rotary_sin")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: "img_seq"},
-        "encoder_hidden": {0: "batch", 1: "txt_seq"},
-        "temb": {0: "batch"},
-        "rotary_cos": {0: AUTO},
-        "rotary_sin": {0: AUTO},
-    }
 
     def forward(self, hidden, encoder_hidden, temb, rotary_cos, rotary_sin):
         m = self.model
@@ -69,22 +63,26 @@ class FluxBlocks(Part):
         return h - hidden
 
 
-class FluxHead(Part):
-    input_names = ("hidden", "residual", "temb")
-    output_names = ("output",)
-    dynamic = {"hidden": {0: "batch", 1: "img_seq"}, "residual": {0: "batch", 1: "img_seq"},
-               "temb": {0: "batch"}}
-
-    def forward(self, hidden, residual, temb):
-        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
+def image_ids(tokens: int) -> torch.Tensor:
+    """FLUX position ids of the image tokens: channel 0 = 0, channels 1, 2 = row, column of a
+    latent grid 16 tokens wide (any grid does for examples)."""
+    n = torch.arange(tokens)
+    return torch.stack([torch.zeros(tokens), n // 16, n % 16], dim=1)
 
 
 @register
 class Flux(Family):
     name = "flux"
     class_name = "FluxTransformer2DModel"
-    model_inputs = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep",
-                    "img_ids", "txt_ids", "guidance")
+    inputs = (
+        Input("hidden_states", ("batch", "img_seq", "in_channels"), "latents"),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "joint_attention_dim")),
+        Input("pooled_projections", ("batch", "pooled_projection_dim")),
+        Input("timestep", ("batch",), "timestep"),  # sigma in [0, 1): the model scales by 1000
+        Input("img_ids", ("img_seq", 3), "table", make=lambda config, sizes: image_ids(sizes["img_seq"])),
+        Input("txt_ids", ("txt_seq", 3), "constant", value=0.0),
+        Input("guidance", ("batch",), "constant", value=3.5, when="guidance_embeds"),
+    )
     variants = {
         "FLUX.1": Variant(
             "FLUX.1",
@@ -103,50 +101,18 @@ class Flux(Family):
     signal = "transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0], image tokens"
     signal_dims = {0: "batch", 1: "img_seq"}
     signal_block_count = "num_layers"  # double-stream blocks
-    optional_inputs = {"guidance": "guidance_embeds"}
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4FLUX (FLUX.1-dev)"
 
     @classmethod
     def parts(cls, model, variant=None):
         guidance = bool(model.config.guidance_embeds)
         return {"context": FluxContext(model), "embed": FluxEmbed(model, guidance), "blocks": FluxBlocks(model),
-                "head": FluxHead(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 1: "img_seq"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "pooled_projections": {0: "batch"},
-            "timestep": {0: "batch"},
-            "img_ids": {0: "img_seq"},
-            "txt_ids": {0: "txt_seq"},
-            "guidance": {0: "batch"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, s, t = dims["batch"], dims["img_seq"], dims["txt_seq"]
-        out_dim = config["in_channels"]
-        feed = {
-            "hidden_states": torch.randn(b, s, out_dim, generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["joint_attention_dim"], generator=g).to(dtype),
-            "pooled_projections": torch.randn(b, config["pooled_projection_dim"], generator=g).to(dtype),
-            "timestep": torch.rand(b, generator=g).to(dtype),
-            # FLUX ids: channel 0 = 0, channels 1, 2 = row, column of the latent grid.
-            "img_ids": torch.stack(
-                [torch.zeros(s), torch.arange(s) // 16, torch.arange(s) % 16], dim=1
-            ).to(dtype),
-            "txt_ids": torch.zeros(t, 3, dtype=dtype),
-        }
-        if config.get("guidance_embeds"):
-            feed["guidance"] = torch.full((b,), 3.5, dtype=dtype)
-        return feed
+                "head": NormOutHead(model)}
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
-        feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
+        feed = super().feed_from_kwargs(kwargs)
         for ids in ("img_ids", "txt_ids"):
             # diffusers still accepts (deprecated) batched ids; they are the same per sample.
             if ids in feed and feed[ids].ndim == 3:

@@ -30,7 +30,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, ForcedSteps, Part, Variant, criterion_sums
+from .base import Family, ForcedSteps, NormOutHead, Part, Variant, criterion_sums
+from .inputs import Axis, Input, text_axis
 from .registry import register
 
 
@@ -94,15 +95,6 @@ class Flux2Embed(Part):
 class Flux2Blocks(Part):
     input_names = ("hidden", "encoder_hidden", "mod_img", "mod_txt", "mod_single", "rotary_cos", "rotary_sin")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: "img_seq"},
-        "encoder_hidden": {0: "batch", 1: "txt_seq"},
-        "mod_img": {0: "batch"},
-        "mod_txt": {0: "batch"},
-        "mod_single": {0: "batch"},
-        "rotary_cos": {0: AUTO},  # text + image tokens
-        "rotary_sin": {0: AUTO},
-    }
 
     def forward(self, hidden, encoder_hidden, mod_img, mod_txt, mod_single, rotary_cos, rotary_sin):
         m = self.model
@@ -118,14 +110,21 @@ class Flux2Blocks(Part):
         return joint[:, encoder_hidden.shape[1]:] - hidden
 
 
-class Flux2Head(Part):
-    input_names = ("hidden", "residual", "temb")
-    output_names = ("output",)
-    dynamic = {"hidden": {0: "batch", 1: "img_seq"}, "residual": {0: "batch", 1: "img_seq"},
-               "temb": {0: "batch"}}
+def image_ids(sizes) -> torch.Tensor:
+    """The pipelines' image-token ids (0, row, col, 0), per sample, for a grid as square as
+    ``img_seq`` allows."""
+    s = sizes["img_seq"]
+    width = max(d for d in range(1, int(s**0.5) + 1) if s % d == 0)
+    n, zeros = torch.arange(s), torch.zeros(s, dtype=torch.long)
+    return torch.stack([zeros, n // width, n % width, zeros], dim=1).expand(sizes["batch"], -1, -1).contiguous()
 
-    def forward(self, hidden, residual, temb):
-        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
+
+def text_ids(sizes) -> torch.Tensor:
+    """The pipelines' text-token ids (0, 0, 0, l), per sample."""
+    t = sizes["txt_seq"]
+    ids = torch.zeros(t, 4, dtype=torch.long)
+    ids[:, 3] = torch.arange(t)
+    return ids.expand(sizes["batch"], -1, -1).contiguous()
 
 
 # Flux2KleinKVPipeline's reference-image KV cache: keywords and the values that leave it off.
@@ -142,9 +141,15 @@ def _variant(name, coefficients):
 class Flux2(Family):
     name = "flux2"
     class_name = "Flux2Transformer2DModel"
-    model_inputs = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids", "guidance")
-    forward_kwargs = model_inputs + tuple(KV_CACHE_KWARGS)  # refused with their own message
-    optional_inputs = {"guidance": "guidance_embeds"}
+    inputs = (
+        Input("hidden_states", ("batch", "img_seq", "in_channels"), "latents"),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "joint_attention_dim")),
+        Input("timestep", ("batch",), "timestep"),  # sigma in [0, 1): the model scales by 1000
+        Input("img_ids", ("batch", "img_seq", 4), "table", dtype=torch.int64, make=lambda config, sizes: image_ids(sizes)),
+        Input("txt_ids", ("batch", "txt_seq", 4), "table", dtype=torch.int64, make=lambda config, sizes: text_ids(sizes)),
+        Input("guidance", ("batch",), "constant", value=4.0, when="guidance_embeds"),
+    )
+    forward_kwargs = (*(i.name for i in inputs), *KV_CACHE_KWARGS)  # refused with their own message
     variants: ClassVar = {v.name: v for v in (
         # vLLM-Omni: "copied from Qwen-Image, need to be tuned specifically for Flux2"
         _variant("FLUX.2-dev", (-4.5e2, 2.8e2, -4.5e1, 3.2, -2e-2)),
@@ -157,13 +162,14 @@ class Flux2(Family):
         Axis("batch", 1, 1, 4, help="batch size of one call (Flux2KleinPipeline calls cond and uncond separately)"),
         Axis("img_seq", 1, 4096, 16384,
              help="image tokens: (height/16)*(width/16), plus the reference images' tokens"),
-        Axis("txt_seq", 1, 512, 512, help="text tokens (padded to max_sequence_length=512)"),
+        text_axis("Mistral3 for dev, Qwen3 for klein", 512),
     )
     signal = ("(1 + scale_msa) * transformer_blocks[0].norm1(x_embedder(x)) + shift_msa, "
               "image (and reference-image) tokens")
     signal_dims = {0: "batch", 1: "img_seq"}
     signal_block_count = "num_layers"  # double-stream blocks
     cached = ("hidden_states",)
+    coefficients_source = "vLLM-Omni (none fitted for FLUX.2: Qwen-Image's set for dev, FLUX.1's for klein)"
     note = ("Rule as vLLM-Omni codes it: acc += |poly(d)|, eps 1e-8 in d's denominator, only each cache "
             "context's first call forced; its FLUX.2 coefficients are borrowed (Qwen-Image's for dev, "
             "FLUX.1's for klein).")
@@ -176,39 +182,7 @@ class Flux2(Family):
     def parts(cls, model, variant=None):
         guidance = bool(model.config.guidance_embeds)
         return {"context": Flux2Context(model), "embed": Flux2Embed(model, guidance), "blocks": Flux2Blocks(model),
-                "head": Flux2Head(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 1: "img_seq"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "timestep": {0: "batch"},
-            "img_ids": {0: "batch", 1: "img_seq"},
-            "txt_ids": {0: "batch", 1: "txt_seq"},
-            "guidance": {0: "batch"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, s, t = dims["batch"], dims["img_seq"], dims["txt_seq"]
-        width = max(d for d in range(1, int(s**0.5) + 1) if s % d == 0)
-        # The pipelines' ids: image token (0, row, col, 0), text token (0, 0, 0, l).
-        zeros = torch.zeros(s, dtype=torch.long)
-        img_ids = torch.stack([zeros, torch.arange(s) // width, torch.arange(s) % width, zeros], dim=1)
-        txt_ids = torch.zeros(t, 4, dtype=torch.long)
-        txt_ids[:, 3] = torch.arange(t)
-        feed = {
-            "hidden_states": torch.randn(b, s, config["in_channels"], generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["joint_attention_dim"], generator=g).to(dtype),
-            "timestep": torch.rand(b, generator=g).to(dtype),
-            "img_ids": img_ids.expand(b, -1, -1).contiguous(),
-            "txt_ids": txt_ids.expand(b, -1, -1).contiguous(),
-        }
-        if config.get("guidance_embeds"):
-            feed["guidance"] = torch.full((b,), 4.0, dtype=dtype)
-        return feed
+                "head": NormOutHead(model)}
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
@@ -219,7 +193,7 @@ class Flux2(Family):
                     f"the exported graphs; use Flux2KleinPipeline, which passes the reference images as tokens"
                 )
         hidden = kwargs["hidden_states"]
-        feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
+        feed = super().feed_from_kwargs(kwargs)  # the timestep one per sample
         for ids in ("img_ids", "txt_ids"):
             t = feed.get(ids)
             if t is None:
@@ -227,6 +201,4 @@ class Flux2(Family):
             if t.ndim == 2:  # one (tokens, 4) table for the batch: the model accepts it too
                 t = t.expand(hidden.shape[0], -1, -1)
             feed[ids] = t if t.dtype == torch.long else t.long()
-        timestep = torch.as_tensor(feed["timestep"], device=hidden.device)
-        feed["timestep"] = timestep.reshape(1).expand(hidden.shape[0]) if timestep.numel() == 1 else timestep
         return feed

@@ -37,7 +37,8 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
+from .base import AxisLimit, Family, ForcedSteps, Part, TimestepScale, Variant, criterion_sums
+from .inputs import Axis, Input
 from .registry import register
 
 # Inputs a caller may pass that this export does not take (the model's pre-patchified path).
@@ -157,13 +158,6 @@ class HiDreamEmbed(Part):
 class HiDreamBlocks(Part):
     input_names = ("hidden", "temb", "image_rotary", "t5_text", "llama_text")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: AUTO},  # image tokens: (size/patch)^2
-        "temb": {0: "batch"},
-        "image_rotary": {1: AUTO},
-        "t5_text": {0: "batch", 1: "t5_seq"},
-        "llama_text": {0: "batch", 2: "llama_seq"},
-    }
 
     def __init__(self, model):
         super().__init__(model)
@@ -202,12 +196,6 @@ class HiDreamHead(Part):
     # hidden_states (the model's latent input) only lends its size to the unpatchify.
     input_names = ("hidden_states", "hidden", "residual", "temb")
     output_names = ("output",)
-    dynamic = {
-        "hidden_states": {0: "batch", 2: "size", 3: "size"},
-        "hidden": {0: "batch", 1: AUTO},
-        "residual": {0: "batch", 1: AUTO},
-        "temb": {0: "batch"},
-    }
 
     def forward(self, hidden_states, hidden, residual, temb):
         m = self.model
@@ -223,8 +211,16 @@ class HiDreamHead(Part):
 class HiDream(Family):
     name = "hidream"
     class_name = "HiDreamImageTransformer2DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states_t5", "encoder_hidden_states_llama3",
-                    "pooled_embeds")
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "size", "size"), "latents"),
+        # fp32 at every precision: the scheduler's timesteps (UniPC int64, FlowMatchEuler fp32),
+        # which the model embeds in fp32
+        Input("timestep", ("batch",), "timestep", dtype=torch.float32),
+        Input("encoder_hidden_states_t5", ("batch", "t5_seq", "t5_dim")),
+        # (Llama layers, B, L, D): the pipeline stacks the hidden states with batch on dim 1
+        Input("encoder_hidden_states_llama3", ("llama_states", "batch", "llama_seq", "llama_dim")),
+        Input("pooled_embeds", ("batch", "text_emb_dim")),
+    )
     # The model's keyword is ``timesteps``; ``timestep`` (the graph input) is accepted too, as
     # the tools pass graph names.
     forward_kwargs = ("hidden_states", "timesteps", "timestep", "encoder_hidden_states_t5",
@@ -253,6 +249,7 @@ class HiDream(Family):
     signal_dims = {0: "batch"}
     signal_block_count = "num_layers"  # the rotary and the block loop assume double blocks first
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4HiDream-I1 (HiDream-I1-Full)"
     note = ("The image-token residual through all double and single blocks is cached. The MoE "
             "feed-forwards run every expert and weight it by its gate (0 where not routed): equal "
             "to the model's routing, at num_routed_experts/num_activated_experts times the routed "
@@ -283,6 +280,12 @@ class HiDream(Family):
                             f"{size.help} ({limit} for this config)"), t5, llama)
 
     @classmethod
+    def axis_limits(cls, config):
+        sizes = tuple(config.get("max_resolution") or (128, 128))
+        return {"size": AxisLimit(min(sizes), "max_resolution", list(sizes),
+                                  "the rotary tables the graphs gather from cover max_resolution latents")}
+
+    @classmethod
     def parts(cls, model, variant=None):
         return {"context": HiDreamContext(model), "embed": HiDreamEmbed(model), "blocks": HiDreamBlocks(model),
                 "head": HiDreamHead(model)}
@@ -293,37 +296,20 @@ class HiDream(Family):
         return {"max_seq": config["max_resolution"][0] * config["max_resolution"][1] // config["patch_size"] ** 2}
 
     @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 2: "size", 3: "size"},
-            "timestep": {0: "batch"},
-            "encoder_hidden_states_t5": {0: "batch", 1: "t5_seq"},
-            # (Llama layers, B, L, D): the pipeline stacks the hidden states with batch on dim 1
-            "encoder_hidden_states_llama3": {1: "batch", 2: "llama_seq"},
-            "pooled_embeds": {0: "batch"},
-            "pooled_temb": {0: "batch"},  # the context graph's output the embed takes
-        }
+    def config_sizes(cls, config):
+        t5_dim, llama_dim = config["caption_channels"]
+        return {**super().config_sizes(config), "t5_dim": t5_dim, "llama_dim": llama_dim,
+                "llama_states": max(config["llama_layers"]) + 1}
 
     @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):
-        b, s, t, n = (dims[k] for k in ("batch", "size", "t5_seq", "llama_seq"))
         limit = min(config.get("max_resolution") or (128, 128))
-        if s > limit:
+        if dims["size"] > limit:
             raise TeaCacheError(
-                f"size={s}: this HiDream config's max_resolution is {tuple(config['max_resolution'])} "
+                f"size={dims['size']}: this HiDream config's max_resolution is {tuple(config['max_resolution'])} "
                 f"latents, which its rotary table covers; use --axis size=MIN:OPT:MAX with MAX <= {limit}"
             )
-        g = torch.Generator().manual_seed(seed)
-        t5_dim, llama_dim = config["caption_channels"]
-        layers = max(config["llama_layers"]) + 1
-        return {
-            "hidden_states": torch.randn(b, config["in_channels"], s, s, generator=g).to(dtype),
-            # fp32 at every precision: the scheduler's timesteps (the model embeds them in fp32)
-            "timestep": torch.rand(b, generator=g) * 1000,
-            "encoder_hidden_states_t5": torch.randn(b, t, t5_dim, generator=g).to(dtype),
-            "encoder_hidden_states_llama3": torch.randn(layers, b, n, llama_dim, generator=g).to(dtype),
-            "pooled_embeds": torch.randn(b, config["text_emb_dim"], generator=g).to(dtype),
-        }
+        return super().example_inputs(config, dims, dtype, seed)
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
@@ -341,18 +327,9 @@ class HiDream(Family):
                 f"max_resolution tokens with a mask, which is not exported; generate a square image "
                 f"(HiDreamImagePipeline height == width)"
             )
-        timestep = kwargs.get("timesteps")
-        if timestep is None:
-            timestep = kwargs.get("timestep")
-        timestep = torch.as_tensor(timestep, device=hidden.device)
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(hidden.shape[0])
-        # UniPC gives int64 timesteps, FlowMatchEuler float32: the model embeds either in fp32.
-        feed = {"hidden_states": hidden, "timestep": timestep.float()}
-        for name in ("encoder_hidden_states_t5", "encoder_hidden_states_llama3", "pooled_embeds"):
-            if kwargs.get(name) is not None:
-                feed[name] = kwargs[name]
-        return feed
+        if kwargs.get("timesteps") is not None:  # the model's keyword for the graph's timestep
+            kwargs = {**kwargs, "timestep": kwargs["timesteps"]}
+        return super().feed_from_kwargs(kwargs)
 
     @classmethod
     def kwargs_from_feed(cls, feed):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
 from . import magcache_ratios
+from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes
 from .registry import register
 
 
@@ -21,7 +22,7 @@ def joint_attention_mask(num_image_tokens: int, encoder_attention_mask: torch.Te
     Image tokens and the first ``sum(mask)`` text tokens attend (the model assumes the text
     padding is at the end).  Written as one comparison rather than the model's
     ``ones().masked_fill(...)``: same values, and it exports as ``Less`` instead of a ``Where``
-    over bool tensors, which ONNX Runtime's CPU provider cannot run (DESIGN §7).  int32, not
+    over bool tensors, which ONNX Runtime's CPU provider cannot run (docs/traps.md).  int32, not
     bool, between the graphs: the export verification (abs/max) has no bool kernels, and int32
     is an I/O type every backend takes; the blocks turn it back into the model's bool mask.
     """
@@ -60,14 +61,6 @@ class HunyuanVideoEmbed(Part):
 class HunyuanVideoBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "temb", "attention_mask", "rotary_cos", "rotary_sin")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: AUTO},  # image tokens: frames*(height/p)*(width/p)
-        "encoder_hidden": {0: "batch", 1: "txt_seq"},
-        "temb": {0: "batch"},
-        "attention_mask": {0: "batch", 3: AUTO},  # image + text tokens
-        "rotary_cos": {0: AUTO},
-        "rotary_sin": {0: AUTO},
-    }
 
     def forward(self, hidden, encoder_hidden, temb, attention_mask, rotary_cos, rotary_sin):
         m = self.model
@@ -83,12 +76,6 @@ class HunyuanVideoHead(Part):
     # unpatchify, so the output has the model's (B, C, F, H, W) layout at any dynamic size.
     input_names = ("hidden_states", "hidden", "residual", "temb")
     output_names = ("output",)
-    dynamic = {
-        "hidden_states": {0: "batch", 2: "frames", 3: "height", 4: "width"},
-        "hidden": {0: "batch", 1: AUTO},
-        "residual": {0: "batch", 1: AUTO},
-        "temb": {0: "batch"},
-    }
 
     def forward(self, hidden_states, hidden, residual, temb):
         m = self.model
@@ -114,8 +101,14 @@ def unpatchify(tokens: torch.Tensor, latent_shape, p_t: int, p: int, channels: i
 class HunyuanVideo(Family):
     name = "hunyuan_video"
     class_name = "HunyuanVideoTransformer3DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask",
-                    "pooled_projections", "guidance")
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "frames", "height", "width"), "latents"),
+        Input("timestep", ("batch",), "timestep"),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "text_embed_dim")),
+        Input("encoder_attention_mask", ("batch", "txt_seq"), "mask"),  # in the transformer's dtype
+        Input("pooled_projections", ("batch", "pooled_projection_dim")),
+        Input("guidance", ("batch",), "constant", value=6000.0, when="guidance_embeds"),  # guidance_scale * 1000
+    )
     variants = {
         "HunyuanVideo": Variant(
             "HunyuanVideo",
@@ -132,16 +125,14 @@ class HunyuanVideo(Family):
     # orientation); opt at 720x1280, 129 frames.
     axes = (
         Axis("batch", 1, 1, 2, help="batch size (CFG rows included; HunyuanVideo embeds guidance)"),
-        Axis("frames", 1, 33, 33, help="latent frames: (video frames - 1)/4 + 1; 129 frames -> 33"),
-        Axis("height", 2, 90, 160, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
-        Axis("width", 2, 160, 160, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
+        *latent_axes(frames=(33, 33), height=(90, 160), width=(160, 160), patch=2),
         Axis("txt_seq", 1, 256, 256, help="text tokens (LLaMA sequence length after the template crop)"),
     )
     signal = "transformer_blocks[0].norm1(x_embedder(x), emb=temb)[0], image tokens"
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"  # double-stream blocks
-    optional_inputs = {"guidance": "guidance_embeds"}
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4HunyuanVideo"
     timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes sigma * 1000
 
     @classmethod
@@ -159,42 +150,3 @@ class HunyuanVideo(Family):
         guidance = bool(model.config.guidance_embeds)
         return {"embed": HunyuanVideoEmbed(model, guidance), "blocks": HunyuanVideoBlocks(model),
                 "head": HunyuanVideoHead(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 2: "frames", 3: "height", 4: "width"},
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "encoder_attention_mask": {0: "batch", 1: "txt_seq"},
-            "pooled_projections": {0: "batch"},
-            "guidance": {0: "batch"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        # Text padded at the end, a different valid length per sample (at least one token).
-        valid = torch.tensor([max(1, t - 1 - i) for i in range(b)])
-        feed = {
-            "hidden_states": torch.randn(b, config["in_channels"], f, h, w, generator=g).to(dtype),
-            "timestep": (torch.rand(b, generator=g) * 1000).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["text_embed_dim"], generator=g).to(dtype),
-            # Pipelines pass the mask in the transformer's dtype.
-            "encoder_attention_mask": (torch.arange(t)[None, :] < valid[:, None]).to(dtype),
-            "pooled_projections": torch.randn(b, config["pooled_projection_dim"], generator=g).to(dtype),
-        }
-        if config.get("guidance_embeds"):
-            feed["guidance"] = torch.full((b,), 6000.0, dtype=dtype)  # guidance_scale * 1000
-        return feed
-
-    @classmethod
-    def feed_from_kwargs(cls, kwargs):
-        feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
-        mask = feed.get("encoder_attention_mask")
-        if mask is not None and not mask.dtype.is_floating_point:
-            # A tokenizer's int64 / bool mask: the graph takes it as float (as the pipelines
-            # pass it); 0/1 values survive the cast exactly.
-            feed["encoder_attention_mask"] = mask.float()
-        return feed

@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums, patched_axes
-from .hunyuan_video import unpatchify
+from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .hunyuan_video import HunyuanVideoHead
+from .inputs import AUTO, Axis, Input, latent_axes, patched_axes
 from .registry import register
 
 IMAGE_TOKENS = 729  # SigLIP tokens of the image embeddings the pipelines pass (zeros for T2V)
-VIDEO_DIMS = {0: "batch", 2: AUTO, 3: AUTO, 4: AUTO}  # frames/height/width: see cogvideox.VIDEO_DIMS
 
 
 @contextlib.contextmanager
@@ -181,14 +181,6 @@ class HunyuanVideo15Embed(Part):
 class HunyuanVideo15Blocks(Part):
     input_names = ("hidden", "encoder_hidden", "text_mask", "temb", "rotary_cos", "rotary_sin")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: AUTO},  # video tokens
-        "encoder_hidden": {0: "batch", 1: AUTO},  # image + ByT5 + Qwen tokens
-        "text_mask": {0: "batch", 1: AUTO},
-        "temb": {0: "batch"},
-        "rotary_cos": {0: AUTO},
-        "rotary_sin": {0: AUTO},
-    }
 
     def forward(self, hidden, encoder_hidden, text_mask, temb, rotary_cos, rotary_sin):
         h, e = hidden, encoder_hidden
@@ -197,24 +189,6 @@ class HunyuanVideo15Blocks(Part):
                 # Positional, as the model calls them.
                 h, e = block(h, e, temb, text_mask, (rotary_cos, rotary_sin))
         return h - hidden
-
-
-class HunyuanVideo15Head(Part):
-    # hidden_states (the model's latent input) only lends its frames/height/width to the unpatchify.
-    input_names = ("hidden_states", "hidden", "residual", "temb")
-    output_names = ("output",)
-    dynamic = {
-        "hidden_states": VIDEO_DIMS,
-        "hidden": {0: "batch", 1: AUTO},
-        "residual": {0: "batch", 1: AUTO},
-        "temb": {0: "batch"},
-    }
-
-    def forward(self, hidden_states, hidden, residual, temb):
-        m = self.model
-        out = m.proj_out(m.norm_out(hidden + residual, temb))
-        return unpatchify(out, hidden_states.shape, m.config.patch_size_t, m.config.patch_size,
-                          m.config.out_channels or m.config.in_channels)
 
 
 def _variant(name, coefficients):
@@ -226,10 +200,18 @@ def _variant(name, coefficients):
 class HunyuanVideo15(Family):
     name = "hunyuan_video15"
     class_name = "HunyuanVideo15Transformer3DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask",
-                    "encoder_hidden_states_2", "encoder_attention_mask_2", "image_embeds")
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "frames", "height", "width"), "latents"),
+        Input("timestep", ("batch",), "timestep"),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "text_embed_dim")),  # Qwen2.5-VL
+        Input("encoder_attention_mask", ("batch", "txt_seq"), "mask"),
+        Input("encoder_hidden_states_2", ("batch", "txt_seq_2", "text_embed_2_dim")),  # ByT5
+        Input("encoder_attention_mask_2", ("batch", "txt_seq_2"), "mask"),
+        Input("image_embeds", ("batch", IMAGE_TOKENS, "image_embed_dim")),  # zeros for T2V: example_inputs
+    )
+    auto_axes = ("frames", "height", "width")  # as CogVideoX's: the patch embedding's shape guards
     # timestep_r is taken only to be refused with its own message.
-    forward_kwargs = (*model_inputs, "timestep_r")
+    forward_kwargs = (*(i.name for i in inputs), "timestep_r")
     variants: ClassVar = {v.name: v for v in (
         _variant("HunyuanVideo-1.5-480p-T2V", (-2.97190924e4, 2.22834983e4, -4.37418360e3, 3.39340251e2,
                                                -1.01365855e1, 1.29101768e-1)),
@@ -245,9 +227,7 @@ class HunyuanVideo15(Family):
     # padded to 1000 tokens and ByT5 ones to 256.
     axes = (
         Axis("batch", 1, 1, 2, help="batch size of one call (the pipeline calls each guider branch separately)"),
-        Axis("frames", 1, 31, 31, help="latent frames: (video frames - 1)/4 + 1; 121 frames -> 31"),
-        Axis("height", 1, 30, 80, help="latent height: pixels/16 (480 -> 30, 720 -> 45)"),
-        Axis("width", 1, 53, 80, help="latent width: pixels/16 (848 -> 53, 1280 -> 80)"),
+        *latent_axes(frames=(31, 31), height=(30, 80), width=(53, 80), spatial=16),
         Axis("txt_seq", 1, 1000, 1000, help="Qwen2.5-VL tokens (padded to 1000 after the template crop)"),
         Axis("txt_seq_2", 1, 256, 256, help="ByT5 tokens (padded to 256)"),
     )
@@ -255,6 +235,7 @@ class HunyuanVideo15(Family):
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "LightX2V configs/hunyuan_video_15/cache (480p/720p T2V degree 5, I2V degree 4)"
     timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes the scheduler's sigma * 1000
     note = ("The video-token residual through all blocks is cached; the token refiner, ByT5 and image "
             "projections run on every call (the refiner takes the timestep).")
@@ -280,49 +261,21 @@ class HunyuanVideo15(Family):
     @classmethod
     def axes_for(cls, config):
         axes = list(cls.axes)
-        if (config.get("target_size") or 640) >= 960:
-            axes[2] = Axis("height", 1, 45, 80, help=axes[2].help)
-            axes[3] = Axis("width", 1, 80, 80, help=axes[3].help)
+        if (config.get("target_size") or 640) >= 960:  # 720p: 1280x720 -> 80 x 45 latents
+            axes[2:4] = latent_axes(height=(45, 80), width=(80, 80), spatial=16)
         return patched_axes(tuple(axes), config.get("patch_size") or 1)
 
     @classmethod
     def parts(cls, model, variant=None):
         return {"embed": HunyuanVideo15Embed(model), "blocks": HunyuanVideo15Blocks(model),
-                "head": HunyuanVideo15Head(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": VIDEO_DIMS,
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "encoder_attention_mask": {0: "batch", 1: "txt_seq"},
-            "encoder_hidden_states_2": {0: "batch", 1: "txt_seq_2"},
-            "encoder_attention_mask_2": {0: "batch", 1: "txt_seq_2"},
-            "image_embeds": {0: "batch"},  # (B, 729, image_embed_dim)
-        }
+                "head": HunyuanVideoHead(model)}
 
     @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t, t2 = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq", "txt_seq_2"))
-
-        def mask(length):  # right-padded, a different valid length per sample (at least one)
-            valid = torch.tensor([max(1, length - 1 - i) for i in range(b)])
-            return (torch.arange(length)[None, :] < valid[:, None]).to(dtype)
-
-        i2v = config.get("task_type") != "t2v"
-        image = torch.randn(b, IMAGE_TOKENS, config["image_embed_dim"], generator=g)
-        return {
-            "hidden_states": torch.randn(b, config["in_channels"], f, h, w, generator=g).to(dtype),
-            "timestep": (torch.rand(b, generator=g) * 1000).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["text_embed_dim"], generator=g).to(dtype),
-            "encoder_attention_mask": mask(t),
-            "encoder_hidden_states_2": torch.randn(b, t2, config["text_embed_2_dim"], generator=g).to(dtype),
-            "encoder_attention_mask_2": mask(t2),
-            # The T2V pipeline passes zeros (the model then masks the image tokens out).
-            "image_embeds": (image if i2v else torch.zeros_like(image)).to(dtype),
-        }
+        feed = super().example_inputs(config, dims, dtype, seed)
+        if config.get("task_type") == "t2v":  # the T2V pipeline passes zeros (the model then masks them out)
+            feed["image_embeds"].zero_()
+        return feed
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
@@ -331,18 +284,11 @@ class HunyuanVideo15(Family):
                 "timestep_r given: the MeanFlow (step-distilled) models' second timestep is not an input "
                 "of the exported graphs"
             )
-        hidden = kwargs["hidden_states"]
-        feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
-        timestep = torch.as_tensor(feed["timestep"], device=hidden.device)
-        feed["timestep"] = timestep.reshape(1).expand(hidden.shape[0]) if timestep.numel() == 1 else timestep
+        feed = super().feed_from_kwargs(kwargs)  # the timestep one per sample, the masks in the latents' dtype
         if "image_embeds" not in feed:
             # The model cannot run without them; the T2V pipeline passes zeros, which is T2V.
             raise TeaCacheError(
                 f"image_embeds is missing: pass the SigLIP embeddings (batch, {IMAGE_TOKENS}, image_embed_dim), "
                 f"zeros for text-to-video, as HunyuanVideo15Pipeline does"
             )
-        for name in ("encoder_attention_mask", "encoder_attention_mask_2"):
-            mask = feed.get(name)
-            if mask is not None and not mask.dtype.is_floating_point:
-                feed[name] = mask.to(hidden.dtype)  # a tokenizer's int or bool mask: 0/1 exactly
         return feed

@@ -20,11 +20,14 @@ always builds it (``patch_embed``), so height and width stay dynamic.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import AxisLimit, Family, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 
 NO_ADDED_CONDITIONS = {"resolution": None, "aspect_ratio": None}  # what the model passes
@@ -82,8 +85,6 @@ def modulated_input(block, hidden, timestep_spatial):
 class LatteBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "timestep_emb")
     output_names = ("residual",)
-    dynamic = {"hidden": {0: "batch", 2: AUTO},  # (batch, frames, (height/p)*(width/p), dim)
-               "encoder_hidden": {0: "batch", 1: "txt_seq"}, "timestep_emb": {0: "batch"}}
 
     def forward(self, hidden, encoder_hidden, timestep_emb):
         m = self.model
@@ -107,8 +108,6 @@ class LatteHead(Part):
     # hidden_states (the model's latent input) only lends its height/width to the unpatchify.
     input_names = ("hidden_states", "hidden", "residual", "embedded_timestep")
     output_names = ("output",)
-    dynamic = {"hidden_states": {0: "batch", 3: "height", 4: "width"}, "hidden": {0: "batch", 2: AUTO},
-               "residual": {0: "batch", 2: AUTO}, "embedded_timestep": {0: "batch"}}
 
     def forward(self, hidden_states, hidden, residual, embedded_timestep):
         m = self.model
@@ -127,7 +126,11 @@ class LatteHead(Part):
 class Latte(Family):
     name = "latte"
     class_name = "LatteTransformer3DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states")
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "frames", "height", "width"), "latents"),
+        Input("timestep", ("batch",), "timestep"),  # DDIM's int64 timesteps (TensorRT: an Int64 binding)
+        Input("encoder_hidden_states", ("batch", "txt_seq", "caption_channels")),
+    )
     forward_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "enable_temporal_attentions")
     variants = {
         "Latte-1": Variant(
@@ -142,15 +145,15 @@ class Latte(Family):
     # tokens; axes_for takes the frames from the config and the sizes' patch multiple.
     axes = (
         Axis("batch", 1, 2, 2, help="batch size; LattePipeline batches CFG (2 rows per prompt)"),
-        Axis("height", 2, 64, 64, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
-        Axis("width", 2, 64, 64, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
-        Axis("txt_seq", 8, 120, 120, help="text tokens (T5, padded to max_sequence_length=120)"),
+        *latent_axes(height=(64, 64), width=(64, 64), patch=2),
+        text_axis("T5", 120, min=8),
     )
     signal = ("transformer_blocks[0].norm1(x) * (1 + scale_msa) + shift_msa, from scale_shift_table "
               "+ adaln_single(timestep), every frame's tokens")
     signal_dims = {0: "batch", 2: AUTO}  # (batch, frames, tokens, dim)
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Latte (eval suite)"
     note = ("The residual covers every spatial+temporal block pair; upstream forces steps by "
             "timestep value (first/last of the schedule), the same steps as the counter here.")
     timestep_scale = TimestepScale("ddpm")  # LattePipeline: DDIM's integer timesteps
@@ -172,41 +175,21 @@ class Latte(Family):
         batch, height, width, text = cls.axes
         return (
             batch,
-            Axis("frames", frames, frames, frames,
-                 help="latent frames, fixed by the temporal positional table (video_length)"),
-            *(Axis(a.name, p, side, side, p, a.help + f"; {side} is the size trained at (sample_size)")
-              for a in (height, width)),
+            Axis("frames", frames, frames, frames, fixed=True,
+                 help="latent frames: the temporal positional table is built for video_length of them"),
+            *(replace(a, min=p, opt=side, max=side, multiple_of=p,
+                      help=f"{a.help}; {side} is the size trained at (sample_size)") for a in (height, width)),
             text,
         )
 
     @classmethod
+    def axis_limits(cls, config):
+        n = config.get("video_length", 16)
+        return {"frames": AxisLimit(n, "video_length", n, "the temporal positional table holds video_length frames")}
+
+    @classmethod
     def parts(cls, model, variant=None):
         return {"embed": LatteEmbed(model), "blocks": LatteBlocks(model), "head": LatteHead(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 3: "height", 4: "width"},
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        frames = cls.axes_for(config)[1]
-        if dims["frames"] != frames.opt:
-            raise TeaCacheError(
-                f"frames={dims['frames']}: {frames.help} = {frames.opt} in this Latte config; "
-                f"use --axis frames={frames.opt}:{frames.opt}:{frames.opt}"
-            )
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        return {
-            "hidden_states": torch.randn(b, config["in_channels"], f, h, w, generator=g).to(dtype),
-            # DDIM timesteps: int64, as the pipeline passes them (TensorRT: an Int64 binding).
-            "timestep": torch.randint(0, 1000, (b,), generator=g),
-            "encoder_hidden_states": torch.randn(b, t, config["caption_channels"], generator=g).to(dtype),
-        }
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):

@@ -19,7 +19,8 @@ import math
 import torch
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums
+from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, text_axis
 from .registry import register
 
 
@@ -96,15 +97,6 @@ class LTXVideoBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "temb", "embedded_timestep", "text_bias", "rotary_cos",
                    "rotary_sin")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: AUTO},  # video tokens: frames*height*width
-        "encoder_hidden": {0: "batch", 1: "txt_seq"},
-        "temb": {0: "batch"},
-        "embedded_timestep": {0: "batch"},
-        "text_bias": {0: "batch", 2: "txt_seq"},
-        "rotary_cos": {0: "batch", 1: AUTO},
-        "rotary_sin": {0: "batch", 1: AUTO},
-    }
 
     def forward(self, hidden, encoder_hidden, temb, embedded_timestep, text_bias, rotary_cos, rotary_sin):
         m = self.model
@@ -129,7 +121,6 @@ class LTXVideoBlocks(Part):
 class LTXVideoHead(Part):
     input_names = ("hidden", "residual")
     output_names = ("output",)
-    dynamic = {"hidden": {0: "batch", 1: AUTO}, "residual": {0: "batch", 1: AUTO}}
 
     def forward(self, hidden, residual):
         return self.model.proj_out(hidden + residual)
@@ -139,8 +130,15 @@ class LTXVideoHead(Part):
 class LTXVideo(Family):
     name = "ltx_video"
     class_name = "LTXVideoTransformer3DModel"
-    model_inputs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
-                    "video_grid", "rope_interpolation_scale")
+    inputs = (
+        Input("hidden_states", ("batch", "frames*height*width", "in_channels"), "latents"),  # packed tokens
+        Input("encoder_hidden_states", ("batch", "txt_seq", "caption_channels")),
+        Input("timestep", ("batch",), "timestep"),
+        Input("encoder_attention_mask", ("batch", "txt_seq"), "mask"),
+        Input("video_grid", ("frames", "height", "width"), "constant", dtype=torch.int32),  # its shape only
+        # What LTXPipeline passes: (temporal compression / frame rate, spatial, spatial).
+        Input("rope_interpolation_scale", (3,), "constant", dtype=torch.float32, value=(8 / 25, 32.0, 32.0)),
+    )
     forward_kwargs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask",
                       "num_frames", "height", "width", "rope_interpolation_scale")
     variants = {
@@ -156,16 +154,15 @@ class LTXVideo(Family):
     # temporal compression, patch size 1); resolutions up to 1280 a side and 257 frames.
     axes = (
         Axis("batch", 1, 2, 2, help="batch size; LTXPipeline batches CFG (2 rows per prompt)"),
-        Axis("frames", 1, 21, 33, help="latent frames: (video frames - 1)/8 + 1; 161 frames -> 21"),
-        Axis("height", 1, 16, 40, help="latent height: pixels/32"),
-        Axis("width", 1, 24, 40, help="latent width: pixels/32"),
-        Axis("txt_seq", 8, 128, 128, help="text tokens (T5, padded to max_sequence_length=128)"),
+        *latent_axes(frames=(21, 33), height=(16, 40), width=(24, 40), spatial=32, temporal=8),
+        text_axis("T5", 128, min=8),
     )
     signal = ("transformer_blocks[0].norm1(proj_in(x)) * (1 + scale_msa) + shift_msa, from "
               "scale_shift_table + temb, video tokens")
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4LTX-Video"
     note = ("The cached residual includes norm_out and the final timestep scale/shift (upstream "
             "TeaCache4LTX-Video); only proj_out runs on a skipped step.")
     timestep_scale = TimestepScale("flow", 1000.0)  # the pipeline passes sigma * 1000
@@ -185,31 +182,6 @@ class LTXVideo(Family):
         return {"embed": LTXVideoEmbed(model), "blocks": LTXVideoBlocks(model), "head": LTXVideoHead(model)}
 
     @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 1: AUTO},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "timestep": {0: "batch"},
-            "encoder_attention_mask": {0: "batch", 1: "txt_seq"},
-            "video_grid": {0: "frames", 1: "height", 2: "width"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        valid = torch.tensor([max(1, t - 1 - i) for i in range(b)])  # right-padded prompts
-        return {
-            "hidden_states": torch.randn(b, f * h * w, config["in_channels"], generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["caption_channels"], generator=g).to(dtype),
-            "timestep": (torch.rand(b, generator=g) * 1000).to(dtype),
-            "encoder_attention_mask": (torch.arange(t)[None, :] < valid[:, None]).to(dtype),
-            "video_grid": torch.zeros(f, h, w, dtype=torch.int32),
-            # What LTXPipeline passes: (temporal compression / frame rate, spatial, spatial).
-            "rope_interpolation_scale": torch.tensor([8 / 25, 32.0, 32.0]),
-        }
-
-    @classmethod
     def feed_from_kwargs(cls, kwargs):
         if kwargs.get("rope_interpolation_scale") is None:
             raise TeaCacheError(
@@ -218,13 +190,9 @@ class LTXVideo(Family):
                 "spatial compression), e.g. (8 / 25, 32, 32)"
             )
         hidden = kwargs["hidden_states"]
-        feed = {k: kwargs[k] for k in ("hidden_states", "encoder_hidden_states", "timestep",
-                                       "encoder_attention_mask")}
-        timestep = torch.as_tensor(feed["timestep"], device=hidden.device)
+        feed = super().feed_from_kwargs(kwargs)  # a bool mask arrives as 0/1 in the latents' dtype
+        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
         feed["timestep"] = timestep.reshape(-1).expand(hidden.shape[0])  # the pipeline's t.expand(batch)
-        mask = feed["encoder_attention_mask"]
-        if not mask.dtype.is_floating_point:
-            feed["encoder_attention_mask"] = mask.to(hidden.dtype)  # a bool mask: 0/1 exactly
         grid = tuple(int(kwargs[k]) for k in ("num_frames", "height", "width"))
         feed["video_grid"] = torch.zeros(grid, dtype=torch.int32, device=hidden.device)
         scale = torch.as_tensor(kwargs["rope_interpolation_scale"], dtype=torch.float32)

@@ -30,7 +30,8 @@ from typing import ClassVar
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums, patched_axes
+from .base import AxisLimit, Family, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, patched_axes, text_axis
 from .registry import register
 
 
@@ -127,12 +128,6 @@ def gather_rows(x, index):
 class Lumina2Blocks(Part):
     input_names = ("joint", "joint_mask", "joint_rotary", "temb")
     output_names = ("residual",)
-    dynamic = {
-        "joint": {0: "batch", 1: AUTO},  # text + image tokens
-        "joint_mask": {0: "batch", 1: AUTO},
-        "joint_rotary": {0: "batch", 1: AUTO},
-        "temb": {0: "batch"},
-    }
 
     def forward(self, joint, joint_mask, joint_rotary, temb):
         h = joint
@@ -147,13 +142,6 @@ class Lumina2Head(Part):
     # hidden_states (the model's latent input) only lends its height/width to the unpatchify.
     input_names = ("hidden_states", "joint", "residual", "temb", "text_lengths")
     output_names = ("output",)
-    dynamic = {
-        "hidden_states": {0: "batch", 2: "height", 3: "width"},
-        "joint": {0: "batch", 1: AUTO},
-        "residual": {0: "batch", 1: AUTO},
-        "temb": {0: "batch"},
-        "text_lengths": {0: "batch"},
-    }
 
     def forward(self, hidden_states, joint, residual, temb, text_lengths):
         m = self.model
@@ -179,7 +167,12 @@ def _variant(name, coefficients):
 class Lumina2(Family):
     name = "lumina2"
     class_name = "Lumina2Transformer2DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask")
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "height", "width"), "latents"),
+        Input("timestep", ("batch",), "timestep"),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "cap_feat_dim")),
+        Input("encoder_attention_mask", ("batch", "txt_seq"), "mask"),  # right-padded, lengths differ
+    )
     variants: ClassVar = {v.name: v for v in (
         # v1: the Lumina-Next coefficients, upstream's default; v2: faster at low thresholds,
         # loses detail at high ones (TeaCache4Lumina2's README).
@@ -191,14 +184,14 @@ class Lumina2(Family):
     # tokens; the RoPE tables cover 512 patch rows/columns.
     axes = (
         Axis("batch", 1, 1, 2, help="batch size (Lumina2Pipeline calls cond and uncond separately)"),
-        Axis("height", 2, 128, 256, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
-        Axis("width", 2, 128, 256, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
-        Axis("txt_seq", 8, 256, 256, help="text tokens (Gemma2, padded to max_sequence_length=256)"),
+        *latent_axes(height=(128, 256), width=(128, 256), patch=2),
+        text_axis("Gemma2", 256, min=8),
     )
     signal = "layers[0].norm1(joint [text, image] sequence after the refiners, temb)[0]"
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Lumina2 (v1: Lumina-Next's set, v2)"
     note = ("The joint [text, image] residual through the main layers is cached; the context and "
             "noise refiners run on every step (the signal is taken after them, as upstream does).")
     timestep_scale = TimestepScale("flow", 1.0, reverse=True)  # the pipeline passes 1 - sigma
@@ -208,37 +201,21 @@ class Lumina2(Family):
         return patched_axes(cls.axes, config.get("patch_size") or 2)
 
     @classmethod
+    def axis_limits(cls, config):
+        # The RoPE tables hold axes_lens positions per axis: caption tokens take 0 .. n - 1 on
+        # the first and the image tokens n after them; the image tokens' rows and columns (in
+        # patches) the other two.
+        lens = tuple(config.get("axes_lens") or (300, 512, 512))
+        p = config.get("patch_size") or 2
+        why = "the RoPE table holds axes_lens positions per axis"
+        return {"txt_seq": AxisLimit(lens[0] - 1, "axes_lens", list(lens), f"{why}; the image tokens take the one "
+                                                                          f"after the caption's"),
+                "height": AxisLimit(lens[1] * p, "axes_lens", list(lens), f"{why}, {p} latent rows per patch"),
+                "width": AxisLimit(lens[2] * p, "axes_lens", list(lens), f"{why}, {p} latent columns per patch")}
+
+    @classmethod
     def parts(cls, model, variant=None):
         return {"embed": Lumina2Embed(model), "blocks": Lumina2Blocks(model), "head": Lumina2Head(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 2: "height", 3: "width"},
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "encoder_attention_mask": {0: "batch", 1: "txt_seq"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, h, w, t = (dims[k] for k in ("batch", "height", "width", "txt_seq"))
-        valid = torch.tensor([max(1, t - 1 - i) for i in range(b)])  # right-padded, lengths differ
-        return {
-            "hidden_states": torch.randn(b, config["in_channels"], h, w, generator=g).to(dtype),
-            "timestep": torch.rand(b, generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["cap_feat_dim"], generator=g).to(dtype),
-            "encoder_attention_mask": (torch.arange(t)[None, :] < valid[:, None]).to(dtype),
-        }
-
-    @classmethod
-    def feed_from_kwargs(cls, kwargs):
-        feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
-        mask = feed.get("encoder_attention_mask")
-        if mask is not None and not mask.dtype.is_floating_point:
-            feed["encoder_attention_mask"] = mask.to(feed["hidden_states"].dtype)  # 0/1 exactly
-        return feed
 
     @classmethod
     def kwargs_from_feed(cls, feed):

@@ -22,10 +22,19 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import TeaCacheError
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums, patched_axes
+from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, patched_axes, text_axis
 from .registry import register
 
 ROPE_TABLE = 384  # LuminaPipeline's RoPE table covers 384 x 384 token positions
+
+
+def rope_table(config) -> torch.Tensor:
+    """The RoPE table as LuminaPipeline builds it, in its real view (..., 2)."""
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
+
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    return torch.view_as_real(get_2d_rotary_pos_embed_lumina(head_dim, ROPE_TABLE, ROPE_TABLE))
 
 
 class LuminaNextEmbed(Part):
@@ -76,14 +85,6 @@ class LuminaNextBlocks(Part):
     input_names = ("hidden", "image_mask", "rotary", "temb", "encoder_hidden_states", "text_mask",
                    "attention_scale")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: AUTO},  # image tokens: (height/p)*(width/p)
-        "image_mask": {0: "batch", 1: AUTO},
-        "rotary": {1: AUTO},
-        "temb": {0: "batch"},
-        "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-        "text_mask": {0: "batch", 1: "txt_seq"},
-    }
 
     def forward(self, hidden, image_mask, rotary, temb, encoder_hidden_states, text_mask, attention_scale):
         m = self.model
@@ -99,12 +100,6 @@ class LuminaNextHead(Part):
     # hidden_states (the model's latent input) only lends its height/width to the unpatchify.
     input_names = ("hidden_states", "hidden", "residual", "temb")
     output_names = ("output",)
-    dynamic = {
-        "hidden_states": {0: "batch", 2: "height", 3: "width"},
-        "hidden": {0: "batch", 1: AUTO},
-        "residual": {0: "batch", 1: AUTO},
-        "temb": {0: "batch"},
-    }
 
     def forward(self, hidden_states, hidden, residual, temb):
         m = self.model
@@ -191,8 +186,16 @@ def real_attention(layers):
 class LuminaNext(Family):
     name = "lumina_next"
     class_name = "LuminaNextDiT2DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_mask", "image_rotary_emb",
-                    "base_sequence_length")
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "height", "width"), "latents"),
+        Input("timestep", ("batch",), "timestep"),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "cross_attention_dim")),
+        Input("encoder_mask", ("batch", "txt_seq"), "mask"),
+        # fp32 at every precision: the rotary product runs in fp32, as in the model.
+        Input("image_rotary_emb", kind="table", make=lambda config, sizes: rope_table(config), dtype=torch.float32),
+        # LuminaPipeline's default for a 1024-pixel model: (1024 // 16) ** 2.
+        Input("base_sequence_length", (1,), "constant", value=4096.0, dtype=torch.float32),
+    )
     forward_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_mask",
                       "image_rotary_emb", "cross_attention_kwargs")
     variants = {
@@ -209,14 +212,14 @@ class LuminaNext(Family):
     # tokens; the pipeline's RoPE table covers 384 tokens a side (768 latent pixels).
     axes = (
         Axis("batch", 1, 2, 2, help="batch size; LuminaPipeline batches CFG (2 rows per prompt)"),
-        Axis("height", 2, 128, 256, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
-        Axis("width", 2, 128, 256, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
-        Axis("txt_seq", 8, 256, 256, help="text tokens (Gemma, padded to max_sequence_length=256)"),
+        *latent_axes(height=(128, 256), width=(128, 256), patch=2),
+        text_axis("Gemma", 256, min=8),
     )
     signal = "layers[0].norm1(patch_embedder(x), temb)[0], image tokens"
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Lumina-T2X"
     timestep_scale = TimestepScale("flow", 1.0, reverse=True)  # the pipeline passes 1 - sigma
 
     @classmethod
@@ -234,35 +237,6 @@ class LuminaNext(Family):
                 "head": LuminaNextHead(model)}
 
     @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 2: "height", 3: "width"},
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "encoder_mask": {0: "batch", 1: "txt_seq"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
-
-        g = torch.Generator().manual_seed(seed)
-        b, h, w, t = (dims[k] for k in ("batch", "height", "width", "txt_seq"))
-        valid = torch.tensor([max(1, t - 1 - i) for i in range(b)])  # right-padded prompts
-        head_dim = config["hidden_size"] // config["num_attention_heads"]
-        table = get_2d_rotary_pos_embed_lumina(head_dim, ROPE_TABLE, ROPE_TABLE)  # as the pipeline builds it
-        return {
-            "hidden_states": torch.randn(b, config["in_channels"], h, w, generator=g).to(dtype),
-            "timestep": torch.rand(b, generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["cross_attention_dim"], generator=g).to(dtype),
-            "encoder_mask": (torch.arange(t)[None, :] < valid[:, None]).to(dtype),
-            # fp32 at every precision: the rotary product runs in fp32, as in the model.
-            "image_rotary_emb": torch.view_as_real(table),
-            # LuminaPipeline's default for a 1024-pixel model: (1024 // 16) ** 2.
-            "base_sequence_length": torch.tensor([4096.0]),
-        }
-
-    @classmethod
     def feed_from_kwargs(cls, kwargs):
         extra = dict(kwargs.get("cross_attention_kwargs") or {})
         base = extra.pop("base_sequence_length", None)
@@ -272,10 +246,7 @@ class LuminaNext(Family):
                 f"base_sequence_length (proportional attention); drop the others"
             )
         hidden = kwargs["hidden_states"]
-        feed = {k: kwargs[k] for k in ("hidden_states", "timestep", "encoder_hidden_states", "encoder_mask")}
-        mask = feed["encoder_mask"]
-        if not mask.dtype.is_floating_point:
-            feed["encoder_mask"] = mask.to(hidden.dtype)  # a tokenizer's int64 mask: 0/1 exactly
+        feed = super().feed_from_kwargs(kwargs)  # a tokenizer's int64 mask arrives as 0/1 in the latents' dtype
         table = kwargs["image_rotary_emb"]
         feed["image_rotary_emb"] = torch.view_as_real(table) if table.is_complex() else table
         feed["base_sequence_length"] = torch.tensor([float(base or 0)], device=hidden.device)

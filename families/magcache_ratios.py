@@ -163,6 +163,69 @@ WAN21_I2V_14B_720P = PublishedRatios(
         0.93397, 0.93414, 0.91636, 0.9165, 0.89088, 0.89109, 0.8679, 0.86768,
     ), interleaved=True, steps=40, threshold=0.24, max_skips=6, retention_ratio=0.2)
 
+# --- Wan2.2: true CFG, cond and uncond alternate ----------------------------------------------------
+# MagCache's Wan2.2 lists (its Wan2.2 folder; the same lists ship in its ComfyUI node) and its
+# Wan2.2 README's settings: threshold 0.06, K 2; retention 0.2 (TI2V-5B), 0.4 (T2V-A14B), 0.1
+# (I2V-A14B).  TI2V-5B at 50 steps; the A14B lists cover a whole 40-step generation of both experts.
+WAN22_TI2V_5B = PublishedRatios(
+    "Wan2.2-TI2V-5B", (
+        0.99505, 0.99389, 0.99441, 0.9957, 0.99558, 0.99551, 0.99499, 0.9945, 0.99534, 0.99548,
+        0.99468, 0.9946, 0.99463, 0.99458, 0.9946, 0.99453, 0.99408, 0.99404, 0.9945, 0.99441,
+        0.99409, 0.99398, 0.99403, 0.99397, 0.99382, 0.99377, 0.99349, 0.99343, 0.99377, 0.99378,
+        0.9933, 0.99328, 0.99303, 0.99301, 0.99217, 0.99216, 0.992, 0.99201, 0.99201, 0.99202,
+        0.99133, 0.99132, 0.99112, 0.9911, 0.99155, 0.99155, 0.98958, 0.98957, 0.98959, 0.98958,
+        0.98838, 0.98835, 0.98826, 0.98825, 0.9883, 0.98828, 0.98711, 0.98709, 0.98562, 0.98561,
+        0.98511, 0.9851, 0.98414, 0.98412, 0.98284, 0.98282, 0.98104, 0.98101, 0.97981, 0.97979,
+        0.97849, 0.97849, 0.97557, 0.97554, 0.97398, 0.97395, 0.97171, 0.97166, 0.96917, 0.96913,
+        0.96511, 0.96507, 0.96263, 0.96257, 0.95839, 0.95835, 0.95483, 0.95475, 0.94942, 0.94936,
+        0.9468, 0.94678, 0.94583, 0.94594, 0.94843, 0.94872, 0.96949, 0.97015,
+    ), interleaved=True, steps=50, threshold=0.06, max_skips=2, retention_ratio=0.2)
+
+# The A14B lists as published: 78 entries, steps 1-39 of a 40-step generation, cond/uncond
+# interleaved.  The ratio where the expert changes (step 26 of T2V at shift 12 and boundary
+# 0.875, step 15 of I2V at shift 5 and boundary 0.9: 0.655 and 0.911) compares the two experts'
+# residuals; the project keeps a state per expert, whose first step computes anyway.
+WAN22_T2V_A14B_40_STEPS = (
+    1.00124, 1.00155, 0.99822, 0.99851, 0.99696, 0.99687, 0.99703, 0.99732, 0.9966, 0.99679,
+    0.99602, 0.99658, 0.99578, 0.99664, 0.99484, 0.9949, 0.99633, 0.996, 0.99659, 0.99683,
+    0.99534, 0.99549, 0.99584, 0.99577, 0.99681, 0.99694, 0.99563, 0.99554, 0.9944, 0.99473,
+    0.99594, 0.9964, 0.99466, 0.99461, 0.99453, 0.99481, 0.99389, 0.99365, 0.99391, 0.99406,
+    0.99354, 0.99361, 0.99283, 0.99278, 0.99268, 0.99263, 0.99057, 0.99091, 0.99125, 0.99126,
+    0.65523, 0.65252, 0.98808, 0.98852, 0.98765, 0.98736, 0.9851, 0.98535, 0.98311, 0.98339,
+    0.9805, 0.9806, 0.97776, 0.97771, 0.97278, 0.97286, 0.96731, 0.96728, 0.95857, 0.95855,
+    0.94385, 0.94385, 0.92118, 0.921, 0.88108, 0.88076, 0.80263, 0.80181,
+)
+WAN22_I2V_A14B_40_STEPS = (
+    0.99191, 0.99144, 0.99356, 0.99337, 0.99326, 0.99285, 0.99251, 0.99264, 0.99393, 0.99366,
+    0.9943, 0.9943, 0.99276, 0.99288, 0.99389, 0.99393, 0.99274, 0.99289, 0.99316, 0.9931,
+    0.99379, 0.99377, 0.99268, 0.99271, 0.99222, 0.99227, 0.99175, 0.9916, 0.91076, 0.91046,
+    0.98931, 0.98933, 0.99087, 0.99088, 0.98852, 0.98855, 0.98895, 0.98896, 0.98806, 0.98808,
+    0.9871, 0.98711, 0.98613, 0.98618, 0.98434, 0.98435, 0.983, 0.98307, 0.98185, 0.98187,
+    0.98131, 0.98131, 0.9783, 0.97835, 0.97619, 0.9762, 0.97264, 0.9727, 0.97088, 0.97098,
+    0.96568, 0.9658, 0.96045, 0.96055, 0.95322, 0.95335, 0.94579, 0.94594, 0.93297, 0.93311,
+    0.91699, 0.9172, 0.89174, 0.89202, 0.8541, 0.85446, 0.79823, 0.79902,
+)
+
+
+def expert_ratios(model: str, whole: Sequence[float], first: int, steps: int, retention_ratio: float,
+                  threshold: float = 0.06, max_skips: int = 2) -> PublishedRatios:
+    """One expert's part of an interleaved list over a whole generation: its steps ``first`` ..
+    ``first + steps - 1``, without the entry of its first step (which compares it with the other
+    expert's last residual).  MagCache keeps a retention window per expert: here each expert's
+    cache contexts count their own steps, so ``retention_ratio`` applies to them."""
+    return PublishedRatios(model, tuple(whole[2 * first:2 * (first + steps - 1)]), interleaved=True, steps=steps,
+                           threshold=threshold, max_skips=max_skips, retention_ratio=retention_ratio)
+
+
+WAN22_T2V_A14B_HIGH = expert_ratios("Wan2.2-T2V-A14B high-noise expert (steps 0-25 of 40)",
+                                    WAN22_T2V_A14B_40_STEPS, 0, 26, 0.4)
+WAN22_T2V_A14B_LOW = expert_ratios("Wan2.2-T2V-A14B low-noise expert (steps 26-39 of 40)",
+                                   WAN22_T2V_A14B_40_STEPS, 26, 14, 0.4)
+WAN22_I2V_A14B_HIGH = expert_ratios("Wan2.2-I2V-A14B high-noise expert (steps 0-14 of 40)",
+                                    WAN22_I2V_A14B_40_STEPS, 0, 15, 0.1)
+WAN22_I2V_A14B_LOW = expert_ratios("Wan2.2-I2V-A14B low-noise expert (steps 15-39 of 40)",
+                                   WAN22_I2V_A14B_40_STEPS, 15, 25, 0.1)
+
 # --- HunyuanVideo: one call per step (embedded guidance) --------------------------------------------
 # MagCache4HunyuanVideo's settings: threshold 0.24, K 6, retention 0.2; lists for 720p (the
 # model's default size, shipped) and 544p (MagCache.from_upstream(HUNYUAN_VIDEO_544P.ratios,

@@ -21,7 +21,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .base import AUTO, Axis, Family, Part, TimestepScale, Variant, criterion_sums, patched_axes
+from .base import Family, Part, TimestepScale, Variant, criterion_sums
+from .inputs import AUTO, Axis, Input, latent_axes, patched_axes, text_axis
 from .registry import register
 
 
@@ -51,14 +52,6 @@ class MochiEmbed(Part):
 class MochiBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "temb", "text_mask", "rotary_cos", "rotary_sin")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: AUTO},  # image tokens: frames*(height/p)*(width/p)
-        "encoder_hidden": {0: "batch", 1: "txt_seq"},
-        "temb": {0: "batch"},
-        "text_mask": {0: "batch", 1: "txt_seq"},
-        "rotary_cos": {0: AUTO},
-        "rotary_sin": {0: AUTO},
-    }
 
     def forward(self, hidden, encoder_hidden, temb, text_mask, rotary_cos, rotary_sin):
         m = self.model
@@ -75,11 +68,6 @@ class MochiHead(Part):
     # unpatchify, so the output has the model's (B, C, F, H, W) layout at any dynamic size.
     input_names = ("hidden_states", "hidden", "residual")
     output_names = ("output",)
-    dynamic = {
-        "hidden_states": {0: "batch", 2: "frames", 3: "height", 4: "width"},
-        "hidden": {0: "batch", 1: AUTO},
-        "residual": {0: "batch", 1: AUTO},
-    }
 
     def forward(self, hidden_states, hidden, residual):
         m = self.model
@@ -199,7 +187,12 @@ def compacted_text_attention(blocks):
 class Mochi(Family):
     name = "mochi"
     class_name = "MochiTransformer3DModel"
-    model_inputs = ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask")
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "frames", "height", "width"), "latents"),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "text_embed_dim")),
+        Input("timestep", ("batch",), "timestep"),
+        Input("encoder_attention_mask", ("batch", "txt_seq"), "mask"),  # a bool mask from the pipeline
+    )
     variants = {
         "Mochi-1": Variant(
             "Mochi-1",
@@ -214,15 +207,14 @@ class Mochi(Family):
     # T5 prompts padded to 256 tokens.
     axes = (
         Axis("batch", 1, 2, 2, help="batch size; MochiPipeline batches CFG (2 rows per prompt)"),
-        Axis("frames", 1, 28, 28, help="latent frames: (video frames - 1)/6 + 1; 163 frames -> 28"),
-        Axis("height", 2, 60, 106, multiple_of=2, help="latent height: pixels/8, a multiple of patch_size"),
-        Axis("width", 2, 106, 106, multiple_of=2, help="latent width: pixels/8, a multiple of patch_size"),
-        Axis("txt_seq", 8, 256, 256, help="text tokens (T5, padded to max_sequence_length=256)"),
+        *latent_axes(frames=(28, 28), height=(60, 106), width=(106, 106), patch=2, temporal=6),
+        text_axis("T5", 256, min=8),
     )
     signal = "transformer_blocks[0].norm1(patch_embed(x), temb)[0], image tokens"
     signal_dims = {0: "batch", 1: AUTO}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "upstream TeaCache4Mochi"
     note = ("The cached residual includes norm_out (upstream TeaCache4Mochi); only proj_out and "
             "the unpatchify run on a skipped step.")
     timestep_scale = TimestepScale("flow", 1000.0, reverse=True)  # (1 - sigma) * 1000: 0 = noise
@@ -236,35 +228,10 @@ class Mochi(Family):
         return {"embed": MochiEmbed(model), "blocks": MochiBlocks(model), "head": MochiHead(model)}
 
     @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 2: "frames", 3: "height", 4: "width"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "timestep": {0: "batch"},
-            "encoder_attention_mask": {0: "batch", 1: "txt_seq"},
-        }
-
-    @classmethod
     def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        # Right-padded prompts of different lengths; the last sample of a CFG batch is an
-        # empty negative prompt with an all-zero mask, as MochiPipeline makes it.
-        valid = torch.tensor([max(1, t - 1 - i) for i in range(b)])
-        if b > 1:
-            valid[-1] = 0
-        return {
-            "hidden_states": torch.randn(b, config["in_channels"], f, h, w, generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["text_embed_dim"], generator=g).to(dtype),
-            "timestep": (torch.rand(b, generator=g) * 1000).to(dtype),
-            "encoder_attention_mask": (torch.arange(t)[None, :] < valid[:, None]).to(dtype),
-        }
-
-    @classmethod
-    def feed_from_kwargs(cls, kwargs):
-        feed = {k: kwargs[k] for k in cls.model_inputs if kwargs.get(k) is not None}
-        mask = feed.get("encoder_attention_mask")
-        if mask is not None and not mask.dtype.is_floating_point:
-            # The pipeline's mask is bool; the graph takes it as float (0/1 exactly).
-            feed["encoder_attention_mask"] = mask.to(feed["hidden_states"].dtype)
+        feed = super().example_inputs(config, dims, dtype, seed)
+        if dims["batch"] > 1:
+            # The last sample of a CFG batch is an empty negative prompt with an all-zero mask,
+            # as MochiPipeline makes it.
+            feed["encoder_attention_mask"][-1] = 0
         return feed

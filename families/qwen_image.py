@@ -30,9 +30,10 @@ from typing import ClassVar
 import torch
 
 from ..errors import TeaCacheError
-from .base import Axis, Family, ForcedSteps, Part, Variant, criterion_sums
-from .lumina2 import complex_unsqueeze_as_real
 from . import magcache_ratios
+from .base import Family, ForcedSteps, NormOutHead, Part, Variant, criterion_sums
+from .inputs import Axis, Input
+from .lumina2 import complex_unsqueeze_as_real
 from .registry import register
 
 TABLE_POSITIONS = 4096  # QwenEmbedRope's tables: positions 0..4095 and -4096..-1
@@ -98,6 +99,12 @@ def grid_of(tokens: int) -> tuple[int, int]:
     return h, tokens // h
 
 
+def example_ids(sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    """The position ids of one image of ``img_seq`` tokens and a prompt of ``txt_seq``."""
+    img_ids, txt_ids = position_ids(((1, *grid_of(sizes["img_seq"])),), sizes["txt_seq"])
+    return img_ids.clone(), txt_ids.clone()
+
+
 class RotaryTables(torch.nn.Module):
     """The model's complex RoPE tables as real fp32 buffers (one per axis, negative positions
     first), gathered by position id."""
@@ -148,13 +155,6 @@ class QwenImageEmbed(Part):
 class QwenImageBlocks(Part):
     input_names = ("hidden", "encoder_hidden", "temb", "img_rotary", "txt_rotary")
     output_names = ("residual",)
-    dynamic = {
-        "hidden": {0: "batch", 1: "img_seq"},
-        "encoder_hidden": {0: "batch", 1: "txt_seq"},
-        "temb": {0: "batch"},
-        "img_rotary": {0: "img_seq"},
-        "txt_rotary": {0: "txt_seq"},
-    }
 
     def forward(self, hidden, encoder_hidden, temb, img_rotary, txt_rotary):
         rotary = (torch.view_as_complex(img_rotary), torch.view_as_complex(txt_rotary))
@@ -164,16 +164,6 @@ class QwenImageBlocks(Part):
                 e, h = block(hidden_states=h, encoder_hidden_states=e, encoder_hidden_states_mask=None,
                              temb=temb, image_rotary_emb=rotary)
         return h - hidden
-
-
-class QwenImageHead(Part):
-    input_names = ("hidden", "residual", "temb")
-    output_names = ("output",)
-    dynamic = {"hidden": {0: "batch", 1: "img_seq"}, "residual": {0: "batch", 1: "img_seq"},
-               "temb": {0: "batch"}}
-
-    def forward(self, hidden, residual, temb):
-        return self.model.proj_out(self.model.norm_out(hidden + residual, temb))
 
 
 # Config switches of later checkpoints whose inputs these graphs do not take.
@@ -189,7 +179,14 @@ UNSUPPORTED = {
 class QwenImage(Family):
     name = "qwen_image"
     class_name = "QwenImageTransformer2DModel"
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states", "img_ids", "txt_ids")
+    inputs = (
+        Input("hidden_states", ("batch", "img_seq", "in_channels"), "latents"),
+        Input("timestep", ("batch",), "timestep"),  # sigma in [0, 1)
+        Input("encoder_hidden_states", ("batch", "txt_seq", "joint_attention_dim")),
+        # int64 rotary positions of one image as square as img_seq allows (position_ids)
+        Input("img_ids", ("img_seq", 3), "table", dtype=torch.int64, make=lambda config, sizes: example_ids(sizes)[0]),
+        Input("txt_ids", ("txt_seq", 3), "table", dtype=torch.int64, make=lambda config, sizes: example_ids(sizes)[1]),
+    )
     # img_ids / txt_ids are built from img_shapes; an all-ones mask is the same as none.
     forward_kwargs = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_hidden_states_mask",
                       "img_shapes")
@@ -213,6 +210,7 @@ class QwenImage(Family):
     signal_dims = {0: "batch", 1: "img_seq"}
     signal_block_count = "num_layers"
     cached = ("hidden_states",)
+    coefficients_source = "vLLM-Omni (credited to ComfyUI-TeaCache; no calibration record)"
     note = ("Rule as vLLM-Omni codes it: acc += |poly(d)|, eps 1e-8 in d's denominator, only each cache "
             "context's first call forced.")
 
@@ -230,30 +228,7 @@ class QwenImage(Family):
     @classmethod
     def parts(cls, model, variant=None):
         return {"context": QwenImageContext(model), "embed": QwenImageEmbed(model),
-                "blocks": QwenImageBlocks(model), "head": QwenImageHead(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {
-            "hidden_states": {0: "batch", 1: "img_seq"},
-            "timestep": {0: "batch"},
-            "encoder_hidden_states": {0: "batch", 1: "txt_seq"},
-            "img_ids": {0: "img_seq"},
-            "txt_ids": {0: "txt_seq"},
-        }
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, s, t = dims["batch"], dims["img_seq"], dims["txt_seq"]
-        img_ids, txt_ids = position_ids(((1, *grid_of(s)),), t)
-        return {
-            "hidden_states": torch.randn(b, s, config["in_channels"], generator=g).to(dtype),
-            "timestep": torch.rand(b, generator=g).to(dtype),
-            "encoder_hidden_states": torch.randn(b, t, config["joint_attention_dim"], generator=g).to(dtype),
-            "img_ids": img_ids.clone(),
-            "txt_ids": txt_ids.clone(),
-        }
+                "blocks": QwenImageBlocks(model), "head": NormOutHead(model)}
 
     @classmethod
     def feed_from_kwargs(cls, kwargs):
@@ -273,11 +248,7 @@ class QwenImage(Family):
                 f"{hidden.shape[1]}: pass the shapes of the latents given"
             )
         img_ids, txt_ids = position_ids(shapes, text.shape[1], str(hidden.device))
-        timestep = torch.as_tensor(kwargs["timestep"], device=hidden.device)
-        if timestep.numel() == 1:
-            timestep = timestep.reshape(1).expand(hidden.shape[0])
-        return {"hidden_states": hidden, "timestep": timestep, "encoder_hidden_states": text,
-                "img_ids": img_ids, "txt_ids": txt_ids}
+        return {**super().feed_from_kwargs(kwargs), "img_ids": img_ids, "txt_ids": txt_ids}
 
     @classmethod
     def kwargs_from_feed(cls, feed):

@@ -90,47 +90,104 @@ def _check_same_model(family, model, manifest) -> None:
         )
 
 
+EXPERTS = ("transformer", "transformer_2")  # a two-expert pipeline's transformers (Wan2.2 A14B)
+
+
 def enable(pipe, art_dir, threshold: float | None = None, backend: str = "onnxruntime",
-           device: str | torch.device | None = None, *, policy=None, **kwargs) -> CompiledTransformer:
+           device: str | torch.device | None = None, *, policy=None, transformer_2=None,
+           threshold_2: float | None = None, policy_2=None, **kwargs) -> CompiledTransformer:
     """Replace ``pipe.transformer`` with the compiled one; each pipeline call then starts a
     fresh generation with the right step count (hooked on the scheduler's ``set_timesteps``).
-    ``policy`` and ``threshold`` as in :func:`load_transformer`."""
+    ``policy`` and ``threshold`` as in :func:`load_transformer`.
+
+    Two experts (Wan2.2 A14B: ``pipe.transformer`` runs the steps with ``t >= boundary_ratio *
+    num_train_timesteps``, ``pipe.transformer_2`` the rest): ``transformer_2`` is the second
+    expert's artifact folder, and ``threshold_2`` / ``policy_2`` its settings (default: the
+    same ``threshold`` / ``policy``, each applied to its own artifact's data).  Each expert keeps
+    its own cache contexts, residuals and coefficients, and is reset with the number of steps
+    it runs.  Returns the first expert's transformer (``pipe.transformer_2`` holds the other).
+    """
     if device is None:
         device = getattr(pipe, "device", "cpu")
-    transformer = load_transformer(art_dir, backend=backend, threshold=threshold, device=device, policy=policy,
-                                   **kwargs)
-    if hasattr(pipe, "register_modules"):
-        pipe.register_modules(transformer=transformer)
-    else:
-        pipe.transformer = transformer
     scheduler = getattr(pipe, "scheduler", None)
     if scheduler is None:
         raise TeaCacheError(f"{type(pipe).__name__} has no scheduler to follow; call transformer.reset(steps) yourself")
-    _follow_scheduler(scheduler, transformer)
+    if transformer_2 is not None:
+        _check_two_experts(pipe)
+    elif threshold_2 is not None or policy_2 is not None:
+        raise TeaCacheError("threshold_2 / policy_2 set the second expert's policy: give its artifact as transformer_2=")
+    transformer = load_transformer(art_dir, backend=backend, threshold=threshold, device=device, policy=policy,
+                                   **kwargs)
+    compiled = {"transformer": transformer}
+    if transformer_2 is not None:
+        # the PyTorch model given for the first expert is not the second's: torch loads its own
+        own = {k: v for k, v in kwargs.items() if k not in ("model", "model_dir")}
+        compiled["transformer_2"] = load_transformer(
+            transformer_2, backend=backend, device=device, policy=policy if policy_2 is None else policy_2,
+            threshold=threshold if threshold_2 is None else threshold_2, **own)
+    for name, module in compiled.items():
+        if hasattr(pipe, "register_modules"):
+            pipe.register_modules(**{name: module})
+        else:
+            setattr(pipe, name, module)
+    follow_scheduler(scheduler, pipe)
     return transformer
 
 
-def _follow_scheduler(scheduler, transformer: CompiledTransformer) -> None:
+def _check_two_experts(pipe) -> None:
+    name = type(pipe).__name__
+    if not hasattr(pipe, "transformer_2"):
+        raise TeaCacheError(f"{name} has no transformer_2: transformer_2= is for two-expert pipelines (Wan2.2 A14B: "
+                            f"WanPipeline / WanImageToVideoPipeline with transformer_2 and boundary_ratio)")
+    if _boundary_ratio(pipe) is None:
+        raise TeaCacheError(f"{name} has no boundary_ratio in its config, so it never calls transformer_2: load the "
+                            f"pipeline with boundary_ratio (Wan2.2 A14B: 0.875 T2V, 0.9 I2V), or drop transformer_2=")
+
+
+def _boundary_ratio(pipe) -> float | None:
+    config = getattr(pipe, "config", None)
+    return config.get("boundary_ratio") if hasattr(config, "get") else None
+
+
+def expert_steps(pipe, timesteps, num_train_timesteps: int) -> dict[str, int]:
+    """The calls each expert of ``pipe`` makes per cache context over ``timesteps``: the first
+    transformer all of them, or with a ``boundary_ratio`` those with ``t >= boundary_ratio *
+    num_train_timesteps`` (the pipeline's own test), the second the rest."""
+    ratio = _boundary_ratio(pipe)
+    if ratio is None:
+        return {"transformer": len(timesteps), "transformer_2": 0}
+    high = int((torch.as_tensor(timesteps) >= ratio * num_train_timesteps).sum())
+    return {"transformer": high, "transformer_2": len(timesteps) - high}
+
+
+def follow_scheduler(scheduler, pipe) -> None:
     """Hook the scheduler *instance* (never its class) so generations need no bookkeeping.
 
     - ``set_timesteps`` opens every generation: afterwards ``len(timesteps)`` is the number of
-      model calls per branch (Heun-style schedulers included);
+      model calls per branch (Heun-style schedulers included), split between two experts by
+      the pipeline's ``boundary_ratio``;
     - ``set_begin_index`` (img2img ``strength``) starts later in that list: fewer calls;
     - ``step`` closes a denoising step: a second call of one cache context within a step is
       another CFG branch of a pipeline that does not name its branches.
-    The wrappers are bound methods of the scheduler, so a deep copy of it stays consistent.
+    The compiled transformers among ``pipe.transformer`` / ``pipe.transformer_2`` now are the
+    ones followed.  The wrappers are bound methods of the scheduler, so a deep copy of it
+    stays consistent.
     """
     cls = type(scheduler)
+    followed = {name: t for name in EXPERTS if isinstance(t := getattr(pipe, name, None), CompiledTransformer)}
+    train_steps = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None) or 1000
 
-    def remaining(sched) -> int:
+    def reset(sched) -> None:
         begin = getattr(sched, "begin_index", None) or 0
-        return max(len(sched.timesteps) - begin, 0)
+        steps = expert_steps(pipe, sched.timesteps[begin:], train_steps)
+        for name, transformer in followed.items():
+            transformer.reset(steps[name])
 
     # functools.wraps keeps the signatures: pipelines inspect set_timesteps for `sigmas`.
     @functools.wraps(cls.set_timesteps)
     def set_timesteps(self, *args, **kwargs):
         result = cls.set_timesteps(self, *args, **kwargs)
-        transformer.reset(remaining(self))
+        reset(self)
         return result
 
     scheduler.set_timesteps = types.MethodType(set_timesteps, scheduler)
@@ -139,15 +196,17 @@ def _follow_scheduler(scheduler, transformer: CompiledTransformer) -> None:
         @functools.wraps(cls.set_begin_index)
         def set_begin_index(self, *args, **kwargs):
             result = cls.set_begin_index(self, *args, **kwargs)
-            transformer.reset(remaining(self))
+            reset(self)
             return result
 
         scheduler.set_begin_index = types.MethodType(set_begin_index, scheduler)
 
     @functools.wraps(cls.step)
     def step(self, *args, **kwargs):
-        transformer.end_step()
+        for transformer in followed.values():
+            transformer.end_step()
         return cls.step(self, *args, **kwargs)
 
     scheduler.step = types.MethodType(step, scheduler)
-    transformer.track_steps = True
+    for transformer in followed.values():
+        transformer.track_steps = True

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import TeaCacheError
 from ..policies import PolicyState
+from .forecast import Forecast
 
 
 @dataclass
@@ -46,6 +47,8 @@ class ContextState:
     context_inputs: list | None = None
     # the step plan (input shape) prev_signal and residual were last checked against
     plan_key: tuple | None = None
+    # reuse other than "residual": the second residual and the computed steps it extrapolates from
+    forecast: Forecast | None = None
     # the io_sums feature's buffers (runtime.io_sums.IOSums), for a policy that needs it
     io: Any = None
 
@@ -61,6 +64,8 @@ class ContextState:
         """The cached residual no longer fits the call (batch or resolution changed)."""
         self.residual = None
         self.has_residual[:] = 0
+        if self.forecast is not None:
+            self.forecast.forget()
 
     def record(self, flags: np.ndarray) -> None:
         """Book one call's decisions (``flags``: compute per group) and advance the step."""

@@ -45,6 +45,7 @@ class StepPlan:
         # the embed's prev_signal when a context has nothing to compare against
         self.zeros_prev = torch.zeros(self.shapes["prev_signal"], dtype=TORCH_DTYPES[prev_dtype], device=device)
         self._sub: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
+        self._forecast: dict[str, torch.Tensor] | None = None
         self._groups: dict[int, np.ndarray] = {}
         if device.type == "cuda":
             # The sums the host decision reads back each step: pinned, so the copy is async.
@@ -69,6 +70,13 @@ class StepPlan:
     def new_residual(self) -> dict[str, torch.Tensor]:
         """Residual buffers of the whole batch, for a cache context that starts at this shape."""
         return self._runners["blocks"].allocate(self.shapes)
+
+    def forecast_buffer(self) -> dict[str, torch.Tensor]:
+        """Where a skipped call's extrapolated residual goes for the head (one per shape, shared
+        by the cache contexts: it is valid during one call)."""
+        if self._forecast is None:
+            self._forecast = self.new_residual()
+        return self._forecast
 
     def group_of_row(self, n_groups: int) -> np.ndarray:
         """Row r belongs to decision group r % n_groups (every row to group 0 in batch mode)."""

@@ -13,6 +13,8 @@ transformer's own stream, ordered after the caller's work and before the caller'
 
 The caching policy (:mod:`teacache_trt.policies`) decides each call; a static one (e.g.
 ``Schedule``) reads nothing back from the graphs, others read only the features they name.
+Its ``reuse`` says what a skipped call gives the head: the cached residual, or its
+extrapolation from the last two computed ones (:mod:`.forecast`).
 
 Threads: a transformer may be called from several threads at once.  Each thread has its own
 generations (step count, cache contexts, ``stats``) and its own settings (``policy``,
@@ -42,6 +44,7 @@ from ..policies import IO_SUMS, SIGNAL_SUMS, Features, Policy, check_threshold
 from ..shapes import bind, propagate
 from .backends import make_runner
 from .controller import ContextState, merge_stats
+from .forecast import Forecast
 from .io_sums import IOSums
 from .plan import StepPlan
 
@@ -264,11 +267,27 @@ class CompiledTransformer(torch.nn.Module):
         """Calls per cache context in this thread's generation (0: unknown, calls refused)."""
         return self._thread.num_steps
 
-    def reset(self, num_inference_steps: int) -> None:
-        """Start a new generation of ``num_inference_steps`` calls per cache context (this thread)."""
-        n = num_inference_steps
+    def reset(self, num_calls: int | None = None, *, num_inference_steps: int | None = None) -> None:
+        """Start a new generation (this thread) of ``num_calls`` transformer calls per cache context.
+
+        The count is of calls, not of sampler steps: most schedulers call the model once per
+        step, but PNDM's default warm-up calls it 4 times for each of its first 3 steps (30
+        steps = 39 calls) and Heun twice per step; ``len(scheduler.timesteps)`` after
+        ``set_timesteps`` is the number of calls for diffusers' schedulers.  A wrong count
+        forces the wrong call and splits generations in the wrong place.
+        ``num_inference_steps=`` is the earlier name of the same count, kept for callers that
+        pass it by keyword.
+        """
+        if num_calls is None and num_inference_steps is None:
+            raise TeaCacheError("reset() needs the number of transformer calls per cache context: "
+                                "reset(num_calls=len(scheduler.timesteps))")
+        if num_calls is not None and num_inference_steps is not None and num_calls != num_inference_steps:
+            raise TeaCacheError(f"reset(num_calls={num_calls!r}, num_inference_steps={num_inference_steps!r}): "
+                                f"both name the number of transformer calls; give one")
+        n = num_calls if num_calls is not None else num_inference_steps
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise TeaCacheError(f"num_inference_steps={n!r} must be an integer >= 0")
+            raise TeaCacheError(f"num_calls={n!r} must be an integer >= 0 (the transformer calls per cache "
+                                f"context of one generation)")
         thread = self._thread
         thread.num_steps = int(n)
         thread.states = {}
@@ -319,7 +338,8 @@ class CompiledTransformer(torch.nn.Module):
             state = thread.states[name] = ContextState(
                 n_groups=n, num_steps=thread.num_steps,
                 policy=policy.start(thread.num_steps, name, n, self._group_thresholds(settings)),
-                reads_sums=SIGNAL_SUMS in policy.needs)
+                reads_sums=SIGNAL_SUMS in policy.needs,
+                forecast=None if policy.reuse == "residual" else Forecast(policy.reuse, n))
             if IO_SUMS in policy.needs:
                 state.io = IOSums(self._device)
         elif self.decisions == "sample":
@@ -365,14 +385,18 @@ class CompiledTransformer(torch.nn.Module):
 
     # --- the step --------------------------------------------------------------------------
     @torch.no_grad()
-    def forward(self, return_dict: bool = True, **kwargs):
+    def forward(self, *args, **kwargs):
+        """The model's forward: its inputs by keyword or by position (in the order of the model's
+        own ``forward``), ``return_dict`` as the model takes it; returns the model's output type."""
+        kwargs = self.family.call_arguments(args, kwargs)
+        return_dict = kwargs.pop("return_dict", True)
         thread = self._thread
         if not thread.num_steps:
             raise TeaCacheError(
-                "the number of steps of this generation is unknown, so TeaCache cannot force the last "
-                "step nor tell generations apart: call transformer.reset(num_inference_steps) before "
-                "each generation (in the thread that runs it), or use teacache_trt.enable(pipe, ART_DIR, "
-                "...), which follows the pipeline's scheduler"
+                "the number of calls of this generation is unknown, so TeaCache cannot force the last "
+                "call nor tell generations apart: call transformer.reset(num_calls=len(scheduler.timesteps)) "
+                "before each generation (in the thread that runs it), or use teacache_trt.enable(pipe, "
+                "ART_DIR, ...), which follows the pipeline's scheduler"
             )
         self._check_kwargs(kwargs)
         feed = self.family.feed_from_kwargs(kwargs)
@@ -415,12 +439,13 @@ class CompiledTransformer(torch.nn.Module):
         features.l1_diff, features.l1_prev = plan.read_sums() if has_prev and state.reads_sums else (None, None)
         if state.io is not None:
             state.io.read(pool[self._latent], features)
-        flags = state.policy.decide(state.step, features, 1 - state.has_residual)
+        step = state.step
+        flags = state.policy.decide(step, features, 1 - state.has_residual)
         state.record(flags)
         compute = bool(flags.any())
         if compute:
             self._run_blocks(plan, state, pool, flags, groups)
-        pool.update(state.residual)
+        pool.update(state.residual if state.forecast is None else self._forecast(plan, state, flags, step))
         out = self.runners["head"].infer_into(pool, plan.new_output())["output"]
         if state.io is not None:
             state.io.computed(plan, out, flags, groups)
@@ -461,12 +486,19 @@ class CompiledTransformer(torch.nn.Module):
 
     def _run_blocks(self, plan: StepPlan, state: ContextState, pool: dict, flags: np.ndarray,
                     groups: np.ndarray) -> None:
-        """The blocks graph on the rows whose group computes, into the context's residual."""
+        """The blocks graph on the rows whose group computes, into the context's residual
+        (with a forecast, the residual it replaces becomes the context's previous one)."""
         blocks = self.runners["blocks"]
+        forecast = state.forecast
         if flags.all():
             if state.residual is None:
                 state.residual = plan.new_residual()
-            blocks.infer_into(pool, state.residual)
+            if forecast is None or not state.has_residual.any():
+                blocks.infer_into(pool, state.residual)
+            else:  # write over the older residual and swap: no copy
+                target = forecast.previous if forecast.previous is not None else plan.new_residual()
+                blocks.infer_into(pool, target)
+                forecast.previous, state.residual = state.residual, target
         else:
             # Sample mode, some prompts skip: run the gathered sub-batch, scatter it back.
             rows = np.flatnonzero(flags[groups])
@@ -474,10 +506,28 @@ class CompiledTransformer(torch.nn.Module):
             index = plan.row_index(rows)
             for name, buffer in inputs.items():
                 torch.index_select(pool[name], 0, index, out=buffer)
+            if forecast is not None:  # the rows' last residual becomes their previous one
+                if forecast.previous is None:
+                    forecast.previous = plan.new_residual()
+                for name, part in outputs.items():
+                    torch.index_select(state.residual[name], 0, index, out=part)
+                    forecast.previous[name].index_copy_(0, index, part)
             blocks.infer_into({**pool, **inputs}, outputs)
             for name, part in outputs.items():
                 state.residual[name].index_copy_(0, index, part)
         np.maximum(state.has_residual, flags, out=state.has_residual)
+
+    @staticmethod
+    def _forecast(plan: StepPlan, state: ContextState, flags: np.ndarray, step: int) -> dict[str, torch.Tensor]:
+        """The residual the head reads under a forecasting reuse: the computed one where every
+        group computed now or has one computed residual only, else the extrapolation."""
+        forecast = state.forecast
+        if flags.any():
+            forecast.computed(flags, step)
+        a = forecast.weights(flags, step)
+        if not a.any():
+            return state.residual
+        return forecast.predict(state.residual, plan.forecast_buffer(), a)
 
     # --- inputs and plans ----------------------------------------------------------------
     def _plan(self, feed: dict[str, Any]) -> StepPlan:
@@ -549,7 +599,9 @@ class CompiledTransformer(torch.nn.Module):
         return plan
 
     def _check_kwargs(self, kwargs: dict[str, Any]) -> None:
-        """Keywords the graphs cannot take are refused, never silently ignored."""
+        """Keywords the graphs cannot take are refused, never silently ignored; those the family
+        declares baked in (``ignored_kwargs``) are dropped when given at their exported value."""
+        self.family.drop_ignored(kwargs)
         for key in ("joint_attention_kwargs", "attention_kwargs"):
             extra = kwargs.pop(key, None)
             if not extra:
@@ -571,7 +623,9 @@ class CompiledTransformer(torch.nn.Module):
             raise TeaCacheError(
                 f"keyword arguments {sorted(unknown)} are not inputs of the exported {self.manifest.class_name} "
                 f"graphs (ControlNet residuals and similar change the output): they cannot be ignored; "
-                f"accepted: {sorted(accepted)}"
+                f"accepted: {sorted(accepted)}. In a family of your own, a keyword that does not change the "
+                f"output is declared in its ignored_kwargs, one that feeds a graph input in forward_kwargs "
+                f"and feed_from_kwargs (docs/custom-families.md)"
             )
 
     def _check_profile(self, env: dict[str, int], feed: dict[str, torch.Tensor]) -> None:

@@ -28,7 +28,9 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 STAGE_ENDS = [
     (re.compile(r"^\[export 1/\d+\] \w+\.onnx at"), "load"),  # the first graph (context or embed) starts
     (re.compile(r"^\[export \d+/\d+\] (\w+)\.onnx in"), "export {}"),
-    (re.compile(r"^\[done\]"), "verify + manifest"),
+    (re.compile(r"^\[verify (\d+)/\d+\] PyTorch"), "verify PyTorch at point {}"),  # parts vs forward
+    (re.compile(r"^\[verify\] (\w+) graph vs PyTorch"), "verify {} graph"),  # ONNX Runtime at every point
+    (re.compile(r"^\[done\]"), "manifest + commit"),
 ]
 
 

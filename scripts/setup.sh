@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set-up on a fresh machine: a virtual environment in .venv with teacache-trt and its test
-# extras (ONNX Runtime CPU, TensorRT-RTX for ahead-of-time engine builds), and cpp_ext built
+# Set-up on a fresh machine: a virtual environment in .venv with teacache-trt, its test
+# extras (ONNX Runtime CPU, TensorRT-RTX for ahead-of-time engine builds) and the digits demo's
+# (scikit-learn, for scripts/run.sh's teacache-eval), and cpp_ext built
 # where a C++ compiler (and nvcc, for the kernel) exists. Idempotent, and quick when nothing
 # changed: the install is skipped while the hash of what it depends on matches the stamp.
 # It says what it installs and names each package as pip collects it; pip's own output (and
@@ -39,19 +40,21 @@ if ! python -c 'import torch, sys; v = tuple(int(x) for x in torch.__version__.s
 else
   say "2/3 PyTorch $(python -c 'import torch; print(torch.__version__)') is installed"
 fi
-# What the editable install depends on: the build files and cpp_ext's sources (Python sources
-# are linked, not copied). The stamp also lists the extensions built, which must still exist.
+# What the editable install depends on: the extras installed, the build files and cpp_ext's
+# sources (Python sources are linked, not copied). The stamp also lists the extensions built,
+# which must still exist.
+EXTRAS=test,demo
 STAMP=.venv/teacache-install.stamp
-HASH=$(cat setup.py pyproject.toml $(find cpp_ext -type f | LC_ALL=C sort) | sha256sum | cut -d' ' -f1)
+HASH=$( (echo "$EXTRAS"; cat setup.py pyproject.toml $(find cpp_ext -type f | LC_ALL=C sort)) | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(head -n1 "$STAMP")" = "$HASH" ] && \
    tail -n +2 "$STAMP" | while read -r so; do [ -f "$so" ] || exit 1; done; then
   say "3/3 teacache-trt install is up to date (setup.py, pyproject.toml, cpp_ext unchanged)"
   exit 0
 fi
-say "3/3 installing teacache-trt (editable) with its test extras: diffusers, transformers, ONNX, ONNX Runtime," \
-    "TensorRT-RTX, Ray, imageio-ffmpeg, pytest ...; building cpp_ext's criterion where a C++ compiler exists"
+say "3/3 installing teacache-trt (editable) with its test and demo extras: diffusers, transformers, ONNX," \
+    "ONNX Runtime, TensorRT-RTX, Ray, imageio-ffmpeg, scikit-learn, pytest ...; building cpp_ext's criterion where a C++ compiler exists"
 pip_install --upgrade pip >/dev/null || failed "upgrading pip"
-pip_install -e ".[test]" || failed "installing teacache-trt"
+pip_install -e ".[$EXTRAS]" || failed "installing teacache-trt"
 { echo "$HASH"; ls teacache_trt/_criterion*.so 2>/dev/null || true; } > "$STAMP"
 built=$(ls teacache_trt/_criterion*.so 2>/dev/null | wc -l)
 say "done: teacache-trt installed, $built native criterion librar$([ "$built" = 1 ] && echo y || echo ies) built (log: $LOG)"

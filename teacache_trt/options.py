@@ -104,6 +104,17 @@ def thresholds(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"threshold {exc} (a comma-separated list, e.g. 0.25,0.4,0.6)") from None
 
 
+def step_counts(text: str) -> list[int]:
+    """Comma-separated numbers of computed steps, each >= 1, e.g. 7,10 (sorted, duplicates dropped)."""
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        values = []
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be numbers of computed steps >= 1, comma-separated, e.g. 7,10")
+    return values
+
+
 def device(text: str) -> str:
     """``cpu``, ``cuda`` or ``cuda:N`` for a GPU this machine has."""
     if text == "cpu":  # the default: answered without importing torch (argparse converts defaults too)

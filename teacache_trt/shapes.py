@@ -9,6 +9,7 @@ step, and the profile checks done before any engine launches all come from here.
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 import functools
 import operator
 from typing import Mapping, Sequence, Union
@@ -134,7 +135,7 @@ def propagate(graphs, shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[in
         env: dict[str, int] = {}
         for spec in graph.inputs:
             if spec.name in known:
-                bind(spec.shape, known[spec.name], env, f"input {spec.name!r}")
+                bind(spec.shape, known[spec.name], env, f"the {Path(graph.file).stem} graph's input {spec.name!r}")
         for spec in graph.outputs:
             known[spec.name] = shape_of(spec.shape, env)
         for spec in graph.inputs:

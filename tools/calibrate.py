@@ -1,5 +1,7 @@
 """Fit TeaCache coefficients for a model: ``teacache-calibrate ART_DIR``
-(``--policy magcache``: MagCache's magnitude ratios instead, see :mod:`.calibrate_magcache`).
+(``--policy magcache``: MagCache's magnitude ratios instead, see :mod:`.calibrate_magcache`;
+``--policy budget``: search the computed steps of budgets, see :mod:`.budget_search`;
+``--target-steps``: each policy's setting for a number of computed steps, see :mod:`.suggest`).
 
 Run the uncached model (threshold 0) over a calibration set; for each pair of consecutive
 calls of one cache context record
@@ -14,7 +16,6 @@ polynomial that turns down or goes negative there skips the wrong steps.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 import numpy as np
 
-from .. import artifact, options
+from .. import artifact, options, strict_json
 from ..errors import TeaCacheError
 from ..files import write_output
 from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
@@ -45,7 +46,7 @@ def load_transformer(*args, **kwargs):
 TARGETS = ("output", "residual")
 MAX_ORDER = 10  # beyond this polyfit is ill-conditioned; the paper saturates at 4
 MIN_R2 = 0.9  # below it the fit predicts the output's change too poorly to decide skips
-POLICIES = ("teacache", "magcache")  # what teacache-calibrate calibrates
+POLICIES = ("teacache", "magcache", "budget")  # what teacache-calibrate calibrates
 
 
 @dataclass
@@ -251,10 +252,6 @@ def _restore_previous(art_dir) -> list[float]:
     return teacache["coefficients"]
 
 
-def write_json(path, calibration: Calibration) -> None:
-    write_output(Path(path), json.dumps(asdict(calibration), indent=2).encode())
-
-
 # --- where the calibration generations come from ---------------------------------------------
 def synthetic_driver(manifest, steps: int, sizes: dict[str, int] | None = None) -> Generate:
     """Random model inputs per seed and a plain Euler loop: works for every exported family.
@@ -270,33 +267,38 @@ def synthetic_driver(manifest, steps: int, sizes: dict[str, int] | None = None) 
     check_sampling_inputs(manifest)
     dtype = PRECISIONS[manifest.precision]
 
-    def generate(transformer, seed: int) -> None:
+    def generate(transformer, seed: int) -> torch.Tensor:
         inputs = family.example_inputs(manifest.config, sizes, dtype, seed=seed)
-        sample(transformer, inputs, family.timestep_scale, steps)
+        return sample(transformer, inputs, family.timestep_scale, steps)
 
     return generate
 
 
 def collect(transformer, generate: Generate, seeds: Sequence[int], target: str = "output",
-            log: Callable[[str], None] = print) -> Pairs:
-    """Run ``generate`` uncached for each seed and record the (x, y) pairs."""
+            log: Callable[[str], None] = print, signal=None) -> Pairs:
+    """Run ``generate`` uncached for each seed and record the (x, y) pairs (and, with
+    ``signal``, a :class:`.suggest.SignalRuns`, each call's signal sums)."""
     pairs = Pairs()
-    recorder = PairRecorder(pairs, target, transformer.manifest.graphs["blocks"].output_names)
+    recorders = [PairRecorder(pairs, target, transformer.manifest.graphs["blocks"].output_names)]
+    recorders += [signal] if signal is not None else []
     transformer.threshold = 0  # calibration needs every step computed
-    transformer.observers.append(recorder)
+    transformer.observers.extend(recorders)
     try:
         for k, seed in enumerate(seeds, 1):
-            recorder.new_generation(seed)
+            for recorder in recorders:
+                recorder.new_generation(seed)
             generate(transformer, seed)
             log(f"[calibrate] seed {seed} ({k}/{len(seeds)}): {len(pairs.x)} pairs")
     finally:
-        transformer.observers.remove(recorder)
+        for recorder in recorders:
+            transformer.observers.remove(recorder)
     return pairs
 
 
 def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8, holdout: int = 2,
                     steps: int = 20, order: int = 4, target: str = "output", backend: str = "onnxruntime",
-                    device: str = "cpu", model_dir=None, log: Callable[[str], None] = print) -> Calibration:
+                    device: str = "cpu", model_dir=None, log: Callable[[str], None] = print,
+                    signal=None, first_seed: int = 0) -> Calibration:
     # Everything the fit needs, checked before the generations (minutes at real sizes).
     if seeds < 1 or holdout < 0:
         raise TeaCacheError(f"--seeds {seeds} / --holdout {holdout}: need seeds >= 1 and holdout >= 0")
@@ -310,9 +312,9 @@ def run_calibration(art_dir, generate: Generate | None = None, *, seeds: int = 8
     transformer = load_transformer(art_dir, backend=backend, threshold=0, device=device, model_dir=model_dir)
     generate = generate or synthetic_driver(transformer.manifest, steps)
     t0 = time.perf_counter()
-    fit_seeds = list(range(seeds))
-    held_out = list(range(seeds, seeds + holdout))
-    pairs = collect(transformer, generate, fit_seeds + held_out, target, log)
+    fit_seeds = list(range(first_seed, first_seed + seeds))
+    held_out = list(range(first_seed + seeds, first_seed + seeds + holdout))
+    pairs = collect(transformer, generate, fit_seeds + held_out, target, log, signal)
     result = calibrate(pairs, fit_seeds, held_out, order, target, time.perf_counter() - t0)
     from ..policies import TeaCache, artifact_policies
 
@@ -340,12 +342,17 @@ def format_report(c: Calibration) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = options.Parser(prog="teacache-calibrate",
                        description="Calibrate a caching policy for an exported model: TeaCache's coefficients "
-                                   "(default) or MagCache's magnitude ratios (--policy magcache).")
+                                   "(default), MagCache's magnitude ratios (--policy magcache) or the computed "
+                                   "steps of budgets (--policy budget).")
     p.add_argument("art_dir", help="artifact folder written by teacache-export")
     p.add_argument("--policy", choices=POLICIES, default="teacache",
                    help="teacache (default): fit the rescaling polynomial; magcache: record the residual's "
-                        "per-step magnitude ratios per cache context")
-    p.add_argument("--seeds", type=options.integer(1, 10_000), default=8, help="generations to fit on (default 8)")
+                        "per-step magnitude ratios per cache context; budget: measure the error of reusing each "
+                        "step's residual at later steps and search the computed steps of each budget")
+    p.add_argument("--seeds", type=options.integer(1, 10_000), default=None,
+                   help="generations to fit on (default 8; --policy budget: 2, each measures every edge)")
+    p.add_argument("--first-seed", type=options.integer(0, 2**31 - 1), default=0,
+                   help="teacache and budget: seed of the first generation (default 0); the others follow it")
     p.add_argument("--holdout", type=options.integer(0, 10_000), default=2,
                    help="further generations to score the fit on (default 2)")
     p.add_argument("--steps", type=options.integer(2, 10_000), default=20,
@@ -358,9 +365,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where generations come from: 'synthetic' (random inputs, Euler steps) or an "
                         "installed driver such as 'digits' (default: the installed driver that applies "
                         "to this artifact, else synthetic)")
+    p.add_argument("--pipeline", metavar="PIPELINE_DIR",
+                   help="run the generations through this diffusers pipeline folder, the artifact in place of "
+                        "one of its transformers (--expert): the prompts, guidance and timesteps of real use")
+    p.add_argument("--expert", choices=("transformer", "transformer_2"), default=None,
+                   help="with --pipeline: the component the artifact replaces (default: transformer_2 for a "
+                        "low-noise expert's variant such as Wan2.2-T2V-A14B-low, else transformer); an expert is "
+                        "calibrated on the steps it runs, the other one running in PyTorch")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="with --pipeline: a prompt the pipeline encodes (repeatable; seed k takes prompt k mod n)")
+    p.add_argument("--prompt-embeds", action="append", default=[], type=Path, metavar="FILE",
+                   help="with --pipeline: a safetensors file of the pipeline's *_embeds keywords for one prompt "
+                        "(repeatable), for pipelines without their text encoder")
+    p.add_argument("--pipeline-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --pipeline: a pipeline argument (VALUE as JSON), e.g. height=480 num_frames=81")
     p.add_argument("--backend", default="onnxruntime", choices=options.BACKEND_NAMES)
     p.add_argument("--device", default="cpu", type=options.device, help="cpu, cuda or cuda:N")
     p.add_argument("--model-dir", help="backend torch: the exported model's folder (default: the manifest's source)")
+    p.add_argument("--budget", metavar="N", type=options.integer(1, 10_000), action="append", default=[],
+                   help="--policy budget: a number of computed steps per cache context to search (repeatable; "
+                        "default: every N from 2 to --steps - 1, all from the same measurements)")
+    p.add_argument("--objective", choices=("sum", "minimax"), default="sum",
+                   help="--policy budget: least total error of the reuse segments (sum, default) or least "
+                        "largest segment error, then least total (minimax)")
+    p.add_argument("--reuse", metavar="MODE,MODE", type=reuse_modes, default=["residual"],
+                   help="--policy budget: the reuse modes to measure and search for, comma-separated (default "
+                        "residual; residual,taylor doubles the generations)")
+    p.add_argument("--target-steps", metavar="N,M", type=options.step_counts, default=[],
+                   help="suggest each policy's setting that computes N (and M ...) steps per cache context, "
+                        "from these generations (printed and in --json)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--write-manifest", action="store_true",
                        help="store the result in the manifest (the policy's previous data stays in its history)")
@@ -370,16 +403,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def reuse_modes(text: str) -> list[str]:
+    """Comma-separated reuse modes, e.g. residual,taylor."""
+    from ..policies import REUSE_MODES
+
+    values = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    bad = [v for v in values if v not in REUSE_MODES]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"{text!r} must name reuse modes of {sorted(REUSE_MODES)}, comma-separated")
+    return values
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        from . import calibrate_magcache
+        from . import budget_search, calibrate_magcache, suggest
 
-        magcache = args.policy == "magcache"
-        if magcache and (args.order is not None or args.target is not None):
-            raise TeaCacheError("--order and --target shape TeaCache's polynomial; --policy magcache records "
-                                "ratios of the cached residual and takes neither")
+        magcache, budget = args.policy == "magcache", args.policy == "budget"
+        if args.policy != "teacache" and (args.order is not None or args.target is not None):
+            raise TeaCacheError(f"--order and --target shape TeaCache's polynomial; --policy {args.policy} takes neither")
+        if budget and args.restore:
+            raise TeaCacheError("--restore undoes a TeaCache or MagCache calibration; a budget search replaces the one "
+                                "for its step count: re-run teacache-calibrate --policy budget")
+        if not budget and (args.budget or args.objective != "sum" or args.reuse != ["residual"]):
+            raise TeaCacheError("--budget, --objective and --reuse belong to --policy budget")
+        if magcache and args.first_seed:
+            raise TeaCacheError("--first-seed applies to --policy teacache and budget; MagCache's calibration starts at 0")
+        too_many = [n for n in [*args.budget, *args.target_steps] if n > args.steps]
+        if too_many:
+            raise TeaCacheError(f"{too_many[0]} computed steps exceed --steps {args.steps}: give at most {args.steps}")
         if args.restore:
             if magcache:
                 print(f"restored MagCache ratios: {calibrate_magcache.restore_previous(args.art_dir)}")
@@ -389,30 +442,95 @@ def main(argv=None) -> int:
         manifest = load_manifest(args.art_dir)
         if args.write_manifest:  # before minutes of generations, not after
             options.check_writable(Path(args.art_dir) / MANIFEST_NAME, options.output_file)
-        driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
-        generate = driver.calibration(args.steps) if driver is not None else None
-        run = dict(seeds=args.seeds, holdout=args.holdout, steps=args.steps, backend=args.backend,
-                   device=args.device, model_dir=args.model_dir)
-        if magcache:
-            result = calibrate_magcache.run_magcache_calibration(
-                args.art_dir, generate or synthetic_driver(manifest, args.steps), **run)
-            print(calibrate_magcache.format_report(result, calibrate_magcache.settings_of(args.art_dir)))
-            save, dump = calibrate_magcache.write_to_manifest, calibrate_magcache.write_json
+        steps = args.steps  # calls per cache context
+        driver = None
+        if args.pipeline:
+            if args.driver:
+                raise TeaCacheError("--pipeline runs the generations through the pipeline; leave out --driver")
+            from .calibrate_pipeline import pipeline_driver
+
+            generate, steps = pipeline_driver(args, manifest)
         else:
-            result = run_calibration(args.art_dir, generate, order=args.order or 4, target=args.target or "output",
-                                     **run)
+            if args.expert or args.prompt or args.prompt_embeds or args.pipeline_arg:
+                raise TeaCacheError("--expert, --prompt, --prompt-embeds and --pipeline-arg go with --pipeline "
+                                    "PIPELINE_DIR")
+            driver = None if args.driver == "synthetic" else driver_for(manifest, args.driver)
+            generate = driver.calibration(args.steps) if driver is not None else None
+        run = dict(steps=steps, backend=args.backend, device=args.device, model_dir=args.model_dir)
+        signal = suggest.SignalRuns() if args.target_steps and not magcache else None
+        if budget:
+            seeds = range(args.first_seed, args.first_seed + (args.seeds or 2))
+            result = budget_search.run_budget_search(args.art_dir, generate, seeds=seeds, budgets=args.budget,
+                                                     objective=args.objective, reuses=args.reuse, signal=signal,
+                                                     **run)
+            print(budget_search.format_report(result))
+            data = result.as_json()
+        elif magcache:
+            result = calibrate_magcache.run_magcache_calibration(
+                args.art_dir, generate or synthetic_driver(manifest, args.steps), seeds=args.seeds or 8,
+                holdout=args.holdout, **run)
+            print(calibrate_magcache.format_report(result, calibrate_magcache.settings_of(args.art_dir)))
+            data = asdict(result)
+        else:
+            result = run_calibration(args.art_dir, generate, seeds=args.seeds or 8, holdout=args.holdout,
+                                     order=args.order or 4, target=args.target or "output", signal=signal,
+                                     first_seed=args.first_seed, **run)
             print(format_report(result))
-            save, dump = write_to_manifest, write_json
+            data = asdict(result)
+        if args.target_steps:
+            data["suggestions"] = suggestions(args.art_dir, manifest, result, signal, args.target_steps, steps)
+            print(suggest.format_suggestions(data["suggestions"], steps))
         if args.write_manifest:
-            save(args.art_dir, result)
-            print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --policy {args.policy} "
-                  f"--restore undoes it)")
+            if budget:
+                source = (f"teacache-calibrate --policy budget ({len(result.seeds)} seed(s) from {result.seeds[0]}, "
+                          f"driver {driver.name if driver else 'synthetic'})")
+                budget_search.write_to_manifest(args.art_dir, result, source)
+                print(f"written to {Path(args.art_dir) / 'manifest.json'} (budget searches for {steps} steps)")
+            else:
+                (calibrate_magcache.write_to_manifest if magcache else write_to_manifest)(args.art_dir, result)
+                print(f"written to {Path(args.art_dir) / 'manifest.json'} (teacache-calibrate --policy {args.policy} "
+                      f"--restore undoes it)")
         elif args.json:
-            dump(args.json, result)
+            write_output(Path(args.json), strict_json.dumps(data, indent=2).encode())
             print(f"written to {args.json}")
         return 0
 
     return options.run("teacache-calibrate", body)
+
+
+def suggestions(art_dir, manifest, result, signal, targets: Sequence[int], steps: int) -> dict:
+    """Per target, each policy's suggested setting (see :mod:`.suggest`), as JSON data: TeaCache
+    (replayed on the recorded signal), MagCache (where ratios are known) and Budget."""
+    from .. import policies
+    from . import suggest
+
+    art = policies.artifact_policies(manifest, str(Path(art_dir) / MANIFEST_NAME))
+    fitted = getattr(result, "coefficients", None)
+    teacache = policies.TeaCache(threshold=1.0, coefficients=fitted).bind(art)  # threshold: replaced per try
+    ratios = getattr(result, "mag_ratios", None)
+    contexts = sorted(ratios) if ratios else sorted({c for _, c in signal.calls}) if signal else []
+    try:
+        magcache = policies.make("magcache", threshold=1.0, **({"mag_ratios": ratios} if ratios else {})).bind(art)
+    except TeaCacheError:  # no ratios measured nor recorded
+        magcache = None
+    searched = getattr(result, "schedules", {})
+    schedules = searched.get("residual") or next(iter(searched.values()), {})
+    out = {}
+    for target in targets:
+        row = {}
+        found = suggest.suggest_threshold(teacache, signal, target, steps)
+        if found is not None:
+            if fitted is not None:
+                found["params"]["coefficients"] = list(fitted)
+            row["teacache"] = found
+        found = None if magcache is None else suggest.suggest_static_threshold(magcache, contexts, target, steps)
+        if found is not None:
+            if ratios:
+                found["params"]["mag_ratios"] = ratios
+            row["magcache"] = found
+        row["budget"] = suggest.suggest_budget(schedules, target, steps)
+        out[str(target)] = row
+    return out
 
 
 if __name__ == "__main__":

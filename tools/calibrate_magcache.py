@@ -15,9 +15,8 @@ one generation's ratios stray from it.
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,7 +25,6 @@ import torch
 
 from .. import artifact
 from ..errors import TeaCacheError
-from ..files import write_output
 from ..manifest import load_manifest, save_manifest
 from ..policies import MagCache, artifact_policies
 from ..policies.magcache import DEFAULTS
@@ -212,7 +210,3 @@ def restore_previous(art_dir) -> str:
         manifest.policy_data["magcache"] = {**history.pop(), "history": history}
         save_manifest(art_dir, manifest)
         return manifest.policy_data["magcache"].get("source", "earlier ratios")
-
-
-def write_json(path, c: MagCacheCalibration) -> None:
-    write_output(Path(path), json.dumps(asdict(c), indent=2, allow_nan=False).encode())

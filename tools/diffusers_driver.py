@@ -112,6 +112,17 @@ class DiffusersDriver:
             out["fps"] = default_fps(pipeline_class_name(model_dir), params)
         return out
 
+    def size_defaults(self, model_dir: Path) -> dict[str, int]:
+        """The sizes a job that gives none renders at: the pipeline's own defaults (``height``,
+        ``width``, ``frames``) where they are numbers (FLUX's come from the model: absent)."""
+        params, out = self._params(model_dir), {}
+        for field in ("height", "width", "frames"):
+            keyword = OPTIONAL_FIELDS[field][0]
+            value = params[keyword].default if keyword in params else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                out[field] = value
+        return out
+
     def is_video(self, model_dir: Path) -> bool:
         return "num_frames" in self._params(model_dir)
 
@@ -129,7 +140,9 @@ class DiffusersDriver:
         over (batched CFG doubles the rows) and widens only for larger batches, so most batch
         sizes share one export."""
         lo, opt, hi = DEFAULT_BATCH
-        return ExportPlan(Path(model_dir) / "transformer", {"batch": (lo, opt, max(hi, 2 * batch_size))})
+        second = Path(model_dir) / "transformer_2" if has_component(model_dir, "transformer_2") else None
+        return ExportPlan(Path(model_dir) / "transformer", {"batch": (lo, opt, max(hi, 2 * batch_size))},
+                          transformer_2_dir=second)
 
     def check_job(self, model_dir: Path, job) -> None:
         params = self._params(model_dir)
@@ -163,7 +176,8 @@ class DiffusersDriver:
         sizes = tuple(job.extra.get(f) for f in ("height", "width", "frames", "fps"))
         return (job.steps, job.guidance, sizes, text)
 
-    def load(self, model_dir: Path, art_dir: Path, *, backend: str, device: str, decisions: str):
+    def load(self, model_dir: Path, art_dir: Path, *, backend: str, device: str, decisions: str,
+             art_dir_2: Path | None = None):
         import diffusers
 
         import teacache_trt
@@ -176,9 +190,11 @@ class DiffusersDriver:
         # Components the folder lists as absent ([null, null]) must be passed as None; the
         # transformer too: the compiled one replaces it and the PyTorch weights stay on disk.
         absent = {k: None for k, v in model_index(model_dir).items() if isinstance(v, list) and v[-1] is None}
+        if art_dir_2 is not None:  # the second expert's compiled transformer replaces its weights too
+            absent["transformer_2"] = None
         pipe = cls.from_pretrained(str(model_dir), **absent, transformer=None, **{_dtype_keyword(): dtype}).to(device)
         pipe.set_progress_bar_config(disable=True)  # teacache-render shows its own progress
-        teacache_trt.enable(pipe, art_dir, backend=backend, device=device, decisions=decisions)
+        teacache_trt.enable(pipe, art_dir, backend=backend, device=device, decisions=decisions, transformer_2=art_dir_2)
         return pipe
 
     def render_batch(self, pipe, jobs) -> list:

@@ -24,7 +24,9 @@ from typing import Any, Callable, Hashable, Mapping, Protocol, Sequence
 from ..errors import TeaCacheError
 
 GROUP = "teacache_trt.drivers"
-Generate = Callable[[object, int], None]  # (transformer, seed) -> runs one generation
+# (transformer, seed) -> runs one generation and returns its result (a tensor: the budget
+# search compares results), or None where the driver cannot
+Generate = Callable[[object, int], Any]
 
 
 class Driver(Protocol):
@@ -45,8 +47,10 @@ class ExportPlan:
     # variant's, and where they come from (the manifest's source; "teacache-calibrate ..." for a fit)
     coefficients: Sequence[float] | None = None
     coefficients_source: str = ""
-    # Other policies' data the model ships with, by policy ({"magcache": {...}}: its own MagCache
-    # calibration), written into the artifact's manifest over what the family publishes
+    # a two-expert pipeline's second transformer (Wan2.2 A14B's low-noise expert), exported beside
+    transformer_2_dir: Path | None = None
+    # calibration results shipped with the model, by policy name (the manifest's policy_data
+    # entries, e.g. {"budget": {"searches": ...}}): written into the artifact's manifest
     policy_data: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 

@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser, what: str = "") -> None:
                              f"threshold); parameters with --policy-param")
     parser.add_argument("--policy-param", metavar="KEY=VALUE", type=policy_param, action="append", default=[],
                         help="a parameter of --policy (repeatable; VALUE as JSON, else a string), e.g. "
-                             "threshold=0.2, coefficients=[1.5,0.1], steps=[0,5,10,15,19]")
+                             "threshold=0.2, coefficients=[1.5,0.1], steps=[0,5,10,15,19], n=7, "
+                             "reuse=taylor (every policy)")
 
 
 def from_args(args):

@@ -18,11 +18,16 @@ calibration data alone: it implements ``schedule(num_steps, context)`` instead o
 whole schedule of a context is known when its generation starts, and nothing is read back from
 the graphs per step.
 
+Every policy also takes ``reuse`` (keyword, added to its constructor by :class:`Policy`):
+what a skipped call puts in place of the blocks graph's residual (:data:`REUSE_MODES`).  The
+runtime does the arithmetic (:mod:`teacache_trt.runtime.forecast`), so a policy only decides.
+
 Adding a policy is one module in this folder (a :class:`Policy` subclass under ``@register``)
 and its test: the package imports every module here and exposes each registered class by name.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import math
@@ -48,6 +53,13 @@ FEATURES = {
              "computed_output_abs)",
     RESIDUAL_NORMS: "per-row norms of the cached residual (reserved: this runtime does not read them yet; "
                     "a policy that needs them is refused when it is set)",
+}
+# What a skipped call reuses (``Policy.reuse``); positions are step indices of the cache context.
+REUSE_MODES = {
+    "residual": "the last computed residual, as it is (TeaCache's reuse)",
+    "taylor": "the last two computed residuals extrapolated to first order in the step index: "
+              "r_last + (r_last - r_before) * (k - k_last) / (k_last - k_before) (the last residual as it "
+              "is while only one was computed); one more residual buffer per cache context",
 }
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
@@ -157,6 +169,42 @@ class Policy:
     data_keys: ClassVar[frozenset[str]] = frozenset()
 
     _params: dict[str, Any]
+    reuse: str = "residual"  # see REUSE_MODES; set by the constructor's ``reuse`` keyword
+
+    def __init_subclass__(cls, **kwargs):
+        """Give the subclass's constructor the ``reuse`` keyword every policy takes, recorded
+        in ``params`` like its own settings (so ``make`` and ``replace`` carry it)."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_takes_reuse", False):
+            return
+        sig = inspect.signature(init)
+        if "reuse" in sig.parameters:
+            raise TypeError(f"{cls.__qualname__}.__init__ takes 'reuse' itself: every policy gets it from Policy")
+
+        @functools.wraps(init)
+        def __init__(self, *args, reuse=None, **kw):
+            init(self, *args, **kw)
+            self._set_reuse(reuse)
+
+        params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        params.append(inspect.Parameter("reuse", inspect.Parameter.KEYWORD_ONLY, default=None))
+        params += [p for p in sig.parameters.values() if p.kind is p.VAR_KEYWORD]
+        __init__.__signature__ = sig.replace(parameters=params)
+        __init__._takes_reuse = True
+        cls.__init__ = __init__
+
+    def _set_reuse(self, reuse) -> None:
+        params = self.__dict__.setdefault("_params", {})
+        if reuse is None:
+            params.pop("reuse", None)
+            self.reuse = "residual"
+            return
+        if not isinstance(reuse, str) or reuse not in REUSE_MODES:
+            raise TeaCacheError(f"reuse {reuse!r:.100} must be one of {sorted(REUSE_MODES)} ('residual': the "
+                                f"cached residual as it is; 'taylor': extrapolated from the last two computed)")
+        self.reuse = reuse
+        params["reuse"] = reuse
 
     # --- identity -------------------------------------------------------------------------
     def _set_params(self, **params) -> None:
@@ -187,7 +235,7 @@ class Policy:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._params.items())})"
 
     def describe(self) -> str:
-        """Short words for messages, e.g. ``teacache threshold 0.2``."""
+        """Short words for messages, e.g. ``teacache threshold 0.2`` (subclasses say their settings)."""
         if "threshold" in self._params:
             return f"{self.name} threshold {self._params['threshold']:g}"
         return self.name

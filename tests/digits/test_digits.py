@@ -61,35 +61,47 @@ def test_shipped_calibration_is_usable():
 
 
 def test_harness_end_to_end(digits_art, tmp_path):
+    from teacache_trt import policies
+
     steps = 8
-    result = harness.evaluate(digits_art, steps=steps, per_class=1, upstream=[0.8], calibrated=[0.1, 0.4],
-                              grid_threshold=0.1, repeats=2, log=lambda m: None)
+    result = harness.evaluate(digits_art, steps=steps, per_class=1, levels=[3, 5], repeats=2, log=lambda m: None)
     rows = result["rows"]
-    by_policy = {}
+    by_label = {}
     for row in rows:
-        by_policy.setdefault(row.policy, []).append(row)
-        assert 0 < row.computed <= steps and row.wall_s > 0 and row.wall_ratio > 0
-        assert row.ratio_range[0] <= row.wall_ratio <= row.ratio_range[1]  # a median of the pairs
+        by_label.setdefault(row.label, []).append(row)
+        assert 0 < row.computed_steps <= steps and row.wall_s > 0 and row.wall_ratio > 0
+        assert row.wall_ratio_range[0] <= row.wall_ratio <= row.wall_ratio_range[1]  # a median of the pairs
         assert 0.0 <= row.accuracy <= 1.0 and -1 <= row.ssim <= 1
-    (base,) = by_policy["uncached"]
-    assert base.computed == steps and base.ssim == 1.0 and base.psnr == float("inf")
-    levels = {max(2, round(r.computed)) for r in rows if r.policy.startswith("teacache")} - {steps}
-    for policy in ("uniform", "fewer-steps"):
-        assert {int(r.setting) for r in by_policy[policy]} == levels
-        for r in by_policy[policy]:
-            assert r.computed == int(r.setting)  # equal compute, by construction
-            assert math.isfinite(r.psnr) and r.ssim < 1
-    # Fewer computed steps cannot be closer to the full render than all of them.
-    teacache = sorted(by_policy["teacache-calibrated"], key=lambda r: r.computed)
-    assert teacache[0].computed <= teacache[-1].computed
+        assert row.reliable == (0.5 * row.ideal_ratio <= row.wall_ratio <= 1.1 * row.ideal_ratio)
+    (base,) = by_label["uncached"]
+    assert base.computed_steps == steps and base.ssim == 1.0 and base.psnr is None
+    for label in ("teacache-upstream", "teacache-calibrated", "easycache", "budget", "uniform"):
+        assert sorted((r.target, r.reuse) for r in by_label[label]) == [
+            (3, "residual"), (3, "taylor"), (5, "residual"), (5, "taylor")]
+    assert sorted(r.target for r in by_label["fewer-steps"]) == [3, 5]
+    for r in rows:
+        if r.label in ("budget", "uniform", "fewer-steps"):
+            assert r.computed_steps == r.target and math.isfinite(r.psnr) and r.ssim < 1  # equal compute
+    for level in (3, 5):  # one best per level, the highest PSNR among the rows that hit it
+        at = [r for r in rows if r.target == level and r.on_target]
+        (best,) = [r for r in at if r.best]
+        assert best.psnr == max(r.psnr for r in at)
     paths = harness.write_outputs(result, tmp_path / "out")
-    data = json.loads(paths["json"].read_text())
+    data = json.loads(paths["json"].read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
     assert len(data["rows"]) == len(rows) and data["settings"]["steps"] == steps
+    assert data["rows"][0]["psnr"] is None and "null" in data["notes"][0]
+    for row, want in zip(data["rows"], rows):  # every row names the policy that rebuilds it
+        assert policies.make(row["policy"], **row["params"]) == policies.make(want.policy, **want.params)
+        assert {"policy", "params", "computed_steps", "psnr", "ssim", "accuracy", "wall_ratio",
+                "wall_ratio_range"} <= set(row)
+    taylor = [r for r in data["rows"] if r["params"].get("reuse") == "taylor"]
+    assert taylor and all(policies.make(r["policy"], **r["params"]).reuse == "taylor" for r in taylor)
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["grid_teacache"].is_file() and paths["grid_uncached"].is_file()
     table = paths["table"].read_text()
-    assert table.count("\n") == len(rows) + 4 and "| uniform |" in table
-    assert "median of 2 interleaved repeats" in table
+    assert table.count("**") == 2 * 2 and "| uniform | taylor |" in table
+    assert "median of 2 interleaved repeats" in table and "Load average" in table
+    assert "3 computed steps: best caching policy" in table
 
 
 def test_eval_cli_reports_missing_calibration(digits_art, tmp_path, capsys):
@@ -100,17 +112,28 @@ def test_eval_cli_reports_missing_calibration(digits_art, tmp_path, capsys):
 def test_harness_compares_a_policy_given_on_the_command_line(digits_art):
     from teacache_trt.policies import Schedule
 
-    result = harness.evaluate(digits_art, steps=8, per_class=1, upstream=[], calibrated=[], grid_threshold=0.1,
-                              repeats=1, policy=Schedule.uniform(8, 3), log=lambda m: None)
-    rows = {r.policy: r for r in result["rows"] if r.policy in ("schedule", "uniform")}
-    assert rows["schedule"].setting == '{"steps":[0,4,7]}' and rows["schedule"].computed == 3.0
+    result = harness.evaluate(digits_art, steps=8, per_class=1, levels=[], repeats=1,
+                              policy=Schedule.uniform(8, 3), log=lambda m: None)
+    rows = {r.label: r for r in result["rows"] if r.label in ("schedule", "uniform", "fewer-steps")}
+    assert rows["schedule"].setting == '{"steps":[0,4,7]}' and rows["schedule"].computed_steps == 3.0
     # the same steps as the uniform baseline at that compute: the same images
     assert rows["uniform"].setting == "3" and rows["uniform"].psnr == rows["schedule"].psnr
+    assert rows["fewer-steps"].computed_steps == 3.0
+
+
+def test_eval_help_is_plain_text_with_defaults(capsys):
+    with pytest.raises(SystemExit):
+        harness.main(["--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and ":class:" not in out
+    for default in ("default out/digits", "default 7,10", "default 20", "default 3", "default 4; at most 20"):
+        assert default in " ".join(out.split()), default
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--policy", "nope"], "policy 'nope' is unknown"),
     (["--policy-param", "threshold=0.2"], "needs --policy NAME"),
+    (["--computed", "7,20"], "--computed 20 must be below --steps 20"),
     (["--policy", "teacache", "--policy-param", "clamp=\"yes\""], "clamp 'yes' must be True or False"),
 ])
 def test_eval_refuses_bad_policy_options_before_any_export(tmp_path, capsys, monkeypatch, argv, message):

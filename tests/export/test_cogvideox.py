@@ -1,4 +1,4 @@
-"""CogVideoX / CogVideoX 1.5 export: variants, verification, the int64 timestep (DESIGN §7),
+"""CogVideoX / CogVideoX 1.5 export: variants, verification, the int64 timestep (docs/traps.md),
 the fixed-size positional tables, the ofs signal, TensorRT-RTX."""
 from __future__ import annotations
 

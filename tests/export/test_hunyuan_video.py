@@ -1,4 +1,4 @@
-"""HunyuanVideo export: verification, shapes, the bool-Where trap (DESIGN §7), TensorRT-RTX."""
+"""HunyuanVideo export: verification, shapes, the bool-Where trap (docs/traps.md), TensorRT-RTX."""
 from __future__ import annotations
 
 import onnx
@@ -79,7 +79,7 @@ def _bool_wheres(path):
 
 
 def test_embed_runs_in_onnxruntime_with_the_models_attention_mask(exported):
-    # DESIGN §7: the model builds its mask with masked_fill over bool, which exports as
+    # docs/traps.md: the model builds its mask with masked_fill over bool, which exports as
     # Where(bool, bool, bool); the adapter's mask must not, and must equal the model's.
     ex = exported(NAME)
     for graph in GRAPH_NAMES:

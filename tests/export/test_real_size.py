@@ -42,7 +42,9 @@ def test_default_export_of_a_real_size_config_fits(cogvideox15):
     # one ONNX Runtime session.  Verifying at the opt shape would not fit in 24 GB.
     assert result["peak_rss_gb"] < 1.0 + 5 * weights_gb, result["stages"]
     assert [s["stage"] for s in result["stages"]] == [
-        "load", "export embed", "export blocks", "export head", "verify + manifest"]
+        "load", "export embed", "export blocks", "export head", "verify PyTorch at point 1",
+        "verify PyTorch at point 2", "verify embed graph", "verify blocks graph", "verify head graph",
+        "manifest + commit"]
 
 
 def test_defaults_reach_real_sizes_and_verification_stays_small_inside_them(cogvideox15):

@@ -94,8 +94,7 @@ class Flux(ModuleFamily):
 @pytest.mark.parametrize("attr, message", [
     ("Missing", r"has no 'Missing'; the Family classes it defines: \['Flux', 'Half'\]"),
     ("NotAFamily", "NotAFamily is type .* not a subclass of teacache_trt.families.Family"),
-    ("Half", r"Half does not define model_inputs, variants, axes, signal, signal_dims, cached, parts\(\), "
-             r"input_dims\(\), example_inputs\(\)"),
+    ("Half", r"Half does not define inputs, variants, axes, signal, signal_dims, cached, parts\(\): "),
     ("Flux", "family name 'flux' of .* is taken by the built-in teacache_trt.families.flux.Flux"),
 ])
 def test_bad_family_modules_fail_clearly(tmp_path, capsys, attr, message):
@@ -129,3 +128,100 @@ def test_importing_a_broken_file_is_a_clear_error(tmp_path):
 def test_opensora_modules_follow_upstream():
     assert opensora.OpenSora.variants["Open-Sora-1.2"].coefficients[0] == 217.546007
     assert opensora_plan.OpenSoraPlan.variants["Open-Sora-Plan-v1.1"].coefficients[0] == 205943.668
+
+
+def test_a_declaration_imports_every_name_from_the_public_module():
+    import teacache_trt.families as public
+
+    for name in ("ANY_VALUE", "AUTO", "Axis", "ForcedSteps", "Input", "ModuleFamily", "Part", "TimestepScale",
+                 "Variant", "criterion_sums", "latent_axes", "text_axis", "load_family_module"):
+        assert name in public.__all__ and getattr(public, name) is not None, name
+
+
+SIBLING_FAMILY = '''
+from teacache_trt.families import ModuleFamily
+from my_sibling_model import Tiny   # a file beside this one
+
+class TinyFamily(ModuleFamily):
+    name = "sibling_tiny"
+    module_class = Tiny
+'''
+
+
+def test_a_family_file_imports_a_sibling_file(tmp_path):
+    (tmp_path / "my_sibling_model.py").write_text("import torch\nclass Tiny(torch.nn.Linear):\n    pass\n")
+    (tmp_path / "fam.py").write_text(SIBLING_FAMILY)
+    with pytest.raises(TeaCacheError, match="does not define inputs"):  # imported fine; incomplete on purpose
+        load_family_module(f"{tmp_path / 'fam.py'}:TinyFamily")
+
+
+class _Out:
+    pass
+
+
+@pytest.mark.parametrize("returns, declared, message", [
+    ((torch.ones(2, 3),), torch.Tensor, "returned a builtins.tuple, but the family .* declares output_type = "
+                                        "Tensor: set output_type = tuple"),
+    (torch.ones(2, 3), tuple, "returned a torch.Tensor, but .* declares output_type = tuple: set output_type = Tensor"),
+])
+def test_the_export_checks_the_declared_output_type(returns, declared, message):
+    from teacache_trt.families import ModuleFamily
+
+    class Fam(ModuleFamily):
+        name = "output_type_check"
+        module_class = torch.nn.Identity
+        output_type = declared
+
+    model = lambda **kwargs: returns  # noqa: E731 - the module's forward, as call_model calls it
+    with pytest.raises(TeaCacheError, match=message):
+        Fam.call_model(model, {})
+
+
+def test_output_type_shapes_what_the_drop_in_returns():
+    import dataclasses
+
+    from teacache_trt.families import ModuleFamily
+
+    @dataclasses.dataclass
+    class Output:
+        sample: torch.Tensor
+        extra: int = 0
+
+    class Fam(ModuleFamily):
+        name = "output_type_wrap"
+        module_class = torch.nn.Identity
+        output_type = Output
+
+    x = torch.ones(2, 3)
+    assert Fam.call_model(lambda **kw: Output(x), {}) is x
+    assert Fam.wrap_output(x, True) == Output(x) and Fam.wrap_output(x, False) == (x,)
+    Fam.output_type = tuple
+    assert Fam.wrap_output(x, True) == (x,)
+    Fam.output_type = torch.Tensor
+    assert Fam.wrap_output(x, True) is x and Fam.wrap_output(x, False) == (x,)
+
+
+def test_a_batch_given_as_a_number_names_the_input_and_the_fix(exported, tmp_path):
+    """The mistake behind torch.export's "Constraints violated (batch)": a declaration that
+    fixes a size the other tensors take from an axis."""
+    import shutil
+
+    from teacache_trt.export.exporter import export_model
+
+    example = ROOT / "examples" / "custom_family"
+    for f in ("tiny_dit.py", "family.py"):
+        shutil.copy(example / f, tmp_path / f)
+    family = tmp_path / "family.py"
+    text = family.read_text()
+    family.write_text(text.replace('Input("y", ("batch", ', 'Input("y", (2, ').replace('"tiny_dit"', '"tiny_dit_b"'))
+    spec = f"{family}:TinyDiTFamily"
+    fam = load_family_module(spec)
+    from tiny_dit import TinyDiT, TinyDiTConfig
+
+    torch.manual_seed(0)
+    fam.save_model(TinyDiT(TinyDiTConfig(depth=1)), tmp_path / "model")
+    with pytest.raises(TeaCacheError, match=r"Likely cause: the embed graph's input 'y': the family's Input\('y'\) "
+                                            r"has a number at dims \[0\], traced at the size of \['batch'\]; name the "
+                                            r"axis there; the blocks graph's input 'text': the embed graph produced "
+                                            r"it with its batch dim \(0\) fixed"):
+        export_model(tmp_path / "model", tmp_path / "art", family_module=spec, build="none", log=lambda m: None)

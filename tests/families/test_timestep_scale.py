@@ -35,3 +35,18 @@ def test_mochi_and_lumina_take_one_minus_sigma():
 def test_unknown_kind_is_refused():
     with pytest.raises(TeaCacheError, match="'sde'"):
         TimestepScale("sde")
+
+
+def test_rflow_reads_1000_sigma_and_moves_toward_data():
+    # Open-Sora's RFLOW: the model reads 1000 * sigma (1000 = noise) and z += v * dt with dt > 0.
+    rflow = TimestepScale("flow", 1000.0, toward_data=True)
+    assert rflow.timesteps(4) == [1000.0, 750.0, 500.0, 250.0]
+    assert rflow.step_sizes(4) == [0.25] * 4
+    assert get_family("hunyuan_video").timestep_scale.step_sizes(4) == [-0.25] * 4  # same timesteps, other sign
+    assert TimestepScale("flow", 1000.0, reverse=True, toward_data=False).step_sizes(2) == [-0.5, -0.5]
+
+
+@pytest.mark.parametrize("kwargs, message", [({"scale": 0}, "scale 0 must be"), ({"toward_data": "yes"}, "True or False")])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(TeaCacheError, match=message):
+        TimestepScale("flow", **kwargs)

@@ -58,11 +58,11 @@ def copying_export(template, graphs: dict):
     from teacache_trt.export import exporter
     from teacache_trt.manifest import graph_names
 
-    def export_graphs(fam, model, config, src, variant, precision, dtype, axes, weights_hash, export_key,
-                      out, verify, log, *rest):
+    def export_graphs(settings, model, out, log):
         manifest = copy.deepcopy(template)
         manifest.engines, manifest.files, manifest.content = {}, {}, ""
-        manifest.export_key, manifest.weights_hash, manifest.source = export_key, weights_hash, str(src)
+        manifest.export_key, manifest.weights_hash = settings.export_key, settings.weights_hash
+        manifest.source = str(settings.source)
         for g in graph_names(manifest.graphs):
             (out / manifest.graphs[g].file).write_bytes(Path(graphs[g]).read_bytes())
             manifest.graphs[g].sha256 = exporter._graph_hash(out / manifest.graphs[g].file)

@@ -69,7 +69,7 @@ OPTION_CASES = [
     ("eval", ["--per-class", "0"], r"--per-class: 0 is out of range"),
     ("eval", ["--per-class", "21"], r"--per-class: 21 is out of range: need an integer in \[1, 20\]"),
     ("eval", ["--upstream", "0.2,nan"], r"--upstream: threshold 'nan' must be a finite number"),
-    ("eval", ["--grid-threshold", "-0.1"], r"--grid-threshold: '-0.1' must be a finite number >= 0"),
+    ("eval", ["--computed", "0,7"], r"--computed: '0,7' must be numbers of computed steps >= 1"),
     ("eval", ["--out", "{file}"], r"is a file, not a folder"),
     ("eval", ["--out", "{dir}/" + "e" * 300], r"is 300 bytes long, over the file system's limit of 255"),
     ("eval", ["--backend", "tf"], r"--backend: invalid choice"),

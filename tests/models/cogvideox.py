@@ -142,6 +142,9 @@ REAL_CONFIG = dict(
     spatial_interpolation_scale=1.875, temporal_interpolation_scale=1.0,
     use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
 )
+# CogVideoX-2b: 30 heads, a sin-cos positional table instead of RoPE, so its export is fixed at
+# the table's 13 x 60 x 90 latents and 226 text tokens (17,776 tokens), and verified there.
+REAL_CONFIG_2B = dict(REAL_CONFIG, num_attention_heads=30, use_rotary_positional_embeddings=False)
 # CogVideoX1.5-5B (text to video): temporal patches, no patch bias, 300x300 sample grid.
 REAL_CONFIG_15 = dict(REAL_CONFIG, patch_size_t=2, patch_bias=False, sample_height=300,
                       sample_width=300, sample_frames=81)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from teacache_trt.families import AUTO, Axis, ModuleFamily, Part, TimestepScale, Variant, criterion_sums
+from teacache_trt.families import AUTO, Axis, Input, ModuleFamily, Part, TimestepScale, Variant, criterion_sums
 
 FAMILY = "opensora_stdit"
 FAMILY_MODULE = __file__ + ":OpenSora"
@@ -127,8 +127,6 @@ class STDiT(nn.Module):
 
 
 # --- its family (what teacache-export needs to split it) ----------------------------------------
-GRID = {0: "batch", 1: AUTO, 2: AUTO, 3: AUTO}
-
 
 class Embed(Part):
     input_names = ("hidden_states", "timestep", "encoder_hidden_states", "prev_signal")
@@ -149,7 +147,6 @@ class Embed(Part):
 class Blocks(Part):
     input_names = ("hidden", "text", "t_mlp")
     output_names = ("residual",)
-    dynamic = {"hidden": GRID, "text": {0: "batch", 1: "txt_seq"}, "t_mlp": {0: "batch"}}
 
     def forward(self, hidden, text, t_mlp):
         x = hidden.flatten(1, 3)
@@ -161,7 +158,6 @@ class Blocks(Part):
 class Head(Part):
     input_names = ("hidden", "residual", "t")
     output_names = ("output",)
-    dynamic = {"hidden": GRID, "residual": GRID, "t": {0: "batch"}}
 
     def forward(self, hidden, residual, t):
         grid = hidden + residual
@@ -171,7 +167,12 @@ class Head(Part):
 class OpenSora(ModuleFamily):
     name = FAMILY
     module_class = STDiT
-    model_inputs = ("hidden_states", "timestep", "encoder_hidden_states")
+    inputs = (
+        Input("hidden_states", ("batch", "in_channels", "frames", "height", "width"), "latents"),
+        Input("timestep", ("batch",), "timestep", dtype=torch.float32),
+        Input("encoder_hidden_states", ("batch", "txt_seq", "caption_channels")),
+    )
+    auto_axes = ("frames", "height", "width")  # the patch embedding divides them
     variants = {"Open-Sora-1.2": Variant(
         "Open-Sora-1.2", (217.546007, -118.329252, 26.8662585, -0.0459364272, 0.0484426240),
         default_threshold=0.1)}  # upstream's slow setting: 1.55x (fast 0.2: 2.25x)
@@ -185,24 +186,11 @@ class OpenSora(ModuleFamily):
     signal = "t2i_modulate(spatial_blocks[0].norm1(x), shift_msa, scale_msa)"
     signal_dims = {0: "batch", 1: AUTO}
     cached = ("hidden_states",)
-    timestep_scale = TimestepScale("flow", 1000.0)  # rectified flow: t = sigma * 1000
+    timestep_scale = TimestepScale("flow", 1000.0, toward_data=True)  # RFLOW: t = 1000 sigma, z += v * |dt|
 
     @classmethod
     def parts(cls, model, variant=None):
         return {"embed": Embed(model), "blocks": Blocks(model), "head": Head(model)}
-
-    @classmethod
-    def input_dims(cls, config):
-        return {"hidden_states": {0: "batch", 2: AUTO, 3: AUTO, 4: AUTO}, "timestep": {0: "batch"},
-                "encoder_hidden_states": {0: "batch", 1: "txt_seq"}}
-
-    @classmethod
-    def example_inputs(cls, config, dims, dtype, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        b, f, h, w, t = (dims[k] for k in ("batch", "frames", "height", "width", "txt_seq"))
-        return {"hidden_states": torch.randn(b, config["in_channels"], f, h, w, generator=g).to(dtype),
-                "timestep": torch.rand(b, generator=g) * 1000,
-                "encoder_hidden_states": torch.randn(b, t, config["caption_channels"], generator=g).to(dtype)}
 
 
 # --- the tiny-model protocol (tests/models/__init__.py) -------------------------------------------

@@ -9,6 +9,11 @@ Upstream TeaCache (eval/teacache/experiments/opensora_plan.py): signal
 timestep projection; residual through every spatial+temporal pair (the temporal position table
 included); the final norm, projection and unpatchify always run; the first and last timesteps
 compute; CFG batched into one call.
+
+Its family is written the older way, without ``inputs``: ``model_inputs``, ``input_dims()``,
+``example_inputs()`` and each part's ``dynamic`` stated by hand, which families written before
+the declaration still do; the generic tests keep that way covered (tests/models/opensora.py
+declares its inputs).
 """
 import torch
 from torch import nn

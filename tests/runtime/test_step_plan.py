@@ -133,10 +133,10 @@ def test_standalone_use_without_a_step_count_is_refused(flux):
     t = teacache_trt.load_transformer(flux.art_dir)
     calls = []
     t.runners["embed"].infer_into = lambda feed, out: calls.append(feed)
-    with pytest.raises(TeaCacheError, match=r"call transformer.reset\(num_inference_steps\).*teacache_trt.enable"):
+    with pytest.raises(TeaCacheError, match=r"call transformer.reset\(num_calls=len\(scheduler.timesteps\)\).*teacache_trt.enable"):
         t(**inputs(flux))
     assert calls == []
-    with pytest.raises(TeaCacheError, match="num_inference_steps=-1 must be an integer >= 0"):
+    with pytest.raises(TeaCacheError, match="num_calls=-1 must be an integer >= 0"):
         t.reset(-1)
 
 

@@ -5,9 +5,13 @@ keeps its own TeaCache state (upstream's even and odd states).  The generic pipe
 equals tests/reference.py running the diffusers model inside the same pipeline."""
 from __future__ import annotations
 
+import pytest
+import torch
+
 import teacache_trt
 from models import wan as T2V
 from models import wan_i2v as I2V
+from models import wan_ti2v as TI2V
 from reference import ReferenceTransformer
 
 STEPS = 8
@@ -50,3 +54,42 @@ def test_image_to_video_ret_variant_forces_five_steps_per_branch_and_not_the_las
                                        forced_first=5, forced_last=False)
     assert computed(t) == ref_computed and computed(t)["cond"] == [0, 1, 2, 3, 4, 6], computed(t)
     assert (video - want).abs().max().item() <= 1e-4
+
+
+# --- Wan2.2 TI2V-5B: per-token timesteps (expand_timesteps) ------------------------------------------
+def seen_timesteps(t):
+    """Record the ``timestep`` of every call the pipeline makes to ``t``."""
+    seen, forward = [], t.forward
+
+    def spy(*args, **kwargs):
+        seen.append(torch.as_tensor(kwargs["timestep"]).clone())
+        return forward(*args, **kwargs)
+
+    t.forward = spy
+    return seen
+
+
+@pytest.mark.parametrize("image", [False, True], ids=["WanPipeline", "WanImageToVideoPipeline"])
+def test_ti2v_pipelines_pass_per_token_timesteps_and_decide_as_the_reference(exported, image):
+    ex = exported("wan_ti2v")
+    assert ex.manifest.variant == "Wan2.2-TI2V-5B"  # from the 48 latent channels, not the width
+    make, run = (TI2V.make_i2v_pipeline, TI2V.run_i2v_pipeline) if image else (TI2V.make_pipeline, TI2V.run_pipeline)
+    coefficients = ex.manifest.policy_data["teacache"]["coefficients"]
+    want = run(make(ex.model), STEPS)
+    pipe = make(ex.model)
+    t = teacache_trt.enable(pipe, ex.art_dir, threshold=0)
+    seen = seen_timesteps(t)
+    assert (run(pipe, STEPS) - want).abs().max().item() <= 1e-4
+    tokens = 2 * 2 * 3  # 2 latent frames of 4 x 6 latents in 2 x 2 patches
+    assert {tuple(s.shape) for s in seen} == {(1, tokens)}
+    first_frame = torch.stack([s[0, :6] for s in seen])
+    assert (first_frame == 0).all() if image else (first_frame > 0).all()  # the image's frame keeps t = 0
+
+    t.threshold = 0.2
+    got = run(pipe, STEPS)
+    pipe_ref = make(ex.model)
+    ref = ReferenceTransformer(ex.model, TI2V.reference_hooks(ex.model), coefficients, 0.2, STEPS)
+    pipe_ref.register_modules(transformer=ref)
+    want = run(pipe_ref, STEPS)
+    assert computed(t) == ref.computed() and computed(t)["cond"] != list(range(STEPS)), computed(t)
+    assert (got - want).abs().max().item() <= 1e-4

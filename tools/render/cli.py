@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ... import options, quiet
 from ...errors import TeaCacheError
+from ...export.cli import parse_axis
 from .. import policy_options
 from .artifacts import default_cache_dir
 from .batching import DECISIONS
@@ -40,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", type=Path,
                    help="exported artifacts of the model's transformer (default: export on first use into "
                         "--cache-dir)")
+    p.add_argument("--artifacts-2", type=Path,
+                   help="a two-expert pipeline's (Wan2.2 A14B) transformer_2 artifacts, the low-noise expert (default: "
+                        "exported on first use with the first's; with --artifacts alone it runs in PyTorch)")
+    p.add_argument("--axis", type=parse_axis, action="append", default=[], metavar="NAME=MIN:OPT:MAX",
+                   help="the first-use export's profile range of an axis (repeatable; teacache-export --family NAME "
+                        "--list-axes lists them), over the profile the job file's sizes give")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help=f"where exports on first use go (default: {default_cache_dir()})")
     p.add_argument("--backend", choices=options.BACKEND_NAMES, default="onnxruntime", help="default: onnxruntime")
@@ -80,6 +87,12 @@ def check_args(args) -> None:
         from .encode import check_fps
 
         check_fps(args.fps)
+    if args.axis and args.artifacts:
+        raise TeaCacheError("--axis shapes the first-use export; --artifacts are exported already (re-export them "
+                            "with teacache-export --axis)")
+    if args.artifacts_2 is not None and args.artifacts is None:
+        raise TeaCacheError(f"--artifacts-2 {args.artifacts_2} goes with --artifacts (the first expert's); leave both "
+                            f"out to export the two experts on first use")
     policy = run_policy(args)  # the policy's parameters, checked before any export
     if args.coefficients and policy is not None and "coefficients" not in policy.param_names():
         raise TeaCacheError(f"--coefficients {args.coefficients}: the policy {policy!r} takes no coefficients; "
@@ -215,11 +228,39 @@ def make_pool(args, spec):
     return LocalPool(spec)
 
 
+def experts_artifacts(args, driver, model_dir: Path, first_use: dict) -> Path | None:
+    """The second expert's artifacts of a two-expert pipeline: ``--artifacts-2``, else exported on
+    first use (unless ``--artifacts`` names the first expert's only: the second then runs in PyTorch)."""
+    two = driver.export_plan(model_dir, args.batch_size).transformer_2_dir is not None
+    if args.artifacts_2 is not None:
+        if not two:
+            raise TeaCacheError(f"--artifacts-2 {args.artifacts_2}: the pipeline at {model_dir} has no transformer_2 "
+                                f"(a two-expert pipeline such as Wan2.2 A14B has)")
+        return args.artifacts_2
+    if not two or args.artifacts:
+        return None
+    from .artifacts import ensure_artifacts
+
+    return ensure_artifacts(driver, model_dir, component="transformer_2", **first_use)
+
+
+def one_coefficient_set(job):
+    """A job of a two-expert pipeline that names coefficients: refused (they would reach both
+    experts, whose schedules differ); each expert keeps its own artifact's."""
+    from .jobs import BadJob, Job
+
+    if isinstance(job, Job) and "coefficients" in job.policy.get("params", {}):
+        return BadJob(job.id, job.line, f"job {job.id}: coefficients in its policy would reach both experts of this "
+                                        f"two-expert pipeline; leave them out (each expert uses its artifact's: set "
+                                        f"them with teacache-export --coefficients or teacache-calibrate --pipeline)")
+    return job
+
+
 def render(args, log=None):
     from ... import policies
     from ...manifest import load_manifest
     from ..drivers import model_folder, render_driver_for
-    from .artifacts import check_model_matches, ensure_artifacts
+    from .artifacts import check_model_matches, ensure_artifacts, job_sizes
     from .batching import batch_key, make_batches, pending
     from .jobs import BadJob, Job, JobReader
     from .output import OutputDir
@@ -241,22 +282,37 @@ def render(args, log=None):
         if "fps" not in fields:
             raise TeaCacheError(f"--fps {args.fps:g}: the model at {model_dir} renders images, not videos; leave it out")
         defaults["fps"] = args.fps
+    two_experts = driver.export_plan(model_dir, args.batch_size).transformer_2_dir is not None
+    if args.coefficients and two_experts and not (args.artifacts and args.artifacts_2 is None):
+        raise TeaCacheError(f"--coefficients {args.coefficients}: each expert of a two-expert pipeline keeps its own "
+                            f"artifact's coefficients; set them at export (teacache-export --coefficients) or fit them "
+                            f"(teacache-calibrate --pipeline --expert)")
     with OutputDir(args.out) as out:
-        art = args.artifacts or ensure_artifacts(driver, model_dir, batch_size=args.batch_size, backend=args.backend,
-                                                 cache_dir=args.cache_dir or default_cache_dir(), log=log)
+        # The first-use export's profile covers the job file's sizes (--axis over them).
+        sizes = job_sizes(args.jobs, driver, model_dir) if args.artifacts is None else []
+        first_use = dict(batch_size=args.batch_size, backend=args.backend, log=log, axes=dict(args.axis),
+                         sizes=sizes, cache_dir=args.cache_dir or default_cache_dir())
+        art = args.artifacts or ensure_artifacts(driver, model_dir, **first_use)
+        art_2 = experts_artifacts(args, driver, model_dir, first_use)
         manifest = load_manifest(art)
         if args.artifacts:
             check_model_matches(manifest, art, driver, model_dir)
+            if art_2 is not None:
+                check_model_matches(load_manifest(art_2), art_2, driver, model_dir, component="transformer_2")
         batch_size = fit_batch_size(manifest, art, args.batch_size, log)
+        if art_2 is not None:
+            batch_size = fit_batch_size(load_manifest(art_2), art_2, batch_size, log)
         artifact = policies.artifact_policies(manifest, str(Path(art) / "manifest.json"))
         settings = RunSettings.for_artifact(manifest, artifact, {
             "model": str(model_dir), "weights": manifest.weights_hash, "graphs": manifest.content,
             "precision": manifest.precision, "backend": args.backend, "device": args.device.split(":")[0],
-            "decisions": args.decisions})
+            "decisions": args.decisions, **({"graphs_2": load_manifest(art_2).content} if art_2 is not None else {})})
         policy = run_policy(args, artifact, settings)
         policy.bind(artifact)  # the run's policy fits the artifact: checked before any job
         reader = JobReader(fields, defaults, policy, functools.partial(driver.check_job, model_dir), settings)
         parsed = list(reader.read(args.jobs))
+        if art_2 is not None:
+            parsed = [one_coefficient_set(j) for j in parsed]
         good = [j for j in parsed if isinstance(j, Job)]
         # Finished: the last result of the id is ok, its output intact, and made for the same
         # key (prompt, seed, steps, guidance, policy with its threshold and coefficients, model,
@@ -278,7 +334,7 @@ def render(args, log=None):
         log(f"[render] {len(parsed)} jobs: {len(done)} already done, {len(bad)} bad, {todo} to render "
             f"in {len(batches)} batches ({args.decisions} decisions, {driver.name} model, {art})")
         spec = WorkerSpec(driver.name, str(model_dir), str(Path(art).resolve()), args.backend, args.device,
-                          args.decisions)
+                          args.decisions, str(Path(art_2).resolve()) if art_2 is not None else None)
         pool = make_pool(args, spec) if batches else None
         summary.load_s = time.perf_counter() - t0
         t_render = time.perf_counter()

@@ -30,6 +30,7 @@ class WorkerSpec:
     backend: str = "onnxruntime"
     device: str = "cpu"
     decisions: str = "sample"
+    art_dir_2: str | None = None  # a two-expert pipeline's second expert (Wan2.2 A14B's low-noise one)
 
 
 @dataclass
@@ -62,8 +63,9 @@ class Worker:
         self.spec = spec
         self.driver = drivers[spec.driver]
         try:
+            second = {"art_dir_2": Path(spec.art_dir_2)} if spec.art_dir_2 else {}
             self.pipe = self.driver.load(Path(spec.model_dir), Path(spec.art_dir), backend=spec.backend,
-                                         device=spec.device, decisions=spec.decisions)
+                                         device=spec.device, decisions=spec.decisions, **second)
         except TeaCacheError:
             raise
         except Exception as exc:  # the pipeline's own loader: say what failed, no traceback
@@ -87,28 +89,47 @@ class Worker:
 
     def _run(self, batch: Sequence[Job]) -> tuple[list, list[tuple[list[int], list[int]]], list]:
         """(one output per job, (computed steps, skipped steps) per job, never-skipped cause per job)."""
-        transformer = self.pipe.transformer
+        experts = compiled_experts(self.pipe)
         # A batch shares its policy (batching.batch_key; a job made without one: TeaCache);
-        # the threshold is each job's own in sample decisions, the batch's in batch decisions.
+        # the threshold is each job's own in sample decisions, the batch's in batch decisions
+        # (both experts of a two-expert pipeline take the same settings).
         first = batch[0]
         policy = policies.from_spec(first.policy) if first.policy else policies.TeaCache()
-        if self.spec.decisions == "sample":
-            transformer.sample_thresholds = None
-            transformer.policy = policy
-            if policy.has_threshold:
-                transformer.sample_thresholds = [job.threshold for job in batch]
-        else:
-            transformer.policy = policy.replace(threshold=first.threshold) if policy.has_threshold else policy
+        for transformer in experts:
+            if self.spec.decisions == "sample":
+                transformer.sample_thresholds = None
+                transformer.policy = policy
+                if policy.has_threshold:
+                    transformer.sample_thresholds = [job.threshold for job in batch]
+            else:
+                transformer.policy = policy.replace(threshold=first.threshold) if policy.has_threshold else policy
         outputs = self.driver.render_batch(self.pipe, batch)
         if len(outputs) != len(batch):
             raise TeaCacheError(f"driver {self.driver.name!r} returned {len(outputs)} outputs for "
                                 f"{len(batch)} jobs: a driver must return one output per job")
-        stats = transformer.stats
-        per_job = stats["samples"] if self.spec.decisions == "sample" else [stats] * len(batch)
-        return (outputs, [(list(s["computed_steps"]), list(s["skipped_steps"])) for s in per_job],
-                [s.get("never_skipped") for s in per_job])
+        computed, skipped = [[] for _ in batch], [[] for _ in batch]
+        idle: list[str | None] = [None] * len(batch)
+        offset = 0  # the second expert's steps follow the first one's in the generation
+        for transformer in experts:
+            stats = transformer.stats
+            rows = stats["samples"] if self.spec.decisions == "sample" else [stats] * len(batch)
+            for i, row in enumerate(rows):
+                computed[i] += [offset + k for k in row["computed_steps"]]
+                skipped[i] += [offset + k for k in row["skipped_steps"]]
+                idle[i] = idle[i] or row.get("never_skipped")
+            offset += transformer.num_steps
+        return outputs, list(zip(computed, skipped)), idle
 
     @staticmethod
     def _failed(batch: Sequence[Job], error: str, t0: float) -> list[Outcome]:
         share = (time.perf_counter() - t0) / len(batch)
         return [Outcome(job.id, seconds=share, error=error) for job in batch]
+
+
+def compiled_experts(pipe) -> list:
+    """The pipeline's compiled transformers in generation order: ``transformer``, then a
+    two-expert pipeline's ``transformer_2`` when it is compiled too."""
+    from ...runtime.transformer import CompiledTransformer
+
+    second = getattr(pipe, "transformer_2", None)
+    return [pipe.transformer, *([second] if isinstance(second, CompiledTransformer) else [])]

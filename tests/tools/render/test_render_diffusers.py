@@ -122,3 +122,67 @@ def test_cogvideox_pipeline_folder_renders_mp4_with_batched_cfg(exported, tmp_pa
                      "--artifacts", str(ex.art_dir), "--no-progress"]) == 1
     error = latest(tmp_path / "nan")["nan"]["error"]
     assert "the latents became NaN or infinite at step " in error and "lower the guidance" in error
+
+
+def test_two_expert_pipeline_exports_and_renders_both_experts(exported, tmp_path, capsys):
+    """Wan2.2 A14B: both experts exported on first use (each with its expert variant), both
+    compiled in the render; a job's steps run 0..N-1 across the two (the low-noise expert's after
+    the high-noise one's)."""
+    pytest.importorskip("imageio_ffmpeg", reason="video output is an extra: pip install -e '.[video]'")
+    from safetensors.torch import save_file
+
+    from models import wan, wan_a14b
+    from teacache_trt.manifest import load_manifest
+
+    high = exported("wan_a14b")
+    wan_a14b.make_experts_pipeline(high.model, wan_a14b.make_low_model()).save_pretrained(tmp_path / "model")
+    g = torch.Generator().manual_seed(0)
+    save_file({"prompt_embeds": torch.randn(1, wan.TEXT, 16, generator=g),
+               "negative_prompt_embeds": torch.randn(1, wan.TEXT, 16, generator=g)}, tmp_path / "p.safetensors")
+    lines = [{"id": f"w{i}", "prompt_embeds": "p.safetensors", "seed": i, "steps": 16, "threshold": t,
+              "height": wan.HEIGHT, "width": wan.WIDTH, "frames": wan.FRAMES} for i, t in enumerate((0.0, 0.6))]
+    (tmp_path / "jobs.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    args = [str(tmp_path / "jobs.jsonl"), "--model", str(tmp_path / "model"), "--cache-dir", str(tmp_path / "cache"),
+            "--no-progress", "--batch-size", "1", "--axis", "txt_seq=1:8:64"]
+    assert cli.main([*args, "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    arts = sorted(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    manifests = {load_manifest(a).variant: load_manifest(a) for a in arts}
+    assert sorted(manifests) == ["Wan2.2-T2V-A14B-high", "Wan2.2-T2V-A14B-low"]
+    assert all(m.axes["txt_seq"] == [1, 8, 64] for m in manifests.values())  # --axis shaped the export
+    # the jobs' sizes shaped the rest: the optimum at theirs (latents), the range the default's within
+    # the RoPE table (rope_max_seq_len 32 x patch 2)
+    assert all(m.axes["height"] == [2, 4, 64] and m.axes["frames"] == [1, 2, 21] for m in manifests.values())
+    by_id = latest(tmp_path / "out")
+    assert by_id["w0"]["computed_steps"] == list(range(16)) and by_id["w0"]["skipped_steps"] == []
+    computed, skipped = by_id["w1"]["computed_steps"], by_id["w1"]["skipped_steps"]
+    assert skipped and sorted(computed + skipped) == list(range(16))
+    assert {0, 10, 11, 15} <= set(computed)  # each expert's first and last step (11 high, 5 low)
+
+    # --artifacts-2 is for two-expert pipelines; --axis for first-use exports only
+    from models import wan as wan_module
+    wan_module.make_pipeline(exported("wan").model).save_pretrained(tmp_path / "single")
+    assert cli.main([*args[:1], "--model", str(tmp_path / "single"), "--artifacts", str(exported("wan").art_dir),
+                     "--artifacts-2", str(arts[0]), "--out", str(tmp_path / "o2"), "--no-progress"]) == 2
+    assert "has no transformer_2" in capsys.readouterr().err
+    assert cli.main([*args[:1], "--model", str(tmp_path / "model"), "--artifacts", str(arts[0]), "--axis",
+                     "txt_seq=1:8:64", "--out", str(tmp_path / "o3"), "--no-progress"]) == 2
+    assert "--axis shapes the first-use export" in capsys.readouterr().err
+
+    # the experts named: the finished jobs stay done (same graphs); a job naming coefficients fails
+    # alone (they would reach both experts); experts swapped: refused before any job
+    art = {m.variant: a for a, m in zip(arts, map(load_manifest, arts))}
+    named = [*args[:1], "--model", str(tmp_path / "model"), "--artifacts", str(art["Wan2.2-T2V-A14B-high"]),
+             "--no-progress", "--batch-size", "1"]
+    with open(tmp_path / "jobs.jsonl", "a") as f:
+        f.write(json.dumps({**lines[0], "id": "c", "policy": {"name": "teacache", "params": {"coefficients": [1, 0]}}})
+                + "\n")
+    assert cli.main([*named, "--artifacts-2", str(art["Wan2.2-T2V-A14B-low"]), "--out", str(tmp_path / "out")]) == 1
+    assert "would reach both experts" in latest(tmp_path / "out")["c"]["error"]
+    assert "0 to render" in capsys.readouterr().err
+    assert cli.main([*named, "--artifacts-2", str(art["Wan2.2-T2V-A14B-high"]), "--out", str(tmp_path / "o4")]) == 2
+    assert "--artifacts-2" in (err := capsys.readouterr().err) and "weights differ" in err
+    assert cli.main([*args[:1], "--model", str(tmp_path / "model"), "--artifacts-2", str(arts[0]),
+                     "--out", str(tmp_path / "o5")]) == 2
+    assert "goes with --artifacts" in capsys.readouterr().err
+    assert cli.main([*args, "--coefficients", "upstream", "--out", str(tmp_path / "o6")]) == 2
+    assert "each expert of a two-expert pipeline keeps its own" in capsys.readouterr().err
