@@ -7,8 +7,9 @@ here, in the order the dependencies point: ``families/`` (model knowledge), ``ex
 
 ``cpp_ext/`` builds two optional libraries: the extension ``teacache_trt._criterion`` (the
 criterion on the host) when a C++ compiler and pybind11 are present, and the plain shared
-library ``teacache_trt/_criterion_cuda*.so`` (the device kernel, loaded with ctypes) when nvcc
-is present.  A failed or skipped build leaves the pure-Python path, which gives the same
+library ``teacache_trt/_criterion_cuda*.so`` (the device kernel, loaded with ctypes by the
+experimental ``teacache_trt.runtime.experimental.device_criterion``, which no runtime code uses)
+when nvcc is present.  A failed or skipped build leaves the pure-Python path, which gives the same
 decisions.
 """
 import os
@@ -89,6 +90,7 @@ SUBPACKAGES = {
     "teacache_trt.engines": "engines",
     "teacache_trt.runtime": "runtime",
     "teacache_trt.runtime.backends": "runtime/backends",
+    "teacache_trt.runtime.experimental": "runtime/experimental",  # built and tested, used by no runtime code
     "teacache_trt.policies": "runtime/policies",  # the caching policies the runtime's step applies
     "teacache_trt.tools": "tools",
     "teacache_trt.tools.render": "tools/render",

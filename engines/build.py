@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator, Mapping
 from .. import artifact, integrity
 from ..errors import TeaCacheError
 from ..files import atomic_write_bytes, os_errors, regular_file
-from ..manifest import Manifest, graph_names, sha256_json
+from ..integrity import sha256_json
+from ..manifest import Manifest, graph_names
 from .flavours import polygraphy_trt, trt_module
 
 # TensorRT-RTX builds ahead of time without a GPU for these targets (RTX-class GPUs).
@@ -101,7 +102,8 @@ def build_in_place(art: Path, manifest: Manifest, flavour: str, *, force: bool =
     """Engines for the committed graphs of ``art``: written beside them under new names, then
     committed by the manifest, then the superseded ones removed.  The caller holds the
     folder's writer lock (:func:`teacache_trt.artifact.writing`)."""
-    graphs = {g: manifest.graph_path(art, g) for g in graph_names(manifest.graphs)}  # inside, intact, external data too
+    committed = artifact.Artifact(art, manifest)
+    graphs = {g: committed.graph_path(g) for g in graph_names(manifest.graphs)}  # inside, intact, external data too
     content = graphs["embed"].parent
     if build_engines(content, manifest, flavour, graphs, timing_dir=art, force=force,
                      rtx_targets=rtx_targets, log=log):

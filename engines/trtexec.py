@@ -5,7 +5,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ..manifest import Manifest, atomic_write_bytes, graph_names
+from ..files import atomic_write_bytes
+from ..manifest import Manifest, graph_names
 
 
 def _shapes(profile: dict, key: str) -> str:

@@ -166,11 +166,11 @@ def list_families() -> int:
 
 def check(art_dir) -> int:
     """Every file of ``art_dir`` against its manifest: names, sizes, full sha256 (no cache)."""
-    from ..manifest import load_manifest
+    from ..artifact import Artifact
 
     t0 = time.perf_counter()
-    manifest = load_manifest(art_dir)
-    size = manifest.verify_all(art_dir)
+    art = Artifact.open(art_dir)
+    manifest, size = art.manifest, art.verify_all()
     print(f"{art_dir}: {len(manifest.files)} files ({size / 1e6:.1f} MB) match the manifest "
           f"({manifest.family} {manifest.variant}, {manifest.precision}, {time.perf_counter() - t0:.1f}s)")
     return 0

@@ -21,10 +21,8 @@ from .. import __version__, artifact, integrity
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
 from ..files import os_errors
-from ..manifest import (
-    FORMAT_VERSION, GraphSpec, Manifest, PolicySpec, SignalSpec, config_fingerprint,
-    graph_names, sha256_file, sha256_json,
-)
+from ..integrity import config_fingerprint, sha256_file, sha256_json
+from ..manifest import FORMAT_VERSION, GraphSpec, Manifest, PolicySpec, SignalSpec, graph_names
 from ..families import (
     Family, Part, Variant, check_coefficients, find_model_dir, get_family, load_family_module, plain_config,
     read_config,
@@ -392,8 +390,9 @@ def _reusable(out: Path, previous: Manifest | None, export_key: str, force: bool
     if force or previous is None or previous.export_key != export_key:
         return False
     try:
+        committed = artifact.Artifact(out, previous)
         for graph in graph_names(previous.graphs):
-            previous.graph_path(out, graph)
+            committed.graph_path(graph)
     except TeaCacheError as exc:
         log(f"[export] exporting again: {exc}")
         return False

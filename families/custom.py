@@ -32,7 +32,7 @@ import torch
 
 from ..dtypes import precision_dtype
 from ..errors import TeaCacheError
-from ..manifest import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .base import Family
 from .model_io import find_model_dir, read_config
 from .registry import all_families, register

@@ -110,9 +110,9 @@ class Renderer:
 
 def shipped_policies(art_dir: Path) -> None:
     """The artifact must carry this model's calibrations (a default export of the bundled model does)."""
-    from ..manifest import load_manifest
+    from ..artifact import Artifact
 
-    manifest = load_manifest(art_dir)
+    manifest = Artifact.open(art_dir).manifest
     if manifest.variant != "moving-digits" or "magcache" not in manifest.policy_data:
         raise TeaCacheError(f"{art_dir} is not an export of the bundled video model with its MagCache ratios "
                             f"(variant {manifest.variant!r}): leave --art out (teacache-render's export is used)")

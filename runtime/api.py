@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
+from ..artifact import Artifact
 from ..errors import TeaCacheError
 from ..families import get_family, load_family_module
-from ..manifest import config_fingerprint, load_manifest
+from ..integrity import config_fingerprint
 from .backends import BACKENDS
 from .transformer import CompiledTransformer
 
@@ -39,13 +40,14 @@ def load_transformer(art_dir, backend: str = "onnxruntime", threshold: float | N
     if backend not in BACKENDS:
         raise TeaCacheError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     art_dir = Path(art_dir)
-    manifest = load_manifest(art_dir)
+    artifact = Artifact.open(art_dir)
+    manifest = artifact.manifest
     family = _family_of(manifest, art_dir, family_module)
     if backend == "torch" and model is None:
         model = _load_source_model(family, manifest, model_dir)
     if model is not None:
         _check_same_model(family, model, manifest)
-    return CompiledTransformer(art_dir, manifest, backend, device, threshold, clamp, model, decisions, policy)
+    return CompiledTransformer(artifact, backend, device, threshold, clamp, model, decisions, policy)
 
 
 def _family_of(manifest, art_dir: Path, family_module: str | None):

@@ -3,9 +3,10 @@
 A generation calls the transformer tens of times at the same shapes, so the first call at a
 shape binds the dims, checks them against the profile, and allocates every graph's output
 buffers (on the device); later calls find the plan by a shape key and only run graphs.  The
-buffers keep their addresses for the plan's life: backends bind them once, and a captured
-CUDA graph can replay over them.  What a cache context keeps across calls (its signals, its
-residual) lives in its own buffers (:class:`.controller.ContextState`), which the graphs write
+buffers keep their addresses for the plan's life, so the backends rebind only the inputs that
+moved (ONNX Runtime's IO binding, TensorRT's tensor addresses).  Every graph is launched on
+every call that runs it; no CUDA graph is captured.  What a cache context keeps across calls
+(its signals, its residual) lives in its own buffers (:class:`.controller.ContextState`), which the graphs write
 directly: nothing is copied on the way (on a CPU a large ``copy_`` runs as a parallel region
 that, on a loaded machine, waits milliseconds for a descheduled thread).  The output a call
 returns is a fresh tensor: callers keep outputs across calls (CFG).
@@ -112,10 +113,12 @@ class StepPlan:
         the signal sums (a static policy never calls it).
 
         On a GPU this is the one point per step where the host waits for the device: the
-        decision chooses which graph to launch next, so the host needs these 2·B floats.  One
-        non-blocking copy into pinned memory and a wait on an event recorded right after it
-        (not a device or stream synchronize).  The device-decision path (cpp_ext) decides on
-        the device and removes this wait.
+        decision is taken on the host and chooses which graph to launch next, so the host needs
+        these 2·B floats before it can go on.  One non-blocking copy into pinned memory and a
+        wait on an event recorded right after it (not a device or stream synchronize).  The
+        kernel in :mod:`.experimental.device_criterion` takes the same decision on the device,
+        but no runtime code uses it: on a GPU every call of a policy that reads the sums waits
+        here once (after the first call of a generation, which has nothing to compare).
         """
         diff, prev = self.embed_out["l1_diff"], self.embed_out["l1_prev"]
         if self._host is None:

@@ -28,7 +28,6 @@ import contextlib
 import numbers
 import threading
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,10 +35,11 @@ import torch
 from diffusers.configuration_utils import FrozenDict
 
 from .. import policies
+from ..artifact import Artifact
 from ..dtypes import PRECISIONS, TORCH_DTYPES
 from ..errors import TeaCacheError, shown
 from ..families import get_family
-from ..manifest import CONTEXT_GRAPH, MANIFEST_NAME, Manifest, graph_names
+from ..manifest import CONTEXT_GRAPH, MANIFEST_NAME, graph_names
 from ..policies import IO_SUMS, SIGNAL_SUMS, Features, Policy, check_threshold
 from ..shapes import bind, propagate
 from .backends import make_runner
@@ -93,7 +93,7 @@ class _Thread(threading.local):
 class CompiledTransformer(torch.nn.Module):
     """Same ``forward`` keywords and output type as the diffusers model it was exported from."""
 
-    def __init__(self, art_dir: Path, manifest: Manifest, backend: str, device: str | torch.device = "cpu",
+    def __init__(self, artifact: Artifact, backend: str, device: str | torch.device = "cpu",
                  threshold: float | None = None, clamp: bool | None = None, model: torch.nn.Module | None = None,
                  decisions: str = "batch", policy=None):
         super().__init__()
@@ -102,8 +102,8 @@ class CompiledTransformer(torch.nn.Module):
                 f"decisions={decisions!r} is not one of {DECISIONS}: 'batch' takes one decision per call "
                 f"(upstream), 'sample' one per prompt with the blocks run on the rows that compute"
             )
-        self.art_dir = Path(art_dir)
-        self.manifest = manifest
+        self.art_dir = artifact.folder
+        self.manifest = manifest = artifact.manifest
         self.family = get_family(manifest.family)
         self.backend = backend
         self._device = torch.device(device)
@@ -127,7 +127,7 @@ class CompiledTransformer(torch.nn.Module):
         parts = (self.family.parts(model, self.family.variant(manifest.variant))
                  if model is not None else None)
         self._graphs = graph_names(manifest.graphs)
-        self.runners = {g: make_runner(backend, self.art_dir, manifest, g, self._device, parts, self._stream)
+        self.runners = {g: make_runner(backend, artifact, g, self._device, parts, self._stream)
                         for g in self._graphs}
         for runner in self.runners.values():
             runner.activate()  # load every graph now: a bad artifact fails here, not mid-render

@@ -65,7 +65,7 @@ echo $? > "$OUT/gpu_tests.rc"
   --axis img_seq=256:256:256 --axis txt_seq=32:32:32 --batch 1:1:1 >> "$OUT/bench_export.log" 2>&1
 backends=$("$PY" - "$OUT/bench_art" <<'PY'
 import sys
-from teacache_trt.manifest import load_manifest
+from teacache_trt.artifact import Artifact
 out = ["torch"]
 try:
     import onnxruntime
@@ -74,7 +74,7 @@ try:
 except ImportError:
     pass
 try:
-    out += sorted(load_manifest(sys.argv[1]).engines)
+    out += sorted(Artifact.open(sys.argv[1]).manifest.engines)
 except Exception:
     pass
 print(" ".join(out))

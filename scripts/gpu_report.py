@@ -17,13 +17,14 @@ def read(path: Path, default: str = "") -> str:
 def environment() -> list[str]:
     import torch
 
-    from teacache_trt.runtime import criterion, device_criterion
+    from teacache_trt.runtime import criterion
+    from teacache_trt.runtime.experimental import device_criterion
 
     lines = [
         f"- GPU: {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))}), "
         f"torch {torch.__version__} (CUDA {torch.version.cuda}), Python {platform.python_version()}",
         f"- host criterion: {criterion.BACKEND} ({criterion.NATIVE_STATUS})",
-        f"- device criterion kernel: {device_criterion.KERNEL_STATUS}",
+        f"- device criterion kernel (experimental, no runtime code uses it): {device_criterion.KERNEL_STATUS}",
     ]
     for module in ("tensorrt", "tensorrt_rtx", "onnxruntime"):
         try:
@@ -67,7 +68,7 @@ def bench(out: Path, backend: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    from teacache_trt.manifest import atomic_write_bytes
+    from teacache_trt.files import atomic_write_bytes
 
     out, backends = Path(argv[0]), argv[1:]
     missing = read(out / "missing_packages.txt")
@@ -78,9 +79,10 @@ def main(argv: list[str]) -> int:
         f"- packages that could not be installed: {missing.replace(chr(10), ', ') if missing else 'none'}",
         "", "## Tests marked gpu", "", *tests(out),
         "", "## Bench model (scripts/make_bench_model.py, 20 steps, repeat 3)", "",
-        "The transformer takes its decision on the host (one sync per call); the device step executor "
-        "(CUDA-graph capture with the criterion kernel and a conditional node, issue 8) is not part of "
-        "this build, so there is no device-decision run to set beside it.", "",
+        "The transformer takes its decision on the host (one host wait per call, for the two sums) and "
+        "captures no CUDA graph; the device criterion kernel is experimental "
+        "(teacache_trt.runtime.experimental) and no runtime code uses it, so there is no device-decision "
+        "run to set beside it.", "",
     ]
     for backend in backends:
         parts += bench(out, backend) + [""]

@@ -1,4 +1,13 @@
-"""How an artifact folder changes: one writer at a time, a new set written beside the old one,
+"""An artifact folder: :class:`Artifact` opens one, and the functions below change one.
+
+Opening (:meth:`Artifact.open`) trusts nothing it reads: ``manifest.json`` must be a regular
+file of sane size inside the folder, its format is checked (:meth:`.manifest.Manifest.parse`),
+and every file it names must lie inside the folder's content folder as a regular file of the
+recorded size.  A file's contents are hashed before it is used (:meth:`Artifact.verified`,
+:meth:`Artifact.graph_path`, :meth:`Artifact.engine_path`; hashes cached per file state by
+:mod:`.integrity`).  No path read from the manifest reaches outside the folder.
+
+How an artifact folder changes: one writer at a time, a new set written beside the old one,
 the manifest's atomic rename as the single commit point, and the old set removed after it.
 
     ART/manifest.json      names the content folder and every file in it (the commit point)
@@ -15,23 +24,119 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from . import faults
+from . import faults, integrity
 from .errors import TeaCacheError
-from .files import check_name, fsync_dir, inside, os_errors, regular_file, remove, share
-from .manifest import (
-    CONTENT_PATTERN, GRAPH_NAMES, MANIFEST_NAME, Manifest, load_manifest, onnx_external_data,
-    read_manifest_json, save_manifest,
-)
+from .external_data import onnx_external_data
+from .files import atomic_write_bytes, check_name, fsync_dir, inside, os_errors, regular_file, remove, share
+from .manifest import CONTENT_PATTERN, GRAPH_NAMES, MANIFEST_NAME, REEXPORT, Manifest
 
+MAX_MANIFEST_BYTES = 64 << 20
 STAGING_PREFIX = ".staging-"
 LOCK_NAME = ".lock"
 _OURS = (STAGING_PREFIX, f".{MANIFEST_NAME}.", ".timing.")  # temporary names at the top level
+
+
+class Artifact:
+    """An artifact folder and its manifest; every file the manifest names is reached through
+    here (see the module doc)."""
+
+    def __init__(self, folder: str | os.PathLike, manifest: Manifest):
+        """``manifest``: checked already (by :meth:`open`, or an export that just wrote it)."""
+        self.folder = Path(folder)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> "Artifact":
+        """The folder with its checked manifest: format version, every field, and every file
+        it names (inside the folder, a regular file of the recorded size).  Contents are hashed
+        when a file is used."""
+        folder = Path(folder)
+        path = folder / MANIFEST_NAME
+        with os_errors(f"reading {path}"):
+            data = read_manifest_json(folder)
+        art = cls(folder, Manifest.parse(data, str(path)))
+        with os_errors(f"checking the files of {folder}"):
+            for name, entry in art.manifest.files.items():
+                size = os.stat(art._content_file(name)).st_size
+                if size != entry["size"]:
+                    raise TeaCacheError(
+                        f"{folder / art.manifest.content / name} has {size} bytes but the manifest recorded "
+                        f"{entry['size']} (truncated, replaced or still being copied): {REEXPORT}"
+                    )
+        return art
+
+    def _content_file(self, name: str) -> Path:
+        """``name`` in the content folder: inside the artifact folder and a regular file."""
+        content = inside(self.folder, self.manifest.content, "content folder")
+        return regular_file(content, name, f"file in {self.manifest.content}")
+
+    def verified(self, name: str, fix: str = REEXPORT, full: bool = False) -> Path:
+        """The path of ``name`` after checking its size and sha256 against the manifest."""
+        self.manifest.check_listed(name, "the")
+        path = self._content_file(name)
+        with os_errors(f"reading {path}"):
+            integrity.verify(path, self.manifest.files[name], fix, full)
+        return path
+
+    def graph_path(self, graph: str) -> Path:
+        """A graph file, checked with its external data (names inside the content folder,
+        listed by the manifest, contents as recorded)."""
+        path = self.verified(self.manifest.graphs[graph].file)
+        for name in integrity.remembered(path, "onnx_external_data", onnx_external_data):
+            self.manifest.check_listed(name, f"external data of the {graph} graph")
+            self.verified(name)
+        return path
+
+    def engine_path(self, flavour: str, graph: str) -> Path:
+        entry = self.manifest.engines[flavour][graph]
+        return self.verified(entry["file"], fix=f"rebuild it with `teacache-export ... --build {flavour} --force`")
+
+    def verify_all(self) -> int:
+        """``teacache-export --check``: every file hashed in full (cache ignored) and every
+        graph's external data re-read from the graph; returns the bytes checked."""
+        files = self.manifest.files
+        for name in files:
+            self.verified(name, full=True)
+        for graph, spec in self.manifest.graphs.items():
+            path = self._content_file(spec.file)
+            for name in integrity.remembered(path, "onnx_external_data", onnx_external_data, fresh=True):
+                self.manifest.check_listed(name, f"external data of the {graph} graph")
+        return sum(e["size"] for e in files.values())
+
+
+def read_manifest_json(art_dir: Path) -> Any:
+    """The parsed ``manifest.json`` of ``art_dir`` (any format version), refusing anything but a
+    regular file of sane size inside the folder."""
+    path = Path(art_dir) / MANIFEST_NAME
+    if not os.path.lexists(path):
+        raise TeaCacheError(
+            f"{path} does not exist: {art_dir} is not an exported artifact folder; "
+            f"run `teacache-export MODEL_DIR --out {art_dir}` first"
+        )
+    real = regular_file(Path(art_dir), MANIFEST_NAME, "manifest")
+    size = os.stat(real).st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise TeaCacheError(f"{path} is {size} bytes, not a manifest: re-export with --force")
+    try:
+        return json.loads(real.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TeaCacheError(f"{path} is not valid JSON ({exc}); re-run teacache-export with --force") from exc
+
+
+def save_manifest(art_dir: Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically: the one commit point of an artifact folder.  What
+    the loader would refuse (a NaN coefficient from a degenerate fit, ...) is never written."""
+    manifest.validate()
+    path = Path(art_dir) / MANIFEST_NAME
+    atomic_write_bytes(path, manifest.to_json().encode())
+    return path
 
 
 def is_artifact(folder: Path) -> bool:
@@ -88,7 +193,7 @@ def writing(art: Path) -> Iterator[None]:
 def current(art: Path) -> Manifest | None:
     """The folder's committed manifest, or None where there is none this version can read."""
     try:
-        return load_manifest(art)
+        return Artifact.open(art).manifest
     except TeaCacheError:
         return None
 

@@ -1,5 +1,6 @@
 """Integrity of artifact files: the manifest records each file's size and sha256; loaders check
-both before a file is used.
+both before a file is used.  Also the hashes of JSON values that key what an artifact was made
+from (:func:`sha256_json`: export and engine keys; :func:`config_fingerprint`: the model config).
 
 A full sha256 of a multi-GB engine takes seconds, so the hash of a file is computed once per
 file state and machine, and cached per user under ``$XDG_CACHE_HOME/teacache-trt/sha256``
@@ -29,6 +30,15 @@ def sha256_file(path: Path, chunk: int = CHUNK) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_fingerprint(config: dict[str, Any]) -> str:
+    """Hash of a model config's own keys (diffusers' ``_``-prefixed bookkeeping left out)."""
+    return sha256_json({k: v for k, v in config.items() if not k.startswith("_")})
 
 
 def _cache_dir() -> Path:

@@ -2,14 +2,16 @@
 
 An artifact folder holds ``manifest.json`` and one content folder (``v-<12 hex>``) with the
 graphs, their external data, the engines and the trtexec command files.  The manifest names the
-content folder and records every file in it with its size and sha256; rewriting the manifest
-(atomically) is the one step that switches a folder from one complete artifact to the next.
+content folder and records every file in it with its size and sha256.
 
-Every loader goes through :func:`load_manifest`, which trusts nothing it reads: the format
-version, every field's type and range (profiles ordered, the policy's shape), and every name
-(inside the folder, a regular file, the recorded size).  File contents are hashed before a file
-is used.  Failures say what to re-run.  The policies check their own settings and data when the
-runtime binds them (``teacache_trt.policies``: coefficients finite, thresholds >= 0, ...).
+This module is the format alone: the schema, its validation and the JSON round trip
+(:meth:`Manifest.to_json`, :meth:`Manifest.parse`).  It trusts nothing it parses: the format
+version, every field's type and range (profiles ordered, the policy's shape), and that every
+file a graph or engine names is among the recorded files.  Failures say what to re-run.  The
+folder itself (reading and writing ``manifest.json``, containment of every name, the files'
+sizes and hashes) is :class:`teacache_trt.artifact.Artifact`'s; the policies check their own
+settings and data when the runtime binds them (``teacache_trt.policies``: coefficients finite,
+thresholds >= 0, ...).
 
 Format 3 records the caching policies instead of one TeaCache criterion::
 
@@ -20,24 +22,17 @@ Format 3 records the caching policies instead of one TeaCache criterion::
                                  "history": [{"coefficients": [...], ...}, ...]},
                     "<policy>": {...}}                                     calibrated data per policy
 
-A format-2 manifest (one ``criterion``) is converted on load (:func:`from_format_2`).
+A format-2 manifest (one ``criterion``) is converted when parsed (:func:`from_format_2`).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import mmap
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from . import integrity
 from .errors import TeaCacheError
-from .files import atomic_write_bytes, inside, os_errors, regular_file
-from .integrity import sha256_file
 from .shapes import Dim
 
 FORMAT_VERSION = 3  # 2: content folder, per-file size and sha256; 3: policies instead of a criterion
@@ -48,13 +43,11 @@ GRAPH_NAMES = ("embed", "blocks", "head")  # every artifact has these three
 # embeddings, position ids); the runtime runs it only when those inputs change.
 CONTEXT_GRAPH = "context"
 CONTENT_PATTERN = re.compile(r"v-[0-9a-f]{12}")
-MAX_MANIFEST_BYTES = 64 << 20
 REEXPORT = "re-run teacache-export for this folder with --force"
 
-__all__ = [  # atomic_write_bytes is the project's one way to write a file
+__all__ = [
     "FORMAT_VERSION", "MANIFEST_NAME", "GRAPH_NAMES", "CONTEXT_GRAPH", "graph_names", "TensorSpec", "GraphSpec",
-    "SignalSpec", "PolicySpec", "Manifest", "atomic_write_bytes", "save_manifest", "load_manifest",
-    "read_manifest_json", "from_format_2", "sha256_file", "sha256_json", "config_fingerprint",
+    "SignalSpec", "PolicySpec", "Manifest", "from_format_2",
 ]
 POLICY_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
@@ -140,6 +133,25 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False)
 
     @classmethod
+    def parse(cls, data: Any, where: str) -> "Manifest":
+        """The checked manifest of a parsed ``manifest.json`` (format 2 converted); ``where``
+        (the file's path) starts every error message."""
+        version = data.get("format_version") if isinstance(data, dict) else None
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            raise TeaCacheError(
+                f"{where} has format_version {version!r}; this teacache-trt reads format_version "
+                f"{' or '.join(map(str, READABLE_VERSIONS))}: re-export with this version (teacache-export ... --force)"
+            )
+        try:
+            if version == 2:
+                data = from_format_2(data)
+            return cls.from_dict(data)
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
+            if isinstance(exc, TeaCacheError):
+                raise TeaCacheError(f"{where}: {exc}") from exc
+            raise TeaCacheError(f"{where} is missing or has unknown fields ({exc}); re-export with --force") from exc
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
         data = dict(data)
         graphs = {}
@@ -176,86 +188,16 @@ class Manifest:
                     and isinstance(entry.get("sha256"), str) and len(entry["sha256"]) == 64):
                 raise TeaCacheError(f"files[{name!r}] is {entry!r}, not {{size, sha256}}; {REEXPORT}")
         for graph, spec in self.graphs.items():
-            self._listed(spec.file, f"the {graph} graph")
+            self.check_listed(spec.file, f"the {graph} graph")
         for flavour, table in _mapping(self.engines, "engines").items():
             for graph, entry in _mapping(table, f"engines.{flavour}").items():
-                self._listed(_mapping(entry, f"engines.{flavour}.{graph}").get("file"),
-                             f"the {flavour} {graph} engine")
+                self.check_listed(_mapping(entry, f"engines.{flavour}.{graph}").get("file"),
+                                  f"the {flavour} {graph} engine")
 
-    def _listed(self, name: Any, what: str) -> None:
+    def check_listed(self, name: Any, what: str) -> None:
+        """``name`` is among the recorded files (``what`` names it in the error)."""
         if name not in self.files:
             raise TeaCacheError(f"{what} file {name!r} is not among the manifest's files; {REEXPORT}")
-
-    # --- paths: every manifest-named file goes through here ------------------------------
-    def _file(self, art_dir: Path, name: str) -> Path:
-        """``name`` in the content folder: inside the artifact folder and a regular file."""
-        content = inside(Path(art_dir), self.content, "content folder")
-        return regular_file(content, name, f"file in {self.content}")
-
-    def verified(self, art_dir: Path, name: str, fix: str = REEXPORT, full: bool = False) -> Path:
-        """The path of ``name`` after checking its size and sha256 against the manifest."""
-        self._listed(name, "the")
-        path = self._file(art_dir, name)
-        with os_errors(f"reading {path}"):
-            integrity.verify(path, self.files[name], fix, full)
-        return path
-
-    def graph_path(self, art_dir: Path, graph: str) -> Path:
-        """A graph file, checked with its external data (names inside the content folder,
-        listed by the manifest, contents as recorded)."""
-        path = self.verified(art_dir, self.graphs[graph].file)
-        for name in integrity.remembered(path, "onnx_external_data", onnx_external_data):
-            self._listed(name, f"external data of the {graph} graph")
-            self.verified(art_dir, name)
-        return path
-
-    def engine_path(self, art_dir: Path, flavour: str, graph: str) -> Path:
-        entry = self.engines[flavour][graph]
-        return self.verified(art_dir, entry["file"], fix=f"rebuild it with `teacache-export ... --build {flavour} --force`")
-
-    def verify_all(self, art_dir: Path) -> int:
-        """``teacache-export --check``: every file hashed in full (cache ignored) and every
-        graph's external data re-read from the graph; returns the bytes checked."""
-        for name in self.files:
-            self.verified(art_dir, name, full=True)
-        for graph, spec in self.graphs.items():
-            path = self._file(art_dir, spec.file)
-            for name in integrity.remembered(path, "onnx_external_data", onnx_external_data, fresh=True):
-                self._listed(name, f"external data of the {graph} graph")
-        return sum(e["size"] for e in self.files.values())
-
-
-def onnx_external_data(path: Path) -> list[str]:
-    """The external-data locations an ONNX file names (its weights are not read)."""
-    import onnx
-
-    # A tensor stored outside names its file under the key "location": a graph whose bytes never
-    # spell it has none, and a 1 GB graph is searched in a fraction of the time a parse takes.
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return []
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            if data.find(b"location") < 0:
-                return []
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf reports a damaged file as a generic DecodeError
-        raise TeaCacheError(f"{path} is not an ONNX graph ({type(exc).__name__}: {exc}); {REEXPORT}") from exc
-    names = set()
-    for graph in _subgraphs(model.graph):
-        for tensor in list(graph.initializer) + [a.t for n in graph.node for a in n.attribute if a.HasField("t")]:
-            names.update(e.value for e in tensor.external_data if e.key == "location")
-    return sorted(names)
-
-
-def _subgraphs(graph):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _subgraphs(attr.g)
-            for g in attr.graphs:
-                yield from _subgraphs(g)
 
 
 # --- value checks -------------------------------------------------------------------------
@@ -321,73 +263,3 @@ def _check_profile(graph: str, profile: Any) -> None:
         if not (ok and len(lo) == len(opt) == len(hi) and all(a <= b <= c for a, b, c in zip(lo, opt, hi))):
             raise TeaCacheError(f"the {graph} graph's profile of {name!r} (min {lo}, opt {opt}, max {hi}) is not "
                                 f"ordered min <= opt <= max per dimension; {REEXPORT}")
-
-
-def save_manifest(art_dir: Path, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` atomically: the one commit point of an artifact folder.  What
-    the loader would refuse (a NaN coefficient from a degenerate fit, ...) is never written."""
-    manifest.validate()
-    path = Path(art_dir) / MANIFEST_NAME
-    atomic_write_bytes(path, manifest.to_json().encode())
-    return path
-
-
-def read_manifest_json(art_dir: Path) -> Any:
-    """The parsed ``manifest.json`` of ``art_dir`` (any format version), refusing anything but a
-    regular file of sane size inside the folder."""
-    path = Path(art_dir) / MANIFEST_NAME
-    if not os.path.lexists(path):
-        raise TeaCacheError(
-            f"{path} does not exist: {art_dir} is not an exported artifact folder; "
-            f"run `teacache-export MODEL_DIR --out {art_dir}` first"
-        )
-    real = regular_file(Path(art_dir), MANIFEST_NAME, "manifest")
-    size = os.stat(real).st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise TeaCacheError(f"{path} is {size} bytes, not a manifest: re-export with --force")
-    try:
-        return json.loads(real.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TeaCacheError(f"{path} is not valid JSON ({exc}); re-run teacache-export with --force") from exc
-
-
-def load_manifest(art_dir: str | os.PathLike) -> Manifest:
-    """The checked manifest of ``art_dir``: format version, every field, the criterion, and every
-    file it names (inside the folder, a regular file of the recorded size).  Contents are hashed
-    when a file is used (:meth:`Manifest.graph_path`, :meth:`Manifest.engine_path`)."""
-    art_dir = Path(art_dir)
-    path = art_dir / MANIFEST_NAME
-    with os_errors(f"reading {path}"):
-        data = read_manifest_json(art_dir)
-    version = data.get("format_version") if isinstance(data, dict) else None
-    if version not in READABLE_VERSIONS or isinstance(version, bool):
-        raise TeaCacheError(
-            f"{path} has format_version {version!r}; this teacache-trt reads format_version "
-            f"{' or '.join(map(str, READABLE_VERSIONS))}: re-export with this version (teacache-export ... --force)"
-        )
-    try:
-        if version == 2:
-            data = from_format_2(data)
-        manifest = Manifest.from_dict(data)
-    except (TypeError, KeyError, AttributeError, ValueError) as exc:
-        if isinstance(exc, TeaCacheError):
-            raise TeaCacheError(f"{path}: {exc}") from exc
-        raise TeaCacheError(f"{path} is missing or has unknown fields ({exc}); re-export with --force") from exc
-    with os_errors(f"checking the files of {art_dir}"):
-        for name, entry in manifest.files.items():
-            size = os.stat(manifest._file(art_dir, name)).st_size
-            if size != entry["size"]:
-                raise TeaCacheError(
-                    f"{art_dir / manifest.content / name} has {size} bytes but the manifest recorded "
-                    f"{entry['size']} (truncated, replaced or still being copied): {REEXPORT}"
-                )
-    return manifest
-
-
-def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def config_fingerprint(config: dict[str, Any]) -> str:
-    """Hash of a model config's own keys (diffusers' ``_``-prefixed bookkeeping left out)."""
-    return sha256_json({k: v for k, v in config.items() if not k.startswith("_")})

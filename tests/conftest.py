@@ -43,7 +43,9 @@ class Exported:
 
     def graph(self, name: str) -> Path:
         """The checked path of one exported graph (they live in the manifest's content folder)."""
-        return self.manifest.graph_path(self.art_dir, name)
+        from teacache_trt.artifact import Artifact
+
+        return Artifact(self.art_dir, self.manifest).graph_path(name)
 
 
 def family_of(module):
@@ -151,7 +153,7 @@ def cuda(request) -> torch.device:
 @pytest.fixture
 def device_kernel(request, cuda) -> torch.device:
     """A CUDA device, and cpp_ext's criterion kernel built."""
-    from teacache_trt.runtime import device_criterion
+    from teacache_trt.runtime.experimental import device_criterion
 
     need_gpu(request.config, "cpp_ext's CUDA kernel is unavailable",
              None if device_criterion.available() else device_criterion.KERNEL_STATUS)

@@ -40,8 +40,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .. import options, quiet, strict_json
+from ..artifact import Artifact
 from ..errors import TeaCacheError
-from ..manifest import GRAPH_NAMES, load_manifest
+from ..manifest import GRAPH_NAMES
 from . import latency, policy_options
 
 MAX_STEPS = 10_000  # loops and steps: far beyond any sampler, short of a typo's hour-long run
@@ -209,7 +210,7 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     from ..families import get_family
     from .sampling import check_sampling_inputs
 
-    manifest = load_manifest(art_dir)
+    manifest = Artifact.open(art_dir).manifest
     runs_of = _policies_to_run(manifest, policy, thresholds)
     sizes = resolve_axes(manifest, axes)
     family = get_family(manifest.family)
@@ -519,7 +520,7 @@ def main(argv=None) -> int:
     quiet.install()
 
     def body() -> int:
-        manifest = load_manifest(args.art_dir)
+        manifest = Artifact.open(args.art_dir).manifest
         policy = policy_options.from_args(args)  # checked before any graph runs
         if policy is not None or args.thresholds is not None:
             _policies_to_run(manifest, policy, args.thresholds)

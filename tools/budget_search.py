@@ -264,15 +264,14 @@ def run_budget_search(art_dir, generate=None, *, seeds: Sequence[int] = (0, 1), 
 def write_to_manifest(art_dir, result: BudgetSearch, source: str) -> None:
     """The search into the manifest's budget data (replacing an earlier one for this step count)."""
     from .. import artifact
-    from ..manifest import load_manifest, save_manifest
     from ..policies import artifact_policies
 
     with artifact.writing(Path(art_dir)):
-        manifest = load_manifest(art_dir)
+        manifest = artifact.Artifact.open(art_dir).manifest
         budget = manifest.policy_data.setdefault("budget", {})
         budget.setdefault("searches", {})[str(result.steps)] = result.manifest_entry(source)
         artifact_policies(manifest)  # what the runtime would refuse is never written
-        save_manifest(art_dir, manifest)
+        artifact.save_manifest(art_dir, manifest)
 
 
 def format_report(result: BudgetSearch) -> str:

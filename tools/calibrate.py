@@ -30,7 +30,7 @@ import numpy as np
 from .. import artifact, options, strict_json
 from ..errors import TeaCacheError
 from ..files import write_output
-from ..manifest import MANIFEST_NAME, load_manifest, save_manifest
+from ..manifest import MANIFEST_NAME
 from .drivers import Generate, driver_for
 
 # torch, the families, the policies and the runtime are imported where they are used: --help
@@ -221,7 +221,7 @@ def _write_to_manifest(art_dir, calibration: Calibration) -> None:
     from ..families import check_coefficients
     from ..policies import artifact_policies
 
-    manifest = load_manifest(art_dir)
+    manifest = artifact.Artifact.open(art_dir).manifest
     teacache = manifest.policy_data.setdefault("teacache", {})
     if "coefficients" in teacache:
         teacache.setdefault("history", []).append({
@@ -231,7 +231,7 @@ def _write_to_manifest(art_dir, calibration: Calibration) -> None:
     teacache["source"] = (f"teacache-calibrate (order {calibration.order}, target {calibration.target}, "
                           f"held-out R² {calibration.holdout.get('r2', float('nan')):.3f})")
     artifact_policies(manifest)  # what the runtime would refuse is never written
-    save_manifest(art_dir, manifest)
+    artifact.save_manifest(art_dir, manifest)
 
 
 def restore_previous(art_dir) -> list[float]:
@@ -241,14 +241,14 @@ def restore_previous(art_dir) -> list[float]:
 
 
 def _restore_previous(art_dir) -> list[float]:
-    manifest = load_manifest(art_dir)
+    manifest = artifact.Artifact.open(art_dir).manifest
     teacache = manifest.policy_data.get("teacache", {})
     if not teacache.get("history"):
         raise TeaCacheError(f"{art_dir}: the manifest holds no earlier TeaCache coefficients to restore")
     last = teacache["history"].pop()
     teacache["coefficients"] = list(last["coefficients"])
     teacache["source"] = last.get("source") or f"restored ({last.get('replaced_at', 'earlier')})"
-    save_manifest(art_dir, manifest)
+    artifact.save_manifest(art_dir, manifest)
     return teacache["coefficients"]
 
 
@@ -439,7 +439,7 @@ def main(argv=None) -> int:
             else:
                 print(f"restored coefficients: {restore_previous(args.art_dir)}")
             return 0
-        manifest = load_manifest(args.art_dir)
+        manifest = artifact.Artifact.open(args.art_dir).manifest
         if args.write_manifest:  # before minutes of generations, not after
             options.check_writable(Path(args.art_dir) / MANIFEST_NAME, options.output_file)
         steps = args.steps  # calls per cache context

@@ -25,7 +25,6 @@ import torch
 
 from .. import artifact
 from ..errors import TeaCacheError
-from ..manifest import load_manifest, save_manifest
 from ..policies import MagCache, artifact_policies
 from ..policies.magcache import DEFAULTS
 from ..runtime.api import load_transformer
@@ -155,7 +154,7 @@ def run_magcache_calibration(art_dir, generate: Generate, *, seeds: int = 8, hol
 # --- what it reports --------------------------------------------------------------------------------
 def settings_of(art_dir) -> dict:
     """The MagCache settings the artifact records (else the defaults): what the preview uses."""
-    recorded = artifact_policies(load_manifest(art_dir)).data_for("magcache")
+    recorded = artifact_policies(artifact.Artifact.open(art_dir).manifest).data_for("magcache")
     return {k: recorded.get(k, v) for k, v in DEFAULTS.items()}
 
 
@@ -193,20 +192,20 @@ def manifest_data(c: MagCacheCalibration, previous: dict) -> dict:
 
 def write_to_manifest(art_dir, c: MagCacheCalibration) -> None:
     with artifact.writing(Path(art_dir)):
-        manifest = load_manifest(art_dir)
+        manifest = artifact.Artifact.open(art_dir).manifest
         manifest.policy_data["magcache"] = manifest_data(c, manifest.policy_data.get("magcache", {}))
         artifact_policies(manifest)  # what the runtime would refuse is never written
-        save_manifest(art_dir, manifest)
+        artifact.save_manifest(art_dir, manifest)
 
 
 def restore_previous(art_dir) -> str:
     """Undo the last MagCache calibration written to the manifest; what is back (its source)."""
     with artifact.writing(Path(art_dir)):
-        manifest = load_manifest(art_dir)
+        manifest = artifact.Artifact.open(art_dir).manifest
         magcache = manifest.policy_data.get("magcache", {})
         if not magcache.get("history"):
             raise TeaCacheError(f"{art_dir}: the manifest holds no earlier MagCache ratios to restore")
         history = magcache["history"]
         manifest.policy_data["magcache"] = {**history.pop(), "history": history}
-        save_manifest(art_dir, manifest)
+        artifact.save_manifest(art_dir, manifest)
         return manifest.policy_data["magcache"].get("source", "earlier ratios")

@@ -182,10 +182,10 @@ class DiffusersDriver:
 
         import teacache_trt
 
+        from ..artifact import Artifact
         from ..dtypes import PRECISIONS
-        from ..manifest import load_manifest
 
-        dtype = PRECISIONS[load_manifest(art_dir).precision]
+        dtype = PRECISIONS[Artifact.open(art_dir).manifest.precision]
         cls = getattr(diffusers, pipeline_class_name(model_dir))
         # Components the folder lists as absent ([null, null]) must be passed as None; the
         # transformer too: the compiled one replaces it and the PyTorch weights stay on disk.

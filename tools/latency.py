@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import strict_json
+from ..artifact import Artifact
 from ..errors import TeaCacheError
-from ..files import write_output
-from ..manifest import GRAPH_NAMES, atomic_write_bytes, load_manifest
+from ..files import atomic_write_bytes, write_output
+from ..manifest import GRAPH_NAMES
 
 LOG_SUFFIX = ".trtexec.log"
 # trtexec's performance summary line; "Total GPU Compute Time: 2.9 s" (no "min =") is not it.
@@ -86,9 +87,9 @@ def trtexec_available() -> bool:
 def run_trtexec(art_dir: str | Path, log=print) -> dict[str, GraphLatency]:
     """Run each ``<graph>.trtexec.sh`` of the artifact; keep and parse its output."""
     art_dir = Path(art_dir)
-    manifest = load_manifest(art_dir)
+    art = Artifact.open(art_dir)
     # Beside the graphs in the content folder, checked like every file the manifest names.
-    scripts = {g: manifest.verified(art_dir, f"{g}.trtexec.sh") for g in GRAPH_NAMES}
+    scripts = {g: art.verified(f"{g}.trtexec.sh") for g in GRAPH_NAMES}
     out = {}
     for graph, script in scripts.items():
         log(f"trtexec: {script.name} (build at the manifest's profile, then time at opt shapes)")

@@ -1,4 +1,4 @@
-// The device criterion's C interface (no CUDA headers, no Python): runtime/device_criterion.py
+// The device criterion's C interface (no CUDA headers, no Python): runtime/experimental/device_criterion.py
 // loads the library with ctypes and mirrors DeviceDecideArgs as a ctypes.Structure, whose size
 // and field offsets it checks against teacache_decide_args_layout() before the first launch.
 #pragma once

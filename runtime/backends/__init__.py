@@ -1,20 +1,19 @@
 """Backends: one Runner per graph, chosen by name."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from ...artifact import Artifact
 from ...errors import TeaCacheError
-from ...manifest import Manifest
 from .base import Runner
 
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx", "torch")
 
 
-def make_runner(backend: str, art_dir: Path, manifest: Manifest, graph: str, device: torch.device,
+def make_runner(backend: str, artifact: Artifact, graph: str, device: torch.device,
                 parts=None, stream=None) -> Runner:
     """The runner of ``graph``; ``stream``: the CUDA stream its ``infer_into`` runs on."""
+    manifest = artifact.manifest
     spec = manifest.graphs[graph]
     if backend == "onnxruntime":
         from .onnxruntime_runner import OnnxRuntimeRunner
@@ -23,7 +22,7 @@ def make_runner(backend: str, art_dir: Path, manifest: Manifest, graph: str, dev
         # a pool for them cost more than it saved (bench model, shared 2-core machine: embed
         # 2.2 ms median with the default pool, 0.8 ms with one thread).  The blocks keep the pool.
         threads = 1 if torch.device(device).type == "cpu" and graph != "blocks" else 0
-        return OnnxRuntimeRunner(graph, spec, device, manifest.graph_path(art_dir, graph), threads=threads,
+        return OnnxRuntimeRunner(graph, spec, device, artifact.graph_path(graph), threads=threads,
                                  stream=stream)
     if backend in ("tensorrt", "tensorrt-rtx"):
         from .tensorrt_runner import TensorRTRunner
@@ -31,10 +30,10 @@ def make_runner(backend: str, art_dir: Path, manifest: Manifest, graph: str, dev
         entry = manifest.engines.get(backend, {}).get(graph)
         if entry is None:
             raise TeaCacheError(
-                f"{art_dir} has no {backend} engine for the {graph} graph (built: "
+                f"{artifact.folder} has no {backend} engine for the {graph} graph (built: "
                 f"{sorted(manifest.engines) or 'none'}): run `teacache-export ... --build {backend}`"
             )
-        return TensorRTRunner(graph, spec, device, manifest.engine_path(art_dir, backend, graph), backend, stream)
+        return TensorRTRunner(graph, spec, device, artifact.engine_path(backend, graph), backend, stream)
     if backend == "torch":
         from .torch_runner import TorchRunner
 

@@ -405,6 +405,16 @@ def default_policy(art: ArtifactPolicies) -> Policy:
 
 
 # --- checks shared by the policies ----------------------------------------------------------------
+def suggest_above(value: float, low: float) -> float:
+    """A threshold to suggest in a never-skipped line: ``value`` rounded up to two significant
+    digits, and above ``low`` (the smallest change seen, so the suggestion would have skipped)."""
+    if not math.isfinite(value) or value <= 0:
+        return value
+    scale = 10 ** (math.floor(math.log10(value)) - 1)
+    out = math.ceil(value / scale) * scale
+    return float(f"{out + scale if out <= low else out:.3g}")
+
+
 def check_threshold(value, what: str = "threshold") -> float:
     """A threshold is a finite number >= 0 (bools and strings are not); 0 never skips."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

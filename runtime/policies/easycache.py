@@ -51,7 +51,7 @@ import math
 import numpy as np
 
 from ..errors import TeaCacheError
-from .base import IO_SUMS, ArtifactPolicies, Features, Policy, PolicyState, check_threshold, register
+from .base import IO_SUMS, ArtifactPolicies, Features, Policy, PolicyState, check_threshold, register, suggest_above
 
 DEFAULTS = {"threshold": 0.025, "warmup": 5}
 
@@ -156,15 +156,6 @@ class EasyCacheState(PolicyState):
             return (f"{what}: no step after the warm-up had a rate to estimate with (the input did not move, or "
                     f"fewer than two steps computed before it); check the inputs, or lower warmup")
         low, high = min(seen), max(seen)
-        suggestion = _above(sorted(seen)[len(seen) // 2], low)
+        suggestion = suggest_above(sorted(seen)[len(seen) // 2], low)
         return (f"{what}: the estimated output change was {low:.3g} to {high:.3g} at its {len(seen)} steps after "
                 f"the warm-up of {warmup}, never below the threshold; try threshold {suggestion:g}")
-
-
-def _above(value: float, low: float) -> float:
-    """``value`` rounded up to two significant digits, and above ``low``."""
-    if not math.isfinite(value) or value <= 0:
-        return value
-    scale = 10 ** (math.floor(math.log10(value)) - 1)
-    out = math.ceil(value / scale) * scale
-    return float(f"{out + scale if out <= low else out:.3g}")

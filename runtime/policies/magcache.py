@@ -35,7 +35,7 @@ import numpy as np
 
 from ..families.magcache_ratios import per_context
 from ..errors import TeaCacheError
-from .base import ArtifactPolicies, Policy, StaticState, check_threshold, register
+from .base import ArtifactPolicies, Policy, StaticState, check_threshold, register, suggest_above
 
 # Settings used when neither given nor recorded by the artifact: MagCache's Wan2.1 defaults.
 DEFAULTS = {"threshold": 0.12, "max_skips": 2, "retention_ratio": 0.2}
@@ -243,19 +243,12 @@ class MagCacheState(StaticState):
         # Every step computed, so each step after the retained ones was judged on its own ratio.
         errors = [abs(1.0 - r) for r in self.ratios[retained:]]
         low, high = min(errors), max(errors)
-        suggestion = _above(sorted(errors)[len(errors) // 2], low)
+        suggestion = suggest_above(sorted(errors)[len(errors) // 2], low)
         return (f"{what}: the predicted error |1 - ratio| was {low:.3g} to {high:.3g} at its {len(errors)} steps "
                 f"after the first {retained}, never below the threshold; try threshold {suggestion:g} or calibrate "
                 f"({CALIBRATE})")
 
 
-def _above(value: float, low: float) -> float:
-    """``value`` rounded up to two significant digits, and above ``low``."""
-    if not math.isfinite(value) or value <= 0:
-        return value
-    scale = 10 ** (math.floor(math.log10(value)) - 1)
-    out = math.ceil(value / scale) * scale
-    return float(f"{out + scale if out <= low else out:.3g}")
 
 
 def _check_stats(values, where: str) -> None:

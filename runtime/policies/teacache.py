@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import TeaCacheError
 from ..families import ForcedSteps, check_accumulate, check_coefficients, check_eps
 from ..runtime.criterion import Rule, decide_groups, is_forced, poly
-from .base import SIGNAL_SUMS, ArtifactPolicies, Features, Policy, PolicyState, check_threshold, register
+from .base import SIGNAL_SUMS, ArtifactPolicies, Features, Policy, PolicyState, check_threshold, register, suggest_above
 
 
 def _forced(value) -> ForcedSteps:
@@ -151,17 +151,6 @@ class TeaCacheState(PolicyState):
                     f"or not finite); check the inputs, or calibrate (teacache-calibrate)")
         seen = [v for v in seen if math.isfinite(v)] or seen
         low, high = min(seen), max(seen)
-        suggestion = _round_up(sorted(seen)[len(seen) // 2], above=low)
+        suggestion = suggest_above(sorted(seen)[len(seen) // 2], low)
         return (f"{what}: the accumulated change was {low:.3g} to {high:.3g} at its {len(seen)} unforced "
                 f"steps, never below the threshold; try threshold {suggestion:g} or calibrate (teacache-calibrate)")
-
-
-def _round_up(value: float, above: float) -> float:
-    """``value`` rounded up to two significant digits, and above ``above``."""
-    if not math.isfinite(value) or value <= 0:
-        return value
-    scale = 10 ** (math.floor(math.log10(value)) - 1)
-    out = math.ceil(value / scale) * scale
-    if out <= above:
-        out += scale
-    return float(f"{out:.3g}")

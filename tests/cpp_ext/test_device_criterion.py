@@ -12,8 +12,9 @@ import torch
 
 from teacache_trt import TeaCacheError
 from teacache_trt.families import ForcedSteps
-from teacache_trt.runtime import criterion, device_criterion
-from teacache_trt.runtime.device_criterion import DeviceCriterion
+from teacache_trt.runtime import criterion
+from teacache_trt.runtime.experimental import device_criterion
+from teacache_trt.runtime.experimental.device_criterion import DeviceCriterion
 
 FLUX = (498.651651, -283.781631, 55.8554382, -3.82021401, 0.264230861)
 

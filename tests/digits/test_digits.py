@@ -48,11 +48,11 @@ def test_digits_calibration_driver(digits_art):
 def test_calibrate_finds_the_digits_driver_through_its_entry_point(digits_art, exported):
     """teacache-calibrate picks the digits pipeline for the bundled model without importing the
     demo: the driver comes from the package's ``teacache_trt.drivers`` entry point."""
-    from teacache_trt.manifest import load_manifest
+    from teacache_trt.artifact import Artifact
     from teacache_trt.tools.drivers import driver_for
 
-    assert driver_for(load_manifest(digits_art)).name == "digits"
-    assert driver_for(load_manifest(exported("flux").art_dir)) is None  # another FLUX: synthetic
+    assert driver_for(Artifact.open(digits_art).manifest).name == "digits"
+    assert driver_for(Artifact.open(exported("flux").art_dir).manifest) is None  # another FLUX: synthetic
 
 
 def test_shipped_calibration_is_usable():

@@ -6,7 +6,7 @@ import pytest
 
 import teacache_trt
 from teacache_trt import TeaCacheError
-from teacache_trt.manifest import load_manifest
+from teacache_trt.artifact import Artifact
 
 pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx-cu13 is not installed (pip install -e '.[test]')")
 pytest.importorskip("polygraphy", reason="polygraphy is not installed")
@@ -20,8 +20,8 @@ def flux_engines(exported, tmp_path_factory):
     """The tiny FLUX export with TensorRT-RTX engines, in a private folder."""
     art = exported("flux").copy(tmp_path_factory.mktemp("rtx") / "art")
     logs = []
-    build_in_place(art, load_manifest(art), "tensorrt-rtx", log=logs.append)
-    return art, load_manifest(art), logs
+    build_in_place(art, Artifact.open(art).manifest, "tensorrt-rtx", log=logs.append)
+    return art, Artifact.open(art).manifest, logs
 
 
 def test_every_graph_builds(flux_engines):
@@ -29,7 +29,7 @@ def test_every_graph_builds(flux_engines):
     table = manifest.engines["tensorrt-rtx"]
     assert set(table) == set(manifest.graphs)
     for graph, entry in table.items():
-        path = manifest.engine_path(art, "tensorrt-rtx", graph)  # listed, inside, hash checked
+        path = Artifact(art, manifest).engine_path("tensorrt-rtx", graph)  # listed, inside, hash checked
         assert path.parent.name == manifest.content and path.stat().st_size > 1000
         assert entry["key"] in entry["file"] and graph in entry["file"]
         assert entry["build_s"] > 0
@@ -40,11 +40,11 @@ def test_every_graph_builds(flux_engines):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_graph_of_every_family_builds(exported, tmp_path, name):
     art = exported(name).copy(tmp_path / "art")
-    build_in_place(art, load_manifest(art), "tensorrt-rtx", log=lambda msg: None)
-    manifest = load_manifest(art)
+    build_in_place(art, Artifact.open(art).manifest, "tensorrt-rtx", log=lambda msg: None)
+    manifest = Artifact.open(art).manifest
     assert set(manifest.engines["tensorrt-rtx"]) == set(manifest.graphs)
     for graph in manifest.engines["tensorrt-rtx"]:
-        assert manifest.engine_path(art, "tensorrt-rtx", graph).stat().st_size > 1000, graph
+        assert Artifact(art, manifest).engine_path("tensorrt-rtx", graph).stat().st_size > 1000, graph
 
 
 def test_rebuild_reuses_unchanged_engines(flux_engines):

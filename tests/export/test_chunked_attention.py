@@ -14,12 +14,13 @@ from onnx import TensorProto as T
 from onnx import helper
 
 from models import cogvideox as M
+from teacache_trt.artifact import Artifact
 from teacache_trt.export import chunked_attention as C
 from teacache_trt.export import verify as V
 from teacache_trt.errors import TeaCacheError
 from teacache_trt.export.exporter import export_model
 from teacache_trt.export.onnx_export import graph_files
-from teacache_trt.manifest import sha256_file, sha256_json
+from teacache_trt.integrity import sha256_file, sha256_json
 
 # The tiny 2b's attention: batch x 2 heads x 23 tokens (18 video + 5 text) x 23 keys x 4 bytes.
 BUDGET = 2 * 2 * 23 * 4 * 5  # the scores of 5 query rows at batch 2, of 10 rows at batch 1
@@ -61,7 +62,7 @@ def test_export_verifies_the_blocks_in_query_chunks_and_ships_the_graph_unchange
         assert all(r["graph_verified"] and r["method"] == V.PLAIN_METHOD for r in rows), rows
     # The shipped files are the ones hashed right after the export, before verification ran,
     # and the verification copy is gone.
-    folder = manifest.graph_path(art, "blocks").parent
+    folder = Artifact(art, manifest).graph_path("blocks").parent
     for name, graph in manifest.graphs.items():
         files = graph_files(folder / graph.file)
         assert sha256_json({p.name: sha256_file(p) for p in files}) == graph.sha256, name
@@ -74,7 +75,7 @@ def test_the_chunked_copy_gives_the_numbers_of_the_shipped_graph(chunked_export)
     import onnxruntime as ort
 
     art, manifest, _ = chunked_export
-    path = manifest.graph_path(art, "blocks")
+    path = Artifact(art, manifest).graph_path("blocks")
     plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     model = onnx.load(str(path))
     feeds = _feeds(manifest, "blocks")
@@ -94,7 +95,7 @@ def test_scores_over_budget_at_batch_2_only_run_the_batch_1_point_as_shipped(chu
     import torch
 
     art, manifest, _ = chunked_export
-    path = manifest.graph_path(art, "blocks")
+    path = Artifact(art, manifest).graph_path("blocks")
     feeds = [{n: torch.from_numpy(a) for n, a in feed.items()} for feed in _feeds(manifest, "blocks", seed=1)]
     plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     refs = [{o.name: torch.from_numpy(v) for o, v in zip(plain.get_outputs(), plain.run(None, {

@@ -24,16 +24,16 @@ def test_rerun_reuses_finished_artifacts(exported, tmp_path, capsys):
 
 
 def test_changed_graph_file_is_not_reused(exported, tmp_path):
+    from teacache_trt.artifact import Artifact
     from teacache_trt.export.exporter import _reusable
-    from teacache_trt.manifest import load_manifest
 
     art = exported("flux").copy(tmp_path / "art")
-    manifest = load_manifest(art)
+    manifest = Artifact.open(art).manifest
     key, logs = manifest.export_key, []
     assert _reusable(art, manifest, key, False, logs.append)
     assert not _reusable(art, manifest, key, True, logs.append)
     assert not _reusable(art, manifest, "another-key", False, logs.append)
-    with open(manifest.graph_path(art, "head"), "ab") as f:
+    with open(Artifact(art, manifest).graph_path("head"), "ab") as f:
         f.write(b"\0")
     assert not _reusable(art, manifest, key, False, logs.append)
     assert "head.onnx" in logs[-1] and "exporting again" in logs[-1]
@@ -208,7 +208,7 @@ def test_bad_coefficients_fail_before_the_model_is_read(exported, tmp_path, caps
 
 def test_coefficients_replace_the_variants_and_change_no_graph(exported, tmp_path, capsys):
     import teacache_trt
-    from teacache_trt.manifest import load_manifest
+    from teacache_trt.artifact import Artifact
     from teacache_trt.policies import TeaCache
 
     ex = exported("flux")
@@ -218,7 +218,7 @@ def test_coefficients_replace_the_variants_and_change_no_graph(exported, tmp_pat
                      "--coefficients", "2.5,0.01"]) == 0
     assert "coefficients set to [2.5, 0.01] (no graph changes)" in capsys.readouterr().out
     assert graphs == {p.name: p.stat().st_mtime_ns for p in art.rglob("*.onnx")}
-    teacache = load_manifest(art).policy_data["teacache"]
+    teacache = Artifact.open(art).manifest.policy_data["teacache"]
     variant = ex.manifest.policy_data["teacache"]
     assert teacache["coefficients"] == [2.5, 0.01] and teacache["source"] == "teacache-export --coefficients"
     assert teacache["history"] == [{"coefficients": variant["coefficients"], "source": "variant FLUX.1"}]

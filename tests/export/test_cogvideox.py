@@ -9,10 +9,11 @@ import teacache_trt
 from models import cogvideox as M
 from reference import TeaCacheReference
 from teacache_trt import TeaCacheError
+from teacache_trt.artifact import Artifact
 from teacache_trt.export.exporter import export_model, resolve_axes
 from teacache_trt.families.cogvideox import fixed_sizes
 from teacache_trt.families import get_family
-from teacache_trt.manifest import GRAPH_NAMES, load_manifest
+from teacache_trt.manifest import GRAPH_NAMES
 from teacache_trt.shapes import propagate
 
 NAME = "cogvideox"
@@ -218,8 +219,8 @@ def test_15_graphs_build_with_tensorrt_rtx(ex15, tmp_path):
     from teacache_trt.engines.build import build_in_place
 
     art = shutil.copytree(ex15[1], tmp_path / "art")
-    build_in_place(art, load_manifest(art), "tensorrt-rtx", log=lambda msg: None)
-    assert set(load_manifest(art).engines["tensorrt-rtx"]) == set(GRAPH_NAMES)
+    build_in_place(art, Artifact.open(art).manifest, "tensorrt-rtx", log=lambda msg: None)
+    assert set(Artifact.open(art).manifest.engines["tensorrt-rtx"]) == set(GRAPH_NAMES)
 
 
 # --- CogVideoX-2b layout: a sin-cos positional table fixes the sizes ------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from teacache_trt.manifest import load_manifest
+from teacache_trt.artifact import Artifact
 
 from faults.helpers import Mount, Outside, copying_export
 
@@ -36,7 +36,7 @@ def fast_export(monkeypatch, flux):
     def run(out: Path, graphs_from: dict[str, Path] | None = None, **kwargs):
         graphs = {g: flux.graph(g) for g in flux.graph_names}
         graphs.update(graphs_from or {})
-        monkeypatch.setattr(exporter, "_export_graphs", copying_export(load_manifest(flux.art_dir), graphs))
+        monkeypatch.setattr(exporter, "_export_graphs", copying_export(Artifact.open(flux.art_dir).manifest, graphs))
         return exporter.export_model(flux.model_dir, out, axes=flux.spec.AXES, log=lambda m: None,
                                      **{"build": "none", **kwargs})
 

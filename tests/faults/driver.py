@@ -16,11 +16,11 @@ def main(spec_file: str) -> int:
     spec = json.loads(Path(spec_file).read_text())
     sys.path.insert(0, spec["tests"])
     from faults.helpers import copying_export, fake_engine_bytes
+    from teacache_trt.artifact import Artifact
     from teacache_trt.engines import build
     from teacache_trt.export import exporter
-    from teacache_trt.manifest import load_manifest
 
-    exporter._export_graphs = copying_export(load_manifest(spec["template"]), spec["graphs"])
+    exporter._export_graphs = copying_export(Artifact.open(spec["template"]).manifest, spec["graphs"])
     build.build_engine_bytes = fake_engine_bytes(spec["engine_tag"])
     exporter.export_model(spec["model_dir"], spec["art"], axes=spec["axes"], build=spec["build"],
                           force=spec["force"], log=print)

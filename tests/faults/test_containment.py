@@ -11,8 +11,8 @@ import pytest
 
 import teacache_trt
 from teacache_trt import TeaCacheError
+from teacache_trt.artifact import Artifact
 from teacache_trt.export import cli
-from teacache_trt.manifest import load_manifest
 
 from faults.helpers import edit_manifest
 
@@ -117,8 +117,8 @@ def test_reexport_replaces_the_artifact_and_touches_nothing_outside(art, outside
     tamper(art, outside)
     manifest = fast_export(art)
     assert outside.untouched()
-    assert load_manifest(art).content == manifest.content
-    assert manifest.verify_all(art) > 0
+    assert Artifact.open(art).manifest.content == manifest.content
+    assert Artifact(art, manifest).verify_all() > 0
     assert sorted(p.name for p in art.iterdir() if p.name not in ("manifest.json", ".lock")) == [manifest.content]
 
 
@@ -211,7 +211,7 @@ def test_export_over_a_format_1_artifact_removes_only_what_it_named(flux, tmp_pa
         "engines": {"tensorrt-rtx": {"blocks": {"file": "blocks.tensorrt-rtx.0123.engine"},
                                      "head": {"file": str(outside.file)}}}}))
     with pytest.raises(TeaCacheError, match="format_version 1; this teacache-trt reads format_version 2.*--force"):
-        load_manifest(old)
+        Artifact.open(old)
     manifest = fast_export(old)  # an artifact of this project: no --force needed
     assert sorted(os.listdir(old)) == sorted([".lock", "manifest.json", "notes.txt", manifest.content])
     assert outside.untouched()

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from teacache_trt import artifact
+from teacache_trt.artifact import Artifact
 from teacache_trt.faults import VARIABLE
-from teacache_trt.manifest import graph_names, load_manifest
+from teacache_trt.manifest import graph_names
 
 from faults.helpers import edit_manifest, fake_engine_bytes, other_checkpoint
 
@@ -29,12 +30,12 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 def graph_shas(art: Path) -> dict[str, str]:
-    m = load_manifest(art)
+    m = Artifact.open(art).manifest
     return {g: m.files[m.graphs[g].file]["sha256"] for g in graph_names(m.graphs)}
 
 
 def engine_files(art: Path) -> set[str]:
-    return {e["file"] for t in load_manifest(art).engines.values() for e in t.values()}
+    return {e["file"] for t in Artifact.open(art).manifest.engines.values() for e in t.values()}
 
 
 def run_child(flux, art, tmp_path, fault, graphs, build="none", force=False, tag="new"):
@@ -48,12 +49,12 @@ def run_child(flux, art, tmp_path, fault, graphs, build="none", force=False, tag
 
 
 def assert_one_complete_artifact(art: Path) -> None:
-    manifest = load_manifest(art)
-    assert manifest.verify_all(art) > 0  # every file named is there, whole, as recorded
+    manifest = Artifact.open(art).manifest
+    assert Artifact(art, manifest).verify_all() > 0  # every file named is there, whole, as recorded
 
 
 def assert_clean(art: Path) -> None:
-    manifest = load_manifest(art)
+    manifest = Artifact.open(art).manifest
     assert sorted(os.listdir(art)) == sorted([".lock", "manifest.json", manifest.content])
     assert set(os.listdir(art / manifest.content)) == set(manifest.files)
 
@@ -103,7 +104,7 @@ def art_with_engines(art, monkeypatch):
     from teacache_trt.engines import build
 
     monkeypatch.setattr(build, "build_engine_bytes", fake_engine_bytes("old"))
-    build.build_in_place(art, load_manifest(art), "tensorrt-rtx", log=lambda m: None)
+    build.build_in_place(art, Artifact.open(art).manifest, "tensorrt-rtx", log=lambda m: None)
     edit_manifest(art, lambda d: [e.update(key="stale") for e in d["engines"]["tensorrt-rtx"].values()])
     return art
 
@@ -117,7 +118,7 @@ def test_kill_during_engine_build(flux, art_with_engines, tmp_path, fast_export,
     old_engines, graphs = engine_files(art), graph_shas(art)
     result = run_child(flux, art, tmp_path, stage, {g: flux.graph(g) for g in flux.graph_names}, build="tensorrt-rtx")
     assert result.returncode == -signal.SIGKILL, result.stdout + result.stderr
-    content = art / load_manifest(art).content
+    content = art / Artifact.open(art).manifest.content
     assert len([n for n in os.listdir(content) if n.endswith(".engine")]) == 2 * len(flux.graph_names)  # both sets on disk
     assert_one_complete_artifact(art)
     assert graph_shas(art) == graphs

@@ -13,6 +13,7 @@ import pytest
 
 import teacache_trt
 from teacache_trt import TeaCacheError
+from teacache_trt.artifact import Artifact
 from teacache_trt.digits import harness
 from teacache_trt.export import cli, exporter
 from teacache_trt.families import Family
@@ -74,7 +75,7 @@ OPTION_CASES = [
     ("eval", ["--out", "{dir}/" + "e" * 300], r"is 300 bytes long, over the file system's limit of 255"),
     ("eval", ["--backend", "tf"], r"--backend: invalid choice"),
     ("export", ["{model}", "--out", "{art}", "--precision", "fp64"], r"--precision: invalid choice: 'fp64'"),
-    ("export", [], r"give MODEL_DIR and --out ART_DIR to export, or --check ART_DIR"),
+    ("export", [], r"give MODEL_DIR and --out ART_DIR to export, --check ART_DIR to verify an export"),
     ("export", ["{model}", "--out", "{art}", "--axis", "img_seq=4:16:100000000000000000000"],
      r"--axis: 100000000000000000000 is larger than any input size: graph dimensions are 32-bit"),
     ("export", ["{model}", "--out", "{art}", "--batch", "1:2:100000000000000000000"], r"--batch: .* is larger than any"),
@@ -232,7 +233,7 @@ def test_force_writes_into_a_folder_and_keeps_other_files(tmp_path, fast_export)
         fast_export(out)
     manifest = fast_export(out, force=True)
     assert (out / "notes.txt").read_text() == "keep" and (out / "head.onnx").read_text() == "my own graph"
-    assert manifest.verify_all(out) > 0
+    assert Artifact(out, manifest).verify_all() > 0
 
 
 def test_read_only_out(art, mounts, capsys, nothing_heavy, flux):
@@ -245,16 +246,16 @@ def test_read_only_out(art, mounts, capsys, nothing_heavy, flux):
 def test_full_disk_keeps_the_previous_artifact(art, mounts, fast_export, tmp_path, flux):
     """A real full disk (a small tmpfs): the export stops with one line, the old artifact stays."""
     from faults.helpers import other_checkpoint
-    from teacache_trt.manifest import load_manifest
 
     disk = mounts.small_disk("1600k")  # the artifact (1.1 MB) fits once, not twice
     shutil.copytree(art, disk / "art")
-    before = load_manifest(disk / "art")
+    before = Artifact.open(disk / "art").manifest
     (tmp_path / "b").mkdir()
     other = {g: other_checkpoint(flux.graph(g), tmp_path / "b" / f"{g}.onnx") for g in flux.graph_names}
     with pytest.raises(TeaCacheError, match=r"No space left on device.*free some space"):
         fast_export(disk / "art", graphs_from=other, force=True)
-    assert load_manifest(disk / "art").content == before.content and before.verify_all(disk / "art") > 0
+    assert Artifact.open(disk / "art").manifest.content == before.content
+    assert Artifact(disk / "art", before).verify_all() > 0
     assert not [n for n in os.listdir(disk / "art") if n.startswith(".staging-")]
 
 

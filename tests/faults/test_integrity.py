@@ -10,20 +10,21 @@ import pytest
 
 import teacache_trt
 from teacache_trt import TeaCacheError, integrity
+from teacache_trt.artifact import Artifact
 from teacache_trt.export import cli
-from teacache_trt.manifest import graph_names, load_manifest
+from teacache_trt.manifest import graph_names
 
 from faults.helpers import edit_manifest, other_checkpoint
 
 
 def content(art):
-    return art / load_manifest(art).content
+    return art / Artifact.open(art).manifest.content
 
 
 def test_intact_artifact_checks_in_full(art, capsys):
     assert cli.main(["--check", str(art)]) == 0
     out = capsys.readouterr().out
-    assert f"{len(load_manifest(art).files)} files" in out and "match the manifest" in out
+    assert f"{len(Artifact.open(art).manifest.files)} files" in out and "match the manifest" in out
 
 
 def test_head_of_another_checkpoint_is_refused(art, tmp_path, capsys):
@@ -88,7 +89,7 @@ def test_cold_load_hashes_each_file_once(art, monkeypatch, tmp_path):
     real = integrity.sha256_file
     monkeypatch.setattr(integrity, "sha256_file", lambda path, *a: (seen.append(path.name), real(path, *a))[1])
     teacache_trt.load_transformer(art)
-    assert sorted(seen) == sorted(f"{g}.onnx" for g in graph_names(load_manifest(art).graphs))
+    assert sorted(seen) == sorted(f"{g}.onnx" for g in graph_names(Artifact.open(art).manifest.graphs))
     seen.clear()
     teacache_trt.load_transformer(art)
     assert seen == []
@@ -114,8 +115,8 @@ def test_engine_swapped_for_another_is_refused(art):
              "device": {"gpu": None, "sm": ["8.6"]}}
     edit_manifest(art, lambda d: (d["engines"].update({"tensorrt-rtx": {g: entry for g in d["graphs"]}}),
                                   d["files"].update({engine.name: record(engine)})))
-    manifest = load_manifest(art)
-    assert manifest.engine_path(art, "tensorrt-rtx", "blocks") == engine.resolve()
+    manifest = Artifact.open(art).manifest
+    assert Artifact(art, manifest).engine_path("tensorrt-rtx", "blocks") == engine.resolve()
     engine.write_bytes(b"engine B" * 100)  # same size, another build
     with pytest.raises(TeaCacheError, match=r"\.engine does not match the manifest.*--build tensorrt-rtx --force"):
         teacache_trt.load_transformer(art, backend="tensorrt-rtx", device="cpu")

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -241,15 +242,24 @@ def test_a_render_waits_for_another_ones_export_of_the_same_model(tmp_path, digi
     child = subprocess.Popen([sys.executable, "-m", "teacache_trt.tools.render.cli",
                               str(write_jobs(tmp_path / "jobs.jsonl", 1)), "--out", str(tmp_path / "second"),
                               "--cache-dir", str(digits_cache), "--no-progress"], stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(child.stderr), daemon=True)
+    reader.start()
     try:
-        time.sleep(5)
-        assert child.poll() is None  # waiting, not failing
+        # the child's start-up (imports, the model's config) takes seconds on a loaded machine:
+        # release the lock only once it says it waits, so the test sees the wait, not a race
+        deadline = time.monotonic() + 240
+        while not any("waiting for it" in line for line in lines) and time.monotonic() < deadline:
+            assert child.poll() is None, "".join(lines)  # waiting, not failing
+            time.sleep(0.2)
+        assert any("another process is exporting the model into" in line for line in lines), "".join(lines)
+        assert child.poll() is None
     finally:
         os.close(lock)
-    _, err = child.communicate(timeout=300)
-    assert child.returncode == 0, err
-    assert "another process is exporting the model into" in err and "waiting for it" in err
+    assert child.wait(timeout=300) == 0, "".join(lines)
+    reader.join(timeout=10)
     assert latest(tmp_path / "second")["j000"]["status"] == "ok"
+    assert sorted(p.name for p in digits_cache.iterdir() if p.is_dir()) == [digits_art.name]  # no export of its own
 
 
 def test_unwritable_out_is_one_line_before_any_export(tmp_path, mounts):

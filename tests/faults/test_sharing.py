@@ -10,8 +10,8 @@ import pytest
 
 import teacache_trt
 from teacache_trt import TeaCacheError
+from teacache_trt.artifact import Artifact
 from teacache_trt.files import atomic_write_bytes
-from teacache_trt.manifest import load_manifest
 from teacache_trt.tools import bench
 
 from faults.helpers import copying_export, edit_manifest, fake_engine_bytes
@@ -52,11 +52,11 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask):
 def test_source_is_absolute_and_found_from_elsewhere(flux, tmp_path, monkeypatch):
     from teacache_trt.export import exporter
 
-    monkeypatch.setattr(exporter, "_export_graphs", copying_export(load_manifest(flux.art_dir),
+    monkeypatch.setattr(exporter, "_export_graphs", copying_export(Artifact.open(flux.art_dir).manifest,
                                                                    {g: flux.graph(g) for g in flux.graph_names}))
     monkeypatch.chdir(flux.model_dir.parent)
     exporter.export_model(flux.model_dir.name, tmp_path / "art", axes=flux.spec.AXES, build="none", log=lambda m: None)
-    source = load_manifest(tmp_path / "art").source
+    source = Artifact.open(tmp_path / "art").manifest.source
     assert os.path.isabs(source) and os.path.samefile(source, flux.model_dir)
     monkeypatch.chdir(tmp_path)
     t = teacache_trt.load_transformer(tmp_path / "art", backend="torch")

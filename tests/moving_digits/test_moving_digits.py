@@ -152,9 +152,9 @@ def test_compiled_pipeline_decides_as_the_reference(video_art, pipe):
 def test_the_bundled_export_carries_the_shipped_calibrations(video_art):
     """teacache-render's export of the bundled model records the TeaCache coefficients and the
     MagCache ratios calibrated for it (the files beside its weights)."""
-    from teacache_trt.manifest import load_manifest
+    from teacache_trt.artifact import Artifact
 
-    data = load_manifest(video_art).policy_data
+    data = Artifact.open(video_art).manifest.policy_data
     shipped = json.loads((DEFAULT_MODEL_DIR / CALIBRATION_FILE).read_text())
     assert data["teacache"]["coefficients"] == shipped["coefficients"]
     assert data["teacache"]["source"].startswith("teacache-calibrate --driver video")
@@ -183,12 +183,12 @@ def test_magcache_decides_with_the_shipped_ratios(video_art, pipe):
 
 
 def test_calibration_finds_the_video_driver(video_art):
-    from teacache_trt.manifest import load_manifest
+    from teacache_trt.artifact import Artifact
     from teacache_trt.moving_digits.calibration import video_driver
     from teacache_trt.tools.calibrate import run_calibration
     from teacache_trt.tools.drivers import driver_for
 
-    assert driver_for(load_manifest(video_art)).name == "video"
+    assert driver_for(Artifact.open(video_art).manifest).name == "video"
     cal = run_calibration(video_art, video_driver(steps=4, clips=2, num_frames=MIN_FRAMES), seeds=2, holdout=1,
                           steps=4, order=1, log=lambda m: None)
     assert cal.fit["n"] == 2 * 2 * 3  # 2 seeds x (cond, uncond) x 3 consecutive pairs

@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from teacache_trt.artifact import Artifact
 from teacache_trt.families import get_family
 from teacache_trt.manifest import GRAPH_NAMES
 from teacache_trt.runtime.backends import make_runner
@@ -26,7 +27,7 @@ def head_feed(ex, seed):
 def test_infer_into_follows_new_contents_and_moved_buffers(exported, backend):
     ex = exported("flux")
     parts = get_family("flux").parts(ex.model) if backend == "torch" else None
-    runner = make_runner(backend, ex.art_dir, ex.manifest, "head", torch.device("cpu"), parts).activate()
+    runner = make_runner(backend, Artifact(ex.art_dir, ex.manifest), "head", torch.device("cpu"), parts).activate()
     feed, shapes = head_feed(ex, 0)
     want = {k: ex.model.proj_out(ex.model.norm_out(feed["hidden"] + feed["residual"], feed["temb"])).detach()
             for k in ["output"]}

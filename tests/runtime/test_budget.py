@@ -12,7 +12,7 @@ import torch
 import teacache_trt
 from teacache_trt import TeaCacheError, policies
 from teacache_trt.families import get_family
-from teacache_trt.manifest import load_manifest, save_manifest
+from teacache_trt.artifact import Artifact, save_manifest
 from teacache_trt.policies import Budget, Schedule
 from teacache_trt.runtime import plan as plan_module
 from teacache_trt.tools import budget_search
@@ -78,7 +78,7 @@ def test_the_search_covers_every_budget_and_beats_uniform_on_its_own_measure(sea
             uniform = list(Schedule.uniform(STEPS, n).steps)
             w = result.errors[reuse]
             assert budget_search.path_error(w, path) <= budget_search.path_error(w, uniform)
-    entry = load_manifest(art).policy_data["budget"]["searches"][str(STEPS)]
+    entry = Artifact.open(art).manifest.policy_data["budget"]["searches"][str(STEPS)]
     assert entry["schedules"]["taylor"]["3"] == {"default": result.schedules["taylor"][3]}
     assert entry["objective"] == "sum"
 
@@ -126,7 +126,7 @@ def test_bad_search_data_is_refused_when_the_artifact_loads(searched, tmp_path):
     art, _ = searched
     bad = tmp_path / "art"
     shutil.copytree(art, bad)
-    manifest = load_manifest(bad)
+    manifest = Artifact.open(bad).manifest
     manifest.policy_data["budget"]["searches"][str(STEPS)]["schedules"]["residual"]["3"]["default"] = [0, 2]
     save_manifest(bad, manifest)
     with pytest.raises(TeaCacheError, match=r"budget schedule for 6 steps, reuse residual, n=3, context 'default' is "
@@ -138,7 +138,7 @@ def test_a_reuse_mode_without_its_own_search_takes_the_residual_one(searched, fl
     art, result = searched
     only = tmp_path / "art"
     shutil.copytree(art, only)
-    manifest = load_manifest(only)
+    manifest = Artifact.open(only).manifest
     del manifest.policy_data["budget"]["searches"][str(STEPS)]["schedules"]["taylor"]
     save_manifest(only, manifest)
     t = teacache_trt.load_transformer(only, policy=Budget(3, reuse="taylor"))

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import teacache_trt
+from teacache_trt.artifact import Artifact
 from teacache_trt.families import get_family
-from teacache_trt.manifest import load_manifest
 
 pytestmark = pytest.mark.gpu
 STEPS = 8
@@ -55,7 +55,7 @@ def trt_art(exported, tmp_path_factory):
     from teacache_trt.engines.build import build_in_place
 
     art = exported("flux").copy(tmp_path_factory.mktemp("cuda_trt") / "art")
-    build_in_place(art, load_manifest(art), flavour, log=lambda m: None)
+    build_in_place(art, Artifact.open(art).manifest, flavour, log=lambda m: None)
     return flavour, art
 
 
@@ -76,9 +76,10 @@ def test_cuda_decisions_and_outputs_match_the_cpu_path(cuda, exported, request, 
 def test_host_syncs_per_call_are_bounded(cuda, exported):
     """Counted with torch's sync debug mode over a loop whose inputs already lie on the device.
 
-    The host decision reads the per-row sums once per call; the device step executor (issue 8)
-    brings this to 0.  Until then one sync per call is the design, and any further (hidden)
-    sync on the torch path in batch mode fails here.
+    The decision is taken on the host, which reads the per-row sums once per call (no runtime
+    code uses the experimental device criterion, ``teacache_trt.runtime.experimental``): one
+    sync per call is what runs, and any further (hidden) sync on the torch path in batch mode
+    fails here.
     """
     ex = exported("flux")
     t = cuda_transformer("torch", ex.art_dir, ex, 1e6, cuda)  # never reaches the threshold: skips

@@ -11,7 +11,8 @@ import torch
 
 import teacache_trt
 from teacache_trt import TeaCacheError
-from teacache_trt.manifest import PolicySpec, load_manifest
+from teacache_trt.artifact import Artifact
+from teacache_trt.manifest import PolicySpec
 
 # A format-2 manifest as teacache-export wrote it before format 3, for the tiny FLUX of
 # tests/models/flux.py: the shape as_format_2 must reproduce.
@@ -92,7 +93,7 @@ def test_a_format_2_artifact_loads_converted_and_decides_the_same(flux, tmp_path
         return data
 
     rewrite(art, old)
-    manifest = load_manifest(art)
+    manifest = Artifact.open(art).manifest
     assert manifest.format_version == 3
     assert manifest.policy == PolicySpec("teacache", {"threshold": 0.4})
     teacache = manifest.policy_data["teacache"]
@@ -135,4 +136,4 @@ def test_format_1_and_unknown_versions_are_refused(flux, tmp_path):
     art = flux.copy(tmp_path / "art")
     rewrite(art, lambda d: {**d, "format_version": 4})
     with pytest.raises(TeaCacheError, match=r"format_version 4; this teacache-trt reads format_version 2 or 3"):
-        load_manifest(art)
+        Artifact.open(art)

@@ -12,7 +12,7 @@ import pytest
 
 import teacache_trt
 from teacache_trt import TeaCacheError
-from teacache_trt.manifest import load_manifest
+from teacache_trt.artifact import Artifact
 from teacache_trt.policies import Budget, TeaCache
 from teacache_trt.tools import budget_search as B
 from teacache_trt.tools import calibrate as C
@@ -61,7 +61,7 @@ def test_calibrate_budget_writes_the_search_and_suggests_settings(exported, tmp_
     out = capsys.readouterr().out
     assert "budget search over 5 calls (1 seed(s), contexts default, objective sum" in out
     assert "n=2 " in out and "n=3 " in out and "settings for 3 computed steps of 5" in out
-    entry = load_manifest(art).policy_data["budget"]["searches"]["5"]
+    entry = Artifact.open(art).manifest.policy_data["budget"]["searches"]["5"]
     assert sorted(entry["schedules"]["residual"]) == ["2", "3"] and len(entry["errors"]["residual"]) == 5
     assert entry["source"].startswith("teacache-calibrate --policy budget (1 seed(s) from 0")
     t = teacache_trt.load_transformer(art, policy=Budget(3))
@@ -94,7 +94,7 @@ def test_teacache_calibration_suggests_a_threshold_that_renders_at_its_steps(exp
     ex = exported("flux")
     signal = SignalRuns()
     cal = C.run_calibration(ex.art_dir, seeds=2, holdout=0, steps=8, order=1, signal=signal, log=lambda m: None)
-    suggestions = C.suggestions(ex.art_dir, load_manifest(ex.art_dir), cal, signal, [4], 8)
+    suggestions = C.suggestions(ex.art_dir, Artifact.open(ex.art_dir).manifest, cal, signal, [4], 8)
     found = suggestions["4"]["teacache"]
     assert found["computed_steps"] == 4.0 and found["params"]["coefficients"] == cal.coefficients
     t = teacache_trt.load_transformer(ex.art_dir, policy=TeaCache(**found["params"]))

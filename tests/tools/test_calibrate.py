@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from teacache_trt import TeaCacheError
-from teacache_trt.manifest import load_manifest
+from teacache_trt.artifact import Artifact
 from teacache_trt.tools import calibrate as C
 
 
@@ -52,17 +52,17 @@ def test_too_few_pairs():
 
 def test_end_to_end_writes_manifest_and_restores(exported, tmp_path, capsys):
     art = exported("flux").copy(tmp_path / "art")
-    before = load_manifest(art).policy_data["teacache"]["coefficients"]
+    before = Artifact.open(art).manifest.policy_data["teacache"]["coefficients"]
     assert C.main([str(art), "--seeds", "3", "--holdout", "1", "--steps", "6", "--order", "2",
                    "--write-manifest"]) == 0
     out = capsys.readouterr().out
     assert "coefficients (numpy.poly1d order)" in out and "held out seeds [3]" in out
-    teacache = load_manifest(art).policy_data["teacache"]
+    teacache = Artifact.open(art).manifest.policy_data["teacache"]
     assert len(teacache["coefficients"]) == 3 and teacache["coefficients"] != before
     assert teacache["history"][-1]["coefficients"] == before and "teacache-calibrate" in teacache["source"]
     assert np.isfinite(teacache["coefficients"]).all()
     assert C.main([str(art), "--restore"]) == 0
-    assert load_manifest(art).policy_data["teacache"]["coefficients"] == before
+    assert Artifact.open(art).manifest.policy_data["teacache"]["coefficients"] == before
 
 
 def test_residual_target_and_json(exported, tmp_path):
@@ -121,7 +121,7 @@ def test_magcache_json_and_manifest_and_restore(exported, tmp_path, capsys):
     from teacache_trt.tools import calibrate_magcache as M
 
     art = exported("flux").copy(tmp_path / "art")
-    published = load_manifest(art).policy_data["magcache"]
+    published = Artifact.open(art).manifest.policy_data["magcache"]
     out = tmp_path / "mag.json"
     assert C.main([str(art), "--policy", "magcache", "--seeds", "2", "--holdout", "1", "--steps", "6",
                    "--json", str(out)]) == 0
@@ -137,12 +137,12 @@ def test_magcache_json_and_manifest_and_restore(exported, tmp_path, capsys):
     assert "computed steps of 6 at max_skips 5, retention_ratio 0.1, by threshold" in report  # FLUX.1-dev's settings
     assert C.main([str(art), "--policy", "magcache", "--seeds", "2", "--holdout", "0", "--steps", "6",
                    "--write-manifest"]) == 0
-    magcache = load_manifest(art).policy_data["magcache"]
+    magcache = Artifact.open(art).manifest.policy_data["magcache"]
     assert magcache["mag_ratios"] == {"default": ratios} and magcache["steps"] == 6  # same seeds, same ratios
     assert (magcache["threshold"], magcache["max_skips"]) == (published["threshold"], published["max_skips"])
     assert magcache["history"][-1]["source"] == published["source"]
     assert C.main([str(art), "--policy", "magcache", "--restore"]) == 0
-    assert load_manifest(art).policy_data["magcache"] == {**published, "history": []}
+    assert Artifact.open(art).manifest.policy_data["magcache"] == {**published, "history": []}
     assert C.main([str(art), "--policy", "magcache", "--restore"]) == 2
     assert "no earlier MagCache ratios" in capsys.readouterr().err
     assert M.UNCACHED.schedule(6, "x") == list(range(6))
@@ -166,7 +166,7 @@ def test_magcache_on_the_digits_model_drives_the_policy(digits_art, tmp_path):
     shutil.copytree(digits_art, art)
     assert C.main([str(art), "--policy", "magcache", "--seeds", "2", "--holdout", "1", "--steps", "8",
                    "--write-manifest"]) == 0
-    magcache = load_manifest(art).policy_data["magcache"]
+    magcache = Artifact.open(art).manifest.policy_data["magcache"]
     assert sorted(magcache["mag_ratios"]) == ["cond", "uncond"] and magcache["steps"] == 8
     assert magcache["mag_ratios"]["cond"] != magcache["mag_ratios"]["uncond"]
     pipe = DigitsPipeline.from_pretrained()

@@ -50,7 +50,8 @@ def ensure_artifacts(driver, model_dir: Path, *, batch_size: int, backend: str, 
     transformer's only."""
     from ...export.exporter import export_model, resolve_family, weights_hash_of_dir
     from ...families import find_model_dir, read_config
-    from ...manifest import MANIFEST_NAME, sha256_json
+    from ...integrity import sha256_json
+    from ...manifest import MANIFEST_NAME
 
     plan = driver.export_plan(Path(model_dir), batch_size)
     folder = plan.transformer_dir if component == "transformer" else plan.transformer_2_dir
@@ -87,17 +88,16 @@ def add_policy_data(art: Path, data, log: Callable[[str], None] = print) -> None
     import json
 
     from ... import artifact
-    from ...manifest import load_manifest, save_manifest
     from ...policies import artifact_policies
 
     data = json.loads(json.dumps(dict(data)))
-    if all(load_manifest(art).policy_data.get(name) == entry for name, entry in data.items()):
+    if all(artifact.Artifact.open(art).manifest.policy_data.get(name) == entry for name, entry in data.items()):
         return
     with artifact.writing(art):
-        manifest = load_manifest(art)
+        manifest = artifact.Artifact.open(art).manifest
         manifest.policy_data.update(data)
         artifact_policies(manifest, str(art / "manifest.json"))  # never write what a load would refuse
-        save_manifest(art, manifest)
+        artifact.save_manifest(art, manifest)
     log(f"[export] {art}: the model's shipped {', '.join(sorted(data))} data written into its manifest")
 
 
@@ -123,16 +123,15 @@ def _turn(art: Path, log: Callable[[str], None]):
 def _name_source(art: Path, coefficients: list[float], source: str) -> None:
     """Record where the plan's coefficients come from (the export calls them its own option's)."""
     from ... import artifact
-    from ...manifest import load_manifest, save_manifest
 
-    manifest = load_manifest(art)
+    manifest = artifact.Artifact.open(art).manifest
     teacache = manifest.policy_data.get("teacache", {})
     if teacache.get("coefficients") != coefficients or teacache.get("source") == source:
         return
     with artifact.writing(art):
-        manifest = load_manifest(art)
+        manifest = artifact.Artifact.open(art).manifest
         manifest.policy_data["teacache"]["source"] = source
-        save_manifest(art, manifest)
+        artifact.save_manifest(art, manifest)
 
 
 SIZE_FIELDS = ("height", "width", "frames")  # a job's pixel height and width, video frames

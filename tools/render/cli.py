@@ -258,7 +258,7 @@ def one_coefficient_set(job):
 
 def render(args, log=None):
     from ... import policies
-    from ...manifest import load_manifest
+    from ...artifact import Artifact
     from ..drivers import model_folder, render_driver_for
     from .artifacts import check_model_matches, ensure_artifacts, job_sizes
     from .batching import batch_key, make_batches, pending
@@ -294,19 +294,19 @@ def render(args, log=None):
                          sizes=sizes, cache_dir=args.cache_dir or default_cache_dir())
         art = args.artifacts or ensure_artifacts(driver, model_dir, **first_use)
         art_2 = experts_artifacts(args, driver, model_dir, first_use)
-        manifest = load_manifest(art)
+        manifest = Artifact.open(art).manifest
         if args.artifacts:
             check_model_matches(manifest, art, driver, model_dir)
             if art_2 is not None:
-                check_model_matches(load_manifest(art_2), art_2, driver, model_dir, component="transformer_2")
+                check_model_matches(Artifact.open(art_2).manifest, art_2, driver, model_dir, component="transformer_2")
         batch_size = fit_batch_size(manifest, art, args.batch_size, log)
         if art_2 is not None:
-            batch_size = fit_batch_size(load_manifest(art_2), art_2, batch_size, log)
+            batch_size = fit_batch_size(Artifact.open(art_2).manifest, art_2, batch_size, log)
         artifact = policies.artifact_policies(manifest, str(Path(art) / "manifest.json"))
         settings = RunSettings.for_artifact(manifest, artifact, {
             "model": str(model_dir), "weights": manifest.weights_hash, "graphs": manifest.content,
             "precision": manifest.precision, "backend": args.backend, "device": args.device.split(":")[0],
-            "decisions": args.decisions, **({"graphs_2": load_manifest(art_2).content} if art_2 is not None else {})})
+            "decisions": args.decisions, **({"graphs_2": Artifact.open(art_2).manifest.content} if art_2 is not None else {})})
         policy = run_policy(args, artifact, settings)
         policy.bind(artifact)  # the run's policy fits the artifact: checked before any job
         reader = JobReader(fields, defaults, policy, functools.partial(driver.check_job, model_dir), settings)

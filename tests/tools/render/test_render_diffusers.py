@@ -132,7 +132,7 @@ def test_two_expert_pipeline_exports_and_renders_both_experts(exported, tmp_path
     from safetensors.torch import save_file
 
     from models import wan, wan_a14b
-    from teacache_trt.manifest import load_manifest
+    from teacache_trt.artifact import Artifact
 
     high = exported("wan_a14b")
     wan_a14b.make_experts_pipeline(high.model, wan_a14b.make_low_model()).save_pretrained(tmp_path / "model")
@@ -146,7 +146,7 @@ def test_two_expert_pipeline_exports_and_renders_both_experts(exported, tmp_path
             "--no-progress", "--batch-size", "1", "--axis", "txt_seq=1:8:64"]
     assert cli.main([*args, "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
     arts = sorted(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
-    manifests = {load_manifest(a).variant: load_manifest(a) for a in arts}
+    manifests = {Artifact.open(a).manifest.variant: Artifact.open(a).manifest for a in arts}
     assert sorted(manifests) == ["Wan2.2-T2V-A14B-high", "Wan2.2-T2V-A14B-low"]
     assert all(m.axes["txt_seq"] == [1, 8, 64] for m in manifests.values())  # --axis shaped the export
     # the jobs' sizes shaped the rest: the optimum at theirs (latents), the range the default's within
@@ -170,7 +170,7 @@ def test_two_expert_pipeline_exports_and_renders_both_experts(exported, tmp_path
 
     # the experts named: the finished jobs stay done (same graphs); a job naming coefficients fails
     # alone (they would reach both experts); experts swapped: refused before any job
-    art = {m.variant: a for a, m in zip(arts, map(load_manifest, arts))}
+    art = {m.variant: a for a, m in zip(arts, (Artifact.open(a).manifest for a in arts))}
     named = [*args[:1], "--model", str(tmp_path / "model"), "--artifacts", str(art["Wan2.2-T2V-A14B-high"]),
              "--no-progress", "--batch-size", "1"]
     with open(tmp_path / "jobs.jsonl", "a") as f:

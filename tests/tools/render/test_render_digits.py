@@ -203,12 +203,12 @@ def test_a_threshold_means_the_calibrated_set_by_default_and_every_output_says_w
                                                                                      digits_art, capsys):
     """The bundled model's artifact carries its calibration (what teacache-eval's calibrated rows
     use), the upstream FLUX.1 set stays selectable, and results, summary and sheet name the set."""
+    from teacache_trt.artifact import Artifact
     from teacache_trt.digits.driver import shipped_calibration
     from teacache_trt.digits.pipeline import DEFAULT_MODEL_DIR
-    from teacache_trt.manifest import load_manifest
     from teacache_trt.tools.render.sheet import label_lines
 
-    teacache = load_manifest(digits_art).policy_data["teacache"]
+    teacache = Artifact.open(digits_art).manifest.policy_data["teacache"]
     assert teacache["coefficients"] == shipped_calibration(DEFAULT_MODEL_DIR)[0]
     assert teacache["source"].startswith("teacache-calibrate --driver digits")
     assert teacache["history"][-1]["source"] == "variant FLUX.1"  # the upstream set, restorable

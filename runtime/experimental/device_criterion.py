@@ -1,13 +1,20 @@
-"""The criterion on a CUDA device: state in device memory, decisions by cpp_ext's kernel.
+"""Experimental: the criterion on a CUDA device, state in device memory, decisions by cpp_ext's
+kernel.  No runtime code uses it; the transformer decides on the host (see below).
 
 :class:`DeviceCriterion` keeps every group's ``acc``, the step counter and the decision history
 on the GPU and launches cpp_ext's kernel (``teacache_trt/_criterion_cuda*.so``, a plain shared
 library loaded with ctypes) on the embed graph's ``l1_diff`` / ``l1_prev`` where they lie, on
-the caller's stream.  Nothing on the per-step path waits for the
-device: the kernel advances its own step counter (so a captured CUDA graph can replay it), the
-flags it leaves on the device drive the blocks, and the history of flags and ratios is read back
-once, by :meth:`history`, at the end of a generation.  The arithmetic is the same source as the
-host build, so decisions equal :func:`.criterion.decide_groups` bit for bit (tests/cpp_ext/).
+the caller's stream.  A launch never waits for the device: the kernel advances its own step
+counter, leaves the flags in device memory, and the history of flags and ratios is read back
+once, by :meth:`DeviceCriterion.history`.  The arithmetic is the same source as the host build,
+so decisions equal :func:`..criterion.decide_groups` bit for bit (tests/cpp_ext/, on a GPU:
+streams and a CUDA graph captured around :meth:`DeviceCriterion.decide` in the test itself).
+
+What it is for: a step executor that keeps the whole step on the GPU (the decision choosing
+between the blocks graph and the cached residual without the host reading the sums), which
+would remove the one host wait per step that the runtime has today
+(:meth:`..plan.StepPlan.read_sums`).  That executor does not exist: nothing in the runtime
+launches this kernel, and no CUDA graph is captured around the runtime's graphs.
 """
 from __future__ import annotations
 
@@ -22,9 +29,9 @@ import torch
 
 import teacache_trt
 
-from ..errors import TeaCacheError
-from ..families import ForcedSteps
-from .criterion import ABI_VERSION, Rule
+from ...errors import TeaCacheError
+from ...families import ForcedSteps
+from ..criterion import ABI_VERSION, Rule
 
 _P = ctypes.c_void_p
 
