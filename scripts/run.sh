@@ -16,4 +16,4 @@ bash scripts/setup.sh
 teacache-render digits/jobs.jsonl --out out/digits/render --contact-sheet
 teacache-eval --out out/digits "$@"
 teacache-render moving_digits/jobs.jsonl --model video --out out/video/render --contact-sheet
-teacache-eval --model video --out out/video --per-class 1 --teacache 0.05 --magcache 0.15,0.4 --easycache 0.1 --timing-clips 3
+teacache-eval --model video --out out/video --per-class 1 --teacache 0.05 --magcache 0.15 --easycache 0.1 --timing-clips 2 --repeats 2
