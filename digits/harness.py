@@ -214,6 +214,9 @@ class Evaluation:
         self.images: dict[int, torch.Tensor] = {}  # id(row) -> its images
         self.timed: list[tuple[Row, object, int | None]] = []
         self.done, self.planned, self.t0 = 0, 0, time.perf_counter()
+        # label -> level -> (last threshold, lo, hi) of its search: where the next search of the
+        # same policy starts (the other reuse mode at this level, or another level)
+        self.searched: dict[str, dict[int, tuple[float, float, float]]] = {}
 
     def render(self, label: str, policy, target: int | None, sampler_steps: int | None = None,
                setting: str = "") -> Row:
@@ -267,6 +270,7 @@ class Evaluation:
             found, tries = None, SEARCH_TRIES
         lo, hi = 0.0, math.inf  # thresholds known to compute more / fewer steps than the level
         threshold = found["params"]["threshold"] if found else c.make(None).bind(self.art).params.get("threshold") or 0.0
+        threshold, lo, hi = self.start(c.label, level, found is not None, (threshold, lo, hi))
         for attempt in range(tries + 1):
             policy = c.make(threshold)
             row = self.render(c.label, policy, level, setting=c.setting(policy))
@@ -279,10 +283,23 @@ class Evaluation:
             threshold = float(f"{(lo + hi) / 2 if math.isfinite(hi) else max(2 * lo, 1e-3):.4g}")
             self.log(f"[eval] {c.label} {row.reuse}: threshold {row.setting} computed {row.computed_steps:.2f}, "
                      f"not {level}; trying {threshold:g}")
+        self.searched.setdefault(c.label, {})[level] = (threshold, lo, hi)
         if not row.on_target:
             row.notes.append(f"no threshold tried gave exactly {level} computed steps")
         self.keep(row, policy)
         return row
+
+    def start(self, label: str, level: int, replayed: bool, default: tuple[float, float, float]):
+        """Where a threshold search starts: the same policy's search at this level with the other
+        reuse mode (its threshold and bracket: the reuse mode moves the computed steps little), else,
+        for a policy whose signal cannot be replayed, its threshold at the nearest level searched;
+        else ``default``.  Each start saves real renders (a miss costs one render of every digit)."""
+        known = self.searched.get(label, {})
+        if level in known:
+            return known[level]
+        if known and not replayed:
+            return known[min(known, key=lambda other: abs(other - level))][0], default[1], default[2]
+        return default
 
 
 def evaluate(art_dir: Path, *, steps: int = 20, guidance: float = 3.0, per_class: int = PER_CLASS, seed: int = 0,
