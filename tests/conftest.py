@@ -25,9 +25,10 @@ class Exported:
         self.model_dir = root / "model"
         self.family.save_model(self.model, self.model_dir)
         self.art_dir = root / "art"
+        self.log: list[str] = []  # the export's own lines, for tests of what it tells the user
         self.manifest = export_model(self.model_dir, self.art_dir, axes=module.AXES, build="none",
                                      family_module=self.family_module, variant=getattr(module, "VARIANT", None),
-                                     log=lambda msg: None)
+                                     log=self.log.append)
 
     def copy(self, dest: Path) -> Path:
         """A private copy of the artifact folder, for tests that change or add files."""
