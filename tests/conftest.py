@@ -105,6 +105,26 @@ def digits_art(digits_cache):
     return art
 
 
+@pytest.fixture(scope="session")
+def video_cache(tmp_path_factory):
+    """An artifact cache holding the bundled video model (moving digits), exported once per
+    session the way ``teacache-render`` exports it on first use."""
+    from teacache_trt.moving_digits.driver import DRIVER
+    from teacache_trt.tools.render.artifacts import ensure_artifacts
+
+    cache = tmp_path_factory.mktemp("video_cache")
+    ensure_artifacts(DRIVER, DRIVER.default_model(), batch_size=1, backend="onnxruntime", cache_dir=cache,
+                     log=lambda m: None)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def video_art(video_cache):
+    """The bundled video model's artifact folder (inside ``video_cache``)."""
+    (art,) = [p for p in video_cache.iterdir() if p.is_dir()]
+    return art
+
+
 # --- GPU tests -------------------------------------------------------------------------------
 def pytest_addoption(parser):
     parser.addoption("--require-gpu", action="store_true",

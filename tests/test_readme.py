@@ -31,6 +31,9 @@ def test_main_job_renders_the_bundled_jobs_then_runs_the_eval_harness():
     assert render in script and "teacache-eval --out out/digits" in script
     assert script.index(render) < script.index("teacache-eval --out")
     assert (ROOT / "digits" / "jobs.jsonl").is_file()
+    video = "teacache-render moving_digits/jobs.jsonl --model video --out out/video/render --contact-sheet"
+    assert script.index(video) < script.index("teacache-eval --model video --out out/video")
+    assert (ROOT / "moving_digits" / "jobs.jsonl").is_file()
 
 
 def _parsers():
