@@ -3,7 +3,7 @@
 The import package is ``teacache_trt``; its sub-packages live in the top-level folders, mapped
 here, in the order the dependencies point: ``families/`` (model knowledge), ``export/`` and
 ``engines/``, ``runtime/`` (with ``teacache_trt.policies`` in ``runtime/policies/``), then
-``tools/`` (bench, calibrate) and the ``digits/`` demo.
+``tools/`` (bench, calibrate) and the demos ``digits/`` (images) and ``moving_digits/`` (video).
 
 ``cpp_ext/`` builds two optional libraries: the extension ``teacache_trt._criterion`` (the
 criterion on the host) when a C++ compiler and pybind11 are present, and the plain shared
@@ -95,6 +95,7 @@ SUBPACKAGES = {
     "teacache_trt.tools": "tools",
     "teacache_trt.tools.render": "tools/render",
     "teacache_trt.digits": "digits",
+    "teacache_trt.moving_digits": "moving_digits",
 }
 
 setup(
@@ -106,7 +107,8 @@ setup(
     python_requires=">=3.10",
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
-    package_data={"teacache_trt.digits": ["model/*", "model/*/*", "jobs.jsonl"]},
+    package_data={"teacache_trt.digits": ["model/*", "model/*/*", "jobs.jsonl"],
+                  "teacache_trt.moving_digits": ["model/*", "model/*/*", "jobs.jsonl"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExt},
     install_requires=[
@@ -145,12 +147,13 @@ setup(
             "teacache-export=teacache_trt.export.cli:main",
             "teacache-bench=teacache_trt.tools.bench:main",
             "teacache-calibrate=teacache_trt.tools.calibrate:main",
-            "teacache-eval=teacache_trt.digits.harness:main",
+            "teacache-eval=teacache_trt.tools.eval:main",
             "teacache-render=teacache_trt.tools.render.cli:main",
         ],
         # Generation drivers for the tools (calibration, rendering): see tools/drivers.py.
         "teacache_trt.drivers": [
             "digits = teacache_trt.digits.driver:DRIVER",
+            "video = teacache_trt.moving_digits.driver:DRIVER",
             "diffusers = teacache_trt.tools.diffusers_driver:DRIVER",
         ],
     },

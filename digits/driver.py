@@ -29,6 +29,12 @@ class DigitsDriver:
 
         return digits_driver(steps)
 
+    # --- evaluation (teacache-eval --model digits) ----------------------------------------
+    def evaluate(self, argv) -> int:
+        from .harness import main
+
+        return main(argv)
+
     # --- rendering -----------------------------------------------------------------------
     def handles(self, model_dir: Path) -> bool:
         """A digits model folder: the bundled one or one written by ``digits.train``."""

@@ -355,20 +355,30 @@ def evaluate(art_dir: Path, *, steps: int = 20, guidance: float = 3.0, per_class
             ev.at_level(c, level)
     mark_best(ev.rows)
     images = {"uncached": reference}
+    captions = {"uncached": f"uncached: {steps} of {steps} steps"}
     teacache = [row for row in ev.rows if row.label == "teacache-calibrated" and row.reuse == "residual"]
     if teacache:
-        images["teacache"] = ev.images[id(max(teacache, key=lambda row: row.computed_steps))]
+        row = max(teacache, key=lambda row: row.computed_steps)
+        images["teacache"], captions["teacache"] = ev.images[id(row)], grid_caption(row, steps)
     best = [row for row in ev.rows if row.best]
     if best:
         row = min(best, key=lambda row: row.computed_steps)
         images[f"best_{row.target}"] = ev.images[id(row)]
+        captions[f"best_{row.target}"] = f"best at {row.target}: {grid_caption(row, steps)}"
     log(f"[eval] phase 3/3: wall ratios, {repeats} interleaved rounds of {len(ev.timed)} policies")
     load = time_ratios(r, full, ev.timed, repeats, log)
     notes += reliability_notes(ev.rows, load)
-    return {"rows": ev.rows, "images": images, "labels": r.labels, "coefficients": coefficients, "notes": notes,
+    return {"rows": ev.rows, "images": images, "captions": captions, "labels": r.labels,
+            "coefficients": coefficients, "notes": notes,
             "settings": {"steps": steps, "guidance": guidance, "per_class": per_class, "seed": seed,
                          "backend": backend, "levels": sorted(plan), "timing_repeats": repeats,
                          "timing_digits": NUM_CLASSES * TIMING_PER_CLASS, "load_average": load}}
+
+
+def grid_caption(row: Row, steps: int) -> str:
+    """A digit grid's caption: the row's policy, reuse mode, setting and computed steps."""
+    return (f"{row.label} ({row.reuse}, {row.setting}): {row.computed_steps:g} of {steps} steps computed, "
+            f"PSNR {_num(row.psnr)} dB")
 
 
 def mark_best(rows: Sequence[Row]) -> None:
@@ -516,9 +526,12 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
             "verdicts": verdicts(rows), "rows": [asdict(r) for r in rows]}
     atomic_write_bytes(paths["json"], strict_json.dumps(data, indent=2).encode())
     plot(rows, paths["plot"], result["settings"]["steps"])
+    per_class = result["settings"]["per_class"]
     for name, images in result["images"].items():
         buf = io.BytesIO()
-        make_grid(images).save(buf, format="PNG")
+        caption = result.get("captions", {}).get(name, name)
+        # one row per digit class, 0 at the top (the renders are class-major)
+        make_grid(images, nrow=per_class, title=f"{caption}; rows: digits 0-9").save(buf, format="PNG")
         paths[f"grid_{name}"] = out_dir / f"grid_{name}.png"
         atomic_write_bytes(paths[f"grid_{name}"], buf.getvalue())
     return paths

@@ -222,10 +222,14 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a, mode="L") for a in arr]
 
 
-def make_grid(images, nrow: int = 10, scale: int = 4, padding: int = 1):
+TITLE_LINE = 13  # pixels per caption line above a titled grid (PIL's default font at size 11)
+
+
+def make_grid(images, nrow: int = 10, scale: int = 4, padding: int = 1, title: str | None = None):
     """Tile images ((B,1,H,W) tensor in [-1,1] or list of PIL) into one PIL image, ``nrow`` per row,
-    each enlarged ``scale`` times (nearest) with a ``padding``-pixel dark border."""
-    from PIL import Image
+    each enlarged ``scale`` times (nearest) with a ``padding``-pixel dark border; ``title``: a
+    caption band above them (what the grid shows, so a grid read alone says it)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     pils = images if isinstance(images, (list, tuple)) else to_pil(images)
     if not pils:
@@ -234,11 +238,30 @@ def make_grid(images, nrow: int = 10, scale: int = 4, padding: int = 1):
     cw, ch = w * scale + padding, h * scale + padding
     cols = min(nrow, len(pils))
     rows = (len(pils) + nrow - 1) // nrow
-    grid = Image.new("L", (cols * cw + padding, rows * ch + padding), color=40)
+    width = cols * cw + padding
+    font = ImageFont.load_default(size=11)
+    lines = _wrap(title, font, width - 4) if title else []
+    top = TITLE_LINE * len(lines) + (2 if lines else 0)
+    grid = Image.new("L", (width, top + rows * ch + padding), color=40)
     for i, im in enumerate(pils):
         r, c = divmod(i, nrow)
-        grid.paste(im.convert("L").resize((w * scale, h * scale), Image.NEAREST), (padding + c * cw, padding + r * ch))
+        grid.paste(im.convert("L").resize((w * scale, h * scale), Image.NEAREST),
+                   (padding + c * cw, top + padding + r * ch))
+    draw = ImageDraw.Draw(grid)
+    for k, line in enumerate(lines):
+        draw.text((padding + 2, 1 + k * TITLE_LINE), line, fill=255, font=font)
     return grid
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
 
 
 def save_grid(images, path: str | os.PathLike, nrow: int = 10, scale: int = 4, padding: int = 1):

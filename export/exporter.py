@@ -306,6 +306,12 @@ def export_model(
         axes_r = resolve_axes(fam, axes, config)
     artifact.check_out_dir(out, force)
     chosen = fam.variants[variant]
+    if coefficients is None:
+        origin = f"the variant's: {chosen.source or fam.coefficients_source or 'source not stated'}"
+    else:
+        origin = "given with --coefficients"
+    shown = ", ".join(f"{c:.4g}" for c in (chosen.coefficients if coefficients is None else coefficients))
+    log(f"[export] family {fam.name}, variant {variant}; TeaCache coefficients [{shown}] ({origin})")
     if chosen.stand_in and coefficients is None:
         log(f"[export] note: variant {variant}: its TeaCache coefficients are a stand-in ({chosen.source}); "
             f"pass --coefficients, or calibrate the artifact (teacache-calibrate) before trusting its speed/quality")

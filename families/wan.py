@@ -62,6 +62,15 @@ TOKEN_DIMS = {0: "batch", 1: AUTO}  # (B, tokens, ...): per-token temb, signal
 TI2V_CHANNELS = 48  # Wan2.2's z_dim-48 VAE: the TI2V-5B layout, whose pipelines pass per-token timesteps
 IMAGE_TOKENS = 257  # CLIP ViT-H/14 image embeddings the I2V pipeline passes
 TEXT_TOKENS_I2V = 512  # the model's attention splits image from text tokens assuming 512 text tokens
+# The bundled moving-digits model: recognised by these config values (no Wan2.1 checkpoint has
+# a 64-wide text embedding or 192-wide blocks), exported with its own profile: 5-9 frames of one
+# 8x8 latent size, a 3-token prompt.
+MOVING_DIGITS = "moving-digits"
+MOVING_DIGITS_CONFIG = {"in_channels": 16, "out_channels": 16, "text_dim": 64, "num_attention_heads": 6,
+                        "attention_head_dim": 32}
+MOVING_DIGITS_COEFFICIENTS = (-16068.242327743998, 6831.527535945241, -981.230472292465, 57.28810710994647,
+                              -1.132152494356751)
+MOVING_DIGITS_THRESHOLD = 0.05
 SIGNALS = {"temb": "temb = condition_embedder.time_embedder(...) (upstream's e)",
            "timestep_proj": "timestep_proj = condition_embedder.time_proj(silu(temb)) (upstream's e0)",
            "temb_tokens": "per-token temb = condition_embedder.time_embedder(...) over (batch, tokens) timesteps, "
@@ -232,6 +241,10 @@ def _variants():
         out[name] = Variant(name, coeffs, slow, forced=plain, signal="temb", magcache=mag)
         out[f"{name}-ret"] = Variant(f"{name}-ret", ret_coeffs, ret_slow, forced=ret, signal="timestep_proj",
                                      magcache=mag)
+    # The bundled video model (teacache_trt.moving_digits), plain mode; its coefficients come from
+    # teacache-calibrate on its own generations (the file it ships beside its weights).
+    out[MOVING_DIGITS] = Variant(MOVING_DIGITS, MOVING_DIGITS_COEFFICIENTS, MOVING_DIGITS_THRESHOLD,
+                                 forced=plain, signal="temb")
     # LightX2V's wan_ti2v_tea_720p.json: its plain-mode set (there is no ret mode for TI2V),
     # threshold 0.26 (50 steps, 121 frames at 704x1280, shift 5, CFG 5); first and last step.
     out["Wan2.2-TI2V-5B"] = Variant(
@@ -309,6 +322,8 @@ class Wan(Family):
             return "Wan2.2-TI2V-5B"
         if config.get("image_dim"):
             return "Wan2.1-I2V-14B-480P"
+        if all(config.get(k) == v for k, v in MOVING_DIGITS_CONFIG.items()):
+            return MOVING_DIGITS
         width = config["num_attention_heads"] * config["attention_head_dim"]
         return "Wan2.1-T2V-14B" if width > 3328 else "Wan2.1-T2V-1.3B"
 
@@ -328,6 +343,12 @@ class Wan(Family):
     @classmethod
     def axes_for(cls, config):
         axes = list(cls.axes)
+        if cls.variant_for(config) == MOVING_DIGITS:
+            return (Axis("batch", 1, 8, 40, help="clips per call (cond and uncond are separate calls)"),
+                    Axis("frames", 5, 9, 9, help="frames (the model was trained on 5 to 9)"),
+                    Axis("height", 8, 8, 8, 2, "latent height: the 32-pixel canvas, 4x4 space-to-depth"),
+                    Axis("width", 8, 8, 8, 2, "latent width: the 32-pixel canvas, 4x4 space-to-depth"),
+                    Axis("txt_seq", 3, 3, 3, help="prompt tokens: digit, direction, speed"))
         if per_token(config):
             # TI2V-5B: the z_dim-48 VAE compresses 16x in space, 4x in time; 121 frames at
             # 1280x704 (its public setting) -> 31 x 44 x 80 latents, 27,280 tokens.  Portrait

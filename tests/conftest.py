@@ -25,9 +25,10 @@ class Exported:
         self.model_dir = root / "model"
         self.family.save_model(self.model, self.model_dir)
         self.art_dir = root / "art"
+        self.log: list[str] = []  # the export's own lines, for tests of what it tells the user
         self.manifest = export_model(self.model_dir, self.art_dir, axes=module.AXES, build="none",
                                      family_module=self.family_module, variant=getattr(module, "VARIANT", None),
-                                     log=lambda msg: None)
+                                     log=self.log.append)
 
     def copy(self, dest: Path) -> Path:
         """A private copy of the artifact folder, for tests that change or add files."""
@@ -101,6 +102,26 @@ def digits_cache(tmp_path_factory):
 def digits_art(digits_cache):
     """The bundled digits model's artifact folder (inside ``digits_cache``)."""
     (art,) = [p for p in digits_cache.iterdir() if p.is_dir()]
+    return art
+
+
+@pytest.fixture(scope="session")
+def video_cache(tmp_path_factory):
+    """An artifact cache holding the bundled video model (moving digits), exported once per
+    session the way ``teacache-render`` exports it on first use."""
+    from teacache_trt.moving_digits.driver import DRIVER
+    from teacache_trt.tools.render.artifacts import ensure_artifacts
+
+    cache = tmp_path_factory.mktemp("video_cache")
+    ensure_artifacts(DRIVER, DRIVER.default_model(), batch_size=1, backend="onnxruntime", cache_dir=cache,
+                     log=lambda m: None)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def video_art(video_cache):
+    """The bundled video model's artifact folder (inside ``video_cache``)."""
+    (art,) = [p for p in video_cache.iterdir() if p.is_dir()]
     return art
 
 

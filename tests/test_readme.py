@@ -31,6 +31,9 @@ def test_main_job_renders_the_bundled_jobs_then_runs_the_eval_harness():
     assert render in script and "teacache-eval --out out/digits" in script
     assert script.index(render) < script.index("teacache-eval --out")
     assert (ROOT / "digits" / "jobs.jsonl").is_file()
+    video = "teacache-render moving_digits/jobs.jsonl --model video --out out/video/render --contact-sheet"
+    assert script.index(video) < script.index("teacache-eval --model video --out out/video")
+    assert (ROOT / "moving_digits" / "jobs.jsonl").is_file()
 
 
 def _parsers():
@@ -65,3 +68,18 @@ def test_options_shown_exist(command):
             for token in shlex.split(line.replace("[", " ").replace("]", " ").replace("|", " ")):
                 if token.startswith("--"):
                     assert token.split("=")[0] in known, f"{command} {token}"
+
+
+def test_readme_states_the_eval_limits_the_cli_takes(capsys):
+    from teacache_trt.digits import harness
+
+    with pytest.raises(SystemExit):
+        harness.main(["--help"])
+    (most,) = re.findall(r"at most (\d+): the exported batch profile", " ".join(capsys.readouterr().out.split()))
+    assert f"`--per-class` up to {most}," in " ".join(README.split())
+
+
+def test_the_examples_output_folders_are_ignored():
+    """Every README example writes into art/ or out/: git must not offer them for commit."""
+    ignored = {line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()}
+    assert {"art", "out"} <= ignored

@@ -80,14 +80,21 @@ class RenderDriver(Protocol):
     def render_batch(self, pipe, jobs: Sequence) -> list: ...
 
 
+def _load(ep) -> Any:
+    try:
+        return ep.load()
+    except Exception as exc:  # a broken plugin must not break the tools for other models
+        raise TeaCacheError(f"the {GROUP} entry point {ep.name!r} ({ep.value}) cannot be loaded: {exc}") from exc
+
+
 def installed_drivers() -> dict[str, Any]:
-    drivers = {}
-    for ep in entry_points(group=GROUP):
-        try:
-            drivers[ep.name] = ep.load()
-        except Exception as exc:  # a broken plugin must not break the tools for other models
-            raise TeaCacheError(f"the {GROUP} entry point {ep.name!r} ({ep.value}) cannot be loaded: {exc}") from exc
-    return drivers
+    return {ep.name: _load(ep) for ep in entry_points(group=GROUP)}
+
+
+def load_driver(name: str) -> Any | None:
+    """The installed driver ``name`` alone (no other entry point imported), or None."""
+    found = entry_points(group=GROUP, name=name)
+    return _load(next(iter(found))) if found else None
 
 
 def driver_for(manifest, name: str | None = None) -> Driver | None:
@@ -118,6 +125,17 @@ def render_driver_for(model_dir: Path) -> RenderDriver:
         f"no installed driver can render the model at {model_dir} (drivers: {sorted(drivers) or 'none'}): "
         f"give a diffusers pipeline folder (with model_index.json) or the bundled digits model"
     )
+
+
+def model_folder(value: Path | str | None) -> Path:
+    """``--model`` of the tools: a folder, or the name of an installed driver whose model is
+    bundled (``digits``, ``video``) where no folder of that name exists; none: the digits model."""
+    if value is None:
+        return default_render_model()
+    path = Path(value)
+    if not path.is_dir() and str(value) in render_drivers():
+        return default_render_model(str(value))
+    return path
 
 
 def default_render_model(name: str = "digits") -> Path:

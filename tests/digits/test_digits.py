@@ -64,8 +64,17 @@ def test_harness_end_to_end(digits_art, tmp_path):
     from teacache_trt import policies
 
     steps = 8
-    result = harness.evaluate(digits_art, steps=steps, per_class=1, levels=[3, 5], repeats=2, log=lambda m: None)
+    lines: list[str] = []
+    result = harness.evaluate(digits_art, steps=steps, per_class=1, levels=[3, 5], repeats=2, log=lines.append)
     rows = result["rows"]
+    # progress: each phase announced in order, the quality counter's total right from its first line
+    phases = [l for l in lines if l.startswith("[eval] phase ")]
+    assert [p.split(":")[0] for p in phases] == ["[eval] phase 1/3", "[eval] phase 2/3", "[eval] phase 3/3"]
+    counters = [l.split("]")[0].split()[-1] for l in lines if l.startswith("[eval quality ")]
+    planned = len(rows) - 1  # every row but the uncached one
+    assert counters == [f"{k}/{planned}" for k in range(1, planned + 1)]
+    assert f"{planned} quality renders" in phases[1]
+    assert sum(l.startswith("[eval timing ") for l in lines) == 2
     by_label = {}
     for row in rows:
         by_label.setdefault(row.label, []).append(row)
@@ -98,6 +107,15 @@ def test_harness_end_to_end(digits_art, tmp_path):
     assert taylor and all(policies.make(r["policy"], **r["params"]).reuse == "taylor" for r in taylor)
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["grid_teacache"].is_file() and paths["grid_uncached"].is_file()
+    from PIL import Image
+
+    from teacache_trt.digits.pipeline import TITLE_LINE
+
+    for name in ("grid_uncached", "grid_teacache"):  # one digit per row (per_class 1), under a caption
+        with Image.open(paths[name]) as grid:
+            assert grid.size[0] == 16 * 4 + 2 and grid.size[1] >= 10 * (16 * 4 + 1) + 1 + TITLE_LINE + 2, grid.size
+    assert result["captions"]["uncached"] == f"uncached: {steps} of {steps} steps"
+    assert "teacache-calibrated (residual, " in result["captions"]["teacache"]
     table = paths["table"].read_text()
     assert table.count("**") == 2 * 2 and "| uniform | taylor |" in table
     assert "median of 2 interleaved repeats" in table and "Load average" in table
@@ -141,3 +159,21 @@ def test_eval_refuses_bad_policy_options_before_any_export(tmp_path, capsys, mon
     assert harness.main(["--out", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("teacache-eval: error:") and message in err and err.count("\n") == 1, err
+
+
+def test_eval_refuses_an_unusable_out_or_coefficients_file_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(harness, "export_bundled", lambda *a, **k: pytest.fail("exported before the check"))
+    monkeypatch.setattr(harness, "evaluate", lambda *a, **k: pytest.fail("evaluated before the check"))
+    (tmp_path / "file").write_text("")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    for argv, where in ([["--out", str(tmp_path / "file" / "out")], "file"],
+                        [["--out", str(tmp_path / ("x" * 300))], "x" * 20],
+                        [["--out", str(tmp_path / "out"), "--coefficients", str(deep)], "deep.json"]):
+        try:  # argparse's own checks exit, the later ones return the code
+            code = harness.main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.startswith("teacache-eval: error:") and err.count("\n") == 1 and where in err, err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 
@@ -240,3 +241,17 @@ def test_export_model_takes_coefficients(exported, tmp_path):
     assert manifest.policy_data["teacache"]["history"][0]["source"] == "variant FLUX.1"
     with pytest.raises(TeaCacheError, match=r"--coefficients: coefficients \[\] must be a non-empty list"):
         export_model(None, tmp_path / "other", model=ex.model, coefficients=[], log=lambda m: None)
+
+
+def test_export_says_its_variant_coefficients_and_relative_errors(exported):
+    """What an export chose and how close its graphs came, in its own lines: the family, the
+    variant and the TeaCache coefficients with where they come from; per graph the max abs and
+    the max relative error against PyTorch."""
+    ex = exported("flux")
+    coefficients = ex.manifest.policy_data["teacache"]["coefficients"]
+    (chosen,) = [line for line in ex.log if line.startswith("[export] family ")]
+    assert f"family flux, variant {ex.manifest.variant};" in chosen
+    assert f"[{', '.join(f'{c:.4g}' for c in coefficients)}]" in chosen and "(the variant's: " in chosen
+    verified = [line for line in ex.log if line.startswith("[verify] ") and " graph vs PyTorch at " in line]
+    assert {line.split()[1] for line in verified} == set(ex.graph_names)
+    assert all(re.search(r"max abs \S+, max rel \S+", line) for line in verified), verified

@@ -225,3 +225,30 @@ def test_a_batch_given_as_a_number_names_the_input_and_the_fix(exported, tmp_pat
                                             r"axis there; the blocks graph's input 'text': the embed graph produced "
                                             r"it with its batch dim \(0\) fixed"):
         export_model(tmp_path / "model", tmp_path / "art", family_module=spec, build="none", log=lambda m: None)
+
+
+def test_a_dynamic_entry_that_drops_dims_names_the_part_and_the_fix(tmp_path):
+    """A custom part's ``dynamic`` entry that leaves out dims the graphs make dynamic: the export
+    fails naming the part, the tensor, the dims and ``Part.dynamic``, not only torch's message."""
+    import shutil
+
+    from teacache_trt.export.exporter import export_model
+
+    example = ROOT / "examples" / "custom_family"
+    for f in ("tiny_dit.py", "family.py"):
+        shutil.copy(example / f, tmp_path / f)
+    family = tmp_path / "family.py"
+    text = family.read_text().replace('"tiny_dit"', '"tiny_dit_d"')
+    anchor = '    input_names = ("hidden", "text", "mask", "t_mlp")\n'
+    assert anchor in text
+    family.write_text(text.replace(anchor, anchor + '    dynamic = {"hidden": {1: "frames"}}\n'))
+    spec = f"{family}:TinyDiTFamily"
+    fam = load_family_module(spec)
+    from tiny_dit import TinyDiT, TinyDiTConfig
+
+    torch.manual_seed(0)
+    fam.save_model(TinyDiT(TinyDiTConfig(depth=1)), tmp_path / "model")
+    with pytest.raises(TeaCacheError, match=r"Likely cause: the blocks graph's input 'hidden': Blocks\.dynamic\["
+                                            r"'hidden'\] leaves out dims \{0: 'batch'.*drop that entry"):
+        export_model(tmp_path / "model", tmp_path / "art", family_module=spec, build="none", log=lambda m: None)
+    assert not (tmp_path / "art" / "manifest.json").exists()

@@ -12,7 +12,7 @@ CLIS = {  # entry points as setup.py declares them
     "teacache-render": "teacache_trt.tools.render.cli",
     "teacache-bench": "teacache_trt.tools.bench",
     "teacache-calibrate": "teacache_trt.tools.calibrate",
-    "teacache-eval": "teacache_trt.digits.harness",
+    "teacache-eval": "teacache_trt.tools.eval",
 }
 PROBE = """
 import sys, importlib
@@ -47,3 +47,23 @@ def test_names_offered_without_torch_match_the_real_tables():
     assert options.BACKEND_NAMES == BACKENDS
     assert list(options.PRECISION_NAMES) == sorted(PRECISIONS)
     assert policy_names() == sorted(policies.registered())
+
+
+@pytest.mark.parametrize("argv", [["--model", "video", "--help"], ["--model=video", "--frames", "3"]],
+                         ids=["help", "bad-option"])
+def test_the_video_evaluation_answers_at_once(argv):
+    """teacache-eval --model video: the video model's own options, nothing heavy imported."""
+    child = subprocess.run([sys.executable, "-c", PROBE, "teacache_trt.tools.eval", *argv], capture_output=True,
+                           text=True, timeout=120)
+    assert child.stdout.strip().splitlines()[-1] == "HEAVY", (child.stdout[-500:], child.stderr[-500:])
+    if "--help" in argv:
+        assert "usage: teacache-eval --model video" in child.stdout and "--magcache" in child.stdout
+    else:
+        assert child.stderr.strip().startswith("teacache-eval --model video: error: argument --frames")
+
+
+def test_an_evaluation_that_does_not_exist_is_named():
+    child = subprocess.run([sys.executable, "-c", PROBE, "teacache_trt.tools.eval", "--model", "audio"],
+                           capture_output=True, text=True, timeout=120)
+    assert child.stderr.strip() == ("teacache-eval: error: --model 'audio' has no evaluation: give one of digits, video "
+                                    "(installed drivers with an evaluation)")

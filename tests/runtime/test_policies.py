@@ -237,6 +237,40 @@ def test_settings_are_per_thread(flux):
     assert t.threshold == 0.6
 
 
+def test_sample_thresholds_are_per_thread(flux):
+    """The same for per-prompt thresholds (sample decisions): two threads, each its own list,
+    generations interleaved call by call; each prompt decides by its own thread's setting."""
+    t = teacache_trt.load_transformer(flux.art_dir, decisions="sample")
+    barrier = threading.Barrier(2)
+    got, errors = {}, []
+
+    def run(name, value):
+        try:
+            t.sample_thresholds = [value, value]
+            barrier.wait()
+            kwargs = {k: v if k.endswith("_ids") else torch.cat([v, v]) for k, v in inputs(flux, batch=1).items()}
+            t.reset(STEPS)
+            latents = kwargs["hidden_states"]
+            for i in range(STEPS):
+                kwargs["timestep"] = torch.full((latents.shape[0],), 1.0 - i / STEPS)
+                kwargs["hidden_states"] = latents
+                latents = latents - t(return_dict=False, **kwargs)[0] / STEPS
+                barrier.wait()
+            got[name] = (list(t.sample_thresholds), [s["computed_steps"] for s in t.stats["samples"]])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=a) for a in (("a", 0.0), ("b", 100.0))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert got["a"] == ([0.0, 0.0], [list(range(STEPS))] * 2)
+    assert got["b"] == ([100.0, 100.0], [[0, STEPS - 1]] * 2)  # only the forced steps
+
+
 # --- TeaCache's knobs against the reference ---------------------------------------------------------
 @pytest.mark.parametrize("knobs", [
     dict(accumulate="abs", coefficients=(-3.0, 0.0)),  # raw would keep lowering acc; abs raises it

@@ -34,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("jobs", type=Path, help="job file: one JSON object per line")
     p.add_argument("--out", type=options.output_folder, required=True,
-                   help="output folder: <id>.png / <id>.mp4 (+ <id>.gif preview), results.jsonl, summary.json")
-    p.add_argument("--model", type=Path, help="a diffusers pipeline folder (default: the bundled digits model)")
+                   help="output folder: <id>.png / <id>.mp4 (+ <id>.gif preview; the GIF alone without "
+                        "imageio-ffmpeg), results.jsonl, summary.json")
+    p.add_argument("--model", type=Path, help="a diffusers pipeline folder, or a bundled model by name: digits (the "
+                                              "default) or video (the moving-digits Wan model)")
     p.add_argument("--artifacts", type=Path,
                    help="exported artifacts of the model's transformer (default: export on first use into "
                         "--cache-dir)")
@@ -257,7 +259,7 @@ def one_coefficient_set(job):
 def render(args, log=None):
     from ... import policies
     from ...artifact import Artifact
-    from ..drivers import default_render_model, render_driver_for
+    from ..drivers import model_folder, render_driver_for
     from .artifacts import check_model_matches, ensure_artifacts, job_sizes
     from .batching import batch_key, make_batches, pending
     from .jobs import BadJob, Job, JobReader
@@ -270,7 +272,7 @@ def render(args, log=None):
     log = log or functools.partial(print, file=sys.stderr)
     t0 = time.perf_counter()
     check_args(args)
-    model_dir = (args.model or default_render_model()).resolve()
+    model_dir = model_folder(args.model).resolve()
     if not model_dir.is_dir():
         raise TeaCacheError(f"--model {model_dir} is not a folder: give a diffusers pipeline folder")
     driver = render_driver_for(model_dir)

@@ -1,5 +1,6 @@
 """Outputs as file bytes: an image as PNG, a video (:class:`Video`) as MP4 with an animated GIF
-preview beside it.
+preview beside it, or the GIF alone where no MP4 encoder is installed (the ``[video]`` extra,
+imageio-ffmpeg): a render without it still gives playable videos instead of failing every job.
 
 Encoding happens in the worker, so only bytes travel back to the renderer (and from Ray
 actors).  Every encoding is deterministic: the same pixels give the same bytes.
@@ -59,7 +60,10 @@ def encode(output) -> Encoded:
         if not frames:
             raise TeaCacheError("a video output has no frames: the pipeline returned an empty video")
         fps = check_fps(output.fps)
-        return Encoded(encode_mp4(frames, fps), "mp4", encode_gif(frames, fps))
+        gif = encode_gif(frames, fps)
+        if not mp4_available():
+            return Encoded(gif, "gif")
+        return Encoded(encode_mp4(frames, fps), "mp4", gif)
     if hasattr(output, "save") and hasattr(output, "mode"):  # a PIL image
         buf = io.BytesIO()
         output.save(buf, format="PNG")  # PIL writes no timestamp: same pixels, same bytes
@@ -78,6 +82,17 @@ def even(frame):
     if h % 2 == 0 and w % 2 == 0:
         return frame
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def mp4_available() -> bool:
+    """Whether imageio-ffmpeg and the ffmpeg binary it finds are installed."""
+    try:
+        import imageio_ffmpeg
+
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return False
+    return True
 
 
 def encode_mp4(frames: Sequence, fps: float) -> bytes:

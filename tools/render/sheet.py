@@ -34,8 +34,8 @@ def contact_sheet(out: OutputDir, jobs: Sequence[Job], results: Mapping[str, Map
             if path is not None and path.is_file():
                 with Image.open(path) as im:
                     tiles.append((job, record, _fit(im.convert("RGB"))))
-        elif record.get("preview"):
-            path = out.inside(str(record["preview"]))
+        elif record.get("preview") or output.endswith(".gif"):  # an MP4's preview, or the GIF alone
+            path = out.inside(str(record.get("preview") or output))
             if path is not None and path.is_file():
                 strips.append((job, record, _frames(path)))
     if not tiles and not strips:

@@ -81,3 +81,16 @@ def test_gif_preview_has_every_frame_and_loops():
 def test_a_bad_frame_rate_is_refused(fps):
     with pytest.raises(TeaCacheError, match="fps .* must be a number in"):
         encode(Video(frames(2), fps=fps))
+
+
+def test_without_an_mp4_encoder_a_video_is_its_gif(monkeypatch):
+    """No imageio-ffmpeg: the video is written as the looping GIF (every frame), no preview beside it."""
+    from PIL import ImageSequence
+
+    from teacache_trt.tools.render import encode as module
+
+    monkeypatch.setattr(module, "mp4_available", lambda: False)
+    encoded = encode(Video(frames(4), fps=8.0))
+    assert encoded.suffix == "gif" and encoded.preview is None
+    with Image.open(io.BytesIO(encoded.data)) as gif:
+        assert gif.format == "GIF" and len(list(ImageSequence.Iterator(gif))) == 4
