@@ -19,6 +19,8 @@ from ..dtypes import ONNX_ELEM_TYPES
 from ..errors import TeaCacheError
 from ..families import AUTO, Part
 from ..manifest import TensorSpec
+from .fusable import gelu_tanh_fusable, rms_norm_as_div
+from .prune import prune_split_gemms
 
 OPSET = 18  # dynamo exporter; TorchScript fails on aten::rms_norm (docs/traps.md)
 EXTERNAL_DATA_ABOVE = 2 * 1024**3  # protobuf's 2 GB limit
@@ -80,7 +82,9 @@ def simplify(model, input_names, output_names) -> None:
     26.5 M-parameter bench model's block graph, growing faster than the graph, for 4% fewer
     nodes: rewrites ONNX Runtime and TensorRT make themselves when they load a graph.
     Constant folding stays: it also turns the exporter's SplitToSequence / SequenceAt into
-    Split, which TensorRT's ONNX parser cannot read.
+    Split, which TensorRT's ONNX parser cannot read.  Then the rows of a linear layer's weight
+    that only feed unused chunks go (:mod:`.prune`), and RMS norms and tanh GELUs are spelt
+    the way ONNX Runtime fuses them (:mod:`.fusable`).
     """
     import onnx_ir as ir
     import onnx_ir.passes.common as passes
@@ -88,6 +92,9 @@ def simplify(model, input_names, output_names) -> None:
 
     optimizer.inline(model)
     optimizer.fold_constants(model, onnx_shape_inference=True)
+    prune_split_gemms(model)  # a block's modulation of which the graph reads some chunks
+    rms_norm_as_div(model)  # forms ONNX Runtime fuses (one kernel each)
+    gelu_tanh_fusable(model)
     ir.passes.Sequential(
         passes.RemoveUnusedNodesPass(),
         passes.RemoveUnusedFunctionsPass(),

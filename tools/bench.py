@@ -6,7 +6,9 @@ at each threshold (``--thresholds``, for a policy that has one).  Per run it rep
 
 - computed / skipped steps, wall time, wall ratio (baseline wall / cached wall), ideal ratio
   (steps / computed steps) and efficiency (wall ratio / ideal ratio);
-- per-graph median latency (embed, blocks, head), timed around each runner's ``infer_into``;
+- per-graph median latency (context where the artifact has one, embed, blocks, head), timed
+  around each runner's ``infer_into``, and how often each graph ran per loop (the context graph
+  runs once per generation: its inputs stay the same);
 - the cost of a skipped step as a fraction of a computed step, from per-step wall times;
 - max |final latents - baseline final latents|.
 
@@ -22,6 +24,13 @@ compare ``effic.`` with ``step eff`` (the same ratio from median step walls).  A
 outside [0.5, 1.1] x the ideal ratio (skipping a step cannot save more than the step, nor cost
 half of it) is flagged unreliable, with the machine's load average: other processes took the
 CPU during one side of the comparison.
+
+``--eager`` also times upstream's way of running TeaCache, for a paired ratio at equal
+schedules: the PyTorch model's own submodules run eagerly (:mod:`.eager`), every part every
+step (the diffusers forward recomputes the text embedding and rotary tables per call), the
+blocks on exactly the steps the compiled run computed.  Each eager loop runs right after the
+compiled loop of the same setting and repeat; the ratio is the median over repeats of eager
+wall / compiled wall, with its range.
 
 Below the table, the end-to-end latency that per-graph latencies predict at each threshold,
 next to the measured one (:mod:`.latency`): per-graph latencies from trtexec (``--trtexec``,
@@ -42,7 +51,7 @@ from typing import Any, Mapping, Sequence
 from .. import options, quiet, strict_json
 from ..artifact import Artifact
 from ..errors import TeaCacheError
-from ..manifest import GRAPH_NAMES
+from ..manifest import graph_names
 from . import latency, policy_options
 
 MAX_STEPS = 10_000  # loops and steps: far beyond any sampler, short of a typo's hour-long run
@@ -115,6 +124,11 @@ class RunResult:
     efficiency: float = 1.0
     step_efficiency: float = 1.0  # efficiency predicted from the median step walls
     skip_cost: float | None = None  # skipped_step_ms / computed_step_ms
+    graph_runs: dict[str, float] = field(default_factory=dict)  # median runs per loop of each graph
+    eager_walls_s: list[float] = field(default_factory=list)  # --eager: the eager loop's walls, paired
+    eager_ratio: float | None = None  # median over repeats of eager wall / compiled wall
+    eager_ratio_range: list[float] = field(default_factory=list)  # min, max of those ratios
+    eager_max_abs_diff: float | None = None  # eager final latents vs this run's
     policy: dict = field(default_factory=dict)  # {"name", "params"}: policies.make rebuilds it
     setting: str = ""  # the threshold, or the policy in words
     never_skipped: str | None = None  # a policy that could skip computed every step: why
@@ -193,10 +207,11 @@ def check_backend_runs(manifest, backend: str, device: str) -> None:
 def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps: int = 20,
               thresholds: Sequence[float] | None = None, axes: Mapping[str, int] | None = None,
               warmup: int = 1, repeat: int = 1, threads: int = 0, seed: int = 0,
-              model_dir=None, policy=None, progress: bool = False) -> BenchResult:
+              model_dir=None, policy=None, progress: bool = False, eager: bool = False) -> BenchResult:
     """Run the sampling loop uncached (TeaCache at threshold 0) and with ``policy`` (a policy,
     a name or a spec; None: the manifest's default) at each threshold; see the module doc.
-    ``progress``: a bar per setting on stderr (steps run of its loops)."""
+    ``progress``: a bar per setting on stderr (steps run of its loops); ``eager``: pair every
+    loop with upstream's eager PyTorch TeaCache at the same computed steps."""
     if not 1 <= steps <= MAX_STEPS:
         raise TeaCacheError(f"--steps {steps}: the loop needs 1 to {MAX_STEPS} steps")
     if not (0 <= warmup <= MAX_STEPS and 1 <= repeat <= MAX_STEPS):
@@ -228,18 +243,22 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     if threads:
         _set_ort_threads(transformer, threads)
     clock = Clock(transformer.device)
-    timed = {g: TimedRunner(transformer.runners[g], clock) for g in GRAPH_NAMES}
+    timed = {g: TimedRunner(transformer.runners[g], clock) for g in graph_names(manifest.graphs)}
     loop = _Loop(transformer, clock, timed, inputs, family.timestep_scale, steps)
+    eager_loop = _eager_loop(art_dir, model_dir, transformer, clock, inputs, family, steps) if eager else None
     levels = [uncached, *runs_of]
     bars = _bars(levels, steps, warmup, repeat, progress)
     try:
         for _ in range(warmup):
             loop.run(uncached, bars[0])
         records: list[list[_Record]] = [[] for _ in levels]
+        eager_records: list[list[Any]] = [[] for _ in levels]
         # Interleave the runs within each repeat so load drift on a shared machine hits all alike.
         for _ in range(repeat):
             for k, p in enumerate(levels):
                 records[k].append(loop.run(p, bars[k]))
+                if eager_loop is not None:
+                    eager_records[k].append(eager_loop.run(records[k][-1].computed_steps))
     finally:
         for bar in bars:
             bar.close()
@@ -248,11 +267,33 @@ def run_bench(art_dir, backend: str = "onnxruntime", device: str = "cpu", steps:
     baseline = _summarise(uncached, steps, records[0], None, None)
     final = records[0][0].final
     runs = [_summarise(p, steps, r, baseline, final) for p, r in zip(runs_of, records[1:])]
+    if eager_loop is not None:
+        for run, compiled, paired in zip([baseline, *runs], records, eager_records):
+            _add_eager(run, compiled, paired)
     return BenchResult(
         art_dir=str(art_dir), family=manifest.family, backend=backend, device=str(transformer.device),
         precision=manifest.precision, steps=steps, axes=sizes, warmup=warmup, repeat=repeat,
         threads=threads, baseline=baseline, runs=runs, load_average=_load_average(), cpus=cpus,
     )
+
+
+def _eager_loop(art_dir, model_dir, transformer, clock, inputs, family, steps):
+    """The eager loop of ``--eager``, on the artifact's PyTorch model (``model_dir`` or the
+    manifest's source, checked to be the exported model) on the transformer's device."""
+    from .eager import EagerLoop
+
+    reference = load_transformer(art_dir, backend="torch", device=transformer.device, model_dir=model_dir)
+    parts = {g: reference.runners[g].part for g in reference.runners}
+    return EagerLoop(parts, family, clock, inputs, steps)
+
+
+def _add_eager(run: RunResult, compiled: list[_Record], paired: list) -> None:
+    """Pair each compiled loop with the eager loop that ran right after it."""
+    ratios = [e.wall / c.wall for c, e in zip(compiled, paired)]
+    run.eager_walls_s = [e.wall for e in paired]
+    run.eager_ratio = statistics.median(ratios)
+    run.eager_ratio_range = [min(ratios), max(ratios)]
+    run.eager_max_abs_diff = float((paired[0].final - compiled[0].final).abs().max())
 
 
 def _load_average() -> list[float]:
@@ -390,7 +431,7 @@ def _summarise(policy, steps: int, records: list[_Record], baseline: RunResult |
     walls = [r.wall for r in records]
     computed_walls = [w for r in records for w, c in zip(r.step_walls, r.step_computed) if c]
     skipped_walls = [w for r in records for w, c in zip(r.step_walls, r.step_computed) if not c]
-    graph = {g: _median_ms([t for r in records for t in r.graph_times[g]]) for g in GRAPH_NAMES}
+    graph = {g: _median_ms([t for r in records for t in r.graph_times[g]]) for g in first.graph_times}
     n_computed = len(first.computed_steps)
     res = RunResult(
         threshold=threshold, steps=steps, computed_steps=first.computed_steps,
@@ -398,6 +439,7 @@ def _summarise(policy, steps: int, records: list[_Record], baseline: RunResult |
         graph_median_ms=graph, computed_step_ms=_median_ms(computed_walls),
         skipped_step_ms=_median_ms(skipped_walls), policy=policy.spec, setting=setting,
         never_skipped=first.never_skipped,
+        graph_runs={g: statistics.median(len(r.graph_times[g]) for r in records) for g in first.graph_times},
     )
     res.ideal_ratio = steps / n_computed
     if baseline is not None:
@@ -434,8 +476,8 @@ def format_table(result: BenchResult) -> str:
         + (f", threads {r.threads}" if r.threads else "") + f"; {r.load_note()}",
         "",
         f"{'threshold':>9} {'computed':>8} {'skipped':>7} {'wall s':>8} {'wall x':>7} {'ideal x':>7} "
-        f"{'effic.':>6} {'step eff':>8} {'embed ms':>8} {'blocks ms':>9} {'head ms':>7} {'step ms':>7} "
-        f"{'skip ms':>7} {'skip cost':>9} {'max |diff|':>10}",
+        f"{'effic.':>6} {'step eff':>8} {'context ms':>10} {'embed ms':>8} {'blocks ms':>9} {'head ms':>7} "
+        f"{'step ms':>7} {'skip ms':>7} {'skip cost':>9} {'max |diff|':>10}",
     ]
     for run in [r.baseline, *r.runs]:
         g = run.graph_median_ms
@@ -443,7 +485,7 @@ def format_table(result: BenchResult) -> str:
             f"{run.setting:>9} {len(run.computed_steps):>8d} {run.skipped:>7d} {run.wall_s:>8.3f} "
             f"{run.wall_ratio:>6.2f}{' ' if run.reliable else '!'} {run.ideal_ratio:>7.2f} {run.efficiency:>6.2f} "
             f"{run.step_efficiency:>8.2f} "
-            f"{_fmt(g['embed']):>8} {_fmt(g['blocks']):>9} {_fmt(g['head']):>7} "
+            f"{_fmt(g.get('context')):>10} {_fmt(g['embed']):>8} {_fmt(g['blocks']):>9} {_fmt(g['head']):>7} "
             f"{_fmt(run.computed_step_ms):>7} {_fmt(run.skipped_step_ms):>7} "
             f"{_fmt(None if run.skip_cost is None else 100 * run.skip_cost, '.1f') + ('%' if run.skip_cost is not None else ''):>9} "
             f"{run.max_abs_diff:>10.3g}"
@@ -452,6 +494,14 @@ def format_table(result: BenchResult) -> str:
     for run in r.runs:
         what = f"threshold {run.setting}" if run.threshold is not None else run.setting
         lines.append(f"{what}: computed steps {run.computed_steps}")
+    if any(run.eager_ratio is not None for run in [r.baseline, *r.runs]):
+        lines += ["", "eager PyTorch TeaCache (upstream's way: every part every step, the same computed steps), "
+                      "paired with the compiled loop of each repeat:"]
+        for run in [r.baseline, *r.runs]:
+            low, high = run.eager_ratio_range
+            lines.append(f"  {run.setting:>9}: eager {statistics.median(run.eager_walls_s):.3f} s, compiled "
+                         f"{run.wall_s:.3f} s: compiled is {run.eager_ratio:.2f}x faster ({low:.2f}-{high:.2f} over "
+                         f"{len(run.eager_walls_s)} repeats); max |diff| of the final latents {run.eager_max_abs_diff:.3g}")
     if r.unreliable:
         lines.append(
             f"! unreliable: wall x is outside [{RELIABLE[0]:g}, {RELIABLE[1]:g}] x ideal x for "
@@ -460,7 +510,8 @@ def format_table(result: BenchResult) -> str:
     lines.append(
         "wall x = median over repeats of baseline wall / cached wall; ideal x = steps / computed steps; "
         "effic. = wall x / ideal x; step eff = the same predicted from median step walls; "
-        "skip cost = median skipped-step wall / median baseline step wall; graph ms = median of each runner's infer"
+        "skip cost = median skipped-step wall / median baseline step wall; graph ms = median of each runner's infer "
+        "(the context graph runs once per loop)"
     )
     return "\n".join(lines)
 
@@ -500,6 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=options.threads, default=0,
                    help="intra-op threads of ONNX Runtime (torch backend: torch threads); 0 = default (default 0)")
     p.add_argument("--seed", type=options.integer(0, 2**63 - 1), default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--eager", action="store_true",
+                   help="also time upstream's eager PyTorch TeaCache at the same computed steps (the model from "
+                        "--model-dir or the manifest's source), paired per repeat with the compiled loop")
     p.add_argument("--json", action="store_true",
                    help="print a JSON dict instead of the table (strict JSON: a non-finite value is null, with a note)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -526,7 +580,7 @@ def main(argv=None) -> int:
             _policies_to_run(manifest, policy, args.thresholds)
         graph_latency = None
         if args.from_trtexec:  # read before the bench runs: a missing log fails in seconds, not minutes
-            graph_latency = latency.logged_latencies(args.from_trtexec)
+            graph_latency = latency.logged_latencies(args.from_trtexec, graph_names(manifest.graphs))
         elif args.trtexec:
             if latency.trtexec_available():
                 graph_latency = latency.run_trtexec(args.art_dir, log=lambda m: print(m, file=sys.stderr))
@@ -536,7 +590,7 @@ def main(argv=None) -> int:
         result = run_bench(args.art_dir, backend=args.backend, device=args.device, steps=args.steps,
                            thresholds=args.thresholds, axes=dict(args.axis), warmup=args.warmup,
                            repeat=args.repeat, threads=args.threads, seed=args.seed, model_dir=args.model_dir,
-                           policy=policy, progress=not args.no_progress)
+                           policy=policy, progress=not args.no_progress, eager=args.eager)
         for run in result.runs:
             if run.never_skipped:
                 print(f"teacache-bench: {run.never_skipped}", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 A generation of ``N`` steps that computes ``C`` of them costs, from per-graph latencies alone,
 
-    predicted = N * (embed + head) + C * blocks
+    predicted = K * context + N * (embed + head) + C * blocks
 
+where ``K`` is how often the context graph ran per generation (once in the bench: its inputs
+stay the same; 0 for an artifact without one),
 so the prediction at each threshold, set next to the wall time the bench measured, shows how
 much of a skipped step is runtime overhead rather than graph work.  Per-graph latencies come
 from, in order of preference:
@@ -29,7 +31,7 @@ from .. import strict_json
 from ..artifact import Artifact
 from ..errors import TeaCacheError
 from ..files import atomic_write_bytes, write_output
-from ..manifest import GRAPH_NAMES
+from ..manifest import CONTEXT_GRAPH, GRAPH_NAMES, graph_names
 
 LOG_SUFFIX = ".trtexec.log"
 # trtexec's performance summary line; "Total GPU Compute Time: 2.9 s" (no "min =") is not it.
@@ -63,16 +65,16 @@ def parse_trtexec_log(text: str, where: str) -> dict[str, float]:
     return stats
 
 
-def logged_latencies(log_dir: str | Path) -> dict[str, GraphLatency]:
-    """``DIR/<graph>.trtexec.log`` for every graph, parsed."""
+def logged_latencies(log_dir: str | Path, graphs=GRAPH_NAMES) -> dict[str, GraphLatency]:
+    """``DIR/<graph>.trtexec.log`` for each of ``graphs`` (the artifact's), parsed."""
     log_dir = Path(log_dir)
     out = {}
-    for graph in GRAPH_NAMES:
+    for graph in graphs:
         path = log_dir / f"{graph}{LOG_SUFFIX}"
         if not path.is_file():
             raise TeaCacheError(
                 f"--from-trtexec {log_dir}: {path.name} is missing; save each graph's trtexec output as "
-                f"{', '.join(g + LOG_SUFFIX for g in GRAPH_NAMES)} (e.g. `sh {graph}.trtexec.sh > {path.name} 2>&1`) "
+                f"{', '.join(g + LOG_SUFFIX for g in graphs)} (e.g. `sh {graph}.trtexec.sh > {path.name} 2>&1`) "
                 f"or use --trtexec where trtexec is on PATH"
             )
         stats = parse_trtexec_log(path.read_text(errors="replace"), str(path))
@@ -89,7 +91,7 @@ def run_trtexec(art_dir: str | Path, log=print) -> dict[str, GraphLatency]:
     art_dir = Path(art_dir)
     art = Artifact.open(art_dir)
     # Beside the graphs in the content folder, checked like every file the manifest names.
-    scripts = {g: art.verified(f"{g}.trtexec.sh") for g in GRAPH_NAMES}
+    scripts = {g: art.verified(f"{g}.trtexec.sh") for g in graph_names(art.manifest.graphs)}
     out = {}
     for graph, script in scripts.items():
         log(f"trtexec: {script.name} (build at the manifest's profile, then time at opt shapes)")
@@ -107,8 +109,9 @@ def run_trtexec(art_dir: str | Path, log=print) -> dict[str, GraphLatency]:
 
 
 def bench_latencies(result) -> dict[str, GraphLatency]:
-    """The bench's own per-graph medians, from the baseline loop (every graph runs every step)."""
-    return {g: GraphLatency(g, result.baseline.graph_median_ms[g], "bench") for g in GRAPH_NAMES}
+    """The bench's own per-graph medians, from the baseline loop (embed, blocks and head run every
+    step; the context graph, where there is one, once)."""
+    return {g: GraphLatency(g, ms, "bench") for g, ms in result.baseline.graph_median_ms.items() if ms is not None}
 
 
 # --- prediction -----------------------------------------------------------------------------
@@ -116,12 +119,13 @@ def bench_latencies(result) -> dict[str, GraphLatency]:
 class LatencyRow:
     threshold: float | None  # None: a policy without a threshold (see setting)
     computed: int
-    predicted_ms: float  # N * (embed + head) + computed * blocks
+    predicted_ms: float  # K * context + N * (embed + head) + computed * blocks
     measured_ms: float  # the bench's median wall of the whole loop
     predicted_speedup: float  # predicted at threshold 0 / predicted here
     measured_speedup: float  # the bench's paired median wall ratio
     ideal_speedup: float  # steps / computed
     setting: str = ""  # the threshold, or the policy in words
+    context_runs: float = 0  # K: context-graph runs in the generation
 
 
 def predict(result, latencies: dict[str, GraphLatency], opt_axes: dict[str, int]) -> dict[str, Any]:
@@ -131,15 +135,18 @@ def predict(result, latencies: dict[str, GraphLatency], opt_axes: dict[str, int]
     """
     n = result.steps
     e, b, h = (latencies[g].median_ms for g in GRAPH_NAMES)
-    full = n * (e + b + h)
+    context = latencies[CONTEXT_GRAPH].median_ms if CONTEXT_GRAPH in latencies else 0.0
+    k = result.baseline.graph_runs.get(CONTEXT_GRAPH, 0)
+    full = k * context + n * (e + b + h)
     rows = []
     for run in [result.baseline, *result.runs]:
         c = len(run.computed_steps)
-        predicted = n * (e + h) + c * b
+        predicted = run.graph_runs.get(CONTEXT_GRAPH, 0) * context + n * (e + h) + c * b
         rows.append(LatencyRow(
             threshold=run.threshold, computed=c, predicted_ms=predicted, measured_ms=run.wall_s * 1e3,
             predicted_speedup=full / predicted, measured_speedup=run.wall_ratio, ideal_speedup=n / c,
-            setting=getattr(run, "setting", "") or f"{run.threshold:g}"))
+            setting=getattr(run, "setting", "") or f"{run.threshold:g}",
+            context_runs=run.graph_runs.get(CONTEXT_GRAPH, 0)))
     note = ""
     if any(v.source != "bench" for v in latencies.values()) and dict(result.axes) != dict(opt_axes):
         note = (f"trtexec timed the profile's opt shapes {opt_axes}, the bench ran {result.axes}: "
@@ -158,7 +165,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"### Latency: {report['art_dir']} ({report['backend']} on {report['device']}, {report['steps']} steps)",
         "",
         f"Per-graph latency ({'; '.join(sources)}): "
-        + ", ".join(f"{g} {graphs[g]['median_ms']:.4g} ms" for g in GRAPH_NAMES),
+        + ", ".join(f"{g} {graphs[g]['median_ms']:.4g} ms" for g in graph_names(graphs)),
         "",
         "| threshold | computed | predicted ms | measured ms | measured / predicted | predicted x | measured x "
         "| ideal x |",
@@ -169,7 +176,8 @@ def format_markdown(report: dict[str, Any]) -> str:
             f"| {r['setting']} | {r['computed']} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} "
             f"| {r['measured_ms'] / r['predicted_ms']:.2f} | {r['predicted_speedup']:.2f} "
             f"| {r['measured_speedup']:.2f} | {r['ideal_speedup']:.2f} |")
-    lines += ["", "predicted = steps x (embed + head) + computed x blocks; x = speedup over threshold 0 "
+    lines += ["", "predicted = context runs x context + steps x (embed + head) + computed x blocks; x = speedup "
+                  "over threshold 0 "
                   "(measured: paired median wall ratio); measured / predicted above 1 is runtime overhead "
                   "(host work, launches, syncs) on top of graph time."]
     if report["note"]:

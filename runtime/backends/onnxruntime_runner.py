@@ -42,6 +42,12 @@ class OnnxRuntimeRunner(Runner):
         # 2x slower while other processes shared the CPU).  Sleeping workers cost ~us per op.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._run_options = ort.RunOptions()
+        # onnxruntime's Python run_with_iobinding looks this key up on every run; absent, the
+        # lookup raises and catches a C++ exception (~70 us a run, a third of a skipped step's
+        # host work on the bench model).  -1 = "no graph capture", which is what runs anyway:
+        # no session here enables CUDA (or WebGPU) graph capture.
+        self._run_options.add_run_config_entry("gpu_graph_id", "-1")
+        disabled = []
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise TeaCacheError(
@@ -57,8 +63,14 @@ class OnnxRuntimeRunner(Runner):
             providers = [("CUDAExecutionProvider", cuda)]
         else:
             providers = ["CPUExecutionProvider"]
+            # The CPU kernel of the fused Add + LayerNormalization (SkipLayerNormalization) is
+            # 4-6x slower than the two ops it replaces (onnxruntime 1.32, one thread: 371 us
+            # against 62 us on 256 x 256): it made the FLUX head 2.6x slower (477 -> 182 us)
+            # and was 40% of a skipped step on the bench model.
+            disabled.append("SkipLayerNormFusion")
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers,
+                                                disabled_optimizers=disabled)
         except Exception as exc:
             raise TeaCacheError(f"ONNX Runtime cannot load {self.path}: {exc}; re-export with --force") from exc
         if self.device.type == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":

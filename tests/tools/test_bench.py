@@ -78,7 +78,8 @@ def test_cli_json(exported, capsys):
     for run in data["runs"]:
         assert len(run["computed_steps"]) + run["skipped"] == 4
         assert run["ideal_ratio"] == pytest.approx(4 / len(run["computed_steps"]))
-        assert set(run["graph_median_ms"]) == {"embed", "blocks", "head"}  # per step; the context graph runs once
+        assert set(run["graph_median_ms"]) == {"context", "embed", "blocks", "head"}
+        assert run["graph_runs"] == {"context": 1, "embed": 4, "blocks": len(run["computed_steps"]), "head": 4}
     assert data["runs"][1]["computed_steps"] == [0, 3]
 
 
@@ -232,3 +233,37 @@ def test_json_on_a_full_stdout_is_one_line(exported):
     assert child.returncode == 2 and "Traceback" not in child.stderr and "Exception ignored" not in child.stderr
     assert child.stderr.strip().splitlines()[-1].startswith(
         "teacache-bench: error: writing the JSON to stdout failed: No space left on device")
+
+
+def test_eager_upstream_loop_pairs_each_run_at_the_same_schedule(exported, capsys):
+    ex = exported("flux")
+    rc = bench.main([str(ex.art_dir), "--steps", "4", "--thresholds", str(NEVER), "--warmup", "0", "--repeat", "2",
+                     "--eager", "--model-dir", str(ex.model_dir), "--json", "--no-progress"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    for run in [data["baseline"], *data["runs"]]:
+        low, high = run["eager_ratio_range"]
+        assert len(run["eager_walls_s"]) == 2 and low <= run["eager_ratio"] <= high and low > 0
+        # the same computed steps through the same model: the same latents up to graph rounding
+        assert run["eager_max_abs_diff"] < 1e-3
+    assert data["runs"][0]["computed_steps"] == [0, 3]
+
+
+def test_eager_loop_follows_the_schedule_it_is_given(exported):
+    from teacache_trt.tools.eager import EagerLoop
+    from teacache_trt.tools.sampling import sample
+
+    ex = exported("flux")
+    family = get_family(ex.manifest.family)
+    reference = bench.load_transformer(ex.art_dir, backend="torch", model_dir=ex.model_dir)
+    parts = {g: r.part for g, r in reference.runners.items()}
+    sizes = {n: opt for n, (lo, opt, hi) in ex.manifest.axes.items()}
+    inputs = family.example_inputs(ex.manifest.config, sizes, torch.float32, seed=0)
+    loop = EagerLoop(parts, family, bench.Clock("cpu"), inputs, 4)
+    every, ends = loop.run([0, 1, 2, 3]).final, loop.run([0, 3]).final
+    compiled = bench.load_transformer(ex.art_dir, threshold=0)
+    uncached = sample(compiled, inputs, family.timestep_scale, 4)
+    compiled.policy = {"name": "schedule", "params": {"steps": [0, 3]}}
+    skipping = sample(compiled, inputs, family.timestep_scale, 4)
+    assert (every - uncached).abs().max() < 1e-4 and (ends - skipping).abs().max() < 1e-4
+    assert (every - ends).abs().max() > 100 * max((every - uncached).abs().max(), 1e-7)

@@ -9,7 +9,9 @@ import pytest
 from PIL import Image
 
 from teacache_trt.errors import TeaCacheError
-from teacache_trt.manifest import GRAPH_NAMES
+from teacache_trt.manifest import graph_names
+
+GRAPHS = graph_names(["context"])  # the flux artifact's: context first
 from teacache_trt.tools import bench, latency
 
 NEVER = 1e6
@@ -61,12 +63,13 @@ def test_parser_refuses_output_without_a_summary():
 
 
 def check_report(report, steps, latencies):
-    e, b, h = (latencies[g] for g in GRAPH_NAMES)
+    k, e, b, h = (latencies[g] for g in GRAPHS)
     rows = report["rows"]
     assert rows[0]["threshold"] == 0 and rows[0]["computed"] == steps
     for r in rows:
-        assert r["predicted_ms"] == pytest.approx(steps * (e + h) + r["computed"] * b)
-        assert r["predicted_speedup"] == pytest.approx(steps * (e + b + h) / r["predicted_ms"])
+        assert r["context_runs"] == 1  # one generation: the context graph's inputs stay the same
+        assert r["predicted_ms"] == pytest.approx(k + steps * (e + h) + r["computed"] * b)
+        assert r["predicted_speedup"] == pytest.approx((k + steps * (e + b + h)) / r["predicted_ms"])
         assert r["ideal_speedup"] == pytest.approx(steps / r["computed"])
         assert r["measured_ms"] > 0 and r["measured_speedup"] > 0
     assert rows[-1]["computed"] == 2 and rows[-1]["predicted_speedup"] > 1  # NEVER: first and last only
@@ -82,7 +85,7 @@ def test_without_trtexec_the_bench_timing_fills_the_report(exported, tmp_path, c
     assert rc == 0 and "trtexec is not on PATH" in captured.err
     report = json.loads((out / "latency.json").read_text())
     assert {g["source"] for g in report["graphs"].values()} == {"bench"} and report["note"] == ""
-    check_report(report, 4, {g: report["graphs"][g]["median_ms"] for g in GRAPH_NAMES})
+    check_report(report, 4, {g: report["graphs"][g]["median_ms"] for g in GRAPHS})
     md = (out / "latency.md").read_text()
     assert "| threshold | computed | predicted ms | measured ms |" in md and "teacache-bench" in md
     assert "predicted ms" in captured.out  # the same table under the bench's
@@ -108,16 +111,16 @@ cat <<EOF
 
 def test_trtexec_runs_each_graphs_script_and_keeps_its_log(exported, tmp_path, capsys, monkeypatch):
     art = exported("flux").copy(tmp_path / "art")
-    medians = {"embed": 0.125, "blocks": 2.5, "head": 0.0625}
+    medians = {"context": 0.25, "embed": 0.125, "blocks": 2.5, "head": 0.0625}
     fake_trtexec(tmp_path / "bin", medians)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     rc = bench.main([str(art), "--steps", "4", "--thresholds", str(NEVER), "--warmup", "0", "--trtexec", "--json"])
     assert rc == 0, capsys.readouterr().err
     report = json.loads(capsys.readouterr().out)["latency"]
-    assert {g: report["graphs"][g]["median_ms"] for g in GRAPH_NAMES} == medians
+    assert {g: report["graphs"][g]["median_ms"] for g in GRAPHS} == medians
     assert {g["source"] for g in report["graphs"].values()} == {"trtexec"}
     check_report(report, 4, medians)
-    for g in GRAPH_NAMES:  # kept, so --from-trtexec ART reads them back
+    for g in GRAPHS:  # kept, so --from-trtexec ART reads them back
         assert latency.parse_trtexec_log((art / f"{g}.trtexec.log").read_text(), g)["median"] == medians[g]
     assert latency.logged_latencies(art)["blocks"].median_ms == 2.5
 
@@ -126,6 +129,7 @@ def test_from_trtexec_reads_saved_logs_before_the_bench_runs(exported, tmp_path,
     ex = exported("flux")
     logs = tmp_path / "logs"
     logs.mkdir()
+    (logs / "context.trtexec.log").write_text(log_text(1.0, 0.125))
     (logs / "embed.trtexec.log").write_text(log_text(1.0, 0.25))
     (logs / "blocks.trtexec.log").write_text(log_text(1.0, 4.0))
     assert bench.main([str(ex.art_dir), "--from-trtexec", str(logs)]) == 2
@@ -136,8 +140,8 @@ def test_from_trtexec_reads_saved_logs_before_the_bench_runs(exported, tmp_path,
                      "--axis", "img_seq=8", "--from-trtexec", str(logs)])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "embed 0.25 ms, blocks 4 ms, head 0.5 ms" in out
-    assert "| 0 | 3 | 14.250 |" in out  # 3 x (0.25 + 0.5) + 3 x 4
+    assert "context 0.125 ms, embed 0.25 ms, blocks 4 ms, head 0.5 ms" in out
+    assert "| 0 | 3 | 14.375 |" in out  # 1 x 0.125 + 3 x (0.25 + 0.5) + 3 x 4
     if ex.manifest.axes["img_seq"][1] != 8:
         assert "trtexec timed the profile's opt shapes" in out
 
