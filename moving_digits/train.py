@@ -25,7 +25,6 @@ import argparse
 import copy
 import io
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -36,6 +35,9 @@ import torch.nn.functional as F
 from .. import options
 from ..dtypes import PRECISIONS
 from ..files import atomic_write_bytes
+
+# the digits model's training schedule and bookkeeping, shared (same learning-rate curve and EMA)
+from ..digits.train import count_parameters, ema_update, lr_at
 from .conditioning import PromptEmbedder
 from .constants import LATENT_CHANNELS, MAX_FRAMES, MIN_FRAMES
 from .data import load_digits, random_clips, to_latents
@@ -67,18 +69,6 @@ def build_transformer(config: dict | None = None):
     return WanTransformer3DModel(**(config or TRANSFORMER_CONFIG))
 
 
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10 % of base_lr (a function of the step only)."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def shift_sigma(t: torch.Tensor, shift: float) -> torch.Tensor:
     """The flow schedulers' time shift: shift > 1 moves noise levels towards pure noise."""
     return shift * t / (1.0 + (shift - 1.0) * t)
@@ -105,11 +95,6 @@ def flow_loss(transformer, embedder, x0, digits, directions, speeds, t, noise) -
 
 
 @torch.no_grad()
-def ema_update(ema_params, params, decay: float) -> None:
-    for e, p in zip(ema_params, params):
-        e.lerp_(p, 1.0 - decay)
-
-
 def drop_conditions(digits, directions, speeds, null, p: float, generator: torch.Generator):
     """Replace a fraction p of the prompts by the null prompt (all three tokens at once)."""
     drop = torch.rand(digits.shape[0], generator=generator) < p
