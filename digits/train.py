@@ -27,11 +27,13 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..dtypes import PRECISIONS
+from ..files import atomic_write_bytes
 from .conditioning import LabelEmbedder
 from .data import (
     NULL_LABEL,
@@ -231,26 +233,30 @@ def train(
     return info
 
 
+def save_transformer(transformer, dtype: torch.dtype, folder: str) -> None:
+    """``transformer`` saved in ``dtype`` (a copy: the caller's module keeps its own), without
+    diffusers' warning about casting with ``to()``: the bundled models are saved in fp16 to keep
+    the repository small and loaded in fp32 (CPU fp16 is slow), so it does not apply."""
+    from diffusers.utils import logging as dlogging
+
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        copy.deepcopy(transformer).to(dtype).save_pretrained(folder, safe_serialization=True)
+    finally:
+        dlogging.set_verbosity(verbosity)
+
+
 def save(out: str, transformer, embedder, save_dtype: str, info: dict) -> None:
     """Write a folder DigitsPipeline.from_pretrained can read: transformer/, scheduler/, label embedder."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from diffusers.utils import logging as dlogging
-
     dtype = PRECISIONS[save_dtype]
     os.makedirs(out, exist_ok=True)
-    # FLUX has no modules that must stay fp32, so diffusers' "cast with to()" warning does not apply here.
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        transformer.to(dtype).save_pretrained(os.path.join(out, "transformer"), safe_serialization=True)
-        transformer.to(torch.float32)
-    finally:
-        dlogging.set_verbosity(verbosity)
+    save_transformer(transformer, dtype, os.path.join(out, "transformer"))
     embedder.save_pretrained(out, dtype=dtype)
     FlowMatchEulerDiscreteScheduler(shift=1.0).save_pretrained(os.path.join(out, "scheduler"))
-    with open(os.path.join(out, "training_info.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    atomic_write_bytes(Path(out) / "training_info.json", json.dumps(info, indent=2).encode())
 
 
 def main(argv=None) -> None:

@@ -37,7 +37,7 @@ from ..dtypes import PRECISIONS
 from ..files import atomic_write_bytes
 
 # the digits model's training schedule and bookkeeping, shared (same learning-rate curve and EMA)
-from ..digits.train import count_parameters, ema_update, lr_at
+from ..digits.train import count_parameters, ema_update, lr_at, save_transformer
 from .conditioning import PromptEmbedder
 from .constants import LATENT_CHANNELS, MAX_FRAMES, MIN_FRAMES
 from .data import load_digits, random_clips, to_latents
@@ -199,18 +199,10 @@ def train(
 def save(out: str, transformer, embedder, save_dtype: str, info: dict) -> None:
     """A folder MovingDigitsPipeline.from_pretrained reads: transformer/, scheduler/, prompt embedder."""
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from diffusers.utils import logging as dlogging
 
     dtype = PRECISIONS[save_dtype]
     os.makedirs(out, exist_ok=True)
-    # Saved in fp16 to keep the repository small; the pipeline loads it in fp32 (CPU fp16 is slow),
-    # so diffusers' warning about modules it keeps in fp32 does not apply.
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
-    try:
-        copy.deepcopy(transformer).to(dtype).save_pretrained(os.path.join(out, "transformer"), safe_serialization=True)
-    finally:
-        dlogging.set_verbosity(verbosity)
+    save_transformer(transformer, dtype, os.path.join(out, "transformer"))
     embedder.save_pretrained(out, dtype=dtype)
     FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG).save_pretrained(os.path.join(out, "scheduler"))
     atomic_write_bytes(Path(out) / "training_info.json", json.dumps(info, indent=2).encode())

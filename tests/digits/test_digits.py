@@ -177,3 +177,15 @@ def test_eval_refuses_an_unusable_out_or_coefficients_file_before_any_work(tmp_p
         err = capsys.readouterr().err
         assert code == 2, (argv, err)
         assert err.startswith("teacache-eval: error:") and err.count("\n") == 1 and where in err, err
+
+
+def test_training_script_writes_a_loadable_model(tmp_path):
+    """Two steps: the script's outputs (the fp16 transformer, scheduler, embedder, info), not its quality."""
+    from teacache_trt.digits.train import train
+
+    info = train(str(tmp_path), steps=2, batch_size=4, warmup=1, log_every_s=1e9)
+    assert json.loads((tmp_path / "training_info.json").read_text()) == info
+    pipe = DigitsPipeline.from_pretrained(tmp_path)
+    assert next(pipe.transformer.parameters()).dtype == torch.float32  # saved in fp16, loaded in fp32
+    images = pipe(torch.tensor([3]), num_inference_steps=1).images
+    assert images.shape == (1, 1, 16, 16) and torch.isfinite(images).all()
