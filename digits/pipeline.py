@@ -48,7 +48,36 @@ class DigitsPipelineOutput(BaseOutput):
     images: object
 
 
-class DigitsPipeline:
+class DemoPipeline:
+    """What the bundled demo pipelines share: moving their modules (``modules``), the dtype they
+    run in, and the cache context each CFG branch runs under."""
+
+    modules: tuple[str, ...] = ("transformer",)  # attribute names of the pipeline's modules
+
+    def to(self, device=None, dtype: torch.dtype | None = None):
+        # Pass only what is set: diffusers' ModelMixin.to warns whenever a dtype keyword is present.
+        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+        if kwargs:
+            for name in self.modules:
+                module = getattr(self, name)
+                if hasattr(module, "to"):
+                    module.to(**kwargs)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        dt = getattr(self.transformer, "dtype", None)
+        return dt if isinstance(dt, torch.dtype) else torch.float32
+
+    def _branch(self, name: str):
+        """cache_context(name) when the transformer supports it (diffusers CacheMixin, compiled drop-in)."""
+        ctx = getattr(self.transformer, "cache_context", None)
+        return ctx(name) if ctx is not None else contextlib.nullcontext()
+
+
+class DigitsPipeline(DemoPipeline):
+    modules = ("transformer", "label_embedder")
+
     def __init__(self, transformer, label_embedder: LabelEmbedder, scheduler=None):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -84,15 +113,6 @@ class DigitsPipeline:
         self.label_embedder.save_pretrained(path, dtype=dtype)
         self.scheduler.save_pretrained(path / "scheduler")
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "DigitsPipeline":
-        # Pass only what is set: diffusers' ModelMixin.to warns whenever a dtype keyword is present.
-        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        if kwargs:
-            for module in (self.transformer, self.label_embedder):
-                if hasattr(module, "to"):
-                    module.to(**kwargs)
-        return self
-
     @property
     def device(self) -> torch.device:
         dev = getattr(self.transformer, "device", None)
@@ -102,17 +122,7 @@ class DigitsPipeline:
             dev = first.device if first is not None else self.label_embedder.tokens.weight.device
         return torch.device(dev)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        dt = getattr(self.transformer, "dtype", None)
-        return dt if isinstance(dt, torch.dtype) else torch.float32
-
     # ------------------------------------------------------------------ pieces of the loop
-    def _branch(self, name: str):
-        """cache_context(name) when the transformer supports it (diffusers CacheMixin, compiled drop-in)."""
-        ctx = getattr(self.transformer, "cache_context", None)
-        return ctx(name) if ctx is not None else contextlib.nullcontext()
-
     def encode_labels(self, labels: torch.Tensor, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         emb_device = self.label_embedder.tokens.weight.device
         enc, pooled = self.label_embedder(labels.to(emb_device))

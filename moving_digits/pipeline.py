@@ -14,7 +14,6 @@ model or the project's compiled drop-in (``teacache_trt.enable(pipe, ART)``).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
+from ..digits.pipeline import DemoPipeline
 from ..errors import TeaCacheError
 from .checks import check_conditions
 from .conditioning import PromptEmbedder
@@ -51,7 +51,9 @@ class MovingDigitsPipelineOutput(BaseOutput):
     frames: object
 
 
-class MovingDigitsPipeline:
+class MovingDigitsPipeline(DemoPipeline):
+    modules = ("transformer", "prompt_embedder")
+
     def __init__(self, transformer, prompt_embedder: PromptEmbedder, scheduler=None):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -72,31 +74,12 @@ class MovingDigitsPipeline:
         embedder = PromptEmbedder.from_pretrained(path, torch_dtype=torch_dtype)
         return cls(transformer.eval(), embedder, load_scheduler(path / "scheduler")).to(device)
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> "MovingDigitsPipeline":
-        # Only what is set: diffusers' ModelMixin.to warns whenever a dtype keyword is present.
-        kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-        if kwargs:
-            for module in (self.transformer, self.prompt_embedder):
-                if hasattr(module, "to"):
-                    module.to(**kwargs)
-        return self
-
     @property
     def device(self) -> torch.device:
         dev = getattr(self.transformer, "device", None)
         return torch.device(dev) if dev is not None else self.prompt_embedder.digit.weight.device
 
-    @property
-    def dtype(self) -> torch.dtype:
-        dt = getattr(self.transformer, "dtype", None)
-        return dt if isinstance(dt, torch.dtype) else torch.float32
-
     # ------------------------------------------------------------------ pieces of the loop
-    def _branch(self, name: str):
-        """cache_context(name) when the transformer has one (diffusers CacheMixin, compiled drop-in)."""
-        ctx = getattr(self.transformer, "cache_context", None)
-        return ctx(name) if ctx is not None else contextlib.nullcontext()
-
     def encode_prompt(self, digits, directions, speeds, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt_embeds, negative_prompt_embeds), each (B, 3, text_dim)."""
         d = torch.as_tensor([int(x) for x in digits])
