@@ -9,6 +9,12 @@ not on choosing a start.  Shifts are whole pixels and the path stays inside the 
 every frame holds the whole digit, unchanged: its centre of mass moves by exactly the velocity
 per frame (what the motion check measures on generated clips).
 
+Wan's attention knows only relative positions (3-D RoPE), so a model fed latents alone cannot
+tell a clip from its time reversal: "E" and "W" become one horizontal motion whose sign the
+noise picks.  The pipeline therefore appends one input channel, the frame clock (each frame's
+signed offset from the clip's middle frame), as Wan's image-to-video pipeline appends its
+condition channels to the latents: the transformer reads 17 channels and predicts 16.
+
 The transformer works on "latents" shaped like Wan's, (B, 16, F, H, W): here a lossless 4x4
 space-to-depth of the pixels (16 channels at 8x8), standing in for Wan's VAE (which maps 8x8
 pixels to 16 channels), so that the model's (1, 2, 2) patches give 4x4 = 16 tokens per frame
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 
 from .constants import (  # noqa: F401 - the sizes and conditions, re-exported for the package
     CANVAS,
+    CLOCK_CHANNELS,
     DIGIT,
     DIRECTION_NAMES,
     DIRECTIONS,
@@ -110,6 +117,20 @@ def to_pixels(latents: torch.Tensor) -> torch.Tensor:
     x = latents.transpose(1, 2).reshape(b * f, c, h, w)
     x = F.pixel_shuffle(x, SPACE_TO_DEPTH)
     return x.reshape(b, f, c // LATENT_CHANNELS, h * SPACE_TO_DEPTH, w * SPACE_TO_DEPTH).transpose(1, 2)
+
+
+def frame_clock(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, H, W) -> (B, 1, F, H, W): each frame's offset from the clip's middle frame,
+    (f - (F - 1) / 2) / ((MAX_FRAMES - 1) / 2), in [-1, 1] at the longest clip.  The path's
+    position is linear in it: centre + velocity * clock * (MAX_FRAMES - 1) / 2."""
+    b, _, f, h, w = latents.shape
+    clock = (torch.arange(f, dtype=torch.float32) - (f - 1) / 2.0) / ((MAX_FRAMES - 1) / 2.0)
+    return clock.to(latents.device, latents.dtype).view(1, CLOCK_CHANNELS, f, 1, 1).expand(b, CLOCK_CHANNELS, f, h, w)
+
+
+def with_clock(latents: torch.Tensor) -> torch.Tensor:
+    """The transformer's input: the latents and their frame clock, (B, 17, F, H, W)."""
+    return torch.cat([latents, frame_clock(latents)], dim=1)
 
 
 def split_indices(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

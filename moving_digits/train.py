@@ -39,8 +39,8 @@ from ..files import atomic_write_bytes
 # the digits model's training schedule and bookkeeping, shared (same learning-rate curve and EMA)
 from ..digits.train import count_parameters, ema_update, lr_at, save_transformer
 from .conditioning import PromptEmbedder
-from .constants import LATENT_CHANNELS, MAX_FRAMES, MIN_FRAMES
-from .data import load_digits, random_clips, to_latents
+from .constants import CLOCK_CHANNELS, LATENT_CHANNELS, MAX_FRAMES, MIN_FRAMES
+from .data import load_digits, random_clips, to_latents, with_clock
 
 # 2.7 M parameters: 4 blocks of width 192 (6 heads of 32; the RoPE splits a head into 12
 # frame, 10 row and 10 column channels).  Everything else is Wan2.1's own configuration
@@ -49,7 +49,7 @@ TRANSFORMER_CONFIG = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=6,
     attention_head_dim=32,
-    in_channels=LATENT_CHANNELS,
+    in_channels=LATENT_CHANNELS + CLOCK_CHANNELS,  # the latents and the frame clock
     out_channels=LATENT_CHANNELS,
     text_dim=64,
     freq_dim=256,
@@ -89,7 +89,7 @@ def flow_loss(transformer, embedder, x0, digits, directions, speeds, t, noise) -
     """Velocity MSE for one batch of latents (B, 16, F, 8, 8)."""
     tt = t.view(-1, 1, 1, 1, 1)
     x_t = (1.0 - tt) * x0 + tt * noise
-    pred = transformer(hidden_states=x_t, timestep=t * 1000.0,
+    pred = transformer(hidden_states=with_clock(x_t), timestep=t * 1000.0,
                        encoder_hidden_states=embedder(digits, directions, speeds), return_dict=False)[0]
     return F.mse_loss(pred, noise - x0)
 
