@@ -7,7 +7,9 @@ sampled the way diffusers' ``WanPipeline`` samples:
   ``transformer.cache_context("cond")`` and the null prompt inside ``("uncond")``, with
   ``timestep = t.expand(batch)`` (the scheduler's sigma * 1000), so each branch keeps its
   own TeaCache state;
-* ``self.scheduler.step(...)`` advances the latents.
+* ``self.scheduler.step(...)`` advances the latents;
+* the transformer reads the latents with the frame clock appended as one more channel
+  (``data.with_clock``), as ``WanImageToVideoPipeline`` appends its condition channels.
 
 ``transformer`` is anything with WanTransformer3DModel's forward signature: the diffusers
 model or the project's compiled drop-in (``teacache_trt.enable(pipe, ART)``).
@@ -37,7 +39,7 @@ from .constants import (
     MAX_FRAMES,
     SPEEDS,
 )
-from .data import to_pixels
+from .data import to_pixels, with_clock
 
 SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
@@ -101,7 +103,7 @@ class MovingDigitsPipeline(DemoPipeline):
         return torch.randn((batch_size, *shape), generator=generator)
 
     def _predict(self, latents, timestep, embeds, dtype) -> torch.Tensor:
-        out = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=embeds,
+        out = self.transformer(hidden_states=with_clock(latents).to(dtype), timestep=timestep, encoder_hidden_states=embeds,
                                return_dict=False)
         out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
         return out.float()

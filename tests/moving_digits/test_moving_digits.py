@@ -93,6 +93,32 @@ def test_a_generation_samples_at_few_steps(pipe):
     assert frames.dtype == np.uint8 and frames.shape == (1, MIN_FRAMES, 32, 32)
 
 
+def test_the_transformer_reads_the_latents_and_their_frame_clock(pipe):
+    """17 channels in (the latents, then each frame's offset from the middle frame), 16 out:
+    without the clock a clip and its time reversal look the same to Wan's relative RoPE."""
+    from teacache_trt.moving_digits.data import frame_clock
+
+    seen = []
+    model = pipe.transformer
+
+    class Recorder(torch.nn.Module):
+        def forward(self, hidden_states, **kwargs):
+            seen.append(hidden_states.clone())
+            return model(hidden_states=hidden_states, **kwargs)
+
+    pipe.transformer = Recorder()
+    try:
+        latents = torch.randn(1, 16, 7, LATENT_SIZE, LATENT_SIZE)
+        pipe(4, "W", num_frames=7, num_inference_steps=1, guidance_scale=1.0, latents=latents.clone())
+    finally:
+        pipe.transformer = model
+    (x,) = seen
+    assert x.shape == (1, 17, 7, LATENT_SIZE, LATENT_SIZE) and torch.equal(x[:, :16], latents)
+    clock = x[0, 16, :, 0, 0]
+    assert torch.equal(x[:, 16:], frame_clock(latents)) and clock[3] == 0 and torch.equal(clock, -clock.flip(0))
+    assert clock[-1] == pytest.approx(3 / 4)  # (frame - middle) / ((MAX_FRAMES - 1) / 2)
+
+
 def test_frames_show_the_conditioned_digit_at_full_steps(full_step_clips):
     assert get_classifier().heldout_accuracy > 0.97  # the judge itself is good on real digits
     assert frame_accuracy(full_step_clips, DIGITS) >= MIN_FRAME_ACCURACY
@@ -123,7 +149,7 @@ def test_a_frame_count_outside_the_export_is_refused(video_art):
     t = teacache_trt.load_transformer(video_art)
     t.reset(2)
     with pytest.raises(TeaCacheError, match="outside the built profile"):
-        t(hidden_states=torch.randn(1, 16, MAX_FRAMES + 1, 8, 8), timestep=torch.tensor([1000.0]),
+        t(hidden_states=torch.randn(1, 17, MAX_FRAMES + 1, 8, 8), timestep=torch.tensor([1000.0]),
           encoder_hidden_states=torch.randn(1, 3, 64))
 
 
