@@ -64,7 +64,7 @@ IMAGE_TOKENS = 257  # CLIP ViT-H/14 image embeddings the I2V pipeline passes
 TEXT_TOKENS_I2V = 512  # the model's attention splits image from text tokens assuming 512 text tokens
 # The bundled moving-digits model: recognised by these config values (no Wan2.1 checkpoint has
 # a 64-wide text embedding or 192-wide blocks), exported with its own profile: 5-9 frames of one
-# 8x8 latent size, a 3-token prompt.  It reads 17 channels (16 latent + a frame clock) and
+# 8x8 latent size, a 3-token prompt.  It reads 17 channels (16 latent + a box track) and
 # predicts 16, as the I2V models read their condition channels beside the latents.
 MOVING_DIGITS = "moving-digits"
 MOVING_DIGITS_CONFIG = {"in_channels": 17, "out_channels": 16, "text_dim": 64, "num_attention_heads": 6,

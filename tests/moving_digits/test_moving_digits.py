@@ -93,10 +93,10 @@ def test_a_generation_samples_at_few_steps(pipe):
     assert frames.dtype == np.uint8 and frames.shape == (1, MIN_FRAMES, 32, 32)
 
 
-def test_the_transformer_reads_the_latents_and_their_frame_clock(pipe):
-    """17 channels in (the latents, then each frame's offset from the middle frame), 16 out:
-    without the clock a clip and its time reversal look the same to Wan's relative RoPE."""
-    from teacache_trt.moving_digits.data import frame_clock
+def test_the_transformer_reads_the_latents_and_their_box_track(pipe):
+    """17 channels in (the latents, then where each frame's digit box lies), 16 out, in both CFG
+    branches: the track is what tells the model which way the clip runs."""
+    from teacache_trt.moving_digits.data import box_track, path
 
     seen = []
     model = pipe.transformer
@@ -108,15 +108,20 @@ def test_the_transformer_reads_the_latents_and_their_frame_clock(pipe):
 
     pipe.transformer = Recorder()
     try:
-        latents = torch.randn(1, 16, 7, LATENT_SIZE, LATENT_SIZE)
-        pipe(4, "W", num_frames=7, num_inference_steps=1, guidance_scale=1.0, latents=latents.clone())
+        latents = torch.randn(2, 16, 7, LATENT_SIZE, LATENT_SIZE)
+        pipe([4, 1], ["W", "S"], [2, 1], num_frames=7, num_inference_steps=1, latents=latents.clone())
     finally:
         pipe.transformer = model
-    (x,) = seen
-    assert x.shape == (1, 17, 7, LATENT_SIZE, LATENT_SIZE) and torch.equal(x[:, :16], latents)
-    clock = x[0, 16, :, 0, 0]
-    assert torch.equal(x[:, 16:], frame_clock(latents)) and clock[3] == 0 and torch.equal(clock, -clock.flip(0))
-    assert clock[-1] == pytest.approx(3 / 4)  # (frame - middle) / ((MAX_FRAMES - 1) / 2)
+    cond, uncond = seen
+    assert cond.shape == (2, 17, 7, LATENT_SIZE, LATENT_SIZE) and torch.equal(cond[:, :16], latents)
+    assert torch.equal(cond[:, 16:], uncond[:, 16:]) and torch.equal(cond[:, 16:], box_track([(-2, 0), (0, 1)], 7))
+    track = cond[:, 16]  # (clips, frames, 8, 8): a 16x16 box covers 16 of its 64 cells' worth
+    assert torch.allclose(track.sum(dim=(2, 3)), torch.full((2, 7), 16.0))
+    cols = (track.sum(dim=2) * torch.arange(8.0)).sum(dim=2) / 16  # the box's centre column, per frame
+    rows = (track.sum(dim=3) * torch.arange(8.0)).sum(dim=2) / 16
+    assert torch.allclose(cols[0].diff(), torch.full((6,), -2 / 4)) and torch.allclose(rows[0].diff(), torch.zeros(6))
+    assert torch.allclose(rows[1].diff(), torch.full((6,), 1 / 4)) and torch.allclose(cols[1].diff(), torch.zeros(6))
+    assert path((-2, 0), 7)[3] == path((0, 1), 7)[3] == (8, 8)  # centred: the middle frame mid-canvas
 
 
 def test_frames_show_the_conditioned_digit_at_full_steps(full_step_clips):
