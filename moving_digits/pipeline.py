@@ -71,7 +71,7 @@ class MovingDigitsPipeline(DemoPipeline):
         """transformer/, scheduler/ and the prompt embedder from ``path`` (default: the bundled model)."""
         import diffusers
 
-        path = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        path = cls.model_folder(path, DEFAULT_MODEL_DIR, "moving-digits model")
         # Weights are stored in fp16; torch_dtype upcasts on load (CPU fp16 matmuls are slow).
         transformer = diffusers.WanTransformer3DModel.from_pretrained(path / "transformer", torch_dtype=torch_dtype)
         embedder = PromptEmbedder.from_pretrained(path, torch_dtype=torch_dtype)

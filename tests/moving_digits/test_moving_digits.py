@@ -334,3 +334,11 @@ def test_eval_harness_scores_every_policy_at_equal_compute(tmp_path, video_art):
     with Image.open(paths["worst_gif"]) as gif:
         assert gif.n_frames == MIN_FRAMES and gif.size == ((2 * 32 + 2) * harness.GIF_SCALE, 32 * harness.GIF_SCALE)
     assert json.loads(paths["json"].read_text())["worst_case"]["policy"] in harness.CACHING
+
+
+def test_a_folder_without_a_model_is_one_line_before_any_sampling(tmp_path, capsys):
+    from teacache_trt.moving_digits import check
+
+    assert check.main(["--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path} holds no moving-digits model" in err
