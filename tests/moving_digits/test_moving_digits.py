@@ -322,7 +322,8 @@ def test_eval_harness_scores_every_policy_at_equal_compute(tmp_path, video_art):
                               sweeps={"teacache": [0.2], "magcache": [0.1], "easycache": [0.1]})
     rows = result["rows"]
     assert [r.policy for r in rows[:4]] == ["uncached", "teacache", "magcache", "easycache"]
-    assert rows[0].psnr == 99 and rows[0].temporal == 0 and rows[0].computed == 8
+    assert rows[0].psnr == math.inf and rows[0].temporal == 0 and rows[0].computed == 8
+    assert all(math.isfinite(r.psnr) for r in rows[1:])
     levels = {round(r.computed) for r in rows if r.policy in harness.CACHING} - {8}
     for policy in ("uniform", "fewer-steps"):
         assert {round(r.computed) for r in rows if r.policy == policy} == levels
@@ -330,10 +331,12 @@ def test_eval_harness_scores_every_policy_at_equal_compute(tmp_path, video_art):
         assert r.wall_ratio > 0 and r.ratio_range[0] <= r.wall_ratio <= r.ratio_range[1]
         assert 0 <= r.accuracy <= 1 and 0 <= r.motion <= 1 and r.temporal >= 0
     paths = harness.write_outputs(result, tmp_path)
-    assert "| magcache | 0.1 |" in paths["table"].read_text()
+    table = paths["table"].read_text()
+    assert "| magcache | 0.1 |" in table and "| uncached | 8 | 8.0 | 1.00 (1.00-1.00) | inf |" in table
     with Image.open(paths["worst_gif"]) as gif:
         assert gif.n_frames == MIN_FRAMES and gif.size == ((2 * 32 + 2) * harness.GIF_SCALE, 32 * harness.GIF_SCALE)
-    assert json.loads(paths["json"].read_text())["worst_case"]["policy"] in harness.CACHING
+    data = json.loads(paths["json"].read_text())  # strict JSON: the infinite PSNR as null, with a note
+    assert data["worst_case"]["policy"] in harness.CACHING and data["rows"][0]["psnr"] is None and data["notes"]
 
 
 def test_a_folder_without_a_model_is_one_line_before_any_sampling(tmp_path, capsys):
