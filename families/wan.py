@@ -69,8 +69,8 @@ TEXT_TOKENS_I2V = 512  # the model's attention splits image from text tokens ass
 MOVING_DIGITS = "moving-digits"
 MOVING_DIGITS_CONFIG = {"in_channels": 17, "out_channels": 16, "text_dim": 64, "num_attention_heads": 6,
                         "attention_head_dim": 32}
-MOVING_DIGITS_COEFFICIENTS = (-16068.242327743998, 6831.527535945241, -981.230472292465, 57.28810710994647,
-                              -1.132152494356751)
+MOVING_DIGITS_COEFFICIENTS = (-3811.2037630008, 601.4512990772251, 46.74575175753189,
+                              -7.396871125492131, 0.19955877925895746)
 MOVING_DIGITS_THRESHOLD = 0.05
 SIGNALS = {"temb": "temb = condition_embedder.time_embedder(...) (upstream's e)",
            "timestep_proj": "timestep_proj = condition_embedder.time_proj(silu(temb)) (upstream's e0)",

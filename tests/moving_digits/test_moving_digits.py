@@ -129,10 +129,6 @@ def test_frames_show_the_conditioned_digit_at_full_steps(full_step_clips):
     assert frame_accuracy(full_step_clips, DIGITS) >= MIN_FRAME_ACCURACY
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the bundled weights (3000 steps, 37 min) move the digit along the conditioned axis, roughly at the "
-    "conditioned speed, but pick the sign of the motion at random (E and W, NE and SE confused) and barely move "
-    "at speed 1: the motion condition is not learned yet; retraining is issue 14's open item"))
 def test_the_digit_moves_as_conditioned_at_full_steps(full_step_clips):
     report = motion_report(full_step_clips, DIRECTIONS, SPEED)
     assert report["pass_rate"] >= MIN_MOTION_PASS, report
