@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
+from ..errors import TeaCacheError
 from .conditioning import LabelEmbedder
 from .data import (
     IMAGE_SIZE,
@@ -69,6 +70,16 @@ class DemoPipeline:
         dt = getattr(self.transformer, "dtype", None)
         return dt if isinstance(dt, torch.dtype) else torch.float32
 
+    @staticmethod
+    def model_folder(path, default: Path, what: str) -> Path:
+        """``path`` (``default``: the bundled model) once it is seen to hold a model's
+        ``transformer/config.json``: a wrong folder is named here, not by the Hub client."""
+        folder = Path(path) if path is not None else default
+        if not (folder / "transformer" / "config.json").is_file():
+            raise TeaCacheError(f"{folder} holds no {what} (no transformer/config.json in it): give a folder "
+                                f"written by its training script, or leave the model out for the bundled one")
+        return folder
+
     def _branch(self, name: str):
         """cache_context(name) when the transformer supports it (diffusers CacheMixin, compiled drop-in)."""
         ctx = getattr(self.transformer, "cache_context", None)
@@ -97,7 +108,7 @@ class DigitsPipeline(DemoPipeline):
         """Load transformer/, scheduler/ and the label embedder from ``path`` (default: the bundled model)."""
         from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
-        path = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        path = cls.model_folder(path, DEFAULT_MODEL_DIR, "digits model")
         # Weights are stored in fp16; torch_dtype upcasts on load (CPU fp16 matmuls are slow).
         transformer = FluxTransformer2DModel.from_pretrained(path / "transformer", torch_dtype=torch_dtype)
         label_embedder = LabelEmbedder.from_pretrained(path, torch_dtype=torch_dtype)

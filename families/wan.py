@@ -64,12 +64,13 @@ IMAGE_TOKENS = 257  # CLIP ViT-H/14 image embeddings the I2V pipeline passes
 TEXT_TOKENS_I2V = 512  # the model's attention splits image from text tokens assuming 512 text tokens
 # The bundled moving-digits model: recognised by these config values (no Wan2.1 checkpoint has
 # a 64-wide text embedding or 192-wide blocks), exported with its own profile: 5-9 frames of one
-# 8x8 latent size, a 3-token prompt.
+# 8x8 latent size, a 3-token prompt.  It reads 17 channels (16 latent + a box track) and
+# predicts 16, as the I2V models read their condition channels beside the latents.
 MOVING_DIGITS = "moving-digits"
-MOVING_DIGITS_CONFIG = {"in_channels": 16, "out_channels": 16, "text_dim": 64, "num_attention_heads": 6,
+MOVING_DIGITS_CONFIG = {"in_channels": 17, "out_channels": 16, "text_dim": 64, "num_attention_heads": 6,
                         "attention_head_dim": 32}
-MOVING_DIGITS_COEFFICIENTS = (-16068.242327743998, 6831.527535945241, -981.230472292465, 57.28810710994647,
-                              -1.132152494356751)
+MOVING_DIGITS_COEFFICIENTS = (-3811.2037630008, 601.4512990772251, 46.74575175753189,
+                              -7.396871125492131, 0.19955877925895746)
 MOVING_DIGITS_THRESHOLD = 0.05
 SIGNALS = {"temb": "temb = condition_embedder.time_embedder(...) (upstream's e)",
            "timestep_proj": "timestep_proj = condition_embedder.time_proj(silu(temb)) (upstream's e0)",

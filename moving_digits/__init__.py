@@ -1,5 +1,6 @@
 """A real video model in the box: a small Wan transformer (``WanTransformer3DModel``) trained on
-digits sliding across a 32x32 canvas, conditioned on the digit, a direction and a speed.
+digits sliding across a 32x32 canvas, conditioned on the digit, a direction and a speed (as
+prompt tokens, and as the box track the pipeline computes from them: see ``data``).
 
 ``MovingDigitsPipeline.from_pretrained()`` loads the bundled weights in ``model/`` and samples
 them as diffusers' ``WanPipeline`` does; ``frame_accuracy`` and ``motion_report`` score what

@@ -35,8 +35,7 @@ def _shifts(crops: torch.Tensor) -> list[torch.Tensor]:
 
 def _real_crops(images: torch.Tensor) -> torch.Tensor:
     """Each real (1,16,16) digit placed mid-canvas and cropped as a generated frame would be."""
-    mid = (CANVAS - DIGIT) // 2
-    frames = torch.cat([render_clip(im, (mid, mid), (0, 0), 1)[0] for im in images])
+    frames = torch.cat([render_clip(im, (0, 0), 1)[0] for im in images])  # a still path: centred
     return centred_crops(frames)
 
 
@@ -62,8 +61,7 @@ def get_classifier(seed: int = 0) -> FrameClassifier:
     model = SVC(C=10.0, gamma="scale", random_state=seed)
     model.fit(x_train.flatten(1).numpy().astype(np.float64), labels[train_idx].repeat(9).numpy())
     clf = FrameClassifier(model)
-    mid = (CANVAS - DIGIT) // 2
-    test_frames = torch.cat([render_clip(im, (mid, mid), (0, 0), 1)[0] for im in images[test_idx]])
+    test_frames = torch.cat([render_clip(im, (0, 0), 1)[0] for im in images[test_idx]])
     clf.heldout_accuracy = float((clf.predict(test_frames) == labels[test_idx]).float().mean())
     return clf
 

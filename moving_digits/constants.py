@@ -7,7 +7,9 @@ from pathlib import Path
 CANVAS = 32  # pixels per side of a frame
 DIGIT = 16  # pixels per side of a digit (sklearn's 8x8, upsampled 2x)
 SPACE_TO_DEPTH = 4  # pixel block folded into latent channels
-LATENT_CHANNELS = SPACE_TO_DEPTH**2  # = 16 = transformer in_channels
+LATENT_CHANNELS = SPACE_TO_DEPTH**2  # = 16 = transformer out_channels
+# One more input channel, the box track (see data.box_track): in_channels = 17.
+TRACK_CHANNELS = 1
 LATENT_SIZE = CANVAS // SPACE_TO_DEPTH  # = 8
 MIN_FRAMES, MAX_FRAMES = 5, 9  # clip lengths the model is trained on
 NUM_CLASSES = 10

@@ -9,6 +9,15 @@ not on choosing a start.  Shifts are whole pixels and the path stays inside the 
 every frame holds the whole digit, unchanged: its centre of mass moves by exactly the velocity
 per frame (what the motion check measures on generated clips).
 
+The motion is conditioned by a box track, as layout- and box-conditioned video models take
+theirs: per frame, where the digit's 16x16 box lies on the canvas (computed from the direction,
+speed and frame count), one input channel beside the latents as Wan's image-to-video pipeline
+appends its condition channels: the transformer reads 17 channels and predicts 16.  Without it
+the model cannot place the clip in time: Wan's attention knows only relative positions (3-D
+RoPE), so "E" and "W" (a clip and its time reversal) looked alike to it, and models trained on
+the direction token alone, or with a frame clock beside it, moved the digit along the right
+axis with a sign the noise picked.
+
 The transformer works on "latents" shaped like Wan's, (B, 16, F, H, W): here a lossless 4x4
 space-to-depth of the pixels (16 channels at 8x8), standing in for Wan's VAE (which maps 8x8
 pixels to 16 channels), so that the model's (1, 2, 2) patches give 4x4 = 16 tokens per frame
@@ -33,6 +42,7 @@ from .constants import (  # noqa: F401 - the sizes and conditions, re-exported f
     NUM_CLASSES,
     SPACE_TO_DEPTH,
     SPEEDS,
+    TRACK_CHANNELS,
 )
 
 BACKGROUND = -1.0
@@ -73,27 +83,30 @@ def centred_start(v: int, frames: int) -> int:
     return start
 
 
-def render_clip(digit: torch.Tensor, start: tuple[int, int], vel: tuple[int, int], frames: int) -> torch.Tensor:
-    """(1,16,16) digit -> (1, frames, 32, 32) clip, the digit's top-left corner at start + f*vel."""
+def path(vel: tuple[int, int], frames: int) -> list[tuple[int, int]]:
+    """The digit's top-left corner (x, y) in each frame of a centred path."""
+    start = tuple(centred_start(v, frames) for v in vel)
+    return [(start[0] + f * vel[0], start[1] + f * vel[1]) for f in range(frames)]
+
+
+def render_clip(digit: torch.Tensor, vel: tuple[int, int], frames: int) -> torch.Tensor:
+    """(1,16,16) digit -> (1, frames, 32, 32) clip on the centred path of velocity vel."""
     clip = torch.full((1, frames, CANVAS, CANVAS), BACKGROUND)
-    for f in range(frames):
-        x, y = start[0] + f * vel[0], start[1] + f * vel[1]
+    for f, (x, y) in enumerate(path(vel, frames)):
         clip[0, f, y:y + DIGIT, x:x + DIGIT] = digit[0]
     return clip
 
 
 def random_clips(images: torch.Tensor, labels: torch.Tensor, batch: int, frames: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of random clips: (B,1,F,32,32) pixels, labels, direction and speed indices."""
+                 generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A batch of random clips: (B,1,F,32,32) pixels, labels, direction and speed indices, and
+    their box tracks."""
     idx = torch.randint(0, len(images), (batch,), generator=generator)
     dirs = torch.randint(0, len(DIRECTION_NAMES), (batch,), generator=generator)
     speeds = torch.randint(0, len(SPEEDS), (batch,), generator=generator)
-    clips = []
-    for i in range(batch):
-        vel = velocity(DIRECTION_NAMES[dirs[i]], SPEEDS[speeds[i]])
-        start = tuple(centred_start(v, frames) for v in vel)
-        clips.append(render_clip(images[idx[i]], start, vel, frames))
-    return torch.stack(clips), labels[idx], dirs, speeds
+    vels = [velocity(DIRECTION_NAMES[d], SPEEDS[s]) for d, s in zip(dirs, speeds)]
+    clips = torch.stack([render_clip(images[i], vel, frames) for i, vel in zip(idx, vels)])
+    return clips, labels[idx], dirs, speeds, box_track(vels, frames)
 
 
 def to_latents(pixels: torch.Tensor) -> torch.Tensor:
@@ -110,6 +123,23 @@ def to_pixels(latents: torch.Tensor) -> torch.Tensor:
     x = latents.transpose(1, 2).reshape(b * f, c, h, w)
     x = F.pixel_shuffle(x, SPACE_TO_DEPTH)
     return x.reshape(b, f, c // LATENT_CHANNELS, h * SPACE_TO_DEPTH, w * SPACE_TO_DEPTH).transpose(1, 2)
+
+
+def box_track(velocities, frames: int) -> torch.Tensor:
+    """Per clip (one (vx, vy) each), the digit's box on a centred path: (B, 1, F, 8, 8), the
+    share of each latent cell's 4x4 pixels inside the box (a box edge between cells gives a
+    fraction, so the channel keeps the exact pixel position)."""
+    masks = torch.zeros(len(velocities), frames, CANVAS, CANVAS)
+    for i, vel in enumerate(velocities):
+        for f, (x, y) in enumerate(path(vel, frames)):
+            masks[i, f, y:y + DIGIT, x:x + DIGIT] = 1.0
+    cells = F.avg_pool2d(masks.view(-1, 1, CANVAS, CANVAS), SPACE_TO_DEPTH)
+    return cells.view(len(velocities), TRACK_CHANNELS, frames, LATENT_SIZE, LATENT_SIZE)
+
+
+def with_track(latents: torch.Tensor, track: torch.Tensor) -> torch.Tensor:
+    """The transformer's input: the latents and their box track, (B, 17, F, H, W)."""
+    return torch.cat([latents, track.to(latents.device, latents.dtype)], dim=1)
 
 
 def split_indices(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
+import math
 import statistics
 import sys
 import time
@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .. import strict_json
 from ..errors import TeaCacheError
 from ..files import atomic_write_bytes
 from .constants import DEFAULT_GUIDANCE, DEFAULT_STEPS, DIRECTION_NAMES, MAX_FRAMES, MIN_FRAMES, NUM_CLASSES, SPEEDS
@@ -55,7 +56,7 @@ class Row:
     computed: float  # computed steps per branch (mean over cond / uncond)
     wall_ratio: float  # median over the timing pairs of uncached / policy wall time
     ratio_range: tuple[float, float]  # min and max of those pair ratios: the noise, in plain sight
-    psnr: float  # dB, mean over frames
+    psnr: float  # dB, mean over frames; inf for clips equal to the uncached ones
     ssim: float  # mean over frames
     temporal: float  # RMS error of frame differences against the uncached clips', 0-1 pixels
     accuracy: float  # frames classified as their clip's digit
@@ -72,13 +73,19 @@ def conditions(per_class: int) -> tuple[list[int], list[str], list[int]]:
 
 
 def frame_scores(clips, reference) -> dict[str, float]:
-    """Per-frame PSNR and SSIM (means over every frame), and the temporal error."""
+    """Per-frame PSNR and SSIM (means over every frame), and the temporal error.  PSNR is
+    infinite for clips equal to the reference (the uncached row), as in the digits table; in a
+    mean over frames one frame equal to its reference counts as 99 dB, so that it does not
+    make the mean infinite."""
+    import torch
+
     from ..tools.quality import psnr, ssim
 
     frames = clips.flatten(0, 2).unsqueeze(1)  # (B*F, 1, H, W)
     ref = reference.flatten(0, 2).unsqueeze(1)
     diff, ref_diff = clips.diff(dim=2), reference.diff(dim=2)  # pixels in [-1, 1]: halve for 0-1
-    return {"psnr": float(psnr(frames, ref).clamp(max=99).mean()), "ssim": float(ssim(frames, ref).mean()),
+    same = torch.equal(clips, reference)
+    return {"psnr": math.inf if same else float(psnr(frames, ref).clamp(max=99).mean()), "ssim": float(ssim(frames, ref).mean()),
             "temporal": float(((diff - ref_diff) / 2).pow(2).mean().sqrt())}
 
 
@@ -285,7 +292,7 @@ def write_outputs(result: dict, out_dir: Path) -> dict[str, Path]:
     atomic_write_bytes(paths["table"], (text + "\n").encode())
     data = {"settings": result["settings"], "rows": [asdict(x) for x in rows],
             "worst_case": {"policy": worst.policy, "setting": worst.setting, "clip": clip}}
-    atomic_write_bytes(paths["json"], json.dumps(data, indent=2).encode())
+    atomic_write_bytes(paths["json"], strict_json.dumps(data, indent=2).encode())  # inf PSNR: null, with a note
     plot(rows, paths["plot"], result["settings"]["steps"])
     atomic_write_bytes(paths["worst_gif"], side_by_side_gif(result["reference"][clip], result["clips"][id(worst)][clip]))
     return paths

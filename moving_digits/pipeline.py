@@ -7,7 +7,10 @@ sampled the way diffusers' ``WanPipeline`` samples:
   ``transformer.cache_context("cond")`` and the null prompt inside ``("uncond")``, with
   ``timestep = t.expand(batch)`` (the scheduler's sigma * 1000), so each branch keeps its
   own TeaCache state;
-* ``self.scheduler.step(...)`` advances the latents.
+* ``self.scheduler.step(...)`` advances the latents;
+* the transformer reads the latents with the clips' box track appended as one more channel
+  (``data.with_track``: where each frame's digit lies, from the direction and speed), in both
+  branches, as ``WanImageToVideoPipeline`` appends its condition channels.
 
 ``transformer`` is anything with WanTransformer3DModel's forward signature: the diffusers
 model or the project's compiled drop-in (``teacache_trt.enable(pipe, ART)``).
@@ -37,7 +40,7 @@ from .constants import (
     MAX_FRAMES,
     SPEEDS,
 )
-from .data import to_pixels
+from .data import box_track, to_pixels, velocity, with_track
 
 SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "UniPCMultistepScheduler")
 OUTPUT_TYPES = ("pt", "np", "pil", "latent")
@@ -68,7 +71,7 @@ class MovingDigitsPipeline(DemoPipeline):
         """transformer/, scheduler/ and the prompt embedder from ``path`` (default: the bundled model)."""
         import diffusers
 
-        path = Path(path) if path is not None else DEFAULT_MODEL_DIR
+        path = cls.model_folder(path, DEFAULT_MODEL_DIR, "moving-digits model")
         # Weights are stored in fp16; torch_dtype upcasts on load (CPU fp16 matmuls are slow).
         transformer = diffusers.WanTransformer3DModel.from_pretrained(path / "transformer", torch_dtype=torch_dtype)
         embedder = PromptEmbedder.from_pretrained(path, torch_dtype=torch_dtype)
@@ -100,9 +103,9 @@ class MovingDigitsPipeline(DemoPipeline):
             return torch.stack([torch.randn(shape, generator=g) for g in generator])
         return torch.randn((batch_size, *shape), generator=generator)
 
-    def _predict(self, latents, timestep, embeds, dtype) -> torch.Tensor:
-        out = self.transformer(hidden_states=latents.to(dtype), timestep=timestep, encoder_hidden_states=embeds,
-                               return_dict=False)
+    def _predict(self, latents, track, timestep, embeds, dtype) -> torch.Tensor:
+        out = self.transformer(hidden_states=with_track(latents, track).to(dtype), timestep=timestep,
+                               encoder_hidden_states=embeds, return_dict=False)
         out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
         return out.float()
 
@@ -145,16 +148,17 @@ class MovingDigitsPipeline(DemoPipeline):
         if tuple(latents.shape) != expected:
             raise TeaCacheError(f"latents have shape {tuple(latents.shape)}; this call needs {expected}")
         latents = latents.to(device, torch.float32)  # the scheduler integrates in float32
+        track = box_track([velocity(d, int(s)) for d, s in zip(directions, speeds)], num_frames).to(device)
 
         # Must open every call: it is the runtime's signal that a new generation starts.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.scheduler.timesteps:
             timestep = t.expand(batch)
             with self._branch("cond"):
-                v = self._predict(latents, timestep, prompt_embeds, dtype)
+                v = self._predict(latents, track, timestep, prompt_embeds, dtype)
             if do_cfg:
                 with self._branch("uncond"):
-                    v_uncond = self._predict(latents, timestep, negative_prompt_embeds, dtype)
+                    v_uncond = self._predict(latents, track, timestep, negative_prompt_embeds, dtype)
                 v = v_uncond + guidance_scale * (v - v_uncond)
             latents = self.scheduler.step(v, t, latents, return_dict=False)[0]
 

@@ -6,7 +6,7 @@ Flow matching as Wan is trained: x_t = (1 - t) x0 + t * noise, the model predict
 velocity noise - x0 and reads ``timestep = t * 1000`` (the scheduler's sigma * 1000, what the
 pipeline passes).  Each optimizer step draws one clip length in 5..9 frames for its batch;
 one prompt in ten is replaced by the null prompt, so the model also learns the unconditional
-branch that classifier-free guidance needs.
+branch that classifier-free guidance needs (the clip's box track, the 17th input channel, stays).
 
 Writes DIR/transformer/, DIR/scheduler/, the prompt embedder, ``training_info.json`` (time,
 steps, final loss, settings) and ``loss_curve.png``.  The defaults reproduce the bundled
@@ -39,8 +39,8 @@ from ..files import atomic_write_bytes
 # the digits model's training schedule and bookkeeping, shared (same learning-rate curve and EMA)
 from ..digits.train import count_parameters, ema_update, lr_at, save_transformer
 from .conditioning import PromptEmbedder
-from .constants import LATENT_CHANNELS, MAX_FRAMES, MIN_FRAMES
-from .data import load_digits, random_clips, to_latents
+from .constants import LATENT_CHANNELS, TRACK_CHANNELS, MAX_FRAMES, MIN_FRAMES
+from .data import load_digits, random_clips, to_latents, with_track
 
 # 2.7 M parameters: 4 blocks of width 192 (6 heads of 32; the RoPE splits a head into 12
 # frame, 10 row and 10 column channels).  Everything else is Wan2.1's own configuration
@@ -49,7 +49,7 @@ TRANSFORMER_CONFIG = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=6,
     attention_head_dim=32,
-    in_channels=LATENT_CHANNELS,
+    in_channels=LATENT_CHANNELS + TRACK_CHANNELS,  # the latents and the box track
     out_channels=LATENT_CHANNELS,
     text_dim=64,
     freq_dim=256,
@@ -85,11 +85,11 @@ def draw_frames(generator: torch.Generator) -> int:
     return int(torch.randint(MIN_FRAMES, MAX_FRAMES + 1, (1,), generator=generator))
 
 
-def flow_loss(transformer, embedder, x0, digits, directions, speeds, t, noise) -> torch.Tensor:
-    """Velocity MSE for one batch of latents (B, 16, F, 8, 8)."""
+def flow_loss(transformer, embedder, x0, track, digits, directions, speeds, t, noise) -> torch.Tensor:
+    """Velocity MSE for one batch of latents (B, 16, F, 8, 8) and their box tracks."""
     tt = t.view(-1, 1, 1, 1, 1)
     x_t = (1.0 - tt) * x0 + tt * noise
-    pred = transformer(hidden_states=x_t, timestep=t * 1000.0,
+    pred = transformer(hidden_states=with_track(x_t, track), timestep=t * 1000.0,
                        encoder_hidden_states=embedder(digits, directions, speeds), return_dict=False)[0]
     return F.mse_loss(pred, noise - x0)
 
@@ -152,7 +152,9 @@ def train(
             stopped_by_time = True
             break
         frames = draw_frames(gen)
-        pixels, digits, directions, speeds = random_clips(images, labels, batch_size, frames, gen)
+        # the track stays when the prompt is dropped: both CFG branches read it, as both read
+        # an image-to-video model's image
+        pixels, digits, directions, speeds, track = random_clips(images, labels, batch_size, frames, gen)
         digits, directions, speeds = drop_conditions(digits, directions, speeds, embedder.null, cond_dropout, gen)
         x0 = to_latents(pixels)
         t = sample_t(batch_size, gen, t_shift)
@@ -160,7 +162,7 @@ def train(
 
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, warmup)
-        loss = flow_loss(transformer, embedder, x0, digits, directions, speeds, t, noise)
+        loss = flow_loss(transformer, embedder, x0, track, digits, directions, speeds, t, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -189,3 +189,10 @@ def test_training_script_writes_a_loadable_model(tmp_path):
     assert next(pipe.transformer.parameters()).dtype == torch.float32  # saved in fp16, loaded in fp32
     images = pipe(torch.tensor([3]), num_inference_steps=1).images
     assert images.shape == (1, 1, 16, 16) and torch.isfinite(images).all()
+
+
+def test_a_folder_without_a_model_is_named(tmp_path):
+    from teacache_trt.errors import TeaCacheError
+
+    with pytest.raises(TeaCacheError, match="holds no digits model"):
+        DigitsPipeline.from_pretrained(tmp_path)
