@@ -92,6 +92,10 @@ def simplify(model, input_names, output_names) -> None:
 
     optimizer.inline(model)
     optimizer.fold_constants(model, onnx_shape_inference=True)
+    # Dead nodes first: the part's module call also computes the chunks the graph never
+    # returns (a block's gate and MLP modulation), and while those nodes stand every chunk
+    # reads as used and nothing is pruned.
+    passes.RemoveUnusedNodesPass()(model)
     prune_split_gemms(model)  # a block's modulation of which the graph reads some chunks
     rms_norm_as_div(model)  # forms ONNX Runtime fuses (one kernel each)
     gelu_tanh_fusable(model)

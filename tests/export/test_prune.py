@@ -72,3 +72,17 @@ def test_leaves_whole_what_needs_every_row(read, share):
     after = _run(model)
     for name in before:
         np.testing.assert_array_equal(after[name], before[name])
+
+
+def test_the_exporter_prunes_block_0s_modulation_in_a_flux_embed(exported):
+    """Through export itself: the embed reads shift and scale, two of the six chunks of the
+    first block's norm1 linear layer, and keeps only their rows."""
+    import onnx
+
+    flux = exported("flux")
+    graph = onnx.load(flux.graph("embed"), load_external_data=False)
+    shapes = {t.name: tuple(t.dims) for t in graph.graph.initializer}
+    width = flux.model.inner_dim
+    (weight,) = [n.input[1] for n in graph.graph.node
+                 if n.op_type == "Gemm" and "transformer_blocks.0.norm1.linear" in n.input[1]]
+    assert shapes[weight] == (2 * width, width)
