@@ -85,44 +85,49 @@ def exported(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session")
-def digits_cache(tmp_path_factory):
-    """An artifact cache holding the bundled digits model, exported once per session the way
-    ``teacache-render`` and ``teacache-eval`` export it on first use (pass it as --cache-dir)."""
-    from teacache_trt.digits.driver import DRIVER
+def _bundled_cache(tmp_path_factory, driver, name: str) -> Path:
+    """An artifact cache holding a bundled model, exported the way ``teacache-render`` and
+    ``teacache-eval`` export it on first use (pass it as --cache-dir)."""
     from teacache_trt.tools.render.artifacts import ensure_artifacts
 
-    cache = tmp_path_factory.mktemp("digits_cache")
-    ensure_artifacts(DRIVER, DRIVER.default_model(), batch_size=1, backend="onnxruntime", cache_dir=cache,
+    cache = tmp_path_factory.mktemp(f"{name}_cache")
+    ensure_artifacts(driver, driver.default_model(), batch_size=1, backend="onnxruntime", cache_dir=cache,
                      log=lambda m: None)
     return cache
+
+
+def _only_folder(cache: Path) -> Path:
+    """The one artifact folder inside a cache."""
+    (art,) = [p for p in cache.iterdir() if p.is_dir()]
+    return art
+
+
+@pytest.fixture(scope="session")
+def digits_cache(tmp_path_factory):
+    """The bundled digits model's artifact cache, exported once per session."""
+    from teacache_trt.digits.driver import DRIVER
+
+    return _bundled_cache(tmp_path_factory, DRIVER, "digits")
 
 
 @pytest.fixture(scope="session")
 def digits_art(digits_cache):
     """The bundled digits model's artifact folder (inside ``digits_cache``)."""
-    (art,) = [p for p in digits_cache.iterdir() if p.is_dir()]
-    return art
+    return _only_folder(digits_cache)
 
 
 @pytest.fixture(scope="session")
 def video_cache(tmp_path_factory):
-    """An artifact cache holding the bundled video model (moving digits), exported once per
-    session the way ``teacache-render`` exports it on first use."""
+    """The bundled video model's (moving digits) artifact cache, exported once per session."""
     from teacache_trt.moving_digits.driver import DRIVER
-    from teacache_trt.tools.render.artifacts import ensure_artifacts
 
-    cache = tmp_path_factory.mktemp("video_cache")
-    ensure_artifacts(DRIVER, DRIVER.default_model(), batch_size=1, backend="onnxruntime", cache_dir=cache,
-                     log=lambda m: None)
-    return cache
+    return _bundled_cache(tmp_path_factory, DRIVER, "video")
 
 
 @pytest.fixture(scope="session")
 def video_art(video_cache):
     """The bundled video model's artifact folder (inside ``video_cache``)."""
-    (art,) = [p for p in video_cache.iterdir() if p.is_dir()]
-    return art
+    return _only_folder(video_cache)
 
 
 # --- GPU tests -------------------------------------------------------------------------------

@@ -199,38 +199,53 @@ def test_enable_takes_a_policy(flux):
     assert t.policy == Schedule([0])
 
 
+def _generate_in_step(t, kwargs, barrier) -> None:
+    """One STEPS-call generation that waits at ``barrier`` after every call, so that the
+    threads running one each interleave their calls."""
+    t.reset(STEPS)
+    latents = kwargs["hidden_states"]
+    for i in range(STEPS):
+        kwargs["timestep"] = torch.full((latents.shape[0],), 1.0 - i / STEPS)
+        kwargs["hidden_states"] = latents
+        latents = latents - t(return_dict=False, **kwargs)[0] / STEPS
+        barrier.wait()
+
+
+def _run_threads(barrier, run, args) -> None:
+    """``run(*a)`` in one thread per ``a`` in ``args``; an exception in any of them fails the test."""
+    errors = []
+
+    def guarded(*a):
+        try:
+            run(*a)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=guarded, args=a) for a in args]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+
+
 def test_settings_are_per_thread(flux):
     """Two threads set their own threshold, then run their generations interleaved step by step:
     each gets its own schedule (before, the second setting replaced the first for both)."""
     t = teacache_trt.load_transformer(flux.art_dir)
     t.threshold = 0.6  # the creating thread's: the default of threads that set nothing
     barrier = threading.Barrier(3)
-    got, errors = {}, []
+    got = {}
 
     def run(name, threshold):
-        try:
-            if threshold is not None:
-                t.threshold = threshold
-            barrier.wait()  # every thread has set its threshold before any generation starts
-            kwargs = inputs(flux)
-            t.reset(STEPS)
-            latents = kwargs["hidden_states"]
-            for i in range(STEPS):
-                kwargs["timestep"] = torch.full((latents.shape[0],), 1.0 - i / STEPS)
-                kwargs["hidden_states"] = latents
-                latents = latents - t(return_dict=False, **kwargs)[0] / STEPS
-                barrier.wait()  # interleave the generations call by call
-            got[name] = (t.threshold, t.stats["computed_steps"])
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-            barrier.abort()
+        if threshold is not None:
+            t.threshold = threshold
+        barrier.wait()  # every thread has set its threshold before any generation starts
+        _generate_in_step(t, inputs(flux), barrier)
+        got[name] = (t.threshold, t.stats["computed_steps"])
 
-    threads = [threading.Thread(target=run, args=a) for a in (("a", 0.0), ("b", 100.0), ("c", None))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    _run_threads(barrier, run, (("a", 0.0), ("b", 100.0), ("c", None)))
     assert got["a"] == (0.0, list(range(STEPS)))
     assert got["b"] == (100.0, [0, STEPS - 1])  # only the forced steps
     assert got["c"][0] == 0.6 and 2 < len(got["c"][1]) < STEPS  # the creating thread's setting
@@ -242,31 +257,16 @@ def test_sample_thresholds_are_per_thread(flux):
     generations interleaved call by call; each prompt decides by its own thread's setting."""
     t = teacache_trt.load_transformer(flux.art_dir, decisions="sample")
     barrier = threading.Barrier(2)
-    got, errors = {}, []
+    got = {}
 
     def run(name, value):
-        try:
-            t.sample_thresholds = [value, value]
-            barrier.wait()
-            kwargs = {k: v if k.endswith("_ids") else torch.cat([v, v]) for k, v in inputs(flux, batch=1).items()}
-            t.reset(STEPS)
-            latents = kwargs["hidden_states"]
-            for i in range(STEPS):
-                kwargs["timestep"] = torch.full((latents.shape[0],), 1.0 - i / STEPS)
-                kwargs["hidden_states"] = latents
-                latents = latents - t(return_dict=False, **kwargs)[0] / STEPS
-                barrier.wait()
-            got[name] = (list(t.sample_thresholds), [s["computed_steps"] for s in t.stats["samples"]])
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-            barrier.abort()
+        t.sample_thresholds = [value, value]
+        barrier.wait()
+        kwargs = {k: v if k.endswith("_ids") else torch.cat([v, v]) for k, v in inputs(flux, batch=1).items()}
+        _generate_in_step(t, kwargs, barrier)
+        got[name] = (list(t.sample_thresholds), [s["computed_steps"] for s in t.stats["samples"]])
 
-    threads = [threading.Thread(target=run, args=a) for a in (("a", 0.0), ("b", 100.0))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    _run_threads(barrier, run, (("a", 0.0), ("b", 100.0)))
     assert got["a"] == ([0.0, 0.0], [list(range(STEPS))] * 2)
     assert got["b"] == ([100.0, 100.0], [[0, STEPS - 1]] * 2)  # only the forced steps
 
